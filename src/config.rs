@@ -1,0 +1,294 @@
+//! Configuration: command-line flags, `CORECAST_*` environment variables and an optional
+//! TOML file, merged in that order of precedence into one validated [`Config`].
+//!
+//! The flag names are a contract (scripts and issues name them): add flags, don't rename.
+//! A TOML file uses the same names as the long flags (`queue-bytes = 262144` or
+//! `queue_bytes = 262144`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+/// Everything a running server needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every shard's listener binds (`SO_REUSEPORT`).
+    pub listen: SocketAddr,
+    /// Number of shards (executor threads); 0 = one per online CPU.
+    pub shards: usize,
+    /// Pin shard `i` to the i-th allowed CPU.
+    pub pin: bool,
+    /// Server ping interval; a connection silent for two intervals is closed.
+    pub ping_interval: Duration,
+    /// Largest frame payload or assembled message accepted from a client (1009 beyond).
+    pub max_message_bytes: usize,
+    /// Per-connection write queue cap in bytes; beyond it the client is a slow consumer.
+    pub queue_bytes: usize,
+    /// Per-connection write queue cap in frames.
+    pub queue_frames: usize,
+    /// Rooms with at least this many members send no join/leave events (0: never send).
+    pub presence_events_max_members: u32,
+    /// A socket must finish its HTTP request head within this time.
+    pub handshake_timeout: Duration,
+    /// How long a closing connection may take to answer our close frame.
+    pub close_timeout: Duration,
+    /// Graceful shutdown bound: after it, remaining connections are dropped.
+    pub shutdown_timeout: Duration,
+    /// Largest HTTP request head.
+    pub max_request_head: usize,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Busy-poll this long before an idle shard parks (trades idle CPU for wake latency).
+    pub spin_before_park: Duration,
+    /// io_uring submission queue depth per shard.
+    pub ring_depth: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            pin: true,
+            ping_interval: Duration::from_secs(30),
+            max_message_bytes: 64 * 1024,
+            queue_bytes: 256 * 1024,
+            queue_frames: 4096,
+            presence_events_max_members: 1000,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(5),
+            max_request_head: 8 * 1024,
+            backlog: 65535,
+            spin_before_park: Duration::ZERO,
+            ring_depth: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// The shard count to run: `shards`, or the number of CPUs this process may use.
+    pub fn effective_shards(&self) -> usize {
+        if self.shards > 0 {
+            return self.shards;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// A configuration that cannot be used; the message says which setting and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key.
+    #[error("config file {path}: {message}")]
+    File {
+        /// File path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A flag, variable or file value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Argument parsing failed (clap prints its own help/usage).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("`{s}` is not a non-negative number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// corecast: a thread-per-core WebSocket broadcaster and chat engine.
+#[derive(Debug, Parser)]
+#[command(name = "corecast", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML file with defaults for any of the flags below (flags and env win).
+    #[arg(long, env = "CORECAST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (HTTP and WebSocket share it).
+    #[arg(long, env = "CORECAST_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Shards (pinned executor threads); 0 = one per online CPU.
+    #[arg(long, env = "CORECAST_SHARDS", default_value_t = 0, value_name = "N")]
+    pub shards: usize,
+    /// Do not pin shards to CPUs.
+    #[arg(long, env = "CORECAST_NO_PIN")]
+    pub no_pin: bool,
+    /// Seconds between server pings; silence for two intervals closes the connection.
+    #[arg(long, env = "CORECAST_PING_INTERVAL", default_value = "30", value_parser = secs, value_name = "SECS")]
+    pub ping_interval: Duration,
+    /// Largest client frame or message in bytes (close 1009 beyond).
+    #[arg(long, env = "CORECAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_message_bytes: usize,
+    /// Per-connection write queue cap in bytes (slow consumers are closed with 1013).
+    #[arg(long, env = "CORECAST_QUEUE_BYTES", default_value_t = 256 * 1024, value_name = "BYTES")]
+    pub queue_bytes: usize,
+    /// Per-connection write queue cap in frames.
+    #[arg(long, env = "CORECAST_QUEUE_FRAMES", default_value_t = 4096, value_name = "N")]
+    pub queue_frames: usize,
+    /// Rooms with this many members or more send no join/leave events (0: never).
+    #[arg(long, env = "CORECAST_PRESENCE_EVENTS_MAX_MEMBERS", default_value_t = 1000, value_name = "N")]
+    pub presence_events_max_members: u32,
+    /// Seconds a client has to complete its HTTP request head.
+    #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = secs, value_name = "SECS")]
+    pub handshake_timeout: Duration,
+    /// Seconds to wait for all clients to close at shutdown.
+    #[arg(long, env = "CORECAST_SHUTDOWN_TIMEOUT", default_value = "5", value_parser = secs, value_name = "SECS")]
+    pub shutdown_timeout: Duration,
+    /// Microseconds an idle shard busy-polls before parking (0: park at once, ~0% idle CPU).
+    #[arg(long, env = "CORECAST_SPIN_BEFORE_PARK_US", default_value_t = 0, value_name = "US")]
+    pub spin_before_park_us: u64,
+    /// io_uring ring depth per shard.
+    #[arg(long, env = "CORECAST_RING_DEPTH", default_value_t = 1024, value_name = "N")]
+    pub ring_depth: usize,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `corecast=debug`.
+    #[arg(long, env = "CORECAST_LOG", default_value = "info", value_name = "FILTER")]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "CORECAST_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Cli {
+    /// Parses the process arguments, environment and (when given) the config file.
+    pub fn load() -> Result<Cli, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Like [`Cli::load`] with explicit arguments (the first is the program name).
+    pub fn load_from<I, T>(args: I) -> Result<Cli, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Cli::from_arg_matches(&matches)?);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let mut merged = args;
+        merged.extend(file_args(&path, &text, &matches)?.into_iter().map(Into::into));
+        let matches = Cli::command().try_get_matches_from(&merged)?;
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+
+    /// Validates the merged settings into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.ping_interval < Duration::from_millis(100) {
+            return invalid("--ping-interval must be at least 0.1 seconds");
+        }
+        if self.max_message_bytes < 128 {
+            return invalid("--max-message-bytes must be at least 128");
+        }
+        if self.queue_bytes < self.max_message_bytes.min(64 * 1024) || self.queue_frames == 0 {
+            return invalid("--queue-bytes must hold at least one message, --queue-frames at least one frame");
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("--handshake-timeout must be positive");
+        }
+        if !self.ring_depth.is_power_of_two() || !(64..=32768).contains(&self.ring_depth) {
+            return invalid("--ring-depth must be a power of two between 64 and 32768");
+        }
+        Ok(Config {
+            listen: self.listen,
+            shards: self.shards,
+            pin: !self.no_pin,
+            ping_interval: self.ping_interval,
+            max_message_bytes: self.max_message_bytes,
+            queue_bytes: self.queue_bytes,
+            queue_frames: self.queue_frames,
+            presence_events_max_members: self.presence_events_max_members,
+            handshake_timeout: self.handshake_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            spin_before_park: Duration::from_micros(self.spin_before_park_us),
+            ring_depth: self.ring_depth,
+            ..Config::default()
+        })
+    }
+}
+
+/// Turns the file's keys into `--flag=value` arguments for every flag that neither the
+/// command line nor the environment set, so precedence is flags > env > file > default.
+fn file_args(path: &std::path::Path, text: &str, matches: &ArgMatches) -> Result<Vec<String>, ConfigError> {
+    let err = |message: String| ConfigError::File { path: path.to_owned(), message };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(flag.as_str())) else {
+            return Err(err(format!("unknown key `{key}`")));
+        };
+        if flag == "config" {
+            return Err(err("a config file cannot name another config file".into()));
+        }
+        let id = arg.get_id().as_str();
+        if matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => out.push(format!("--{flag}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => out.push(format!("--{flag}={s}")),
+            toml::Value::Integer(i) => out.push(format!("--{flag}={i}")),
+            toml::Value::Float(f) => out.push(format!("--{flag}={f}")),
+            other => return Err(err(format!("`{key}` must be a string, number or boolean, not {}", other.type_str()))),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_on_localhost_8080() {
+        let cfg = Cli::load_from(["corecast"]).unwrap().into_config().unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(cfg.ping_interval, Duration::from_secs(30));
+        assert!(cfg.pin);
+    }
+
+    #[test]
+    fn file_fills_only_what_flags_did_not_set() {
+        let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "shards = 3\nqueue_bytes = 100000\nping-interval = 0.5\nno-pin = true\n").unwrap();
+        let cli = Cli::load_from(["corecast", "--config", path.to_str().unwrap(), "--shards", "2"]).unwrap();
+        let cfg = cli.into_config().unwrap();
+        assert_eq!(cfg.shards, 2, "the flag wins over the file");
+        assert_eq!(cfg.queue_bytes, 100_000);
+        assert_eq!(cfg.ping_interval, Duration::from_millis(500));
+        assert!(!cfg.pin);
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let err = Cli::load_from(["corecast", "--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("unknown key `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = Cli::load_from(["corecast", "--ping-interval", "0.01"]).unwrap().into_config().unwrap_err();
+        assert!(err.to_string().contains("--ping-interval"));
+        assert!(Cli::load_from(["corecast", "--ping-interval", "abc"]).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Errors of starting and running a server.
+
+use std::net::SocketAddr;
+
+/// Why the server could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Requested address.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A shard's executor could not be created (often RLIMIT_MEMLOCK below what io_uring
+    /// needs, or a CPU that does not exist); see `tuning/check`.
+    #[error("cannot start shard {shard}: {source}")]
+    Shard {
+        /// Shard index.
+        shard: usize,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A shard thread panicked; the message is logged.
+    #[error("shard {0} stopped abnormally")]
+    ShardFailed(usize),
+}

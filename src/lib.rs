@@ -1,0 +1,128 @@
+//! corecast: a thread-per-core WebSocket broadcaster and chat engine.
+//!
+//! One pinned executor per core ("shard") accepts its own connections through its own
+//! `SO_REUSEPORT` listener and owns all their state. Rooms are sequenced by one owner
+//! shard each; a room message is serialized once into a single frame that every member,
+//! on every shard, receives as a refcount clone. Shards share no locks: they talk only
+//! through lock-free inboxes.
+//!
+//! # Module map
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | flags, `CORECAST_*` env, TOML file → validated [`Config`] |
+//! | [`rt`] | the only code that knows glommio: executors, pinning, listeners |
+//! | `shard` | a shard: accept loop, inbox, connections, local membership, sweep |
+//! | `shard::mesh` | lock-free inter-shard inboxes with park/wake |
+//! | `shard::route` | room → owner shard |
+//! | `shard::outbox` | per-connection write queue: direct send, batched flush, caps |
+//! | [`room`] | owner side of rooms: `seq`, `ts`, presence, fan-out targets |
+//! | [`ws`] | RFC 6455: [`ws::frame`], [`ws::reader`], [`ws::handshake`] (pure) |
+//! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames |
+//! | [`http`] | HTTP/1.1 heads (httparse) and responses |
+//! | [`metrics`] | per-shard counters |
+//!
+//! # Embedding
+//!
+//! [`start`] binds, spawns the shards and returns a [`ServerHandle`]; tests start the
+//! real server on port 0 this way and stop it with [`ServerHandle::shutdown`].
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod rt;
+pub(crate) mod shard;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::ServerError;
+
+/// A running server: its address, and the means to stop it and wait for it.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shards: usize,
+    stopper: Stopper,
+    threads: Vec<rt::ShardThread>,
+}
+
+/// Asks a server to shut down gracefully. Cheap to clone, usable from any thread
+/// (a signal handler thread, a test).
+#[derive(Clone)]
+pub struct Stopper {
+    mesh: shard::mesh::Mesh,
+}
+
+impl Stopper {
+    /// Starts the graceful shutdown: shards stop accepting, send close 1001 to every
+    /// client, flush, and exit within the configured shutdown timeout.
+    pub fn stop(&self) {
+        self.mesh.send_all(|| shard::msg::ShardMsg::Shutdown);
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// A handle that can stop the server from elsewhere.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Begins a graceful shutdown (see [`Stopper::stop`]).
+    pub fn shutdown(&self) {
+        self.stopper.stop();
+    }
+
+    /// Waits until every shard has finished.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if t.join().is_err() && result.is_ok() {
+                result = Err(ServerError::ShardFailed(i));
+            }
+        }
+        result
+    }
+}
+
+/// Binds `config.listen` once per shard and starts the shards.
+pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    let shards = config.effective_shards();
+    let bind_err = |source| ServerError::Bind { addr: config.listen, source };
+    let sockets = rt::bind_listeners(config.listen, shards, config.backlog).map_err(bind_err)?;
+    let addr = sockets.first().and_then(|s| s.local_addr().ok()).and_then(|a| a.as_socket()).unwrap_or(config.listen);
+    let (mesh, inboxes) = shard::mesh::mesh(shards);
+    let cpus = rt::allowed_cpus();
+    let config = Arc::new(config);
+    let stopper = Stopper { mesh: mesh.clone() };
+    let mut threads = Vec::with_capacity(shards);
+    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+        let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+        let (cfg, mesh) = (config.clone(), mesh.clone());
+        match rt::spawn_shard(i, cpu, &config, move || shard::run(i, cfg, mesh, inbox, socket)) {
+            Ok(t) => threads.push(t),
+            Err(source) => {
+                stopper.stop();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(ServerError::Shard { shard: i, source });
+            }
+        }
+    }
+    Ok(ServerHandle { addr, shards, stopper, threads })
+}

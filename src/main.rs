@@ -1,0 +1,56 @@
+//! The `corecast` binary: CLI → Config → shards, until SIGINT/SIGTERM.
+
+use anyhow::Context as _;
+use corecast::config::{Cli, ConfigError};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let cli = match Cli::load() {
+        Ok(cli) => cli,
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    init_logging(&cli.log, cli.log_json)?;
+    let config = cli.into_config()?;
+    let shards = config.effective_shards();
+    let server = corecast::start(config).context("starting corecast")?;
+    tracing::info!(listen = %server.local_addr(), shards, "corecast serving: ws://{}/ws", server.local_addr());
+
+    let stopper = server.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal = sig, "shutting down: closing connections (signal again to force)");
+                    stopper.stop();
+                } else {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+
+    server.join()?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter `{filter}`"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Client → server messages (protocol v1, docs/PROTOCOL.md).
+//!
+//! Parsing goes through one flat, borrowing struct instead of a tagged enum: simd-json
+//! unescapes strings in place, so nothing is copied, and a missing or mistyped field can
+//! be reported by name together with the client's `id` (echoed as `ref`), which a serde
+//! tagged enum would lose.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::{ClientError, ErrorCode};
+
+/// Largest `limit` a `presence` or `history` request may ask for.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A parsed, validated client request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The client's reference (`id`), echoed in the `ack` or `error` that answers it.
+    pub id: Option<Cow<'a, str>>,
+    /// What the client asks for.
+    pub msg: ClientMsg<'a>,
+}
+
+/// One client request, all required fields present and typed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientMsg<'a> {
+    /// Join a room; `since` asks for recovery of missed messages.
+    Join {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Position the client has seen, for recovery.
+        since: Option<Since<'a>>,
+        /// Room password (private rooms).
+        password: Option<Cow<'a, str>>,
+    },
+    /// Leave a room.
+    Leave {
+        /// Room name.
+        room: Cow<'a, str>,
+    },
+    /// Publish `text` to a room the connection has joined.
+    Message {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Message text.
+        text: Cow<'a, str>,
+    },
+    /// List the users present in a room: a page of at most `limit` names after `after`.
+    Presence {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Return names sorted after this one (paging cursor).
+        after: Option<Cow<'a, str>>,
+        /// Page size.
+        limit: Option<u32>,
+    },
+    /// Fetch a page of a room's history, newest first, strictly before `before`.
+    History {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Only messages with `seq < before`; newest when absent.
+        before: Option<u64>,
+        /// Page size.
+        limit: Option<u32>,
+    },
+}
+
+/// A recovery position: the stream `epoch` (when known) and the last `seq` seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since<'a> {
+    /// Stream epoch from an earlier `joined`; `None` when the client sent a bare seq.
+    pub epoch: Option<Cow<'a, str>>,
+    /// Last sequence number the client received.
+    pub seq: u64,
+}
+
+/// Parses one text message. `input` is modified (simd-json works in place);
+/// `buffers` are the shard's reusable parser buffers.
+pub fn parse<'a>(input: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Result<Request<'a>, ClientError> {
+    // Two steps so errors can be told apart: building the tape validates syntax
+    // (`bad_json`); deserializing from it checks the shape (`invalid_field`).
+    let mut de = simd_json::Deserializer::from_slice_with_buffers(input, buffers)
+        .map_err(|e| json_error(ErrorCode::BadJson, &e))?;
+    let raw = Raw::deserialize(&mut de).map_err(|e| json_error(ErrorCode::InvalidField, &e))?;
+    let id = raw.id.clone().map(|r| r.0);
+    raw.validate()
+        .map(|msg| Request { id: id.clone(), msg })
+        .map_err(|e| ClientError { reference: id.map(Cow::into_owned), ..e })
+}
+
+/// Everything any request may carry. Unknown fields are ignored (forward compatibility).
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Ref<'a>>,
+    #[serde(borrow)]
+    since: Option<Since<'a>>,
+    #[serde(borrow)]
+    password: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    after: Option<Cow<'a, str>>,
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+impl<'a> Raw<'a> {
+    fn validate(self) -> Result<ClientMsg<'a>, ClientError> {
+        let kind = self.kind.ok_or_else(|| ClientError::new(ErrorCode::MissingField, "missing field `type`"))?;
+        let room = self.room;
+        let need_room = || room.clone().ok_or_else(|| missing("room"));
+        let limit = match self.limit {
+            Some(0) => return Err(ClientError::new(ErrorCode::InvalidField, "`limit` must be at least 1")),
+            Some(n) if n > MAX_PAGE => {
+                return Err(ClientError::new(ErrorCode::InvalidField, format!("`limit` must be at most {MAX_PAGE}")))
+            }
+            l => l,
+        };
+        Ok(match &*kind {
+            "join" => ClientMsg::Join { room: need_room()?, since: self.since, password: self.password },
+            "leave" => ClientMsg::Leave { room: need_room()? },
+            "message" => ClientMsg::Message { room: need_room()?, text: self.text.ok_or_else(|| missing("text"))? },
+            "presence" => ClientMsg::Presence { room: need_room()?, after: self.after, limit },
+            "history" => ClientMsg::History { room: need_room()?, before: self.before, limit },
+            other => {
+                return Err(ClientError::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown message type `{}`", other.chars().take(32).collect::<String>()),
+                ))
+            }
+        })
+    }
+}
+
+fn missing(field: &str) -> ClientError {
+    ClientError::new(ErrorCode::MissingField, format!("missing field `{field}`"))
+}
+
+fn json_error(code: ErrorCode, e: &simd_json::Error) -> ClientError {
+    let mut message = e.to_string();
+    message.truncate(200);
+    ClientError::new(code, message)
+}
+
+/// The client's request reference: a string, or an integer kept as its decimal text.
+#[derive(Clone)]
+struct Ref<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Ref<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ref<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Ref(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Ref(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Ref(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Ref(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `since` is either a bare seq (DESIGN.md §3) or `{"epoch":"…","seq":n}`.
+impl<'de: 'a, 'a> Deserialize<'de> for Since<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Since<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence number or {\"epoch\":…,\"seq\":…}")
+            }
+            fn visit_u64<E: de::Error>(self, seq: u64) -> Result<Self::Value, E> {
+                Ok(Since { epoch: None, seq })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut epoch, mut seq) = (None, None);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match &*key {
+                        "epoch" => epoch = Some(map.next_value::<Cow<'de, str>>()?),
+                        "seq" => seq = Some(map.next_value::<u64>()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let seq = seq.ok_or_else(|| de::Error::missing_field("since.seq"))?;
+                Ok(Since { epoch, seq })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Request<'static>, ClientError> {
+        let buf: &'static mut [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
+        parse(buf, &mut simd_json::Buffers::default())
+    }
+
+    #[test]
+    fn parses_every_type() {
+        assert_eq!(
+            p(r#"{"type":"join","room":"lobby","since":{"epoch":"ab","seq":118},"x":[1]}"#).unwrap().msg,
+            ClientMsg::Join {
+                room: "lobby".into(),
+                since: Some(Since { epoch: Some("ab".into()), seq: 118 }),
+                password: None
+            }
+        );
+        assert_eq!(
+            p(r#"{"type":"join","room":"r","since":7}"#).unwrap().msg,
+            ClientMsg::Join { room: "r".into(), since: Some(Since { epoch: None, seq: 7 }), password: None }
+        );
+        let r = p(r#"{"type":"message","room":"r","text":"h\"i\u00e9","id":42}"#).unwrap();
+        assert_eq!(r.id.as_deref(), Some("42"));
+        assert_eq!(r.msg, ClientMsg::Message { room: "r".into(), text: "h\"ié".into() });
+        assert!(matches!(p(r#"{"type":"leave","room":"r"}"#).unwrap().msg, ClientMsg::Leave { .. }));
+        assert!(matches!(
+            p(r#"{"type":"presence","room":"r","limit":5}"#).unwrap().msg,
+            ClientMsg::Presence { limit: Some(5), .. }
+        ));
+        assert!(matches!(
+            p(r#"{"type":"history","room":"r","before":9}"#).unwrap().msg,
+            ClientMsg::History { before: Some(9), .. }
+        ));
+    }
+
+    #[test]
+    fn errors_are_classified_and_keep_the_ref() {
+        assert_eq!(p("{nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(p("").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(p("[1,2]").unwrap_err().code, ErrorCode::InvalidField);
+        let e = p(r#"{"type":"dance","id":"r1"}"#).unwrap_err();
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::UnknownType, Some("r1")));
+        let e = p(r#"{"type":"message","room":"r","id":"r2"}"#).unwrap_err();
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::MissingField, Some("r2")));
+        assert!(e.message.contains("text"));
+        assert_eq!(p(r#"{"room":"r"}"#).unwrap_err().code, ErrorCode::MissingField);
+        assert_eq!(p(r#"{"type":"join","room":5}"#).unwrap_err().code, ErrorCode::InvalidField);
+        assert_eq!(p(r#"{"type":"presence","room":"r","limit":0}"#).unwrap_err().code, ErrorCode::InvalidField);
+        assert_eq!(p(r#"{"type":"join","room":"r","since":{"epoch":"x"}}"#).unwrap_err().code, ErrorCode::InvalidField);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_input_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let mut b = bytes;
+                let _ = parse(&mut b, &mut simd_json::Buffers::default());
+            }
+
+            #[test]
+            fn json_shaped_input_never_panics(
+                kind in prop_oneof![Just("join".to_owned()), Just("leave".to_owned()), Just("message".to_owned()), Just("presence".to_owned()), Just("history".to_owned()), ".{0,8}"],
+                room in proptest::option::of(".{0,40}"),
+                text in proptest::option::of(".{0,40}"),
+                limit in proptest::option::of(any::<i64>()),
+                since in proptest::option::of(any::<u64>()),
+            ) {
+                let mut v = serde_json::json!({"type": kind});
+                if let Some(r) = room { v["room"] = r.into(); }
+                if let Some(t) = text { v["text"] = t.into(); }
+                if let Some(l) = limit { v["limit"] = l.into(); }
+                if let Some(s) = since { v["since"] = s.into(); }
+                let mut b = serde_json::to_vec(&v).unwrap();
+                let _ = parse(&mut b, &mut simd_json::Buffers::default());
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Server → client messages, each built as one complete WebSocket text frame.
+//!
+//! A room message is serialized once by the room's owner shard and the resulting `Bytes`
+//! is shared by every receiver (DESIGN.md §1), so these builders are not per-receiver code.
+
+use bytes::Bytes;
+use serde::Serialize;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use super::ErrorCode;
+use crate::ws::frame::build_frame;
+
+/// Serializes `value` as JSON straight into a new text frame.
+pub fn json_frame<T: Serialize>(value: &T, size_hint: usize) -> Bytes {
+    build_frame(OpCode::Data(Data::Text), size_hint, |buf| {
+        // Serializing plain structs of strings and numbers into a Vec cannot fail.
+        let _ = simd_json::to_writer(&mut *buf, value);
+    })
+}
+
+/// `{"type":"welcome","user":…,"conn":…,"shard":…}`: first frame after the upgrade.
+pub fn welcome(user: &str, conn: &str, shard: usize) -> Bytes {
+    #[derive(Serialize)]
+    struct Welcome<'a> {
+        r#type: &'static str,
+        user: &'a str,
+        conn: &'a str,
+        shard: usize,
+    }
+    json_frame(&Welcome { r#type: "welcome", user, conn, shard }, 96)
+}
+
+/// What a `joined` frame reports about the room at the moment of joining.
+#[derive(Debug, Clone, Serialize)]
+pub struct Joined<'a> {
+    r#type: &'static str,
+    /// Room name.
+    pub room: &'a str,
+    /// Distinct users present, the joiner included.
+    pub members: u32,
+    /// Sequence number of the room's latest message: the next message has `seq + 1`.
+    pub seq: u64,
+    /// Stream epoch: changes whenever the server loses the room's history.
+    pub epoch: &'a str,
+    /// Present when the join asked for recovery: whether every missed message was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// `{"type":"joined",…}`: answers a `join`.
+pub fn joined(room: &str, members: u32, seq: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
+    json_frame(&Joined { r#type: "joined", room, members, seq, epoch, recovered }, 64 + room.len())
+}
+
+/// `{"type":"left","room":…}`: answers a `leave`.
+pub fn left(room: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Left<'a> {
+        r#type: &'static str,
+        room: &'a str,
+    }
+    json_frame(&Left { r#type: "left", room }, 32 + room.len())
+}
+
+/// A room message as delivered to every member.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RoomMessage<'a> {
+    /// Always `"message"`.
+    pub r#type: &'a str,
+    /// Room name.
+    pub room: &'a str,
+    /// Position in the room's stream: strictly increasing by 1.
+    pub seq: u64,
+    /// Sender's user id.
+    pub user: &'a str,
+    /// Message text.
+    pub text: &'a str,
+    /// Milliseconds since the Unix epoch, set by the room's owner shard.
+    pub ts: u64,
+}
+
+/// `{"type":"message",…}`: the serialized-once room message frame.
+pub fn message(room: &str, seq: u64, user: &str, text: &str, ts: u64) -> Bytes {
+    json_frame(&RoomMessage { r#type: "message", room, seq, user, text, ts }, 80 + room.len() + user.len() + text.len())
+}
+
+/// `{"type":"join"|"leave","room":…,"user":…}`: presence event.
+pub fn presence_event(joined: bool, room: &str, user: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        user: &'a str,
+    }
+    let r#type = if joined { "join" } else { "leave" };
+    json_frame(&Event { r#type, room, user }, 40 + room.len() + user.len())
+}
+
+/// `{"type":"presence","room":…,"count":n,"users":[…],"next":…}`: a page of the member list.
+/// `next` is the cursor for the following page (absent on the last page).
+pub fn presence<'a>(room: &str, count: u32, users: impl Iterator<Item = &'a str>, next: Option<&str>) -> Bytes {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        count: u32,
+        users: Vec<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
+    }
+    let users: Vec<&str> = users.collect();
+    let hint = 64 + room.len() + users.iter().map(|u| u.len() + 3).sum::<usize>();
+    json_frame(&Presence { r#type: "presence", room, count, users, next }, hint)
+}
+
+/// `{"type":"ack","ref":…,"room":…,"seq":n}`: a message with an `id` was sequenced.
+pub fn ack(reference: &str, room: &str, seq: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        r#type: &'static str,
+        r#ref: &'a str,
+        room: &'a str,
+        seq: u64,
+    }
+    json_frame(&Ack { r#type: "ack", r#ref: reference, room, seq }, 48 + room.len() + reference.len())
+}
+
+/// `{"type":"error","code":…,"message":…,"ref":…}`.
+pub fn error(code: ErrorCode, message: &str, reference: Option<&str>) -> Bytes {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        r#type: &'static str,
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    }
+    json_frame(&Error { r#type: "error", code: code.as_str(), message, r#ref: reference }, 64 + message.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::{parse_header, Role};
+
+    fn payload(frame: &Bytes) -> serde_json::Value {
+        let h = parse_header(frame, Role::Client, usize::MAX).unwrap().unwrap();
+        assert_eq!(h.frame_len(), frame.len());
+        serde_json::from_slice(&frame[h.header_len..]).unwrap()
+    }
+
+    #[test]
+    fn frames_carry_the_documented_json() {
+        let m = payload(&message("lobby", 119, "alice", "hi \"there\" <b>", 1_763_800_000_123));
+        assert_eq!(
+            m,
+            serde_json::json!({"type":"message","room":"lobby","seq":119,"user":"alice","text":"hi \"there\" <b>","ts":1_763_800_000_123u64})
+        );
+        let j = payload(&joined("lobby", 12, 118, "00ff", None));
+        assert_eq!(j, serde_json::json!({"type":"joined","room":"lobby","members":12,"seq":118,"epoch":"00ff"}));
+        let e = payload(&error(ErrorCode::NotMember, "join first", Some("7")));
+        assert_eq!(e, serde_json::json!({"type":"error","code":"not_member","message":"join first","ref":"7"}));
+        let p = payload(&presence("r", 3, ["a", "b"].into_iter(), Some("b")));
+        assert_eq!(p, serde_json::json!({"type":"presence","room":"r","count":3,"users":["a","b"],"next":"b"}));
+    }
+
+    #[test]
+    fn long_messages_use_extended_lengths() {
+        let text = "x".repeat(70_000);
+        let m = payload(&message("r", 1, "u", &text, 0));
+        assert_eq!(m["text"].as_str().map(str::len), Some(70_000));
+    }
+}

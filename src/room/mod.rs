@@ -1,0 +1,344 @@
+//! The owner side of rooms: sequencing, presence, fan-out targets.
+//!
+//! Every room lives on exactly one owner shard (`shard::route::owner`). The owner is the
+//! room's single point of order: it numbers messages (`seq`), stamps them (`ts`), builds
+//! each frame once, and sends one `Deliver` per member shard. Because one owner sends all
+//! of a room's frames down FIFO inboxes, every member sees the same order.
+//!
+//! This module is pure state: it emits `(shard, ShardMsg)` pairs into a sink and never
+//! touches I/O, so its rules are unit-tested here without a runtime.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::protocol::{server, ErrorCode, SYSTEM_ROOM_PREFIX};
+use crate::shard::msg::{JoinAck, JoinReq, Origin, PresenceReq, Publish, ShardMsg};
+
+/// Where the owner's outputs go: `(destination shard, message)`.
+pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
+
+/// One room as its owner sees it.
+pub struct OwnedRoom {
+    name: Arc<str>,
+    /// Random per room instance: a client's `since` from another instance cannot match.
+    epoch: Arc<str>,
+    /// Last assigned sequence number (0: no message yet).
+    seq: u64,
+    /// Wall-clock creation time (ms since the Unix epoch).
+    created_ms: u64,
+    /// Connections per shard (joined or joining): the interest map for fan-out.
+    shard_members: Box<[u32]>,
+    /// Sum of `shard_members`.
+    connections: u32,
+    /// Distinct users present → their connection count. Empty for system rooms.
+    users: BTreeMap<Arc<str>, u32>,
+    /// Server-managed room (`@user:…`): no presence, no `joined` frames.
+    system: bool,
+}
+
+impl OwnedRoom {
+    /// Room name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+    /// Last assigned sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// Stream epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+    /// Distinct users present.
+    pub fn user_count(&self) -> u32 {
+        self.users.len() as u32
+    }
+    /// Connections that joined.
+    pub fn connections(&self) -> u32 {
+        self.connections
+    }
+    /// Creation time, ms since the Unix epoch.
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
+    }
+
+    /// Sends `frame` once to every shard with members.
+    fn fan_out(&self, frame: &bytes::Bytes, sink: &mut Sink<'_>) {
+        for (shard, &n) in self.shard_members.iter().enumerate() {
+            if n > 0 {
+                sink(shard, ShardMsg::Deliver { room: self.name.clone(), frame: frame.clone() });
+            }
+        }
+    }
+}
+
+/// Every room this shard owns.
+pub struct OwnedRooms {
+    rooms: FxHashMap<Arc<str>, OwnedRoom>,
+    shards: usize,
+    /// Join/leave events only while a room has fewer users than this (0: never).
+    presence_events_max: u32,
+}
+
+impl OwnedRooms {
+    /// An empty set of rooms for a server of `shards` shards.
+    pub fn new(shards: usize, presence_events_max: u32) -> Self {
+        OwnedRooms { rooms: FxHashMap::default(), shards, presence_events_max }
+    }
+
+    /// Number of rooms owned here.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether no room is owned here.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Looks up a room.
+    pub fn get(&self, room: &str) -> Option<&OwnedRoom> {
+        self.rooms.get(room)
+    }
+
+    /// Every owned room, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &OwnedRoom> {
+        self.rooms.values()
+    }
+
+    fn events_enabled(&self, room: &OwnedRoom) -> bool {
+        !room.system && room.user_count() < self.presence_events_max
+    }
+
+    /// Sequences a join: counts the connection, announces a user's first connection to
+    /// the room, and acks the joiner. The ack is sent after the announcement, and the
+    /// joiner becomes a local member only when the ack arrives, so it receives exactly the
+    /// frames sequenced after its `joined.seq`.
+    pub fn join(&mut self, req: JoinReq, now_ms: u64, sink: &mut Sink<'_>) {
+        let shards = self.shards;
+        let room = self.rooms.entry(req.room.clone()).or_insert_with(|| OwnedRoom {
+            name: req.room.clone(),
+            epoch: Arc::from(format!("{:016x}", fastrand::u64(..))),
+            seq: 0,
+            created_ms: now_ms,
+            shard_members: vec![0; shards].into_boxed_slice(),
+            connections: 0,
+            users: BTreeMap::new(),
+            system: req.room.starts_with(SYSTEM_ROOM_PREFIX),
+        });
+        let first = !room.system && !room.users.contains_key(&req.user);
+        // Announce before counting the joiner: it is not a local member until its ack
+        // arrives, so its shard only needs the event if others there are members.
+        if first && room.user_count() < self.presence_events_max {
+            room.fan_out(&server::presence_event(true, &room.name, &req.user), sink);
+        }
+        if let Some(n) = room.shard_members.get_mut(req.origin.shard) {
+            *n += 1;
+        }
+        room.connections += 1;
+        if !room.system {
+            *room.users.entry(req.user.clone()).or_insert(0) += 1;
+        }
+        let frame = (!req.silent).then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch, None));
+        sink(
+            req.origin.shard,
+            ShardMsg::JoinAck(Box::new(JoinAck {
+                room: room.name.clone(),
+                conn: req.origin.conn,
+                token: req.token,
+                frame,
+            })),
+        );
+    }
+
+    /// Sequences a leave. A user's last connection leaving is announced; a room with no
+    /// connections left is dropped.
+    pub fn leave(&mut self, room_name: &str, user: &str, from: usize, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(room_name) else { return };
+        match room.shard_members.get_mut(from) {
+            Some(n) if *n > 0 => *n -= 1,
+            // A leave without a matching join would corrupt the counts: ignore it.
+            _ => return,
+        }
+        room.connections -= 1;
+        let mut gone = false;
+        if let Some(count) = room.users.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                room.users.remove(user);
+                gone = true;
+            }
+        }
+        if room.connections == 0 {
+            self.rooms.remove(room_name);
+            return;
+        }
+        let room = &self.rooms[room_name];
+        if gone && self.events_enabled(room) {
+            room.fan_out(&server::presence_event(false, &room.name, user), sink);
+        }
+    }
+
+    /// Sequences a message: next `seq`, `ts` = `now_ms`, one frame, one hand-off per
+    /// member shard, and an `ack` when the sender gave an `id`.
+    pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(&msg.room) else {
+            // The sender's membership ended before its message arrived here.
+            reply_error(&msg.origin, ErrorCode::NotMember, "you are not a member of this room", sink);
+            return;
+        };
+        room.seq += 1;
+        let frame = server::message(&room.name, room.seq, &msg.user, &msg.text, now_ms);
+        room.fan_out(&frame, sink);
+        if let Some(reference) = &msg.origin.reference {
+            let ack = server::ack(reference, &room.name, room.seq);
+            sink(msg.origin.shard, ShardMsg::ToConn { conn: msg.origin.conn, frame: ack });
+        }
+    }
+
+    /// Answers a presence query with one page of user names (sorted) and the total count.
+    pub fn presence(&self, req: PresenceReq, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get(&req.room).filter(|r| !r.system) else {
+            reply_error(&req.origin, ErrorCode::NotMember, "you are not a member of this room", sink);
+            return;
+        };
+        let after = req.after.as_deref();
+        let mut page = room
+            .users
+            .keys()
+            .filter(|u| after.is_none_or(|a| &***u > a))
+            .map(|u| &**u)
+            .take(req.limit as usize + 1)
+            .collect::<Vec<&str>>();
+        let next = (page.len() > req.limit as usize).then(|| {
+            page.pop();
+            page.last().copied().unwrap_or_default()
+        });
+        let frame = server::presence(&room.name, room.user_count(), page.into_iter(), next);
+        sink(req.origin.shard, ShardMsg::ToConn { conn: req.origin.conn, frame });
+    }
+}
+
+fn reply_error(origin: &Origin, code: ErrorCode, message: &str, sink: &mut Sink<'_>) {
+    let frame = server::error(code, message, origin.reference.as_deref());
+    sink(origin.shard, ShardMsg::ToConn { conn: origin.conn, frame });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::conns::ConnId;
+    use crate::ws::frame::{parse_header, Role};
+
+    fn origin(shard: usize, n: u32) -> Origin {
+        Origin { shard, conn: ConnId::for_test(n), reference: None }
+    }
+
+    fn join(r: &mut OwnedRooms, room: &str, user: &str, shard: usize, n: u32) -> Vec<(usize, ShardMsg)> {
+        let mut out = Vec::new();
+        let req = JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, silent: false };
+        r.join(req, 1, &mut |s, m| out.push((s, m)));
+        out
+    }
+
+    fn json(frame: &bytes::Bytes) -> serde_json::Value {
+        let h = parse_header(frame, Role::Client, usize::MAX).unwrap().unwrap();
+        serde_json::from_slice(&frame[h.header_len..]).unwrap()
+    }
+
+    fn delivered(out: &[(usize, ShardMsg)]) -> Vec<(usize, serde_json::Value)> {
+        out.iter()
+            .filter_map(|(s, m)| match m {
+                ShardMsg::Deliver { frame, .. } => Some((*s, json(frame))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_connection_of_a_user_is_announced_then_acked() {
+        let mut r = OwnedRooms::new(2, 1000);
+        let out = join(&mut r, "lobby", "alice", 0, 1);
+        assert!(delivered(&out).is_empty(), "nobody to tell yet");
+        let out = join(&mut r, "lobby", "bob", 1, 2);
+        let events = delivered(&out);
+        assert_eq!(events.len(), 1, "one hand-off, to the only shard with members: {events:?}");
+        assert_eq!((events[0].0, &events[0].1["type"]), (0, &serde_json::json!("join")));
+        let Some((1, ShardMsg::JoinAck(ack))) = out.last() else { panic!("ack last") };
+        assert_eq!(json(ack.frame.as_ref().unwrap())["members"], 2);
+        // A second connection of bob is not announced.
+        assert!(delivered(&join(&mut r, "lobby", "bob", 0, 3)).is_empty());
+    }
+
+    #[test]
+    fn publish_sequences_and_fans_out_once_per_shard() {
+        let mut r = OwnedRooms::new(3, 1000);
+        join(&mut r, "r", "a", 0, 1);
+        join(&mut r, "r", "b", 0, 2);
+        join(&mut r, "r", "c", 2, 3);
+        for expected in 1..=3u64 {
+            let mut out = Vec::new();
+            let msg = Publish {
+                room: "r".into(),
+                user: "a".into(),
+                text: "hi".into(),
+                origin: Origin { reference: Some("x".into()), ..origin(0, 1) },
+            };
+            r.publish(msg, 42, &mut |s, m| out.push((s, m)));
+            let d = delivered(&out);
+            assert_eq!(d.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2]);
+            assert_eq!(d[0].1["seq"], expected);
+            assert_eq!(d[0].1["ts"], 42);
+            assert!(matches!(out.last(), Some((0, ShardMsg::ToConn { .. }))), "ack to the sender");
+        }
+    }
+
+    #[test]
+    fn last_leave_announces_and_empty_rooms_vanish() {
+        let mut r = OwnedRooms::new(2, 1000);
+        join(&mut r, "r", "a", 0, 1);
+        join(&mut r, "r", "b", 1, 2);
+        let mut out = Vec::new();
+        r.leave("r", "b", 1, &mut |s, m| out.push((s, m)));
+        let d = delivered(&out);
+        assert_eq!(d.len(), 1, "only shard 0 still has members");
+        assert_eq!(d[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+        r.leave("r", "a", 0, &mut |_, _| {});
+        assert!(r.is_empty());
+        // A stray leave is ignored rather than underflowing.
+        r.leave("r", "a", 0, &mut |_, _| {});
+    }
+
+    #[test]
+    fn presence_events_stop_at_the_threshold() {
+        let mut r = OwnedRooms::new(1, 2);
+        join(&mut r, "r", "a", 0, 1);
+        assert_eq!(delivered(&join(&mut r, "r", "b", 0, 2)).len(), 1);
+        assert!(delivered(&join(&mut r, "r", "c", 0, 3)).is_empty(), "room has 2 users: no more events");
+    }
+
+    #[test]
+    fn presence_pages_are_sorted_and_chained() {
+        let mut r = OwnedRooms::new(1, 1000);
+        for (i, u) in ["dave", "alice", "carol", "bob"].iter().enumerate() {
+            join(&mut r, "r", u, 0, i as u32);
+        }
+        let page = |after: Option<&str>| {
+            let mut out = Vec::new();
+            let req = PresenceReq { room: "r".into(), after: after.map(Into::into), limit: 3, origin: origin(0, 9) };
+            r.presence(req, &mut |s, m| out.push((s, m)));
+            match out.pop() {
+                Some((_, ShardMsg::ToConn { frame, .. })) => json(&frame),
+                _ => panic!("no reply"),
+            }
+        };
+        let p1 = page(None);
+        assert_eq!(p1["users"], serde_json::json!(["alice", "bob", "carol"]));
+        assert_eq!((p1["count"].as_u64(), p1["next"].as_str()), (Some(4), Some("carol")));
+        let p2 = page(Some("carol"));
+        assert_eq!(p2["users"], serde_json::json!(["dave"]));
+        assert!(p2.get("next").is_none());
+    }
+}

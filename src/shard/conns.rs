@@ -1,0 +1,224 @@
+//! A shard's connection table: per-connection state, owned by the shard, addressed by
+//! generation-checked ids.
+//!
+//! The state lives here rather than inside each connection's task so that the fan-out
+//! loop can reach a receiver's socket and queue directly; the task itself holds only the
+//! id. Ids carry a generation so that a late message for a closed connection (an owner's
+//! ack racing a disconnect) can never reach a newer connection reusing the slot.
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::task::Waker;
+
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use slab::Slab;
+
+use super::outbox::{Caps, Outbox, Pushed};
+use crate::rt::TcpStream;
+use crate::ws::reader::MessageReader;
+
+/// Identifies a connection within its shard. Copyable, comparable, never reused while
+/// anything might still refer to the previous holder of the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    /// Packs the id into one integer (for the `conn` string in `welcome`).
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// An arbitrary id for unit tests of code that only passes ids around.
+    #[cfg(test)]
+    pub fn for_test(n: u32) -> ConnId {
+        ConnId { index: n, generation: 0 }
+    }
+}
+
+/// Lifecycle of a connection.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading the HTTP request head (the bytes so far).
+    Handshake(Vec<u8>),
+    /// Upgraded: exchanging WebSocket messages.
+    Open,
+    /// We sent a close frame and wait for the peer's (or for the close timeout).
+    /// `parse` is false after a protocol error: input is then discarded unread.
+    Closing {
+        /// Keep parsing input to find the peer's close frame.
+        parse: bool,
+    },
+    /// Finished: flush what is queued, then the task ends and the socket is closed.
+    Done,
+}
+
+/// One room a connection has joined or is joining.
+#[derive(Debug)]
+pub struct Membership {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Token of the outstanding join; its ack must carry the same one.
+    pub token: u32,
+    /// The owner acked the join: the connection is in the shard's local member set.
+    pub joined: bool,
+}
+
+/// State of one connection. Boxed in the table, so its address is stable and the table
+/// itself grows by moving pointers only.
+#[derive(Debug)]
+pub struct Conn {
+    generation: u32,
+    /// The socket. Reads and the slow write path go through the runtime; the fast path
+    /// writes to its descriptor directly (see `outbox`).
+    pub stream: TcpStream,
+    fd: RawFd,
+    /// Where in its lifecycle the connection is.
+    pub phase: Phase,
+    /// Inbound WebSocket state (unfinished frame tail, fragments).
+    pub reader: MessageReader,
+    /// Outbound queue.
+    pub out: Outbox,
+    /// The connection task's waker, to resume it when something is queued.
+    pub waker: Option<Waker>,
+    /// User id (empty until the upgrade).
+    pub user: Arc<str>,
+    /// Rooms joined or joining, in join order.
+    pub rooms: Vec<Membership>,
+    /// Peer address.
+    pub peer: IpAddr,
+    /// Shard clock (ms) of the last byte received.
+    pub last_seen: u32,
+    /// Shard clock (ms) of the last ping sent (or of the upgrade).
+    pub last_ping: u32,
+    /// Shard clock (ms) when the current phase began.
+    pub phase_since: u32,
+    /// Our write side is shut down (after a close frame was flushed).
+    pub write_shut: bool,
+}
+
+impl Conn {
+    /// A freshly accepted connection, starting its handshake at shard time `now`.
+    pub fn new(stream: TcpStream, peer: IpAddr, now: u32, max_message: usize) -> Conn {
+        let fd = stream.as_raw_fd();
+        Conn {
+            generation: 0,
+            stream,
+            fd,
+            phase: Phase::Handshake(Vec::new()),
+            reader: MessageReader::new(crate::ws::frame::Role::Server, max_message),
+            out: Outbox::default(),
+            waker: None,
+            user: Arc::from(""),
+            rooms: Vec::new(),
+            peer,
+            last_seen: now,
+            last_ping: now,
+            phase_since: now,
+            write_shut: false,
+        }
+    }
+
+    /// The socket descriptor, valid as long as this `Conn` exists (it owns the stream).
+    fn fd<'a>(&self) -> BorrowedFd<'a> {
+        // SAFETY: `fd` belongs to `self.stream`, which lives exactly as long as `self`;
+        // every caller uses the result only while it holds `&mut self`.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+
+    /// Sends `frame` at once or queues it (see [`Outbox::push`]).
+    pub fn push(&mut self, frame: Bytes, caps: Caps) -> Pushed {
+        let fd = self.fd();
+        self.out.push(fd, frame, caps)
+    }
+
+    /// Drains the outgoing queue (see [`Outbox::poll_flush`]).
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let fd = self.fd();
+        self.out.poll_flush(cx, &mut self.stream, fd)
+    }
+
+    /// Shuts down our sending direction, so the peer sees end-of-stream after our close
+    /// frame while we keep reading its answer.
+    pub fn shutdown_write(&mut self) {
+        if !self.write_shut {
+            self.write_shut = true;
+            let _ = rustix::net::shutdown(self.fd(), rustix::net::Shutdown::Write);
+        }
+    }
+
+    /// Wakes the connection's task (after queueing, or to make it notice a phase change).
+    pub fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Remembers the task's waker, cloning it only when it changed.
+    pub fn set_waker(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Moves to `phase` at shard time `now`.
+    pub fn enter(&mut self, phase: Phase, now: u32) {
+        self.phase = phase;
+        self.phase_since = now;
+    }
+
+    /// Whether the connection is upgraded and not closing.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    /// Index of the membership of `room`, if any.
+    pub fn membership(&self, room: &str) -> Option<usize> {
+        self.rooms.iter().position(|m| &*m.room == room)
+    }
+}
+
+/// The table of a shard's connections.
+#[derive(Debug, Default)]
+pub struct Conns {
+    slab: Slab<Box<Conn>>,
+    next_generation: u32,
+}
+
+impl Conns {
+    /// Adds a connection and returns its id.
+    pub fn insert(&mut self, mut conn: Conn) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        conn.generation = self.next_generation;
+        let index = self.slab.insert(Box::new(conn)) as u32;
+        ConnId { index, generation: self.next_generation }
+    }
+
+    /// The connection `id`, if it still exists.
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slab.get_mut(id.index as usize).filter(|c| c.generation == id.generation).map(|c| &mut **c)
+    }
+
+    /// Removes connection `id` (dropping it closes the socket).
+    pub fn remove(&mut self, id: ConnId) -> Option<Box<Conn>> {
+        let live = self.slab.get(id.index as usize).is_some_and(|c| c.generation == id.generation);
+        live.then(|| self.slab.remove(id.index as usize))
+    }
+
+    /// Whether there are no connections.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Every connection with its id.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
+        self.slab.iter_mut().map(|(i, c)| (ConnId { index: i as u32, generation: c.generation }, &mut **c))
+    }
+}

@@ -1,0 +1,353 @@
+//! A shard: one pinned core running its own executor, owning everything it touches.
+//!
+//! A shard accepts from its own `SO_REUSEPORT` listener, owns those connections
+//! ([`conns`]), the local membership of rooms they joined (`members`), and the rooms that
+//! hash to it ([`crate::room`]). Shards share no mutable state; they exchange
+//! [`msg::ShardMsg`]s through the [`mesh`]. Inside a shard everything is single-threaded,
+//! so the state sits in `RefCell`s that are never borrowed across an `.await`.
+//!
+//! Tasks per shard: one accept loop, one inbox loop (owner and member work, in arrival
+//! order), one sweep (heartbeats and timeouts), and one task per connection.
+
+pub mod conns;
+pub mod mesh;
+pub mod msg;
+pub mod outbox;
+pub mod route;
+
+mod conn;
+mod members;
+mod sweep;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use self::conns::{Conn, ConnId, Conns, Phase};
+use self::members::LocalRooms;
+use self::mesh::{Inbox, Mesh};
+use self::msg::ShardMsg;
+use self::outbox::{Caps, Outbox, Pushed};
+use crate::config::Config;
+use crate::metrics::{inc, ShardStats};
+use crate::room::OwnedRooms;
+use crate::rt;
+use crate::ws::frame;
+
+/// Size of the shard's read scratch buffer: every connection reads into it in turn, so
+/// no connection owns a read buffer while idle (DESIGN.md §2, §8).
+const SCRATCH: usize = 64 * 1024;
+
+/// State of one shard. Created on, and never leaves, its executor thread.
+pub(crate) struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Server configuration.
+    pub cfg: Arc<Config>,
+    /// Senders to every shard's inbox.
+    pub mesh: Mesh,
+    /// Connections accepted by this shard.
+    pub conns: RefCell<Conns>,
+    /// Local members of each room with members here.
+    pub members: RefCell<LocalRooms>,
+    /// Rooms this shard owns (sequences).
+    pub owned: RefCell<OwnedRooms>,
+    /// Read buffer shared by all connections of the shard, borrowed only inside a poll.
+    pub scratch: RefCell<Box<[u8]>>,
+    /// simd-json's reusable buffers.
+    pub json: RefCell<simd_json::Buffers>,
+    /// Counters.
+    pub stats: ShardStats,
+    /// Queue caps of every connection.
+    pub caps: Caps,
+    /// The ping frame, built once.
+    pub ping: Bytes,
+    started: Instant,
+    nonce: u32,
+    next_token: Cell<u32>,
+    draining: Cell<bool>,
+    /// Cached "some inbox is over its high-water mark", refreshed at most once per ms.
+    congested: Cell<(u32, bool)>,
+    /// Connections that stopped reading because of congestion, and whether the task
+    /// that resumes them is running.
+    paused: RefCell<Vec<ConnId>>,
+    resuming: Cell<bool>,
+    accept_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    done: Notify,
+}
+
+impl Shard {
+    fn new(id: usize, cfg: Arc<Config>, mesh: Mesh) -> Shard {
+        let shards = mesh.len();
+        Shard {
+            id,
+            caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
+            owned: RefCell::new(OwnedRooms::new(shards, cfg.presence_events_max_members)),
+            cfg,
+            mesh,
+            conns: RefCell::new(Conns::default()),
+            members: RefCell::new(LocalRooms::default()),
+            scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
+            json: RefCell::new(simd_json::Buffers::new(4096)),
+            stats: ShardStats::default(),
+            ping: frame::ping_frame(b""),
+            started: Instant::now(),
+            nonce: fastrand::u32(..),
+            next_token: Cell::new(0),
+            draining: Cell::new(false),
+            congested: Cell::new((u32::MAX, false)),
+            paused: RefCell::new(Vec::new()),
+            resuming: Cell::new(false),
+            accept_task: RefCell::new(None),
+            done: Notify::default(),
+        }
+    }
+
+    /// Shard clock in milliseconds (wraps after ~49 days; compare with `wrapping_sub`).
+    pub fn now(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch (message `ts`).
+    pub fn wall_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// A fresh join token.
+    fn token(&self) -> u32 {
+        let t = self.next_token.get().wrapping_add(1);
+        self.next_token.set(t);
+        t
+    }
+
+    /// The connection id as shown to clients in `welcome`.
+    fn conn_label(&self, id: ConnId) -> String {
+        format!("{:08x}-{}-{:x}", self.nonce, self.id, id.as_u64())
+    }
+
+    /// Whether the shard is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Whether any shard's inbox is over [`mesh::HIGH_WATER`]: connections then stop
+    /// reading, and TCP flow control pushes back on the clients producing the load.
+    pub fn congested(&self) -> bool {
+        let now = self.now();
+        let (at, congested) = self.congested.get();
+        if at == now {
+            return congested;
+        }
+        let congested = (0..self.mesh.len()).any(|s| self.mesh.depth(s) > mesh::HIGH_WATER);
+        self.congested.set((now, congested));
+        congested
+    }
+
+    /// Parks connection `id` until congestion clears; one task per shard resumes them all.
+    pub fn pause(self: &Rc<Self>, id: ConnId) {
+        self.paused.borrow_mut().push(id);
+        if self.resuming.replace(true) {
+            return;
+        }
+        let shard = self.clone();
+        rt::spawn(async move {
+            while shard.congested() {
+                rt::sleep(Duration::from_millis(1)).await;
+            }
+            shard.resuming.set(false);
+            let paused = std::mem::take(&mut *shard.paused.borrow_mut());
+            let mut conns = shard.conns.borrow_mut();
+            for id in paused {
+                if let Some(conn) = conns.get_mut(id) {
+                    conn.wake();
+                }
+            }
+        });
+    }
+
+    /// Sends `frame` to `conn` now or queues it; a connection over its caps is closed
+    /// as a slow consumer (1013) without its backlog. Returns whether the frame was taken.
+    pub fn push(&self, conn: &mut Conn, frame: Bytes) -> bool {
+        match conn.push(frame, self.caps) {
+            Pushed::Sent => true,
+            Pushed::Queued => {
+                inc(&self.stats.deliveries_queued);
+                true
+            }
+            Pushed::QueuedWake => {
+                inc(&self.stats.deliveries_queued);
+                conn.wake();
+                true
+            }
+            Pushed::Full => {
+                inc(&self.stats.slow_consumer_closes);
+                self.close(conn, crate::ws::close::TRY_LATER, "slow consumer: too far behind", true);
+                false
+            }
+            Pushed::Broken => {
+                conn.enter(Phase::Done, self.now());
+                conn.wake();
+                false
+            }
+            Pushed::Sealed => false,
+        }
+    }
+
+    /// Starts the closing handshake: queue a close frame (after dropping the unsent
+    /// backlog when `discard`), stop reading application messages, and wait for the
+    /// peer's close (bounded by the sweep's close timeout).
+    pub fn close(&self, conn: &mut Conn, code: u16, reason: &str, discard: bool) {
+        match conn.phase {
+            Phase::Open => {
+                conn.out.seal(frame::close_frame(code, reason), discard);
+                conn.enter(Phase::Closing { parse: true }, self.now());
+            }
+            Phase::Handshake(_) => conn.enter(Phase::Done, self.now()),
+            Phase::Closing { .. } | Phase::Done => return,
+        }
+        conn.wake();
+    }
+
+    /// Handles one inbox message, in arrival order.
+    async fn handle(self: &Rc<Self>, msg: ShardMsg) {
+        let mesh = &self.mesh;
+        let sink = &mut |to: usize, m: ShardMsg| mesh.send(to, m);
+        match msg {
+            ShardMsg::Join(req) => self.owned.borrow_mut().join(*req, Self::wall_ms(), sink),
+            ShardMsg::Leave { room, user, from } => self.owned.borrow_mut().leave(&room, &user, from, sink),
+            ShardMsg::Publish(p) => {
+                inc(&self.stats.messages_published);
+                self.owned.borrow_mut().publish(*p, Self::wall_ms(), sink);
+            }
+            ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
+            ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
+            ShardMsg::Deliver { room, frame } => self.fan_out(&room, frame).await,
+            ShardMsg::ToConn { conn, frame } => {
+                if let Some(c) = self.conns.borrow_mut().get_mut(conn) {
+                    self.push(c, frame);
+                }
+            }
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Stops accepting, asks every client to go away (1001), and finishes the shard
+    /// once all are gone or the shutdown timeout has passed.
+    fn begin_shutdown(self: &Rc<Self>) {
+        if self.draining.replace(true) {
+            return;
+        }
+        if let Some(task) = self.accept_task.borrow_mut().take() {
+            task.cancel();
+        }
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            self.close(conn, crate::ws::close::GOING_AWAY, "server shutting down", false);
+        }
+        let shard = self.clone();
+        rt::spawn(async move {
+            let deadline = Instant::now() + shard.cfg.shutdown_timeout;
+            while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+                rt::sleep(Duration::from_millis(10)).await;
+            }
+            // Whoever is left is not listening: drop what they are owed and close.
+            for (_, conn) in shard.conns.borrow_mut().iter_mut() {
+                conn.out = Outbox::default();
+                conn.enter(Phase::Done, shard.now());
+                conn.wake();
+            }
+            for _ in 0..100 {
+                if shard.conns.borrow().is_empty() {
+                    break;
+                }
+                rt::sleep(Duration::from_millis(5)).await;
+            }
+            tracing::debug!(shard = shard.id, "shard drained");
+            shard.done.notify();
+        });
+    }
+}
+
+/// Runs shard `id` until it has shut down: adopts its listener and starts its tasks.
+pub(crate) async fn run(id: usize, cfg: Arc<Config>, mesh: Mesh, inbox: Inbox, listener: socket2::Socket) {
+    let shard = Rc::new(Shard::new(id, cfg, mesh));
+    let listener = rt::adopt_listener(listener);
+    *shard.accept_task.borrow_mut() = Some(rt::spawn(accept_loop(shard.clone(), listener)));
+    rt::spawn(inbox_loop(shard.clone(), inbox));
+    rt::spawn(sweep::run(shard.clone()));
+    shard.done.wait().await;
+}
+
+/// Accepts connections until cancelled. Out of descriptors (EMFILE/ENFILE), it backs
+/// off and retries, logging at most once per interval: existing connections keep being
+/// served, and accepting resumes by itself when descriptors free up.
+async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+    let mut last_log: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => shard.adopt(stream),
+            Err(e) => {
+                let e = io::Error::from(e);
+                let exhausted = rt::is_fd_exhaustion(&e);
+                if exhausted {
+                    inc(&shard.stats.accept_fd_exhausted);
+                }
+                if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                    last_log = Some(Instant::now());
+                    if exhausted {
+                        tracing::warn!(shard = shard.id, error = %e, "out of file descriptors; pausing accepts");
+                    } else {
+                        tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                    }
+                }
+                rt::sleep(Duration::from_millis(if exhausted { 50 } else { 5 })).await;
+            }
+        }
+    }
+}
+
+/// Processes the inbox in arrival order, parking when it is empty.
+async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
+    loop {
+        let msg = poll_fn(|cx| inbox.poll_recv(cx)).await;
+        shard.handle(msg).await;
+        // Drain whatever else is already there before giving others a turn.
+        while let Some(msg) = inbox.try_recv() {
+            shard.handle(msg).await;
+            rt::yield_if_needed().await;
+        }
+    }
+}
+
+/// A one-shot, single-threaded completion flag.
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}

@@ -1,0 +1,249 @@
+//! One connection's outgoing direction: a bounded queue of shared frames.
+//!
+//! The fast path has no queue at all: when nothing is waiting, a frame goes straight to
+//! the socket with one non-blocking `send` (DESIGN.md §8), so a broadcast to an idle,
+//! keeping-up receiver is a single syscall with no task wake-up. Only what the kernel did
+//! not take is queued, and the connection's task then drains the queue with vectored
+//! `sendmsg` calls (up to [`MAX_IOV`] frames per syscall), waiting for writability
+//! through the runtime when the socket buffer is full.
+//!
+//! The queue holds `Bytes` clones of frames shared with every other receiver, so a
+//! lagging connection costs refcounts, not copies; its caps bound the memory a slow
+//! consumer can pin before it is closed with 1013.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::BorrowedFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures_lite::io::AsyncWrite;
+use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
+
+use crate::rt::TcpStream;
+
+/// Most frames gathered into one `sendmsg`.
+pub const MAX_IOV: usize = 64;
+
+const FLAGS: SendFlags = SendFlags::DONTWAIT.union(SendFlags::NOSIGNAL);
+
+/// Queue limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Most bytes queued.
+    pub bytes: usize,
+    /// Most frames queued.
+    pub frames: usize,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The kernel took all of it.
+    Sent,
+    /// Queued behind an empty queue: the connection task must be woken to flush it.
+    QueuedWake,
+    /// Queued behind other frames: the task is already waiting for writability.
+    Queued,
+    /// Over the caps: the connection is a slow consumer. Nothing was queued.
+    Full,
+    /// The socket is broken (reset, closed). Nothing was queued.
+    Broken,
+    /// A close frame is already queued; nothing may follow it.
+    Sealed,
+}
+
+/// The outgoing queue. Allocates nothing while empty.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: VecDeque<Bytes>,
+    /// Total bytes in `queue`.
+    bytes: usize,
+    /// The front frame has been partly written; it must be finished even when the rest
+    /// is discarded, or the peer would see a torn frame.
+    front_started: bool,
+    /// A close frame is queued: nothing more may be sent.
+    sealed: bool,
+}
+
+impl Outbox {
+    /// Bytes waiting.
+    #[cfg(test)]
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether nothing is waiting.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Sends `frame` now if the queue is empty and the kernel takes it, else queues it
+    /// within `caps`.
+    pub fn push(&mut self, fd: BorrowedFd<'_>, frame: Bytes, caps: Caps) -> Pushed {
+        if self.sealed {
+            return Pushed::Sealed;
+        }
+        if !self.queue.is_empty() {
+            if self.bytes + frame.len() > caps.bytes || self.queue.len() >= caps.frames {
+                return Pushed::Full;
+            }
+            self.enqueue(frame);
+            return Pushed::Queued;
+        }
+        match rustix::net::send(fd, &frame, FLAGS) {
+            Ok(n) if n == frame.len() => Pushed::Sent,
+            Ok(n) => {
+                self.front_started = n > 0;
+                self.enqueue(frame.slice(n..));
+                Pushed::QueuedWake
+            }
+            Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => {
+                self.enqueue(frame);
+                Pushed::QueuedWake
+            }
+            Err(_) => Pushed::Broken,
+        }
+    }
+
+    /// Queues a final close frame: everything not yet started is dropped first when
+    /// `discard` is set (a slow consumer is not owed its backlog), and nothing may be
+    /// pushed afterwards. Returns whether the queue was empty before (the task must be woken).
+    pub fn seal(&mut self, close: Bytes, discard: bool) -> bool {
+        if self.sealed {
+            return false;
+        }
+        if discard {
+            let keep = usize::from(self.front_started);
+            while self.queue.len() > keep {
+                if let Some(f) = self.queue.pop_back() {
+                    self.bytes -= f.len();
+                }
+            }
+        }
+        let was_empty = self.queue.is_empty();
+        self.enqueue(close);
+        self.sealed = true;
+        was_empty
+    }
+
+    fn enqueue(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    /// Writes queued frames until the queue is empty (`Ready(Ok)`), the socket is full
+    /// (`Pending`, with the task registered for writability), or it fails.
+    pub fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+        fd: BorrowedFd<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let written = {
+                let iov: Vec<IoSlice<'_>> = self.queue.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+                rustix::net::sendmsg(fd, &iov, &mut SendAncillaryBuffer::default(), FLAGS)
+            };
+            match written {
+                Ok(n) => self.advance(n),
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN | Errno::NOBUFS) => {
+                    // Let the runtime wait for writability; it retries the front frame
+                    // itself first, so progress it makes is accounted here.
+                    let Some(front) = self.queue.front() else { break };
+                    match Pin::new(&mut *stream).poll_write(cx, front) {
+                        Poll::Ready(Ok(n)) => self.advance(n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else { return };
+            if n < front.len() {
+                front.advance(n);
+                self.front_started = true;
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+            self.front_started = false;
+        }
+        if self.queue.is_empty() {
+            // Give the ring buffer back: an idle connection holds no queue memory.
+            self.queue = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    const CAPS: Caps = Caps { bytes: 1 << 20, frames: 1 << 20 };
+
+    #[test]
+    fn empty_queue_sends_directly_and_full_socket_queues() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(out.push(a.as_fd(), Bytes::from_static(b"hello"), CAPS), Pushed::Sent);
+        assert!(out.is_empty());
+        // Fill the socket buffer until the kernel refuses more.
+        let big = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut pushes = 0;
+        loop {
+            pushes += 1;
+            match out.push(a.as_fd(), big.clone(), CAPS) {
+                Pushed::Sent => continue,
+                Pushed::QueuedWake => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(pushes > 1 && !out.is_empty());
+        assert_eq!(out.push(a.as_fd(), big.clone(), CAPS), Pushed::Queued);
+        let tight = Caps { bytes: out.queued_bytes(), frames: 100 };
+        assert_eq!(out.push(a.as_fd(), big, tight), Pushed::Full);
+        drop(b);
+    }
+
+    #[test]
+    fn seal_keeps_a_started_frame_and_refuses_more() {
+        let mut out = Outbox::default();
+        out.enqueue(Bytes::from_static(b"abcdef"));
+        out.enqueue(Bytes::from_static(b"ghij"));
+        out.advance(2);
+        assert!(out.front_started);
+        assert!(!out.seal(Bytes::from_static(b"CLOSE"), true));
+        assert_eq!(out.queue, vec![Bytes::from_static(b"cdef"), Bytes::from_static(b"CLOSE")]);
+        assert_eq!(out.queued_bytes(), 9);
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(out.push(a.as_fd(), Bytes::from_static(b"x"), CAPS), Pushed::Sealed);
+    }
+
+    #[test]
+    fn advance_across_frames() {
+        let mut out = Outbox::default();
+        for f in [&b"aa"[..], b"bbb", b"c"] {
+            out.enqueue(Bytes::copy_from_slice(f));
+        }
+        out.advance(4);
+        assert_eq!(out.queue, vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        out.advance(2);
+        assert!(out.is_empty() && out.queued_bytes() == 0 && !out.front_started);
+    }
+}

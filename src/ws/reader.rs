@@ -1,0 +1,372 @@
+//! Turns a byte stream into complete WebSocket messages: frame boundaries across reads,
+//! unmasking, fragmentation, interleaved control frames, UTF-8 validation of text.
+//!
+//! Pure (no I/O). The connection hands it whatever the socket produced, usually straight
+//! from the shard's scratch buffer; only an unfinished frame tail is copied into the
+//! reader's own `tail`, which is freed again as soon as it drains, so an idle connection
+//! holds no buffer at all (DESIGN.md §2).
+
+use std::ops::ControlFlow;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use super::frame::{parse_header, unmask, Role};
+use super::ProtocolError;
+
+/// One complete message or control frame, borrowed from the reader's input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A complete, UTF-8-validated text message. Mutable so that an in-place JSON parser
+    /// (simd-json) can use it without another copy.
+    Text(&'a mut [u8]),
+    /// A complete binary message.
+    Binary(&'a [u8]),
+    /// A ping with its application data (to be echoed in a pong).
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// A close frame: `None` when it carried no status code.
+    Close(Option<(u16, &'a str)>),
+}
+
+/// Reassembly state of one connection's inbound direction.
+#[derive(Debug)]
+pub struct MessageReader {
+    role: Role,
+    max_message: usize,
+    /// Bytes of a frame that has not fully arrived yet (empty, with no allocation, when idle).
+    tail: Vec<u8>,
+    /// A fragmented data message being assembled.
+    fragments: Option<Fragments>,
+}
+
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    data: Vec<u8>,
+}
+
+impl MessageReader {
+    /// A reader for frames produced by the other side of `role`, refusing any frame or
+    /// assembled message over `max_message` payload bytes (close code 1009).
+    pub fn new(role: Role, max_message: usize) -> Self {
+        MessageReader { role, max_message, tail: Vec::new(), fragments: None }
+    }
+
+    /// Bytes currently held for unfinished frames or fragmented messages.
+    pub fn buffered(&self) -> usize {
+        self.tail.len() + self.fragments.as_ref().map_or(0, |f| f.data.len())
+    }
+
+    /// Feeds freshly read bytes. `input` may be modified (unmasking happens in place).
+    ///
+    /// `on_message` is called for every complete message in order; returning
+    /// `ControlFlow::Break` stops processing (the rest of the input is discarded, which is
+    /// what a connection that is closing wants). A protocol violation ends processing with
+    /// an error whose [`ProtocolError::close_code`] the connection should send.
+    pub fn feed<F>(&mut self, input: &mut [u8], mut on_message: F) -> Result<(), ProtocolError>
+    where
+        F: FnMut(Message<'_>) -> ControlFlow<()>,
+    {
+        if self.tail.is_empty() {
+            let (used, flow) = self.process(input, &mut on_message)?;
+            if flow.is_continue() {
+                self.tail.extend_from_slice(&input[used..]);
+            }
+            return Ok(());
+        }
+        let mut tail = std::mem::take(&mut self.tail);
+        tail.extend_from_slice(input);
+        let (used, flow) = self.process(&mut tail, &mut on_message)?;
+        if flow.is_continue() && used < tail.len() {
+            tail.drain(..used);
+            self.tail = tail;
+        }
+        Ok(())
+    }
+
+    /// Processes every complete frame at the start of `buf`; returns bytes consumed.
+    fn process<F>(&mut self, buf: &mut [u8], on_message: &mut F) -> Result<(usize, ControlFlow<()>), ProtocolError>
+    where
+        F: FnMut(Message<'_>) -> ControlFlow<()>,
+    {
+        let mut pos = 0;
+        while let Some(h) = parse_header(&buf[pos..], self.role, self.max_message)? {
+            if buf.len() - pos < h.frame_len() {
+                break;
+            }
+            let payload = &mut buf[pos + h.header_len..pos + h.frame_len()];
+            pos += h.frame_len();
+            if let Some(mask) = h.mask {
+                unmask(payload, mask);
+            }
+            if self.frame(h.opcode, h.fin, payload, on_message)?.is_break() {
+                return Ok((pos, ControlFlow::Break(())));
+            }
+        }
+        Ok((pos, ControlFlow::Continue(())))
+    }
+
+    fn frame<F>(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: &mut [u8],
+        on_message: &mut F,
+    ) -> Result<ControlFlow<()>, ProtocolError>
+    where
+        F: FnMut(Message<'_>) -> ControlFlow<()>,
+    {
+        match opcode {
+            OpCode::Control(Control::Ping) => Ok(on_message(Message::Ping(payload))),
+            OpCode::Control(Control::Pong) => Ok(on_message(Message::Pong(payload))),
+            OpCode::Control(Control::Close) => Ok(on_message(Message::Close(parse_close(payload)?))),
+            OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) => {
+                if self.fragments.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                let text = opcode == OpCode::Data(Data::Text);
+                if !fin {
+                    self.fragments = Some(Fragments { text, data: payload.to_vec() });
+                    return Ok(ControlFlow::Continue(()));
+                }
+                deliver(text, payload, on_message)
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                if fragments.data.len() + payload.len() > self.max_message {
+                    return Err(ProtocolError::TooBig);
+                }
+                fragments.data.extend_from_slice(payload);
+                if !fin {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let Some(mut done) = self.fragments.take() else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                deliver(done.text, &mut done.data, on_message)
+            }
+            // Reserved opcodes are refused by `parse_header`.
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                Err(ProtocolError::ReservedOpcode)
+            }
+        }
+    }
+}
+
+fn deliver<F>(text: bool, payload: &mut [u8], on_message: &mut F) -> Result<ControlFlow<()>, ProtocolError>
+where
+    F: FnMut(Message<'_>) -> ControlFlow<()>,
+{
+    if !text {
+        return Ok(on_message(Message::Binary(payload)));
+    }
+    if std::str::from_utf8(payload).is_err() {
+        return Err(ProtocolError::InvalidUtf8);
+    }
+    Ok(on_message(Message::Text(payload)))
+}
+
+/// Validates a close payload (RFC 6455 §5.5.1, §7.4).
+fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, ProtocolError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::BadClosePayload),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            if !valid {
+                return Err(ProtocolError::BadClosePayload);
+            }
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::client_frame;
+
+    const TEXT: OpCode = OpCode::Data(Data::Text);
+    const CONT: OpCode = OpCode::Data(Data::Continue);
+    const M: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    /// Owned form of a message, for comparing what a reader produced.
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    enum Owned {
+        Text(Vec<u8>),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    fn collect(reader: &mut MessageReader, chunks: &[&[u8]]) -> Result<Vec<Owned>, ProtocolError> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let mut chunk = chunk.to_vec();
+            reader.feed(&mut chunk, |m| {
+                out.push(match m {
+                    Message::Text(t) => Owned::Text(t.to_vec()),
+                    Message::Binary(b) => Owned::Binary(b.to_vec()),
+                    Message::Ping(p) => Owned::Ping(p.to_vec()),
+                    Message::Pong(p) => Owned::Pong(p.to_vec()),
+                    Message::Close(c) => Owned::Close(c.map(|(c, r)| (c, r.to_owned()))),
+                });
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn fragmented_text_with_interleaved_ping() {
+        let mut wire = client_frame(TEXT, false, b"hel", M);
+        wire.extend(client_frame(OpCode::Control(Control::Ping), true, b"p", M));
+        wire.extend(client_frame(CONT, false, b"lo ", M));
+        wire.extend(client_frame(CONT, true, "wörld".as_bytes(), M));
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let got = collect(&mut r, &[&wire]).unwrap();
+        assert_eq!(got, vec![Owned::Ping(b"p".to_vec()), Owned::Text("hello wörld".as_bytes().to_vec())]);
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn tail_is_released_after_a_split_frame_completes() {
+        let wire = client_frame(TEXT, true, b"{\"type\":\"join\"}", M);
+        let mut r = MessageReader::new(Role::Server, 1024);
+        assert!(collect(&mut r, &[&wire[..5]]).unwrap().is_empty());
+        assert_eq!(r.buffered(), 5);
+        assert_eq!(collect(&mut r, &[&wire[5..]]).unwrap().len(), 1);
+        assert_eq!(r.tail.capacity(), 0, "idle reader must hold no buffer");
+    }
+
+    #[test]
+    fn protocol_violations_map_to_close_codes() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (client_frame(CONT, true, b"x", M), 1002),
+            ([client_frame(TEXT, false, b"a", M), client_frame(TEXT, true, b"b", M)].concat(), 1002),
+            (client_frame(TEXT, true, &[0xff, 0xfe], M), 1007),
+            (client_frame(TEXT, true, &[b'a'; 20], M), 1009),
+            ([client_frame(TEXT, false, &[b'a'; 9], M), client_frame(CONT, true, &[b'a'; 8], M)].concat(), 1009),
+            (client_frame(OpCode::Control(Control::Close), true, &[3], M), 1002),
+            (client_frame(OpCode::Control(Control::Close), true, &[0x03, 0xed], M), 1002),
+            (client_frame(OpCode::Control(Control::Close), true, &[0x03, 0xe8, 0xff], M), 1007),
+            (text_unmasked(), 1002),
+        ];
+        for (wire, code) in cases {
+            let mut r = MessageReader::new(Role::Server, 16);
+            let err = collect(&mut r, &[&wire]).unwrap_err();
+            assert_eq!(err.close_code(), code, "{err:?}");
+        }
+    }
+
+    fn text_unmasked() -> Vec<u8> {
+        crate::ws::frame::text_frame(b"hi").to_vec()
+    }
+
+    #[test]
+    fn close_with_code_and_reason() {
+        let wire = client_frame(OpCode::Control(Control::Close), true, b"\x03\xe8bye", M);
+        let mut r = MessageReader::new(Role::Server, 16);
+        assert_eq!(collect(&mut r, &[&wire]).unwrap(), vec![Owned::Close(Some((1000, "bye".into())))]);
+    }
+
+    #[test]
+    fn break_stops_processing() {
+        let wire = [client_frame(TEXT, true, b"a", M), client_frame(TEXT, true, b"b", M)].concat();
+        let mut r = MessageReader::new(Role::Server, 16);
+        let mut seen = 0;
+        r.feed(&mut wire.clone(), |_| {
+            seen += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(seen, 1);
+        assert_eq!(r.buffered(), 0);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
+            prop_oneof![
+                (Just(0u8), "[a-zé😀 ]{0,300}".prop_map(String::into_bytes)),
+                (Just(1u8), proptest::collection::vec(any::<u8>(), 0..300)),
+                (Just(2u8), proptest::collection::vec(any::<u8>(), 0..125)),
+            ]
+        }
+
+        /// Encodes messages, fragmenting text/binary ones into `frags` pieces.
+        fn encode(msgs: &[(u8, Vec<u8>)], frags: usize, mask: [u8; 4]) -> Vec<u8> {
+            let mut wire = Vec::new();
+            for (kind, body) in msgs {
+                match kind {
+                    2 => wire.extend(client_frame(OpCode::Control(Control::Ping), true, body, mask)),
+                    _ => {
+                        let op = if *kind == 0 { TEXT } else { OpCode::Data(Data::Binary) };
+                        let step = body.len().div_ceil(frags).max(1);
+                        let pieces: Vec<&[u8]> =
+                            if body.is_empty() { vec![&[][..]] } else { body.chunks(step).collect() };
+                        for (i, piece) in pieces.iter().enumerate() {
+                            let opcode = if i == 0 { op } else { CONT };
+                            wire.extend(client_frame(opcode, i + 1 == pieces.len(), piece, mask));
+                        }
+                    }
+                }
+            }
+            wire
+        }
+
+        fn expected(msgs: &[(u8, Vec<u8>)]) -> Vec<Owned> {
+            msgs.iter()
+                .map(|(k, b)| match k {
+                    0 => Owned::Text(b.clone()),
+                    1 => Owned::Binary(b.clone()),
+                    _ => Owned::Ping(b.clone()),
+                })
+                .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn any_split_of_valid_input_parses_the_same(
+                msgs in proptest::collection::vec(arb_message(), 0..8),
+                frags in 1usize..4,
+                mask in any::<[u8; 4]>(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let wire = encode(&msgs, frags, mask);
+                let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+                points.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut last = 0;
+                for p in points { chunks.push(&wire[last..p]); last = p; }
+                chunks.push(&wire[last..]);
+                let mut r = MessageReader::new(Role::Server, 4096);
+                let got = collect(&mut r, &chunks).unwrap();
+                prop_assert_eq!(got, expected(&msgs));
+                prop_assert_eq!(r.buffered(), 0);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8),
+                role_server in any::<bool>(),
+            ) {
+                let role = if role_server { Role::Server } else { Role::Client };
+                let mut r = MessageReader::new(role, 256);
+                for mut c in chunks {
+                    if r.feed(&mut c, |_| ControlFlow::Continue(())).is_err() { break; }
+                    // Memory stays bounded by the cap even for garbage.
+                    prop_assert!(r.buffered() <= 256 + crate::ws::frame::MAX_HEADER_LEN + 64);
+                }
+            }
+        }
+    }
+}

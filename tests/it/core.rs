@@ -1,0 +1,200 @@
+//! Rooms, ordering, presence and cleanup across both shards.
+
+use std::collections::HashSet;
+use std::thread;
+
+use serde_json::{json, Value};
+
+use crate::support::{clients_on_both_shards, Client, TestServer};
+
+const PER_SENDER: usize = 40;
+
+#[test]
+fn every_member_on_both_shards_sees_every_message_once_in_one_order() {
+    let server = TestServer::start();
+    let mut clients = clients_on_both_shards(&server, "member", 4);
+    for i in 0..clients.len() {
+        let joined = clients[i].join("lobby");
+        assert_eq!(joined["members"], i as u64 + 1, "{joined}");
+        assert_eq!(joined["seq"], 0);
+        assert!(joined["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+        let newcomer = clients[i].user.clone();
+        for earlier in &mut clients[..i] {
+            let ev = earlier.expect("join");
+            assert_eq!((ev["room"].as_str(), ev["user"].as_str()), (Some("lobby"), Some(newcomer.as_str())));
+        }
+    }
+
+    // Every client sends concurrently from its own thread, then reads everything.
+    let total = PER_SENDER * clients.len();
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                for n in 0..PER_SENDER {
+                    c.say("lobby", &format!("{}#{n}", c.user));
+                }
+                let got: Vec<Value> = (0..total).map(|_| c.expect("message")).collect();
+                (c, got)
+            })
+        })
+        .collect();
+    let results: Vec<(Client, Vec<Value>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let reference: Vec<(u64, String, String)> = results[0]
+        .1
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["user"].as_str().unwrap().into(), m["text"].as_str().unwrap().into()))
+        .collect();
+    // Gap-free seq from 1, every (sender, n) exactly once, each sender's own order kept.
+    assert_eq!(reference.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=total as u64).collect::<Vec<_>>());
+    let distinct: HashSet<&String> = reference.iter().map(|r| &r.2).collect();
+    assert_eq!(distinct.len(), total);
+    for (c, _) in &results {
+        let mine: Vec<&String> = reference.iter().filter(|r| r.1 == c.user).map(|r| &r.2).collect();
+        let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("{}#{n}", c.user)).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "sender order for {}", c.user);
+    }
+    for (c, got) in &results {
+        let seen: Vec<(u64, String, String)> = got
+            .iter()
+            .map(|m| {
+                (m["seq"].as_u64().unwrap(), m["user"].as_str().unwrap().into(), m["text"].as_str().unwrap().into())
+            })
+            .collect();
+        assert_eq!(seen, reference, "client {} on shard {} saw a different order", c.user, c.shard);
+        assert!(got.iter().all(|m| m["room"] == "lobby" && m["ts"].as_u64().is_some_and(|t| t > 1_700_000_000_000)));
+    }
+}
+
+#[test]
+fn presence_events_query_leave_disconnect_and_empty_rooms() {
+    let server = TestServer::start();
+    let mut cs = clients_on_both_shards(&server, "p", 3);
+    let first_epoch = cs[0].join("room")["epoch"].clone();
+    cs[1].join("room");
+    cs[0].expect("join");
+    cs[2].join("room");
+    cs[0].expect("join");
+    cs[1].expect("join");
+
+    cs[0].send(json!({"type":"presence","room":"room","id":"q1"}));
+    let p = cs[0].expect("presence");
+    let mut names: Vec<String> = cs.iter().map(|c| c.user.clone()).collect();
+    names.sort();
+    assert_eq!(p["count"], 3);
+    assert_eq!(p["users"], json!(names));
+
+    // Paging: one name per page, following `next`.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = json!({"type":"presence","room":"room","limit":1});
+        if let Some(a) = &after {
+            q["after"] = json!(a);
+        }
+        cs[0].send(q);
+        let page = cs[0].expect("presence");
+        paged.extend(page["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, names);
+
+    // An explicit leave: the leaver gets `left`, the others a `leave` event.
+    cs[2].send(json!({"type":"leave","room":"room"}));
+    assert_eq!(cs[2].expect("left")["room"], "room");
+    let leaver = cs[2].user.clone();
+    for c in &mut cs[..2] {
+        let ev = c.expect("leave");
+        assert_eq!(ev["user"], leaver.as_str());
+    }
+    // After leaving, publishing is refused and the connection still works.
+    cs[2].say("room", "ghost");
+    assert_eq!(cs[2].expect("error")["code"], "not_member");
+
+    // A disconnect cleans up like a leave.
+    let gone = cs.remove(1);
+    let gone_user = gone.user.clone();
+    drop(gone);
+    assert_eq!(cs[0].expect("leave")["user"], gone_user.as_str());
+    cs[0].send(json!({"type":"presence","room":"room"}));
+    assert_eq!(cs[0].expect("presence")["count"], 1);
+
+    // The last member leaves: the room vanishes, a new one starts from seq 0, new epoch.
+    cs[0].say("room", "before");
+    assert_eq!(cs[0].expect("message")["seq"], 1);
+    cs[0].send(json!({"type":"leave","room":"room"}));
+    cs[0].expect("left");
+    let again = cs[1].join("room");
+    assert_eq!(again["seq"], 0);
+    assert_eq!(again["members"], 1);
+    assert_ne!(again["epoch"], first_epoch);
+}
+
+#[test]
+fn a_user_with_two_connections_is_one_presence_and_one_personal_room() {
+    let server = TestServer::start();
+    let mut watcher = Client::connect(&server, "watcher");
+    watcher.join("r");
+    let mut a1 = Client::connect(&server, "alice");
+    let mut a2 = Client::connect(&server, "alice");
+    a1.join("r");
+    assert_eq!(watcher.expect("join")["user"], "alice");
+    a2.join("r");
+    a1.send(json!({"type":"presence","room":"r"}));
+    assert_eq!(a1.expect("presence")["count"], 2, "alice counts once");
+
+    // Push to one user: every connection of alice receives it, others do not.
+    a1.say("@user:alice", "to all my devices");
+    for c in [&mut a1, &mut a2] {
+        let m = c.expect("message");
+        assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@user:alice"), Some("to all my devices")));
+    }
+    watcher.say("@user:alice", "spoof");
+    assert_eq!(watcher.expect("error")["code"], "not_member");
+    watcher.send(json!({"type":"join","room":"@user:alice"}));
+    assert_eq!(watcher.expect("error")["code"], "invalid_room");
+
+    // Alice's first connection leaving is not a presence change; her last one is.
+    a1.send(json!({"type":"leave","room":"r"}));
+    a1.expect("left");
+    drop(a2);
+    let ev = watcher.expect("leave");
+    assert_eq!(ev["user"], "alice");
+}
+
+#[test]
+fn acks_echo_the_client_reference_with_the_sequence_number() {
+    let server = TestServer::start();
+    let mut c = Client::connect(&server, "acker");
+    c.join("r");
+    c.send(json!({"type":"message","room":"r","text":"one","id":"m-1"}));
+    c.send(json!({"type":"message","room":"r","text":"two","id":7}));
+    let mut acks = Vec::new();
+    let mut msgs = Vec::new();
+    while acks.len() < 2 || msgs.len() < 2 {
+        let v = c.recv();
+        match v["type"].as_str() {
+            Some("ack") => acks.push((v["ref"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap())),
+            Some("message") => msgs.push(v["seq"].as_u64().unwrap()),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(acks, vec![("m-1".to_owned(), 1), ("7".to_owned(), 2)]);
+    assert_eq!(msgs, vec![1, 2]);
+}
+
+#[test]
+fn join_then_message_without_waiting_is_accepted_in_order() {
+    let server = TestServer::start();
+    let mut c = Client::connect(&server, "eager");
+    c.send(json!({"type":"join","room":"fast"}));
+    c.say("fast", "hello");
+    assert_eq!(c.expect("joined")["seq"], 0);
+    assert_eq!(c.expect("message")["seq"], 1);
+    c.send(json!({"type":"join","room":"fast"}));
+    assert_eq!(c.expect("error")["code"], "already_joined");
+}

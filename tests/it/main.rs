@@ -1,0 +1,11 @@
+//! Integration tests: the real server on an ephemeral port, real WebSocket clients.
+//!
+//! One binary with shared helpers (`support`); one module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+mod core;
+mod lifecycle;
+mod protocol_errors;

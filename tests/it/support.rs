@@ -1,0 +1,259 @@
+//! Shared helpers: start a server on port 0, connect real tungstenite clients.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use corecast::{Config, ServerHandle};
+use serde_json::{json, Value};
+use tungstenite::protocol::WebSocket;
+use tungstenite::Message;
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A server running in this process; shut down and joined on drop.
+pub struct TestServer {
+    handle: Option<ServerHandle>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Two shards (so cross-shard paths are exercised), unpinned, port 0.
+    pub fn start() -> TestServer {
+        Self::with(|_| {})
+    }
+
+    /// Like [`start`] with configuration tweaks.
+    pub fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 2, pin: false, ..Config::default() };
+        tweak(&mut cfg);
+        let handle = corecast::start(cfg).expect("server starts");
+        let addr = handle.local_addr();
+        TestServer { handle: Some(handle), addr }
+    }
+
+    /// Graceful shutdown, waiting for the shards to finish.
+    pub fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            h.join().expect("shards exit cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            let _ = h.join();
+        }
+    }
+}
+
+/// A WebSocket client speaking protocol v1.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub user: String,
+    pub shard: u64,
+}
+
+impl Client {
+    /// Connects as `name` and reads the `welcome` frame.
+    pub fn connect(server: &TestServer, name: &str) -> Client {
+        Self::connect_to(server.addr, name)
+    }
+
+    /// Connects to a server at `addr` (e.g. one started as a separate process).
+    pub fn connect_to(addr: SocketAddr, name: &str) -> Client {
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/ws?name={name}"), stream).expect("upgrade");
+        let mut c = Client { ws, user: name.to_owned(), shard: 0 };
+        let welcome = c.recv();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["user"], name);
+        c.shard = welcome["shard"].as_u64().unwrap();
+        c
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).expect("send");
+    }
+
+    pub fn send_raw_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s.to_owned())).expect("send");
+    }
+
+    /// Next JSON frame (control frames are answered by tungstenite and skipped).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read a frame") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Next frame of type `kind`, failing on anything else.
+    pub fn expect(&mut self, kind: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
+        v
+    }
+
+    /// Joins `room` and returns the `joined` frame.
+    pub fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type":"join","room":room}));
+        let j = self.expect("joined");
+        assert_eq!(j["room"], room);
+        j
+    }
+
+    pub fn say(&mut self, room: &str, text: &str) {
+        self.send(json!({"type":"message","room":room,"text":text}));
+    }
+
+    /// Reads until the close frame; returns its code. Other frames are skipped.
+    pub fn expect_close(&mut self) -> u16 {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return f.code.into(),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+        panic!("no close frame within {PATIENCE:?}");
+    }
+
+    /// Asserts that no application frame arrives within `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        self.ws.get_ref().set_read_timeout(Some(wait)).unwrap();
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.ws.get_ref().set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+}
+
+/// Connects clients `prefix-0`, `prefix-1`, … until `n` are connected and both shards
+/// have at least one (the kernel's SO_REUSEPORT hash decides placement).
+pub fn clients_on_both_shards(server: &TestServer, prefix: &str, n: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for i in 0..200 {
+        let c = Client::connect(server, &format!("{prefix}-{i}"));
+        let covered = |cs: &[Client], extra: &Client| (0..2).all(|s| cs.iter().chain([extra]).any(|c| c.shard == s));
+        let need_more = clients.len() + 1 < n;
+        if need_more || covered(&clients, &c) {
+            clients.push(c);
+        } else {
+            // Keep the count at n: replace a client on the over-represented shard.
+            let i = clients.iter().position(|x| x.shard == c.shard).unwrap();
+            clients.remove(i);
+            clients.push(c);
+        }
+        if clients.len() >= n && (0..2).all(|s| clients.iter().any(|c| c.shard == s)) {
+            return clients;
+        }
+    }
+    panic!("could not place clients on both shards");
+}
+
+/// A raw TCP connection for sending malformed bytes.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(server: &TestServer) -> Raw {
+        let stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Raw { stream }
+    }
+
+    /// Connects and completes a WebSocket upgrade by hand; the 101 head and the welcome
+    /// frame are consumed.
+    pub fn upgraded(server: &TestServer, name: &str) -> Raw {
+        let mut raw = Raw::connect(server);
+        raw.send(
+            format!(
+                "GET /ws?name={name} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let head = raw.read_http_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let (op, payload) = raw.read_frame();
+        assert_eq!(op, 1);
+        assert!(String::from_utf8_lossy(&payload).contains("welcome"));
+        raw
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads an HTTP response head (up to the blank line) and returns it.
+    pub fn read_http_head(&mut self) -> String {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.stream.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    /// Reads everything until the server closes the connection.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.stream.read_to_end(&mut out);
+        out
+    }
+
+    /// Reads one unmasked server frame: (opcode, payload).
+    pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        self.stream.read_exact(&mut h).unwrap();
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            self.stream.read_exact(&mut b).unwrap();
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            self.stream.read_exact(&mut b).unwrap();
+            len = u64::from_be_bytes(b);
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.stream.read_exact(&mut payload).unwrap();
+        (h[0] & 0x0f, payload)
+    }
+
+    /// Reads frames until a close frame; returns its code.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            let (op, payload) = self.read_frame();
+            if op == 8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    use tungstenite::protocol::frame::coding::OpCode;
+    corecast::ws::frame::client_frame(OpCode::from(opcode), fin, payload, [0x11, 0x22, 0x33, 0x44])
+}
