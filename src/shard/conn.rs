@@ -135,6 +135,14 @@ impl Shard {
 
     fn on_request(&self, id: ConnId, conn: &mut Conn, req: &HttpRequest<'_, '_>, rest: &mut [u8]) {
         if req.path != "/ws" {
+            if req.method == "GET" || req.method == "HEAD" {
+                if let Some(asset) = crate::http::assets::get(req.path) {
+                    let body = if req.method == "HEAD" { &[][..] } else { asset.body };
+                    conn.push(response::response(200, asset.content_type, "", body, false), self.caps);
+                    conn.enter(Phase::Done, self.now());
+                    return;
+                }
+            }
             let (status, code, msg) = if req.method == "GET" || req.method == "HEAD" {
                 (404, "not_found", "no such endpoint; WebSocket clients connect to /ws")
             } else {

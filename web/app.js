@@ -1,0 +1,1 @@
+/* corecast web client: see web/README or docs */
