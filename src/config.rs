@@ -157,6 +157,11 @@ pub struct Cli {
     /// io_uring ring depth per shard.
     #[arg(long, env = "CORECAST_RING_DEPTH", default_value_t = 1024, value_name = "N")]
     pub ring_depth: usize,
+    /// Allow transparent huge pages. Off by default: a connection's few small allocations
+    /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
+    /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
+    #[arg(long, env = "CORECAST_ALLOW_THP")]
+    pub allow_thp: bool,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `corecast=debug`.
     #[arg(long, env = "CORECAST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,

@@ -5,6 +5,7 @@ use corecast::config::{Cli, ConfigError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -15,6 +16,11 @@ fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     init_logging(&cli.log, cli.log_json)?;
+    if !cli.allow_thp {
+        if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+            tracing::warn!(error = %e, "could not disable transparent huge pages; memory per connection will be higher");
+        }
+    }
     let config = cli.into_config()?;
     let shards = config.effective_shards();
     let server = corecast::start(config).context("starting corecast")?;

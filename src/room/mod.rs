@@ -20,48 +20,67 @@ use crate::shard::msg::{JoinAck, JoinReq, Origin, PresenceReq, Publish, ShardMsg
 pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
 
 /// One room as its owner sees it.
+///
+/// Every user has a personal room, so a million users mean a million of these: the
+/// presence part that personal rooms never use sits behind a box.
 pub struct OwnedRoom {
     name: Arc<str>,
     /// Random per room instance: a client's `since` from another instance cannot match.
-    epoch: Arc<str>,
+    /// Shown as 16 hex digits.
+    epoch: u64,
     /// Last assigned sequence number (0: no message yet).
     seq: u64,
-    /// Wall-clock creation time (ms since the Unix epoch).
-    created_ms: u64,
     /// Connections per shard (joined or joining): the interest map for fan-out.
     shard_members: Box<[u32]>,
     /// Sum of `shard_members`.
     connections: u32,
-    /// Distinct users present → their connection count. Empty for system rooms.
-    users: BTreeMap<Arc<str>, u32>,
-    /// Server-managed room (`@user:…`): no presence, no `joined` frames.
-    system: bool,
+    /// Users and creation time; `None` for server-managed rooms (`@user:…`), which have
+    /// no presence and send no `joined` frames.
+    presence: Option<Box<Presence>>,
 }
+
+/// The presence side of a public room.
+struct Presence {
+    /// Distinct users present → their connection count.
+    users: BTreeMap<Arc<str>, u32>,
+    /// Wall-clock creation time (ms since the Unix epoch).
+    created_ms: u64,
+}
+
+static NO_USERS: BTreeMap<Arc<str>, u32> = BTreeMap::new();
 
 impl OwnedRoom {
     /// Room name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
-    /// Last assigned sequence number.
+    /// Last assigned sequence number (also the number of messages so far).
     pub fn seq(&self) -> u64 {
         self.seq
     }
-    /// Stream epoch.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    /// Stream epoch as shown to clients.
+    pub fn epoch(&self) -> String {
+        format!("{:016x}", self.epoch)
     }
-    /// Distinct users present.
+    /// Whether this is a server-managed room (no presence).
+    pub fn is_system(&self) -> bool {
+        self.presence.is_none()
+    }
+    /// Distinct users present (0 for server-managed rooms).
     pub fn user_count(&self) -> u32 {
-        self.users.len() as u32
+        self.users().len() as u32
     }
     /// Connections that joined.
     pub fn connections(&self) -> u32 {
         self.connections
     }
-    /// Creation time, ms since the Unix epoch.
+    /// Creation time, ms since the Unix epoch (0 for server-managed rooms).
     pub fn created_ms(&self) -> u64 {
-        self.created_ms
+        self.presence.as_ref().map_or(0, |p| p.created_ms)
+    }
+
+    fn users(&self) -> &BTreeMap<Arc<str>, u32> {
+        self.presence.as_ref().map_or(&NO_USERS, |p| &p.users)
     }
 
     /// Sends `frame` once to every shard with members.
@@ -109,7 +128,7 @@ impl OwnedRooms {
     }
 
     fn events_enabled(&self, room: &OwnedRoom) -> bool {
-        !room.system && room.user_count() < self.presence_events_max
+        !room.is_system() && room.user_count() < self.presence_events_max
     }
 
     /// Sequences a join: counts the connection, announces a user's first connection to
@@ -120,15 +139,14 @@ impl OwnedRooms {
         let shards = self.shards;
         let room = self.rooms.entry(req.room.clone()).or_insert_with(|| OwnedRoom {
             name: req.room.clone(),
-            epoch: Arc::from(format!("{:016x}", fastrand::u64(..))),
+            epoch: fastrand::u64(..),
             seq: 0,
-            created_ms: now_ms,
             shard_members: vec![0; shards].into_boxed_slice(),
             connections: 0,
-            users: BTreeMap::new(),
-            system: req.room.starts_with(SYSTEM_ROOM_PREFIX),
+            presence: (!req.room.starts_with(SYSTEM_ROOM_PREFIX))
+                .then(|| Box::new(Presence { users: BTreeMap::new(), created_ms: now_ms })),
         });
-        let first = !room.system && !room.users.contains_key(&req.user);
+        let first = !room.is_system() && !room.users().contains_key(&req.user);
         // Announce before counting the joiner: it is not a local member until its ack
         // arrives, so its shard only needs the event if others there are members.
         if first && room.user_count() < self.presence_events_max {
@@ -138,10 +156,10 @@ impl OwnedRooms {
             *n += 1;
         }
         room.connections += 1;
-        if !room.system {
-            *room.users.entry(req.user.clone()).or_insert(0) += 1;
+        if let Some(p) = room.presence.as_mut() {
+            *p.users.entry(req.user.clone()).or_insert(0) += 1;
         }
-        let frame = (!req.silent).then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch, None));
+        let frame = (!req.silent).then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), None));
         sink(
             req.origin.shard,
             ShardMsg::JoinAck(Box::new(JoinAck {
@@ -164,11 +182,13 @@ impl OwnedRooms {
         }
         room.connections -= 1;
         let mut gone = false;
-        if let Some(count) = room.users.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                room.users.remove(user);
-                gone = true;
+        if let Some(p) = room.presence.as_mut() {
+            if let Some(count) = p.users.get_mut(user) {
+                *count -= 1;
+                if *count == 0 {
+                    p.users.remove(user);
+                    gone = true;
+                }
             }
         }
         if room.connections == 0 {
@@ -200,13 +220,13 @@ impl OwnedRooms {
 
     /// Answers a presence query with one page of user names (sorted) and the total count.
     pub fn presence(&self, req: PresenceReq, sink: &mut Sink<'_>) {
-        let Some(room) = self.rooms.get(&req.room).filter(|r| !r.system) else {
+        let Some(room) = self.rooms.get(&req.room).filter(|r| !r.is_system()) else {
             reply_error(&req.origin, ErrorCode::NotMember, "you are not a member of this room", sink);
             return;
         };
         let after = req.after.as_deref();
         let mut page = room
-            .users
+            .users()
             .keys()
             .filter(|u| after.is_none_or(|a| &***u > a))
             .map(|u| &**u)

@@ -79,6 +79,7 @@ impl Shard {
                 Poll::Ready(Ok(n)) => n,
             };
             conn.last_seen = self.now();
+            conn.pinged = false;
             self.on_input(id, conn, &mut scratch[..n]);
         }
         // Still busy: let other connections run, then continue.
@@ -110,11 +111,11 @@ impl Shard {
 
     fn on_handshake_bytes(&self, id: ConnId, conn: &mut Conn, data: &[u8]) {
         let Phase::Handshake(buf) = &mut conn.phase else { return };
-        let mut buf = std::mem::take(buf);
+        let mut buf = std::mem::take(&mut **buf);
         buf.extend_from_slice(data);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match request::parse(&buf, &mut headers, self.cfg.max_request_head) {
-            Ok(None) => conn.phase = Phase::Handshake(buf),
+            Ok(None) => conn.phase = Phase::Handshake(Box::new(buf)),
             Err(e) => {
                 let body = response::json_error(e.status(), e.code(), &e.to_string(), "", false);
                 self.http_reply(conn, body);
@@ -171,7 +172,6 @@ impl Shard {
         conn.push(handshake::accept_response(&upgrade, None), self.caps);
         let now = self.now();
         conn.enter(Phase::Open, now);
-        conn.last_ping = now;
         conn.user = Arc::from(user);
         inc(&self.stats.upgrades_total);
         self.push(conn, server::welcome(&conn.user.clone(), &self.conn_label(id), self.id));

@@ -7,7 +7,7 @@
 //! ack racing a disconnect) can never reach a newer connection reusing the slot.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::outbox::{Caps, Outbox, Pushed};
 use crate::rt::TcpStream;
@@ -45,8 +46,10 @@ impl ConnId {
 /// Lifecycle of a connection.
 #[derive(Debug)]
 pub enum Phase {
-    /// Reading the HTTP request head (the bytes so far).
-    Handshake(Vec<u8>),
+    /// Reading the HTTP request head (the bytes so far; boxed because it is transient and
+    /// would otherwise widen every connection by 8 bytes, past an allocator size class).
+    #[allow(clippy::box_collection)]
+    Handshake(Box<Vec<u8>>),
     /// Upgraded: exchanging WebSocket messages.
     Open,
     /// We sent a close frame and wait for the peer's (or for the close timeout).
@@ -78,7 +81,6 @@ pub struct Conn {
     /// The socket. Reads and the slow write path go through the runtime; the fast path
     /// writes to its descriptor directly (see `outbox`).
     pub stream: TcpStream,
-    fd: RawFd,
     /// Where in its lifecycle the connection is.
     pub phase: Phase,
     /// Inbound WebSocket state (unfinished frame tail, fragments).
@@ -89,14 +91,15 @@ pub struct Conn {
     pub waker: Option<Waker>,
     /// User id (empty until the upgrade).
     pub user: Arc<str>,
-    /// Rooms joined or joining, in join order.
-    pub rooms: Vec<Membership>,
+    /// Rooms joined or joining, in join order. Inline while it holds one entry (the
+    /// personal room every connection has), so an idle connection needs no heap for it.
+    pub rooms: SmallVec<[Membership; 1]>,
     /// Peer address.
     pub peer: IpAddr,
     /// Shard clock (ms) of the last byte received.
     pub last_seen: u32,
-    /// Shard clock (ms) of the last ping sent (or of the upgrade).
-    pub last_ping: u32,
+    /// A ping was sent and nothing has arrived since.
+    pub pinged: bool,
     /// Shard clock (ms) when the current phase began.
     pub phase_since: u32,
     /// Our write side is shut down (after a close frame was flushed).
@@ -106,20 +109,18 @@ pub struct Conn {
 impl Conn {
     /// A freshly accepted connection, starting its handshake at shard time `now`.
     pub fn new(stream: TcpStream, peer: IpAddr, now: u32, max_message: usize) -> Conn {
-        let fd = stream.as_raw_fd();
         Conn {
             generation: 0,
             stream,
-            fd,
-            phase: Phase::Handshake(Vec::new()),
+            phase: Phase::Handshake(Box::default()),
             reader: MessageReader::new(crate::ws::frame::Role::Server, max_message),
             out: Outbox::default(),
             waker: None,
             user: Arc::from(""),
-            rooms: Vec::new(),
+            rooms: SmallVec::new(),
             peer,
             last_seen: now,
-            last_ping: now,
+            pinged: false,
             phase_since: now,
             write_shut: false,
         }
@@ -127,9 +128,9 @@ impl Conn {
 
     /// The socket descriptor, valid as long as this `Conn` exists (it owns the stream).
     fn fd<'a>(&self) -> BorrowedFd<'a> {
-        // SAFETY: `fd` belongs to `self.stream`, which lives exactly as long as `self`;
-        // every caller uses the result only while it holds `&mut self`.
-        unsafe { BorrowedFd::borrow_raw(self.fd) }
+        // SAFETY: the descriptor belongs to `self.stream`, which lives exactly as long as
+        // `self`; every caller uses the result only while it holds `&mut self`.
+        unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
     }
 
     /// Sends `frame` at once or queues it (see [`Outbox::push`]).
@@ -220,5 +221,21 @@ impl Conns {
     /// Every connection with its id.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
         self.slab.iter_mut().map(|(i, c)| (ConnId { index: i as u32, generation: c.generation }, &mut **c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Per-connection memory is a product feature (DESIGN.md §2): this fails when
+    /// someone makes every connection bigger, so the cost is a conscious decision.
+    #[test]
+    fn connection_state_stays_small() {
+        use std::mem::size_of;
+        assert!(size_of::<crate::ws::reader::MessageReader>() <= 16);
+        assert!(size_of::<super::Outbox>() <= 8);
+        let own = size_of::<super::Conn>() - size_of::<crate::rt::TcpStream>();
+        assert!(own <= 136, "Conn is {} bytes beyond the runtime's stream", own);
+        // 256 is an allocator size class; one byte more costs 64 (mimalloc's next class).
+        assert!(size_of::<super::Conn>() <= 256);
     }
 }

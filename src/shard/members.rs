@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use indexmap::IndexSet;
 use rustc_hash::{FxBuildHasher, FxHashMap};
+use smallvec::SmallVec;
 
 use super::conns::ConnId;
 use super::msg::JoinAck;
@@ -22,7 +23,7 @@ const CHUNK: usize = 1024;
 /// Local members per room. Only rooms with at least one local member are present.
 #[derive(Default)]
 pub(crate) struct LocalRooms {
-    rooms: FxHashMap<Arc<str>, IndexSet<ConnId, FxBuildHasher>>,
+    rooms: FxHashMap<Arc<str>, Members>,
 }
 
 impl LocalRooms {
@@ -33,17 +34,89 @@ impl LocalRooms {
 
     /// Removes `conn` from `room`; forgets the room when it has no local member left.
     pub fn remove(&mut self, room: &str, conn: ConnId) {
-        if let Some(set) = self.rooms.get_mut(room) {
-            set.swap_remove(&conn);
-            if set.is_empty() {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(conn);
+            if members.is_empty() {
                 self.rooms.remove(room);
             }
         }
     }
 
     /// Local members of `room`.
-    pub fn get(&self, room: &str) -> Option<&IndexSet<ConnId, FxBuildHasher>> {
+    pub fn get(&self, room: &str) -> Option<&Members> {
         self.rooms.get(room)
+    }
+}
+
+/// Rooms up to this many local members keep them inline in a small vector (most rooms,
+/// and every personal room, are small: a hash index would cost ~150 B per room for
+/// nothing); larger rooms switch to an indexed set with O(1) removal.
+const INLINE_MAX: usize = 16;
+
+/// The local members of one room.
+pub(crate) enum Members {
+    /// Small rooms: no heap for up to two members, linear search below `INLINE_MAX`.
+    Few(SmallVec<[ConnId; 2]>),
+    /// Large rooms: O(1) insert and removal. Boxed so that small rooms (nearly all of
+    /// them) do not pay for the index's inline size.
+    Many(Box<IndexSet<ConnId, FxBuildHasher>>),
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members::Few(SmallVec::new())
+    }
+}
+
+impl Members {
+    /// Adds `id` (no effect if present).
+    pub fn insert(&mut self, id: ConnId) {
+        match self {
+            Members::Few(v) if v.contains(&id) => {}
+            Members::Few(v) if v.len() < INLINE_MAX => v.push(id),
+            Members::Few(v) => {
+                let set = v.drain(..).chain([id]).collect();
+                *self = Members::Many(Box::new(set));
+            }
+            Members::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id` (no effect if absent).
+    pub fn remove(&mut self, id: ConnId) {
+        match self {
+            Members::Few(v) => {
+                if let Some(i) = v.iter().position(|m| *m == id) {
+                    v.swap_remove(i);
+                }
+            }
+            Members::Many(set) => {
+                set.swap_remove(&id);
+            }
+        }
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        match self {
+            Members::Few(v) => v.len(),
+            Members::Many(set) => set.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` for every member.
+    pub fn for_each(&self, mut f: impl FnMut(ConnId)) {
+        match self {
+            Members::Few(v) => v.iter().copied().for_each(&mut f),
+            Members::Many(set) => set.iter().copied().for_each(&mut f),
+        }
     }
 }
 
@@ -73,11 +146,11 @@ impl Shard {
             let Some(set) = members.get(room) else { return };
             if set.len() <= CHUNK {
                 let mut conns = self.conns.borrow_mut();
-                for id in set {
-                    if let Some(conn) = conns.get_mut(*id) {
+                set.for_each(|id| {
+                    if let Some(conn) = conns.get_mut(id) {
                         self.push(conn, frame.clone());
                     }
-                }
+                });
                 add(&self.stats.deliveries, set.len() as u64);
                 true
             } else {
@@ -89,10 +162,11 @@ impl Shard {
         }
         // Large room: work from a snapshot, since members may leave while we yield;
         // joins cannot interleave (their acks come through this same inbox, after us).
-        let ids: Vec<ConnId> = match self.members.borrow().get(room) {
-            Some(set) => set.iter().copied().collect(),
+        let mut ids: Vec<ConnId> = Vec::new();
+        match self.members.borrow().get(room) {
+            Some(set) => set.for_each(|id| ids.push(id)),
             None => return,
-        };
+        }
         for chunk in ids.chunks(CHUNK) {
             {
                 let mut conns = self.conns.borrow_mut();
@@ -107,5 +181,45 @@ impl Shard {
             add(&self.stats.deliveries, chunk.len() as u64);
             rt::yield_if_needed().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(m: &Members) -> Vec<ConnId> {
+        let mut v = Vec::new();
+        m.for_each(|id| v.push(id));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn members_grow_into_an_index_and_keep_set_semantics() {
+        let mut m = Members::default();
+        for n in 0..40 {
+            m.insert(ConnId::for_test(n));
+            m.insert(ConnId::for_test(n));
+        }
+        assert!(matches!(m, Members::Many(_)));
+        assert_eq!(m.len(), 40);
+        for n in (0..40).step_by(2) {
+            m.remove(ConnId::for_test(n));
+        }
+        m.remove(ConnId::for_test(1000));
+        assert_eq!(ids(&m), (1..40).step_by(2).map(ConnId::for_test).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn small_rooms_stay_inline() {
+        assert!(std::mem::size_of::<Members>() <= 32, "a room entry stays small");
+        let mut rooms = LocalRooms::default();
+        rooms.add("r".into(), ConnId::for_test(1));
+        rooms.add("r".into(), ConnId::for_test(2));
+        assert!(matches!(rooms.get("r"), Some(Members::Few(v)) if !v.spilled()));
+        rooms.remove("r", ConnId::for_test(1));
+        rooms.remove("r", ConnId::for_test(2));
+        assert!(rooms.get("r").is_none(), "empty rooms are forgotten");
     }
 }

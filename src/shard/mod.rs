@@ -33,7 +33,7 @@ use self::conns::{Conn, ConnId, Conns, Phase};
 use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
 use self::msg::ShardMsg;
-use self::outbox::{Caps, Outbox, Pushed};
+use self::outbox::{Caps, Pushed};
 use crate::config::Config;
 use crate::metrics::{inc, ShardStats};
 use crate::room::OwnedRooms;
@@ -257,7 +257,7 @@ impl Shard {
             }
             // Whoever is left is not listening: drop what they are owed and close.
             for (_, conn) in shard.conns.borrow_mut().iter_mut() {
-                conn.out = Outbox::default();
+                conn.out.clear();
                 conn.enter(Phase::Done, shard.now());
                 conn.wake();
             }

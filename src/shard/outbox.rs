@@ -55,11 +55,18 @@ pub enum Pushed {
     Sealed,
 }
 
-/// The outgoing queue. Allocates nothing while empty.
+/// The outgoing queue: one pointer while nothing waits (the common case for an idle or
+/// keeping-up connection); the queue state is allocated only when the kernel refuses a
+/// frame, and freed again when it drains.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: VecDeque<Bytes>,
-    /// Total bytes in `queue`.
+    queue: Option<Box<Queue>>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// Total bytes in `frames`.
     bytes: usize,
     /// The front frame has been partly written; it must be finished even when the rest
     /// is discarded, or the peer would see a torn frame.
@@ -68,74 +75,98 @@ pub struct Outbox {
     sealed: bool,
 }
 
+impl Queue {
+    fn enqueue(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else { return };
+            if n < front.len() {
+                front.advance(n);
+                self.front_started = true;
+                return;
+            }
+            n -= front.len();
+            self.frames.pop_front();
+            self.front_started = false;
+        }
+    }
+}
+
 impl Outbox {
     /// Bytes waiting.
     #[cfg(test)]
     pub fn queued_bytes(&self) -> usize {
-        self.bytes
+        self.queue.as_ref().map_or(0, |q| q.bytes)
     }
 
     /// Whether nothing is waiting.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.as_ref().is_none_or(|q| q.frames.is_empty())
     }
 
-    /// Sends `frame` now if the queue is empty and the kernel takes it, else queues it
+    /// Sends `frame` now if nothing is waiting and the kernel takes it, else queues it
     /// within `caps`.
     pub fn push(&mut self, fd: BorrowedFd<'_>, frame: Bytes, caps: Caps) -> Pushed {
-        if self.sealed {
-            return Pushed::Sealed;
-        }
-        if !self.queue.is_empty() {
-            if self.bytes + frame.len() > caps.bytes || self.queue.len() >= caps.frames {
-                return Pushed::Full;
+        if let Some(q) = self.queue.as_mut() {
+            if q.sealed {
+                return Pushed::Sealed;
             }
-            self.enqueue(frame);
-            return Pushed::Queued;
-        }
-        match rustix::net::send(fd, &frame, FLAGS) {
-            Ok(n) if n == frame.len() => Pushed::Sent,
-            Ok(n) => {
-                self.front_started = n > 0;
-                self.enqueue(frame.slice(n..));
-                Pushed::QueuedWake
+            if !q.frames.is_empty() {
+                if q.bytes + frame.len() > caps.bytes || q.frames.len() >= caps.frames {
+                    return Pushed::Full;
+                }
+                q.enqueue(frame);
+                return Pushed::Queued;
             }
-            Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => {
-                self.enqueue(frame);
-                Pushed::QueuedWake
-            }
-            Err(_) => Pushed::Broken,
         }
+        let (rest, started) = match rustix::net::send(fd, &frame, FLAGS) {
+            Ok(n) if n == frame.len() => return Pushed::Sent,
+            Ok(n) => (frame.slice(n..), n > 0),
+            Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => (frame, false),
+            Err(_) => return Pushed::Broken,
+        };
+        let q = self.queue.get_or_insert_with(Box::default);
+        q.front_started = started;
+        q.enqueue(rest);
+        Pushed::QueuedWake
     }
 
     /// Queues a final close frame: everything not yet started is dropped first when
     /// `discard` is set (a slow consumer is not owed its backlog), and nothing may be
-    /// pushed afterwards. Returns whether the queue was empty before (the task must be woken).
+    /// pushed afterwards. Returns whether nothing was waiting before (the task must be
+    /// woken to flush).
     pub fn seal(&mut self, close: Bytes, discard: bool) -> bool {
-        if self.sealed {
+        let q = self.queue.get_or_insert_with(Box::default);
+        if q.sealed {
             return false;
         }
         if discard {
-            let keep = usize::from(self.front_started);
-            while self.queue.len() > keep {
-                if let Some(f) = self.queue.pop_back() {
-                    self.bytes -= f.len();
+            let keep = usize::from(q.front_started);
+            while q.frames.len() > keep {
+                if let Some(f) = q.frames.pop_back() {
+                    q.bytes -= f.len();
                 }
             }
         }
-        let was_empty = self.queue.is_empty();
-        self.enqueue(close);
-        self.sealed = true;
+        let was_empty = q.frames.is_empty();
+        q.enqueue(close);
+        q.sealed = true;
         was_empty
     }
 
-    fn enqueue(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.queue.push_back(frame);
+    /// Drops everything waiting (the peer is gone or will not read).
+    pub fn clear(&mut self) {
+        self.queue = None;
     }
 
-    /// Writes queued frames until the queue is empty (`Ready(Ok)`), the socket is full
+    /// Writes queued frames until nothing waits (`Ready(Ok)`), the socket is full
     /// (`Pending`, with the task registered for writability), or it fails.
     pub fn poll_flush(
         &mut self,
@@ -143,20 +174,21 @@ impl Outbox {
         stream: &mut TcpStream,
         fd: BorrowedFd<'_>,
     ) -> Poll<io::Result<()>> {
-        while !self.queue.is_empty() {
+        let Some(q) = self.queue.as_mut() else { return Poll::Ready(Ok(())) };
+        while !q.frames.is_empty() {
             let written = {
-                let iov: Vec<IoSlice<'_>> = self.queue.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+                let iov: Vec<IoSlice<'_>> = q.frames.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
                 rustix::net::sendmsg(fd, &iov, &mut SendAncillaryBuffer::default(), FLAGS)
             };
             match written {
-                Ok(n) => self.advance(n),
+                Ok(n) => q.advance(n),
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN | Errno::NOBUFS) => {
                     // Let the runtime wait for writability; it retries the front frame
                     // itself first, so progress it makes is accounted here.
-                    let Some(front) = self.queue.front() else { break };
+                    let Some(front) = q.frames.front() else { break };
                     match Pin::new(&mut *stream).poll_write(cx, front) {
-                        Poll::Ready(Ok(n)) => self.advance(n),
+                        Poll::Ready(Ok(n)) => q.advance(n),
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
                     }
@@ -164,27 +196,11 @@ impl Outbox {
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
+        if !q.sealed {
+            // Drained: give the memory back.
+            self.queue = None;
+        }
         Poll::Ready(Ok(()))
-    }
-
-    /// Drops `n` written bytes from the front of the queue.
-    fn advance(&mut self, mut n: usize) {
-        self.bytes -= n;
-        while n > 0 {
-            let Some(front) = self.queue.front_mut() else { return };
-            if n < front.len() {
-                front.advance(n);
-                self.front_started = true;
-                return;
-            }
-            n -= front.len();
-            self.queue.pop_front();
-            self.front_started = false;
-        }
-        if self.queue.is_empty() {
-            // Give the ring buffer back: an idle connection holds no queue memory.
-            self.queue = VecDeque::new();
-        }
     }
 }
 
@@ -223,13 +239,15 @@ mod tests {
 
     #[test]
     fn seal_keeps_a_started_frame_and_refuses_more() {
-        let mut out = Outbox::default();
-        out.enqueue(Bytes::from_static(b"abcdef"));
-        out.enqueue(Bytes::from_static(b"ghij"));
-        out.advance(2);
-        assert!(out.front_started);
+        let mut q = Queue::default();
+        q.enqueue(Bytes::from_static(b"abcdef"));
+        q.enqueue(Bytes::from_static(b"ghij"));
+        q.advance(2);
+        assert!(q.front_started);
+        let mut out = Outbox { queue: Some(Box::new(q)) };
         assert!(!out.seal(Bytes::from_static(b"CLOSE"), true));
-        assert_eq!(out.queue, vec![Bytes::from_static(b"cdef"), Bytes::from_static(b"CLOSE")]);
+        let frames = &out.queue.as_ref().unwrap().frames;
+        assert_eq!(*frames, vec![Bytes::from_static(b"cdef"), Bytes::from_static(b"CLOSE")]);
         assert_eq!(out.queued_bytes(), 9);
         let (a, _b) = UnixStream::pair().unwrap();
         assert_eq!(out.push(a.as_fd(), Bytes::from_static(b"x"), CAPS), Pushed::Sealed);
@@ -237,13 +255,13 @@ mod tests {
 
     #[test]
     fn advance_across_frames() {
-        let mut out = Outbox::default();
+        let mut q = Queue::default();
         for f in [&b"aa"[..], b"bbb", b"c"] {
-            out.enqueue(Bytes::copy_from_slice(f));
+            q.enqueue(Bytes::copy_from_slice(f));
         }
-        out.advance(4);
-        assert_eq!(out.queue, vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
-        out.advance(2);
-        assert!(out.is_empty() && out.queued_bytes() == 0 && !out.front_started);
+        q.advance(4);
+        assert_eq!(q.frames, vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        q.advance(2);
+        assert!(q.frames.is_empty() && q.bytes == 0 && !q.front_started);
     }
 }

@@ -1,15 +1,15 @@
 //! Heartbeats and timeouts, by one periodic sweep per shard instead of one timer per
 //! connection (DESIGN.md §8: a timer is ~200 B and slows every reactor pass at 1M).
 //!
-//! Each tick walks the connection table once: pings connections whose last ping is one
-//! interval old (so pings are spread by connect time, not sent in one burst), closes
-//! connections silent for two intervals, and enforces the handshake and close timeouts.
+//! Each tick walks the connection table once: pings connections silent for one interval
+//! (so pings are spread by when each connection last spoke, not sent in one burst, and
+//! busy connections are never pinged), closes connections silent for two intervals, and
+//! enforces the handshake and close timeouts.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::conns::Phase;
-use super::outbox::Outbox;
 use super::Shard;
 use crate::http::response;
 use crate::metrics::inc;
@@ -50,14 +50,14 @@ impl Shard {
                     self.close(conn, close::GOING_AWAY, "heartbeat timeout", true);
                     conn.enter(Phase::Done, now);
                 }
-                Phase::Open if now.wrapping_sub(conn.last_ping) >= ping => {
-                    conn.last_ping = now;
+                Phase::Open if !conn.pinged && now.wrapping_sub(conn.last_seen) >= ping => {
+                    conn.pinged = true;
                     let frame = self.ping.clone();
                     self.push(conn, frame);
                 }
                 Phase::Closing { .. } | Phase::Done if in_phase >= closing => {
                     // The peer did not complete the close (or does not read): drop it.
-                    conn.out = Outbox::default();
+                    conn.out.clear();
                     conn.enter(Phase::Done, now);
                     conn.wake();
                 }

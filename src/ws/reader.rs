@@ -3,7 +3,7 @@
 //!
 //! Pure (no I/O). The connection hands it whatever the socket produced, usually straight
 //! from the shard's scratch buffer; only an unfinished frame tail is copied into the
-//! reader's own `tail`, which is freed again as soon as it drains, so an idle connection
+//! reader's own buffer, which is freed again as soon as it drains, so an idle connection
 //! holds no buffer at all (DESIGN.md §2).
 
 use std::ops::ControlFlow;
@@ -30,11 +30,21 @@ pub enum Message<'a> {
 }
 
 /// Reassembly state of one connection's inbound direction.
+///
+/// 16 bytes while idle: what must survive between reads lives in a box that exists only
+/// while a frame or a fragmented message is unfinished (a million idle connections must
+/// not carry a million empty buffers).
 #[derive(Debug)]
 pub struct MessageReader {
     role: Role,
-    max_message: usize,
-    /// Bytes of a frame that has not fully arrived yet (empty, with no allocation, when idle).
+    max_message: u32,
+    pending: Option<Box<Pending>>,
+}
+
+/// Input that waits for more bytes.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Bytes of a frame that has not fully arrived yet.
     tail: Vec<u8>,
     /// A fragmented data message being assembled.
     fragments: Option<Fragments>,
@@ -48,14 +58,15 @@ struct Fragments {
 
 impl MessageReader {
     /// A reader for frames produced by the other side of `role`, refusing any frame or
-    /// assembled message over `max_message` payload bytes (close code 1009).
+    /// assembled message over `max_message` payload bytes (close code 1009). Caps above
+    /// 4 GiB − 1 are treated as 4 GiB − 1.
     pub fn new(role: Role, max_message: usize) -> Self {
-        MessageReader { role, max_message, tail: Vec::new(), fragments: None }
+        MessageReader { role, max_message: u32::try_from(max_message).unwrap_or(u32::MAX), pending: None }
     }
 
     /// Bytes currently held for unfinished frames or fragmented messages.
     pub fn buffered(&self) -> usize {
-        self.tail.len() + self.fragments.as_ref().map_or(0, |f| f.data.len())
+        self.pending.as_ref().map_or(0, |p| p.tail.len() + p.fragments.as_ref().map_or(0, |f| f.data.len()))
     }
 
     /// Feeds freshly read bytes. `input` may be modified (unmasking happens in place).
@@ -68,30 +79,42 @@ impl MessageReader {
     where
         F: FnMut(Message<'_>) -> ControlFlow<()>,
     {
-        if self.tail.is_empty() {
-            let (used, flow) = self.process(input, &mut on_message)?;
-            if flow.is_continue() {
-                self.tail.extend_from_slice(&input[used..]);
-            }
-            return Ok(());
+        let mut pending = self.pending.take().unwrap_or_default();
+        let result = if pending.tail.is_empty() {
+            self.process(input, &mut pending.fragments, &mut on_message).map(|(used, flow)| {
+                if flow.is_continue() {
+                    pending.tail.extend_from_slice(&input[used..]);
+                }
+            })
+        } else {
+            let mut tail = std::mem::take(&mut pending.tail);
+            tail.extend_from_slice(input);
+            self.process(&mut tail, &mut pending.fragments, &mut on_message).map(|(used, flow)| {
+                if flow.is_continue() && used < tail.len() {
+                    tail.drain(..used);
+                    pending.tail = tail;
+                }
+            })
+        };
+        if result.is_ok() && (!pending.tail.is_empty() || pending.fragments.is_some()) {
+            self.pending = Some(pending);
         }
-        let mut tail = std::mem::take(&mut self.tail);
-        tail.extend_from_slice(input);
-        let (used, flow) = self.process(&mut tail, &mut on_message)?;
-        if flow.is_continue() && used < tail.len() {
-            tail.drain(..used);
-            self.tail = tail;
-        }
-        Ok(())
+        result
     }
 
     /// Processes every complete frame at the start of `buf`; returns bytes consumed.
-    fn process<F>(&mut self, buf: &mut [u8], on_message: &mut F) -> Result<(usize, ControlFlow<()>), ProtocolError>
+    fn process<F>(
+        &self,
+        buf: &mut [u8],
+        fragments: &mut Option<Fragments>,
+        on_message: &mut F,
+    ) -> Result<(usize, ControlFlow<()>), ProtocolError>
     where
         F: FnMut(Message<'_>) -> ControlFlow<()>,
     {
+        let max = self.max_message as usize;
         let mut pos = 0;
-        while let Some(h) = parse_header(&buf[pos..], self.role, self.max_message)? {
+        while let Some(h) = parse_header(&buf[pos..], self.role, max)? {
             if buf.len() - pos < h.frame_len() {
                 break;
             }
@@ -100,59 +123,59 @@ impl MessageReader {
             if let Some(mask) = h.mask {
                 unmask(payload, mask);
             }
-            if self.frame(h.opcode, h.fin, payload, on_message)?.is_break() {
+            if frame(h.opcode, h.fin, payload, fragments, max, on_message)?.is_break() {
                 return Ok((pos, ControlFlow::Break(())));
             }
         }
         Ok((pos, ControlFlow::Continue(())))
     }
+}
 
-    fn frame<F>(
-        &mut self,
-        opcode: OpCode,
-        fin: bool,
-        payload: &mut [u8],
-        on_message: &mut F,
-    ) -> Result<ControlFlow<()>, ProtocolError>
-    where
-        F: FnMut(Message<'_>) -> ControlFlow<()>,
-    {
-        match opcode {
-            OpCode::Control(Control::Ping) => Ok(on_message(Message::Ping(payload))),
-            OpCode::Control(Control::Pong) => Ok(on_message(Message::Pong(payload))),
-            OpCode::Control(Control::Close) => Ok(on_message(Message::Close(parse_close(payload)?))),
-            OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) => {
-                if self.fragments.is_some() {
-                    return Err(ProtocolError::ExpectedContinuation);
-                }
-                let text = opcode == OpCode::Data(Data::Text);
-                if !fin {
-                    self.fragments = Some(Fragments { text, data: payload.to_vec() });
-                    return Ok(ControlFlow::Continue(()));
-                }
-                deliver(text, payload, on_message)
+/// Handles one complete frame: control frames at once, data frames into messages.
+fn frame<F>(
+    opcode: OpCode,
+    fin: bool,
+    payload: &mut [u8],
+    fragments: &mut Option<Fragments>,
+    max: usize,
+    on_message: &mut F,
+) -> Result<ControlFlow<()>, ProtocolError>
+where
+    F: FnMut(Message<'_>) -> ControlFlow<()>,
+{
+    match opcode {
+        OpCode::Control(Control::Ping) => Ok(on_message(Message::Ping(payload))),
+        OpCode::Control(Control::Pong) => Ok(on_message(Message::Pong(payload))),
+        OpCode::Control(Control::Close) => Ok(on_message(Message::Close(parse_close(payload)?))),
+        OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) => {
+            if fragments.is_some() {
+                return Err(ProtocolError::ExpectedContinuation);
             }
-            OpCode::Data(Data::Continue) => {
-                let Some(fragments) = self.fragments.as_mut() else {
-                    return Err(ProtocolError::UnexpectedContinuation);
-                };
-                if fragments.data.len() + payload.len() > self.max_message {
-                    return Err(ProtocolError::TooBig);
-                }
-                fragments.data.extend_from_slice(payload);
-                if !fin {
-                    return Ok(ControlFlow::Continue(()));
-                }
-                let Some(mut done) = self.fragments.take() else {
-                    return Ok(ControlFlow::Continue(()));
-                };
-                deliver(done.text, &mut done.data, on_message)
+            let text = opcode == OpCode::Data(Data::Text);
+            if !fin {
+                *fragments = Some(Fragments { text, data: payload.to_vec() });
+                return Ok(ControlFlow::Continue(()));
             }
-            // Reserved opcodes are refused by `parse_header`.
-            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
-                Err(ProtocolError::ReservedOpcode)
-            }
+            deliver(text, payload, on_message)
         }
+        OpCode::Data(Data::Continue) => {
+            let Some(open) = fragments.as_mut() else {
+                return Err(ProtocolError::UnexpectedContinuation);
+            };
+            if open.data.len() + payload.len() > max {
+                return Err(ProtocolError::TooBig);
+            }
+            open.data.extend_from_slice(payload);
+            if !fin {
+                return Ok(ControlFlow::Continue(()));
+            }
+            let Some(mut done) = fragments.take() else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            deliver(done.text, &mut done.data, on_message)
+        }
+        // Reserved opcodes are refused by `parse_header`.
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => Err(ProtocolError::ReservedOpcode),
     }
 }
 
@@ -242,7 +265,7 @@ mod tests {
         assert!(collect(&mut r, &[&wire[..5]]).unwrap().is_empty());
         assert_eq!(r.buffered(), 5);
         assert_eq!(collect(&mut r, &[&wire[5..]]).unwrap().len(), 1);
-        assert_eq!(r.tail.capacity(), 0, "idle reader must hold no buffer");
+        assert!(r.pending.is_none(), "idle reader must hold no buffer");
     }
 
     #[test]
