@@ -39,6 +39,15 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest HTTP request head.
     pub max_request_head: usize,
+    /// Largest HTTP request body (`POST /api/publish`).
+    pub max_request_body: usize,
+    /// Bearer key for the server-side API (`POST /api/publish`); `None` disables it.
+    pub api_key: Option<String>,
+    /// After SIGTERM, keep serving this long with `/health` answering 503 (so load
+    /// balancers stop sending traffic) before closing connections.
+    pub drain_grace: Duration,
+    /// Most rooms `/stats` lists when the request does not say.
+    pub stats_rooms: usize,
     /// Listen backlog.
     pub backlog: i32,
     /// Busy-poll this long before an idle shard parks (trades idle CPU for wake latency).
@@ -62,6 +71,10 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(5),
             max_request_head: 8 * 1024,
+            max_request_body: 64 * 1024,
+            api_key: None,
+            drain_grace: Duration::ZERO,
+            stats_rooms: 100,
             backlog: 65535,
             spin_before_park: Duration::ZERO,
             ring_depth: 1024,
@@ -157,6 +170,15 @@ pub struct Cli {
     /// io_uring ring depth per shard.
     #[arg(long, env = "CORECAST_RING_DEPTH", default_value_t = 1024, value_name = "N")]
     pub ring_depth: usize,
+    /// Bearer key for `POST /api/publish` (without it the endpoint is disabled).
+    #[arg(long, env = "CORECAST_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest HTTP request body in bytes.
+    #[arg(long, env = "CORECAST_MAX_REQUEST_BODY", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_request_body: usize,
+    /// Seconds to keep serving after SIGTERM with /health answering 503, before closing.
+    #[arg(long, env = "CORECAST_DRAIN_GRACE", default_value = "0", value_parser = secs, value_name = "SECS")]
+    pub drain_grace: Duration,
     /// Allow transparent huge pages. Off by default: a connection's few small allocations
     /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
     /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
@@ -206,6 +228,9 @@ impl Cli {
         if self.queue_bytes < self.max_message_bytes.min(64 * 1024) || self.queue_frames == 0 {
             return invalid("--queue-bytes must hold at least one message, --queue-frames at least one frame");
         }
+        if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return invalid("--api-key must be at least 16 characters");
+        }
         if self.handshake_timeout.is_zero() {
             return invalid("--handshake-timeout must be positive");
         }
@@ -225,6 +250,9 @@ impl Cli {
             shutdown_timeout: self.shutdown_timeout,
             spin_before_park: Duration::from_micros(self.spin_before_park_us),
             ring_depth: self.ring_depth,
+            api_key: self.api_key,
+            max_request_body: self.max_request_body,
+            drain_grace: self.drain_grace,
             ..Config::default()
         })
     }

@@ -1,37 +1,104 @@
-//! Per-shard counters. Each shard owns its own (plain `Cell`s: no atomics, no sharing);
-//! a reader gathers them from every shard by message and sums them (STYLE.md habit 6).
+//! Per-shard counters and the fan-out latency histogram.
+//!
+//! Each shard owns its own (plain `Cell`s: no atomics, no sharing). A reader asks every
+//! shard for a [`Snapshot`] by message and sums them (STYLE.md habit 6), so serving
+//! `/stats` or `/metrics` takes no lock anywhere.
+//!
+//! The counters are declared once, in [`counters!`]; the live cells, the plain copy that
+//! crosses shards, the merge and the exposition all come from that one list.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
 
-/// Monotonic counters of one shard since start. Field names are the metric names.
-#[derive(Debug, Default)]
-pub struct ShardStats {
+use hdrhistogram::Histogram;
+
+use crate::room::RoomSummary;
+
+macro_rules! counters {
+    ($( #[doc = $doc:literal] $name:ident ),* $(,)?) => {
+        /// Live counters of one shard, monotonic since start.
+        #[derive(Debug)]
+        pub struct ShardStats {
+            $( #[doc = $doc] pub $name: Cell<u64>, )*
+            /// Fan-out latency: owner hand-off → every local member's frame written or
+            /// queued, in nanoseconds.
+            pub fanout: RefCell<Histogram<u64>>,
+        }
+
+        /// A copy of a shard's counters (or the sum over shards).
+        #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+        pub struct Counters {
+            $( #[doc = $doc] pub $name: u64, )*
+        }
+
+        impl Default for ShardStats {
+            fn default() -> Self {
+                ShardStats { $( $name: Cell::new(0), )* fanout: RefCell::new(new_histogram()) }
+            }
+        }
+
+        impl ShardStats {
+            /// Copies the current counter values.
+            pub fn counters(&self) -> Counters {
+                Counters { $( $name: self.$name.get(), )* }
+            }
+        }
+
+        impl Counters {
+            /// Adds `other` into `self`.
+            pub fn merge(&mut self, other: &Counters) {
+                $( self.$name += other.$name; )*
+            }
+
+            /// `(name, help, value)` of every counter, in declaration order.
+            pub fn each(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![ $( (stringify!($name), $doc.trim(), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
     /// TCP connections accepted.
-    pub connections_total: Cell<u64>,
+    connections_total,
     /// WebSocket upgrades completed.
-    pub upgrades_total: Cell<u64>,
+    upgrades_total,
+    /// HTTP requests served (not counting upgrades).
+    http_requests,
+    /// Requests refused at the HTTP level (bad request, bad upgrade, unknown path, ...).
+    http_errors,
     /// Client text messages received (valid or not).
-    pub messages_in: Cell<u64>,
-    /// Room messages sequenced by this shard as owner.
-    pub messages_published: Cell<u64>,
-    /// Frames handed to local connections by room fan-out.
-    pub deliveries: Cell<u64>,
-    /// Deliveries that needed the queue (the socket did not take them at once).
-    pub deliveries_queued: Cell<u64>,
+    messages_in,
+    /// Room messages sequenced by this shard as owner (client and API publishes).
+    messages_published,
+    /// Messages published through the HTTP API.
+    api_publishes,
+    /// Frames handed to local connections by room fan-out and broadcasts.
+    deliveries,
+    /// Deliveries the socket did not take at once and that were queued.
+    deliveries_queued,
+    /// Requests answered with an error frame.
+    client_errors,
     /// Connections closed as slow consumers (1013).
-    pub slow_consumer_closes: Cell<u64>,
+    slow_consumer_closes,
     /// Connections closed for a WebSocket protocol violation.
-    pub protocol_errors: Cell<u64>,
-    /// Requests answered with an `error` frame.
-    pub client_errors: Cell<u64>,
+    protocol_errors,
     /// Connections closed for missing heartbeats.
-    pub heartbeat_closes: Cell<u64>,
-    /// Sockets closed for not finishing their request head in time.
-    pub handshake_timeouts: Cell<u64>,
-    /// Requests refused at the HTTP level (bad upgrade, unknown path, …).
-    pub http_errors: Cell<u64>,
+    heartbeat_closes,
+    /// Sockets closed for not sending a complete request head in time.
+    handshake_timeouts,
+    /// Client messages refused by the rate limiter.
+    rate_limited,
+    /// Requests refused for missing or invalid credentials.
+    auth_rejections,
     /// Accepts that failed for lack of file descriptors.
-    pub accept_fd_exhausted: Cell<u64>,
+    accept_fd_exhausted,
+}
+
+/// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.
+#[allow(clippy::expect_used)] // constant arguments: cannot fail
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 /// Adds one to a counter.
@@ -44,4 +111,65 @@ pub fn inc(c: &Cell<u64>) {
 #[inline]
 pub fn add(c: &Cell<u64>, n: u64) {
     c.set(c.get() + n);
+}
+
+impl ShardStats {
+    /// Records one fan-out's latency (saturating at the histogram's range).
+    pub fn record_fanout(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1_000, 60_000_000_000);
+        let _ = self.fanout.borrow_mut().record(ns);
+    }
+}
+
+/// Everything one shard reports about itself, sent to the shard serving a `/stats` or
+/// `/metrics` request. Plain data: it crosses threads.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Which shard.
+    pub shard: usize,
+    /// Its counters.
+    pub counters: Counters,
+    /// Sockets open now (any phase).
+    pub connections: u64,
+    /// Upgraded WebSocket connections open now.
+    pub websockets: u64,
+    /// Public rooms this shard owns.
+    pub rooms_public: u64,
+    /// Personal rooms (`@user:…`) this shard owns.
+    pub rooms_personal: u64,
+    /// Messages waiting in this shard's inbox.
+    pub inbox_depth: u64,
+    /// Fan-out latency histogram (ns).
+    pub fanout: Histogram<u64>,
+    /// The largest public rooms it owns (or the one asked for), largest first.
+    pub rooms: Vec<RoomSummary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_merge_and_list_in_declaration_order() {
+        let a = ShardStats::default();
+        inc(&a.messages_in);
+        add(&a.deliveries, 5);
+        let mut sum = a.counters();
+        sum.merge(&a.counters());
+        assert_eq!((sum.messages_in, sum.deliveries), (2, 10));
+        let each = sum.each();
+        assert_eq!(each[0].0, "connections_total");
+        assert!(each.iter().all(|(_, help, _)| !help.is_empty() && !help.starts_with(' ')));
+    }
+
+    #[test]
+    fn fanout_latency_is_clamped_into_range() {
+        let s = ShardStats::default();
+        s.record_fanout(Duration::from_nanos(5));
+        s.record_fanout(Duration::from_secs(3600));
+        let h = s.fanout.borrow();
+        assert_eq!(h.len(), 2);
+        // Both values landed inside the range (min/max report their bucket's bounds).
+        assert!(h.min() <= 1_000 && h.max() >= 59_000_000_000 && h.max() <= 61_000_000_000, "{} {}", h.min(), h.max());
+    }
 }

@@ -4,8 +4,12 @@
 //! here. Requests are parsed with httparse.
 
 pub mod assets;
+pub mod prometheus;
+pub mod publish;
 pub mod request;
 pub mod response;
+pub mod router;
+pub mod stats;
 
 /// Why a request could not be served; each maps to one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

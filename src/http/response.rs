@@ -58,3 +58,50 @@ pub fn reason(status: u16) -> &'static str {
         _ => "Unknown",
     }
 }
+
+/// A response before it is rendered: handlers produce one, the connection renders it
+/// with its own keep-alive and HEAD semantics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Extra header lines, each ending in `\r\n`.
+    pub extra: String,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A JSON answer.
+    pub fn json(status: u16, body: Vec<u8>) -> Answer {
+        Answer { status, content_type: "application/json", extra: String::new(), body }
+    }
+
+    /// A JSON error answer: `{"error":code,"message":message}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Answer {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        Answer::json(status, simd_json::to_vec(&Body { error: code, message }).unwrap_or_default())
+    }
+
+    /// Adds a header line.
+    pub fn with_header(mut self, line: &str) -> Answer {
+        self.extra.push_str(line);
+        self
+    }
+
+    /// Renders the full response; `head_only` answers a HEAD request (headers only, with
+    /// the length the body would have).
+    pub fn render(&self, keep_alive: bool, head_only: bool) -> Bytes {
+        if !head_only {
+            return response(self.status, self.content_type, &self.extra, &self.body, keep_alive);
+        }
+        let full = response(self.status, self.content_type, &self.extra, &self.body, keep_alive);
+        full.slice(..full.len() - self.body.len())
+    }
+}

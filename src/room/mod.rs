@@ -9,12 +9,16 @@
 //! touches I/O, so its rules are unit-tested here without a runtime.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use rustc_hash::FxHashMap;
 
 use crate::protocol::{server, ErrorCode, SYSTEM_ROOM_PREFIX};
-use crate::shard::msg::{JoinAck, JoinReq, Origin, PresenceReq, Publish, ShardMsg};
+use crate::shard::msg::{ConnRef, JoinAck, JoinReq, PresenceReq, Publish, Reply, ReplyTo, Requester, ShardMsg};
 
 /// Where the owner's outputs go: `(destination shard, message)`.
 pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
@@ -83,19 +87,63 @@ impl OwnedRoom {
         self.presence.as_ref().map_or(&NO_USERS, |p| &p.users)
     }
 
-    /// Sends `frame` once to every shard with members.
-    fn fan_out(&self, frame: &bytes::Bytes, sink: &mut Sink<'_>) {
+    /// Sends `frame` once to every shard with members; returns those shards.
+    fn fan_out(&self, frame: &Bytes, sink: &mut Sink<'_>) -> Vec<u16> {
+        let sent_at = Instant::now();
+        let mut shards = Vec::new();
         for (shard, &n) in self.shard_members.iter().enumerate() {
             if n > 0 {
-                sink(shard, ShardMsg::Deliver { room: self.name.clone(), frame: frame.clone() });
+                sink(shard, ShardMsg::Deliver { room: self.name.clone(), frame: frame.clone(), sent_at });
+                shards.push(shard as u16);
             }
         }
+        shards
     }
+
+    fn summary(&self) -> RoomSummary {
+        RoomSummary {
+            room: self.name.to_string(),
+            members: self.user_count(),
+            connections: self.connections,
+            messages: self.seq,
+            created_ms: self.created_ms(),
+        }
+    }
+}
+
+/// A room's figures for `/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomSummary {
+    /// Room name.
+    pub room: String,
+    /// Distinct users present.
+    pub members: u32,
+    /// Connections joined.
+    pub connections: u32,
+    /// Messages sequenced since the room was created.
+    pub messages: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// One page of a room's member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresencePage {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Distinct users present in total.
+    pub count: u32,
+    /// This page's users, sorted.
+    pub users: Vec<Arc<str>>,
+    /// Cursor for the next page (the last name of this one), when more remain.
+    pub next: Option<Arc<str>>,
 }
 
 /// Every room this shard owns.
 pub struct OwnedRooms {
     rooms: FxHashMap<Arc<str>, OwnedRoom>,
+    /// Sequence of the broadcast stream (`@all`); used on the shard that owns it.
+    broadcast_seq: u64,
     shards: usize,
     /// Join/leave events only while a room has fewer users than this (0: never).
     presence_events_max: u32,
@@ -104,7 +152,7 @@ pub struct OwnedRooms {
 impl OwnedRooms {
     /// An empty set of rooms for a server of `shards` shards.
     pub fn new(shards: usize, presence_events_max: u32) -> Self {
-        OwnedRooms { rooms: FxHashMap::default(), shards, presence_events_max }
+        OwnedRooms { rooms: FxHashMap::default(), broadcast_seq: 0, shards, presence_events_max }
     }
 
     /// Number of rooms owned here.
@@ -202,46 +250,115 @@ impl OwnedRooms {
     }
 
     /// Sequences a message: next `seq`, `ts` = `now_ms`, one frame, one hand-off per
-    /// member shard, and an `ack` when the sender gave an `id`.
+    /// member shard. A client sender with an `id` gets an `ack`; an API caller gets the
+    /// seq and the shards reached.
     pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
         let Some(room) = self.rooms.get_mut(&msg.room) else {
-            // The sender's membership ended before its message arrived here.
-            reply_error(&msg.origin, ErrorCode::NotMember, "you are not a member of this room", sink);
+            match &msg.from {
+                // The sender's membership ended before its message arrived here.
+                Requester::Conn(c) => reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink),
+                Requester::Api(r) => reply(r, Reply::Published { seq: None, shards: Vec::new() }, sink),
+            }
             return;
         };
         room.seq += 1;
         let frame = server::message(&room.name, room.seq, &msg.user, &msg.text, now_ms);
-        room.fan_out(&frame, sink);
-        if let Some(reference) = &msg.origin.reference {
-            let ack = server::ack(reference, &room.name, room.seq);
-            sink(msg.origin.shard, ShardMsg::ToConn { conn: msg.origin.conn, frame: ack });
+        let shards = room.fan_out(&frame, sink);
+        match &msg.from {
+            Requester::Conn(c) => {
+                if let Some(reference) = &c.reference {
+                    sink(
+                        c.shard,
+                        ShardMsg::ToConn { conn: c.conn, frame: server::ack(reference, &room.name, room.seq) },
+                    );
+                }
+            }
+            Requester::Api(r) => reply(r, Reply::Published { seq: Some(room.seq), shards }, sink),
+        }
+    }
+
+    /// Sequences a message to everyone (the `@all` stream; only its owner shard calls
+    /// this) and hands the one frame to every shard.
+    pub fn broadcast(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
+        self.broadcast_seq += 1;
+        let frame = server::message(BROADCAST_ROOM, self.broadcast_seq, &msg.user, &msg.text, now_ms);
+        let sent_at = Instant::now();
+        for shard in 0..self.shards {
+            sink(shard, ShardMsg::DeliverAll { frame: frame.clone(), sent_at });
+        }
+        if let Requester::Api(r) = &msg.from {
+            let shards = (0..self.shards as u16).collect();
+            reply(r, Reply::Published { seq: Some(self.broadcast_seq), shards }, sink);
         }
     }
 
     /// Answers a presence query with one page of user names (sorted) and the total count.
     pub fn presence(&self, req: PresenceReq, sink: &mut Sink<'_>) {
-        let Some(room) = self.rooms.get(&req.room).filter(|r| !r.is_system()) else {
-            reply_error(&req.origin, ErrorCode::NotMember, "you are not a member of this room", sink);
-            return;
-        };
-        let after = req.after.as_deref();
-        let mut page = room
-            .users()
-            .keys()
-            .filter(|u| after.is_none_or(|a| &***u > a))
-            .map(|u| &**u)
-            .take(req.limit as usize + 1)
-            .collect::<Vec<&str>>();
-        let next = (page.len() > req.limit as usize).then(|| {
-            page.pop();
-            page.last().copied().unwrap_or_default()
+        let page = self.rooms.get(&req.room).filter(|r| !r.is_system()).map(|room| {
+            let from = match req.after.as_deref() {
+                Some(a) => Bound::Excluded(a),
+                None => Bound::Unbounded,
+            };
+            let limit = req.limit as usize;
+            let mut users: Vec<Arc<str>> = room
+                .users()
+                .range::<str, _>((from, Bound::Unbounded))
+                .map(|(u, _)| u.clone())
+                .take(limit + 1)
+                .collect();
+            let next = (users.len() > limit).then(|| {
+                users.pop();
+                users.last().cloned().unwrap_or_else(|| Arc::from(""))
+            });
+            PresencePage { room: room.name.clone(), count: room.user_count(), users, next }
         });
-        let frame = server::presence(&room.name, room.user_count(), page.into_iter(), next);
-        sink(req.origin.shard, ShardMsg::ToConn { conn: req.origin.conn, frame });
+        match (&req.from, page) {
+            (Requester::Conn(c), Some(p)) => {
+                let frame = server::presence(&p.room, p.count, p.users.iter().map(|u| &**u), p.next.as_deref());
+                sink(c.shard, ShardMsg::ToConn { conn: c.conn, frame });
+            }
+            (Requester::Conn(c), None) => {
+                reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink)
+            }
+            (Requester::Api(r), page) => reply(r, Reply::Presence(page), sink),
+        }
+    }
+
+    /// Public rooms owned here: the `limit` largest by members (largest first), or just
+    /// `only` when given. Selecting before sorting keeps this fast with a million rooms.
+    pub fn summaries(&self, only: Option<&str>, limit: usize) -> Vec<RoomSummary> {
+        if let Some(name) = only {
+            return self.rooms.get(name).filter(|r| !r.is_system()).map(OwnedRoom::summary).into_iter().collect();
+        }
+        let mut rooms: Vec<&OwnedRoom> = self.rooms.values().filter(|r| !r.is_system()).collect();
+        let by_size = |a: &&OwnedRoom, b: &&OwnedRoom| b.user_count().cmp(&a.user_count()).then(a.name.cmp(&b.name));
+        if rooms.len() > limit {
+            if limit == 0 {
+                return Vec::new();
+            }
+            rooms.select_nth_unstable_by(limit - 1, by_size);
+            rooms.truncate(limit);
+        }
+        rooms.sort_unstable_by(by_size);
+        rooms.into_iter().map(OwnedRoom::summary).collect()
+    }
+
+    /// Public and personal rooms owned here.
+    pub fn counts(&self) -> (u64, u64) {
+        let personal = self.rooms.values().filter(|r| r.is_system()).count() as u64;
+        (self.rooms.len() as u64 - personal, personal)
     }
 }
 
-fn reply_error(origin: &Origin, code: ErrorCode, message: &str, sink: &mut Sink<'_>) {
+/// The name broadcast messages carry: every connection receives this stream without
+/// joining it.
+pub const BROADCAST_ROOM: &str = "@all";
+
+fn reply(to: &ReplyTo, reply: Reply, sink: &mut Sink<'_>) {
+    sink(to.shard, ShardMsg::Reply { req: to.req, reply });
+}
+
+fn reply_error(origin: &ConnRef, code: ErrorCode, message: &str, sink: &mut Sink<'_>) {
     let frame = server::error(code, message, origin.reference.as_deref());
     sink(origin.shard, ShardMsg::ToConn { conn: origin.conn, frame });
 }
@@ -252,8 +369,8 @@ mod tests {
     use crate::shard::conns::ConnId;
     use crate::ws::frame::{parse_header, Role};
 
-    fn origin(shard: usize, n: u32) -> Origin {
-        Origin { shard, conn: ConnId::for_test(n), reference: None }
+    fn origin(shard: usize, n: u32) -> ConnRef {
+        ConnRef { shard, conn: ConnId::for_test(n), reference: None }
     }
 
     fn join(r: &mut OwnedRooms, room: &str, user: &str, shard: usize, n: u32) -> Vec<(usize, ShardMsg)> {
@@ -304,7 +421,7 @@ mod tests {
                 room: "r".into(),
                 user: "a".into(),
                 text: "hi".into(),
-                origin: Origin { reference: Some("x".into()), ..origin(0, 1) },
+                from: Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(0, 1) }),
             };
             r.publish(msg, 42, &mut |s, m| out.push((s, m)));
             let d = delivered(&out);
@@ -347,7 +464,12 @@ mod tests {
         }
         let page = |after: Option<&str>| {
             let mut out = Vec::new();
-            let req = PresenceReq { room: "r".into(), after: after.map(Into::into), limit: 3, origin: origin(0, 9) };
+            let req = PresenceReq {
+                room: "r".into(),
+                after: after.map(Into::into),
+                limit: 3,
+                from: Requester::Conn(origin(0, 9)),
+            };
             r.presence(req, &mut |s, m| out.push((s, m)));
             match out.pop() {
                 Some((_, ShardMsg::ToConn { frame, .. })) => json(&frame),

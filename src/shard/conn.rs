@@ -16,17 +16,15 @@ use std::task::{Context, Poll};
 use futures_lite::io::AsyncRead;
 
 use super::conns::{Conn, ConnId, Membership, Phase};
-use super::msg::{JoinReq, Origin, PresenceReq, Publish, ShardMsg};
+use super::msg::{ConnRef, JoinReq, PresenceReq, Publish, Requester, ShardMsg};
 use super::route::owner;
 use super::Shard;
-use crate::http::request::{self, Request as HttpRequest, MAX_HEADERS};
-use crate::http::response;
 use crate::metrics::inc;
 use crate::protocol::client::{self, ClientMsg};
 use crate::protocol::{self, server, ClientError, ErrorCode};
 use crate::rt;
 use crate::ws::reader::{Message, MessageReader};
-use crate::ws::{close, frame, handshake};
+use crate::ws::{close, frame};
 
 /// Reads per poll before the task yields to others (fairness under floods).
 const READS_PER_POLL: usize = 4;
@@ -37,9 +35,6 @@ const PRESENCE_PAGE: u32 = 100;
 impl Shard {
     /// Takes ownership of an accepted socket and starts its task.
     pub(super) fn adopt(self: &Rc<Self>, stream: rt::TcpStream) {
-        if self.is_draining() {
-            return;
-        }
         let peer = stream.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         // Each send is one complete frame: never hold it back for coalescing.
         let _ = stream.set_nodelay(true);
@@ -68,6 +63,13 @@ impl Shard {
                 },
                 Poll::Pending => {}
             }
+            if let Phase::Http(h) = &mut conn.phase {
+                if h.reparse && !h.busy {
+                    h.reparse = false;
+                    self.serve_http(id, conn);
+                    continue;
+                }
+            }
             if conn.is_open() && self.congested() {
                 self.pause(id);
                 return Poll::Pending;
@@ -90,6 +92,9 @@ impl Shard {
     /// Cleans up after the task ended: leaves every room, closes the socket.
     fn finish(&self, id: ConnId) {
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
+        if !conn.user.is_empty() {
+            self.ws_open.set(self.ws_open.get().saturating_sub(1));
+        }
         let mut members = self.members.borrow_mut();
         for m in &conn.rooms {
             if m.joined {
@@ -100,90 +105,30 @@ impl Shard {
         }
     }
 
-    fn on_input(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+    fn on_input(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         match conn.phase {
-            Phase::Handshake(_) => self.on_handshake_bytes(id, conn, data),
+            Phase::Http(_) => self.on_http_bytes(id, conn, data),
             Phase::Open | Phase::Closing { parse: true } => self.on_ws_bytes(id, conn, data),
             // After a protocol error, or once closed, input is read and dropped.
             Phase::Closing { parse: false } | Phase::Done => {}
         }
     }
 
-    fn on_handshake_bytes(&self, id: ConnId, conn: &mut Conn, data: &[u8]) {
-        let Phase::Handshake(buf) = &mut conn.phase else { return };
-        let mut buf = std::mem::take(&mut **buf);
-        buf.extend_from_slice(data);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match request::parse(&buf, &mut headers, self.cfg.max_request_head) {
-            Ok(None) => conn.phase = Phase::Handshake(Box::new(buf)),
-            Err(e) => {
-                let body = response::json_error(e.status(), e.code(), &e.to_string(), "", false);
-                self.http_reply(conn, body);
-            }
-            Ok(Some(req)) => {
-                let mut rest = buf[req.head_len..].to_vec();
-                self.on_request(id, conn, &req, &mut rest);
-            }
-        }
-    }
-
-    /// Answers an HTTP request that is not (or failed as) an upgrade, then closes.
-    fn http_reply(&self, conn: &mut Conn, body: bytes::Bytes) {
-        inc(&self.stats.http_errors);
-        conn.push(body, self.caps);
-        conn.enter(Phase::Done, self.now());
-    }
-
-    fn on_request(&self, id: ConnId, conn: &mut Conn, req: &HttpRequest<'_, '_>, rest: &mut [u8]) {
-        if req.path != "/ws" {
-            if req.method == "GET" || req.method == "HEAD" {
-                if let Some(asset) = crate::http::assets::get(req.path) {
-                    let body = if req.method == "HEAD" { &[][..] } else { asset.body };
-                    conn.push(response::response(200, asset.content_type, "", body, false), self.caps);
-                    conn.enter(Phase::Done, self.now());
-                    return;
-                }
-            }
-            let (status, code, msg) = if req.method == "GET" || req.method == "HEAD" {
-                (404, "not_found", "no such endpoint; WebSocket clients connect to /ws")
-            } else {
-                (405, "method_not_allowed", "method not allowed")
-            };
-            self.http_reply(conn, response::json_error(status, code, msg, "", false));
-            return;
-        }
-        let upgrade = match handshake::validate(req) {
-            Ok(u) => u,
-            Err(e) => {
-                let body = response::json_error(e.status(), "bad_handshake", &e.to_string(), e.headers(), false);
-                self.http_reply(conn, body);
-                return;
-            }
-        };
-        let user = match req.query_param("name") {
-            Some(name) if protocol::validate_user_name(&name) => name,
-            Some(_) => {
-                let msg = "`name` must be 1 to 64 characters without control characters, `@` or `:`";
-                self.http_reply(conn, response::json_error(400, "invalid_name", msg, "", false));
-                return;
-            }
-            None => format!("guest-{:06x}", fastrand::u32(..0x100_0000)),
-        };
-        conn.push(handshake::accept_response(&upgrade, None), self.caps);
-        let now = self.now();
-        conn.enter(Phase::Open, now);
-        conn.user = Arc::from(user);
+    /// The upgrade succeeded (its 101 is queued): greet the client and join it to its
+    /// personal room.
+    pub(super) fn open_websocket(&self, id: ConnId, conn: &mut Conn, user: Arc<str>) {
+        conn.enter(Phase::Open, self.now());
+        conn.user = user;
         inc(&self.stats.upgrades_total);
-        self.push(conn, server::welcome(&conn.user.clone(), &self.conn_label(id), self.id));
+        self.ws_open.set(self.ws_open.get() + 1);
+        let welcome = server::welcome(&conn.user, &self.conn_label(id), self.id);
+        self.push(conn, welcome);
         // Every connection is a member of its user's personal room (push to one user).
         let room: Arc<str> = Arc::from(protocol::user_room(&conn.user));
         self.send_join(id, conn, room, None, true);
-        if !rest.is_empty() {
-            self.on_ws_bytes(id, conn, rest);
-        }
     }
 
-    fn on_ws_bytes(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+    pub(super) fn on_ws_bytes(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         // The reader is moved out for the call so the callback can use the connection.
         let mut reader = std::mem::replace(&mut conn.reader, MessageReader::new(frame::Role::Server, 0));
         let result = reader.feed(data, |msg| self.on_message(id, conn, msg));
@@ -254,7 +199,7 @@ impl Shard {
         msg: ClientMsg<'_>,
         reference: Option<Box<str>>,
     ) -> Result<(), ClientError> {
-        let origin = Origin { shard: self.id, conn: id, reference };
+        let origin = ConnRef { shard: self.id, conn: id, reference };
         match msg {
             ClientMsg::Join { room, .. } => {
                 protocol::validate_room(&room)?;
@@ -280,7 +225,8 @@ impl Shard {
             ClientMsg::Message { room, text } => {
                 // A join still waiting for its ack counts: the owner sees the join first.
                 let room = conn.rooms[member_index(conn, &room)?].room.clone();
-                let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), origin };
+                let from = Requester::Conn(origin);
+                let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), from };
                 self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Publish(Box::new(publish)));
             }
             ClientMsg::Presence { room, after, limit } => {
@@ -289,7 +235,7 @@ impl Shard {
                     room: room.clone(),
                     after: after.map(|a| Box::from(&*a)),
                     limit: limit.unwrap_or(PRESENCE_PAGE).min(client::MAX_PAGE),
-                    origin,
+                    from: Requester::Conn(origin),
                 };
                 self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Presence(Box::new(req)));
             }
@@ -307,7 +253,7 @@ impl Shard {
         let req = JoinReq {
             room: room.clone(),
             user: conn.user.clone(),
-            origin: Origin { shard: self.id, conn: id, reference },
+            origin: ConnRef { shard: self.id, conn: id, reference },
             token,
             silent,
         };

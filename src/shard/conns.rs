@@ -46,10 +46,9 @@ impl ConnId {
 /// Lifecycle of a connection.
 #[derive(Debug)]
 pub enum Phase {
-    /// Reading the HTTP request head (the bytes so far; boxed because it is transient and
-    /// would otherwise widen every connection by 8 bytes, past an allocator size class).
-    #[allow(clippy::box_collection)]
-    Handshake(Box<Vec<u8>>),
+    /// Speaking HTTP/1.1 (keep-alive) until a request upgrades to WebSocket. Boxed: it is
+    /// transient and would otherwise widen every connection past an allocator size class.
+    Http(Box<HttpConn>),
     /// Upgraded: exchanging WebSocket messages.
     Open,
     /// We sent a close frame and wait for the peer's (or for the close timeout).
@@ -60,6 +59,17 @@ pub enum Phase {
     },
     /// Finished: flush what is queued, then the task ends and the socket is closed.
     Done,
+}
+
+/// HTTP state of a connection.
+#[derive(Debug, Default)]
+pub struct HttpConn {
+    /// Received bytes not yet served (a partial head, a body, pipelined requests).
+    pub buf: Vec<u8>,
+    /// An answer is being computed (other shards are asked); input waits.
+    pub busy: bool,
+    /// The answer was sent: serve what is buffered on the next poll.
+    pub reparse: bool,
 }
 
 /// One room a connection has joined or is joining.
@@ -112,7 +122,7 @@ impl Conn {
         Conn {
             generation: 0,
             stream,
-            phase: Phase::Handshake(Box::default()),
+            phase: Phase::Http(Box::default()),
             reader: MessageReader::new(crate::ws::frame::Role::Server, max_message),
             out: Outbox::default(),
             waker: None,
@@ -211,6 +221,11 @@ impl Conns {
     pub fn remove(&mut self, id: ConnId) -> Option<Box<Conn>> {
         let live = self.slab.get(id.index as usize).is_some_and(|c| c.generation == id.generation);
         live.then(|| self.slab.remove(id.index as usize))
+    }
+
+    /// Number of connections (all phases).
+    pub fn len(&self) -> usize {
+        self.slab.len()
     }
 
     /// Whether there are no connections.

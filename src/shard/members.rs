@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use indexmap::IndexSet;
@@ -139,41 +140,45 @@ impl Shard {
         }
     }
 
-    /// Hands one shared frame to every local member of `room`.
-    pub(super) async fn fan_out(self: &Rc<Self>, room: &str, frame: Bytes) {
-        let small = {
+    /// Hands one shared frame to every local member of `room`, or to every open
+    /// connection when `room` is `None` (a broadcast), and records the fan-out latency.
+    pub(super) async fn fan_out(self: &Rc<Self>, room: Option<&str>, frame: Bytes, sent_at: Instant) {
+        let ids = {
             let members = self.members.borrow();
-            let Some(set) = members.get(room) else { return };
-            if set.len() <= CHUNK {
-                let mut conns = self.conns.borrow_mut();
-                set.for_each(|id| {
-                    if let Some(conn) = conns.get_mut(id) {
-                        self.push(conn, frame.clone());
+            let mut conns = self.conns.borrow_mut();
+            match room {
+                Some(room) => {
+                    let Some(set) = members.get(room) else { return };
+                    if set.len() <= CHUNK {
+                        set.for_each(|id| {
+                            if let Some(conn) = conns.get_mut(id) {
+                                self.push(conn, frame.clone());
+                            }
+                        });
+                        add(&self.stats.deliveries, set.len() as u64);
+                        self.stats.record_fanout(sent_at.elapsed());
+                        return;
                     }
-                });
-                add(&self.stats.deliveries, set.len() as u64);
-                true
-            } else {
-                false
+                    let mut ids = Vec::with_capacity(set.len());
+                    set.for_each(|id| ids.push(id));
+                    ids
+                }
+                None => conns.iter_mut().filter(|(_, c)| c.is_open()).map(|(id, _)| id).collect::<Vec<_>>(),
             }
         };
-        if small {
-            return;
-        }
-        // Large room: work from a snapshot, since members may leave while we yield;
-        // joins cannot interleave (their acks come through this same inbox, after us).
-        let mut ids: Vec<ConnId> = Vec::new();
-        match self.members.borrow().get(room) {
-            Some(set) => set.for_each(|id| ids.push(id)),
-            None => return,
-        }
+        // Large audience: work from a snapshot in chunks, yielding between them; members
+        // may leave meanwhile (checked), joins cannot interleave (their acks come through
+        // this same inbox, after us).
         for chunk in ids.chunks(CHUNK) {
             {
                 let mut conns = self.conns.borrow_mut();
                 for id in chunk {
                     let Some(conn) = conns.get_mut(*id) else { continue };
-                    let still_member = conn.membership(room).is_some_and(|i| conn.rooms[i].joined);
-                    if still_member {
+                    let wanted = match room {
+                        Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined),
+                        None => conn.is_open(),
+                    };
+                    if wanted {
                         self.push(conn, frame.clone());
                     }
                 }
@@ -181,6 +186,7 @@ impl Shard {
             add(&self.stats.deliveries, chunk.len() as u64);
             rt::yield_if_needed().await;
         }
+        self.stats.record_fanout(sent_at.elapsed());
     }
 }
 

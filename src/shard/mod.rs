@@ -9,7 +9,9 @@
 //! Tasks per shard: one accept loop, one inbox loop (owner and member work, in arrival
 //! order), one sweep (heartbeats and timeouts), and one task per connection.
 
+mod ask;
 pub mod conns;
+mod http;
 pub mod mesh;
 pub mod msg;
 pub mod outbox;
@@ -32,10 +34,10 @@ use bytes::Bytes;
 use self::conns::{Conn, ConnId, Conns, Phase};
 use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
-use self::msg::ShardMsg;
+use self::msg::{Query, Reply, ShardMsg};
 use self::outbox::{Caps, Pushed};
 use crate::config::Config;
-use crate::metrics::{inc, ShardStats};
+use crate::metrics::{inc, ShardStats, Snapshot};
 use crate::room::OwnedRooms;
 use crate::rt;
 use crate::ws::frame;
@@ -68,6 +70,10 @@ pub(crate) struct Shard {
     pub caps: Caps,
     /// The ping frame, built once.
     pub ping: Bytes,
+    /// Upgraded WebSocket connections open now.
+    pub ws_open: Cell<u64>,
+    /// Questions to other shards awaiting answers.
+    asks: ask::Asks,
     started: Instant,
     nonce: u32,
     next_token: Cell<u32>,
@@ -97,6 +103,8 @@ impl Shard {
             json: RefCell::new(simd_json::Buffers::new(4096)),
             stats: ShardStats::default(),
             ping: frame::ping_frame(b""),
+            ws_open: Cell::new(0),
+            asks: ask::Asks::default(),
             started: Instant::now(),
             nonce: fastrand::u32(..),
             next_token: Cell::new(0),
@@ -112,6 +120,11 @@ impl Shard {
     /// Shard clock in milliseconds (wraps after ~49 days; compare with `wrapping_sub`).
     pub fn now(&self) -> u32 {
         self.started.elapsed().as_millis() as u32
+    }
+
+    /// Milliseconds since the shard started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Wall-clock milliseconds since the Unix epoch (message `ts`).
@@ -208,7 +221,7 @@ impl Shard {
                 conn.out.seal(frame::close_frame(code, reason), discard);
                 conn.enter(Phase::Closing { parse: true }, self.now());
             }
-            Phase::Handshake(_) => conn.enter(Phase::Done, self.now()),
+            Phase::Http(_) => conn.enter(Phase::Done, self.now()),
             Phase::Closing { .. } | Phase::Done => return,
         }
         conn.wake();
@@ -225,51 +238,88 @@ impl Shard {
                 inc(&self.stats.messages_published);
                 self.owned.borrow_mut().publish(*p, Self::wall_ms(), sink);
             }
+            ShardMsg::Broadcast(p) => {
+                inc(&self.stats.messages_published);
+                self.owned.borrow_mut().broadcast(*p, Self::wall_ms(), sink);
+            }
             ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
-            ShardMsg::Deliver { room, frame } => self.fan_out(&room, frame).await,
+            ShardMsg::Deliver { room, frame, sent_at } => self.fan_out(Some(&room), frame, sent_at).await,
+            ShardMsg::DeliverAll { frame, sent_at } => self.fan_out(None, frame, sent_at).await,
             ShardMsg::ToConn { conn, frame } => {
                 if let Some(c) = self.conns.borrow_mut().get_mut(conn) {
                     self.push(c, frame);
                 }
             }
+            ShardMsg::Query { reply, query: Query::Stats { room, limit } } => {
+                let snapshot = self.snapshot(room.as_deref(), limit);
+                let reply_msg = ShardMsg::Reply { req: reply.req, reply: Reply::Stats(Box::new(snapshot)) };
+                self.mesh.send(reply.shard, reply_msg);
+            }
+            ShardMsg::Reply { req, reply } => self.on_reply(req, reply),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
 
-    /// Stops accepting, asks every client to go away (1001), and finishes the shard
-    /// once all are gone or the shutdown timeout has passed.
+    /// This shard's counters, gauges and largest rooms.
+    fn snapshot(&self, room: Option<&str>, limit: usize) -> Snapshot {
+        let owned = self.owned.borrow();
+        let (rooms_public, rooms_personal) = owned.counts();
+        Snapshot {
+            shard: self.id,
+            counters: self.stats.counters(),
+            connections: self.conns.borrow().len() as u64,
+            websockets: self.ws_open.get(),
+            rooms_public,
+            rooms_personal,
+            inbox_depth: self.mesh.depth(self.id) as u64,
+            fanout: self.stats.fanout.borrow().clone(),
+            rooms: owned.summaries(room, limit),
+        }
+    }
+
+    /// Starts the shutdown. For `drain_grace` the shard keeps serving while `/health`
+    /// answers 503 and upgrades are refused (load balancers move traffic away); then it
+    /// stops accepting, asks every client to go away (1001), and finishes once all are
+    /// gone or the shutdown timeout has passed.
     fn begin_shutdown(self: &Rc<Self>) {
         if self.draining.replace(true) {
             return;
         }
+        let shard = self.clone();
+        rt::spawn(async move {
+            if !shard.cfg.drain_grace.is_zero() {
+                rt::sleep(shard.cfg.drain_grace).await;
+            }
+            shard.close_all().await;
+        });
+    }
+
+    async fn close_all(self: &Rc<Self>) {
         if let Some(task) = self.accept_task.borrow_mut().take() {
             task.cancel();
         }
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             self.close(conn, crate::ws::close::GOING_AWAY, "server shutting down", false);
         }
-        let shard = self.clone();
-        rt::spawn(async move {
-            let deadline = Instant::now() + shard.cfg.shutdown_timeout;
-            while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
-                rt::sleep(Duration::from_millis(10)).await;
+        let deadline = Instant::now() + self.cfg.shutdown_timeout;
+        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+            rt::sleep(Duration::from_millis(10)).await;
+        }
+        // Whoever is left is not listening: drop what they are owed and close.
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            conn.out.clear();
+            conn.enter(Phase::Done, self.now());
+            conn.wake();
+        }
+        for _ in 0..100 {
+            if self.conns.borrow().is_empty() {
+                break;
             }
-            // Whoever is left is not listening: drop what they are owed and close.
-            for (_, conn) in shard.conns.borrow_mut().iter_mut() {
-                conn.out.clear();
-                conn.enter(Phase::Done, shard.now());
-                conn.wake();
-            }
-            for _ in 0..100 {
-                if shard.conns.borrow().is_empty() {
-                    break;
-                }
-                rt::sleep(Duration::from_millis(5)).await;
-            }
-            tracing::debug!(shard = shard.id, "shard drained");
-            shard.done.notify();
-        });
+            rt::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::debug!(shard = self.id, "shard drained");
+        self.done.notify();
     }
 }
 

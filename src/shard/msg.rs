@@ -2,10 +2,13 @@
 //! `Bytes`), since each one is moved through a lock-free queue.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::conns::ConnId;
+use crate::metrics::Snapshot;
+use crate::room::PresencePage;
 
 /// A message for one shard's inbox.
 pub enum ShardMsg {
@@ -20,9 +23,11 @@ pub enum ShardMsg {
         /// The connection's shard.
         from: usize,
     },
-    /// To a room's owner: a member publishes a message.
+    /// To a room's owner: publish a message (from a member or the HTTP API).
     Publish(Box<Publish>),
-    /// To a room's owner: a member asks who is present.
+    /// To the broadcast owner: publish a message to every connection.
+    Broadcast(Box<Publish>),
+    /// To a room's owner: who is present?
     Presence(Box<PresenceReq>),
     /// From a room's owner to a member shard: the join is sequenced.
     JoinAck(Box<JoinAck>),
@@ -32,6 +37,15 @@ pub enum ShardMsg {
         room: Arc<str>,
         /// The serialized-once frame, shared by all receivers.
         frame: Bytes,
+        /// When the owner handed it off (for the fan-out latency histogram).
+        sent_at: Instant,
+    },
+    /// From the broadcast owner to every shard: hand `frame` to every open connection.
+    DeliverAll {
+        /// The serialized-once frame.
+        frame: Bytes,
+        /// When the owner handed it off.
+        sent_at: Instant,
     },
     /// To a connection's shard: send `frame` to that one connection.
     ToConn {
@@ -40,19 +54,51 @@ pub enum ShardMsg {
         /// Complete frame.
         frame: Bytes,
     },
+    /// To any shard: report about yourself.
+    Query {
+        /// Where the answer goes.
+        reply: ReplyTo,
+        /// What to report.
+        query: Query,
+    },
+    /// The answer to a `Query`, `Publish` or `Presence` from the HTTP API.
+    Reply {
+        /// The request it answers (see `ReplyTo::req`).
+        req: u64,
+        /// The answer.
+        reply: Reply,
+    },
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
 }
 
-/// Who is asking, for the owner's reply.
+/// A connection, as seen from another shard.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub struct ConnRef {
     /// The connection's shard.
     pub shard: usize,
     /// The connection.
     pub conn: ConnId,
     /// The request's client reference (`id`), for `ack`/`error`.
     pub reference: Option<Box<str>>,
+}
+
+/// Where an answer to an HTTP API request goes: a pending request on some shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The shard serving the HTTP request.
+    pub shard: usize,
+    /// Its request id there.
+    pub req: u64,
+}
+
+/// Who asked for something the owner answers.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// A WebSocket client: answered with frames (`ack`, `error`, `presence`).
+    Conn(ConnRef),
+    /// The HTTP API: answered with a [`ShardMsg::Reply`].
+    Api(ReplyTo),
 }
 
 /// A join request.
@@ -62,7 +108,7 @@ pub struct JoinReq {
     /// Joining user.
     pub user: Arc<str>,
     /// Joining connection.
-    pub origin: Origin,
+    pub origin: ConnRef,
     /// Matches the ack to this request (a connection may leave and re-join before the
     /// first ack arrives).
     pub token: u32,
@@ -72,14 +118,14 @@ pub struct JoinReq {
 
 /// A message to publish.
 pub struct Publish {
-    /// Room name.
+    /// Room name (ignored for broadcasts).
     pub room: Arc<str>,
-    /// Sender.
+    /// Sender shown to receivers.
     pub user: Arc<str>,
     /// Message text.
     pub text: Box<str>,
-    /// Sending connection, for the ack.
-    pub origin: Origin,
+    /// Who asked (for the ack or the API reply).
+    pub from: Requester,
 }
 
 /// A presence page request.
@@ -90,8 +136,8 @@ pub struct PresenceReq {
     pub after: Option<Box<str>>,
     /// Page size.
     pub limit: u32,
-    /// Asking connection.
-    pub origin: Origin,
+    /// Who asked.
+    pub from: Requester,
 }
 
 /// The owner's answer to a join.
@@ -104,4 +150,33 @@ pub struct JoinAck {
     pub token: u32,
     /// The `joined` frame (none for silent joins).
     pub frame: Option<Bytes>,
+}
+
+/// What a shard is asked to report.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// Counters, gauges, the fan-out histogram, and the `limit` largest public rooms it
+    /// owns (or only `room`, when given).
+    Stats {
+        /// Report only this room.
+        room: Option<Arc<str>>,
+        /// Most rooms to list.
+        limit: usize,
+    },
+}
+
+/// An answer to an HTTP API request.
+pub enum Reply {
+    /// A shard's snapshot.
+    Stats(Box<Snapshot>),
+    /// A publish was sequenced (`seq` none: the room did not exist), and handed to these
+    /// shards.
+    Published {
+        /// The message's sequence number.
+        seq: Option<u64>,
+        /// Shards it was handed to.
+        shards: Vec<u16>,
+    },
+    /// A presence page (none: no such room).
+    Presence(Option<PresencePage>),
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::conns::Phase;
 use super::Shard;
-use crate::http::response;
+use crate::http::response::Answer;
 use crate::metrics::inc;
 use crate::rt;
 use crate::ws::close;
@@ -36,10 +36,13 @@ impl Shard {
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             let in_phase = now.wrapping_sub(conn.phase_since);
             match conn.phase {
-                Phase::Handshake(_) if in_phase >= handshake => {
-                    inc(&self.stats.handshake_timeouts);
-                    let msg = response::json_error(408, "timeout", "request head not received in time", "", false);
-                    conn.push(msg, self.caps);
+                Phase::Http(ref h) if !h.busy && in_phase >= handshake => {
+                    // An idle keep-alive connection just goes; a partial request is told.
+                    if !h.buf.is_empty() {
+                        inc(&self.stats.handshake_timeouts);
+                        let answer = Answer::error(408, "timeout", "request not received in time");
+                        conn.push(answer.render(false, false), self.caps);
+                    }
                     conn.enter(Phase::Done, now);
                     conn.wake();
                 }

@@ -7,5 +7,6 @@
 mod support;
 
 mod core;
+mod http;
 mod lifecycle;
 mod protocol_errors;

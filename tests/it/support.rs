@@ -35,6 +35,17 @@ impl TestServer {
         TestServer { handle: Some(handle), addr }
     }
 
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        if let Some(h) = &self.handle {
+            h.shutdown();
+        }
+    }
+
+    pub fn http(&self) -> Http {
+        Http::new(self.addr)
+    }
+
     /// Graceful shutdown, waiting for the shards to finish.
     pub fn stop(mut self) {
         if let Some(h) = self.handle.take() {
@@ -256,4 +267,61 @@ impl Raw {
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     use tungstenite::protocol::frame::coding::OpCode;
     corecast::ws::frame::client_frame(OpCode::from(opcode), fin, payload, [0x11, 0x22, 0x33, 0x44])
+}
+
+/// A real HTTP client (ureq) that reports every status instead of failing on 4xx/5xx.
+pub struct Http {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// Status, selected headers and body of a response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Http {
+        let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(PATIENCE)).build();
+        Http { agent: config.into(), base: format!("http://{addr}") }
+    }
+
+    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
+        let mut r = r.expect("HTTP exchange");
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect::<Vec<_>>();
+        let content_type =
+            headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone()).unwrap_or_default();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        Resp { status: r.status().as_u16(), content_type, headers, body }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        Self::finish(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    pub fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> Resp {
+        let mut req = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
+        if let Some(key) = bearer {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        Self::finish(req.send(body.to_string()))
+    }
 }

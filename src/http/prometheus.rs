@@ -1,0 +1,81 @@
+//! `GET /metrics`: the shards' snapshots in the Prometheus/OpenMetrics text format,
+//! encoded by `prometheus-client` (the format is never written by hand).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::Snapshot;
+
+/// `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds (seconds) of the fan-out latency histogram buckets.
+const BUCKETS: [f64; 16] =
+    [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0];
+
+/// Renders every snapshot (one per shard, in shard order).
+pub fn render(snaps: Vec<Snapshot>) -> String {
+    let mut registry = Registry::with_prefix("corecast");
+    registry.register_collector(Box::new(Shards(snaps)));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[derive(Debug)]
+struct Shards(Vec<Snapshot>);
+
+/// A per-shard gauge: name, help, and how to read it from a snapshot.
+type Gauge = (&'static str, &'static str, fn(&Snapshot) -> u64);
+
+impl Collector for Shards {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(first) = self.0.first() else { return Ok(()) };
+        // Counters, one sample per shard.
+        for (i, (name, help, _)) in first.counters.each().into_iter().enumerate() {
+            // The encoder appends `_total` to counters itself.
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &self.0 {
+                let value = s.counters.each()[i].2;
+                let shard = [("shard", s.shard.to_string())];
+                ConstCounter::new(value).encode(family.encode_family(&shard)?)?;
+            }
+        }
+        let gauges: [Gauge; 5] = [
+            ("connections", "Sockets open now (any phase).", |s| s.connections),
+            ("websockets", "Upgraded WebSocket connections open now.", |s| s.websockets),
+            ("rooms_public", "Public rooms owned by the shard.", |s| s.rooms_public),
+            ("rooms_personal", "Personal rooms (@user:…) owned by the shard.", |s| s.rooms_personal),
+            ("inbox_depth", "Messages waiting in the shard's inbox.", |s| s.inbox_depth),
+        ];
+        for (name, help, get) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in &self.0 {
+                let shard = [("shard", s.shard.to_string())];
+                ConstGauge::new(get(s) as i64).encode(family.encode_family(&shard)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "fanout_latency_seconds",
+            "Owner hand-off to every local member's frame written or queued, per shard and message.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for s in &self.0 {
+            let h = &s.fanout;
+            let mut buckets: Vec<(f64, u64)> =
+                BUCKETS.iter().map(|&le| (le, h.count_between(0, (le * 1e9) as u64))).collect();
+            buckets.push((f64::INFINITY, h.len()));
+            let sum = h.mean() * h.len() as f64 / 1e9;
+            let shard = [("shard", s.shard.to_string())];
+            family.encode_family(&shard)?.encode_histogram::<Vec<(String, String)>>(sum, h.len(), &buckets, None)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! `GET /stats`: the shards' snapshots merged into one JSON document (schema in
+//! docs/HTTP.md). Pure: snapshots in, bytes out.
+
+use serde::Serialize;
+
+use crate::metrics::{Counters, Snapshot};
+use crate::room::RoomSummary;
+
+/// What the serving shard adds to the snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Start time, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// The server is shutting down.
+    pub draining: bool,
+    /// Most rooms listed.
+    pub limit: usize,
+}
+
+#[derive(Serialize)]
+struct Stats<'a> {
+    uptime_ms: u64,
+    started_at_ms: u64,
+    shards: usize,
+    draining: bool,
+    connections: Connections,
+    rooms: Rooms,
+    messages: Messages,
+    closes: Closes,
+    rejections: Rejections,
+    fanout_latency_us: Latency,
+    counters: &'a Counters,
+    room_list: Vec<&'a RoomSummary>,
+    room_list_limit: usize,
+}
+
+#[derive(Serialize)]
+struct Connections {
+    now: u64,
+    websockets: u64,
+    total: u64,
+    per_shard: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct Rooms {
+    public: u64,
+    personal: u64,
+}
+
+#[derive(Serialize)]
+struct Messages {
+    #[serde(rename = "in")]
+    received: u64,
+    published: u64,
+    api_published: u64,
+    deliveries: u64,
+    deliveries_queued: u64,
+}
+
+#[derive(Serialize)]
+struct Closes {
+    slow_consumer: u64,
+    protocol_error: u64,
+    heartbeat: u64,
+    handshake_timeout: u64,
+}
+
+#[derive(Serialize)]
+struct Rejections {
+    rate_limited: u64,
+    auth: u64,
+    client_errors: u64,
+    http_errors: u64,
+}
+
+/// Fan-out latency percentiles in microseconds (owner hand-off → frames written).
+#[derive(Serialize)]
+struct Latency {
+    count: u64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// Sums every shard's counters.
+pub fn total(snaps: &[Snapshot]) -> Counters {
+    let mut sum = Counters::default();
+    for s in snaps {
+        sum.merge(&s.counters);
+    }
+    sum
+}
+
+/// Renders the whole-server document, listing the `ctx.limit` largest rooms.
+pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
+    let c = total(snaps);
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).ok();
+    if let Some(h) = hist.as_mut() {
+        for s in snaps {
+            let _ = h.add(&s.fanout);
+        }
+    }
+    let us = |q: f64| hist.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    let mut rooms: Vec<&RoomSummary> = snaps.iter().flat_map(|s| &s.rooms).collect();
+    rooms.sort_unstable_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
+    rooms.truncate(ctx.limit);
+    let stats = Stats {
+        uptime_ms: ctx.uptime_ms,
+        started_at_ms: ctx.started_at_ms,
+        shards: snaps.len(),
+        draining: ctx.draining,
+        connections: Connections {
+            now: snaps.iter().map(|s| s.connections).sum(),
+            websockets: snaps.iter().map(|s| s.websockets).sum(),
+            total: c.connections_total,
+            per_shard: snaps.iter().map(|s| s.connections).collect(),
+        },
+        rooms: Rooms {
+            public: snaps.iter().map(|s| s.rooms_public).sum(),
+            personal: snaps.iter().map(|s| s.rooms_personal).sum(),
+        },
+        messages: Messages {
+            received: c.messages_in,
+            published: c.messages_published,
+            api_published: c.api_publishes,
+            deliveries: c.deliveries,
+            deliveries_queued: c.deliveries_queued,
+        },
+        closes: Closes {
+            slow_consumer: c.slow_consumer_closes,
+            protocol_error: c.protocol_errors,
+            heartbeat: c.heartbeat_closes,
+            handshake_timeout: c.handshake_timeouts,
+        },
+        rejections: Rejections {
+            rate_limited: c.rate_limited,
+            auth: c.auth_rejections,
+            client_errors: c.client_errors,
+            http_errors: c.http_errors,
+        },
+        fanout_latency_us: Latency {
+            count: hist.as_ref().map_or(0, |h| h.len()),
+            p50: us(0.5),
+            p99: us(0.99),
+            p999: us(0.999),
+            max: hist.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
+        },
+        counters: &c,
+        room_list: rooms,
+        room_list_limit: ctx.limit,
+    };
+    simd_json::to_vec(&stats).unwrap_or_default()
+}
+
+/// Renders one room's figures, if any shard owns a room of that name.
+pub fn render_room(snaps: &[Snapshot]) -> Option<Vec<u8>> {
+    let room = snaps.iter().flat_map(|s| &s.rooms).next()?;
+    simd_json::to_vec(room).ok()
+}

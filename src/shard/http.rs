@@ -1,0 +1,421 @@
+//! A connection while it speaks HTTP/1.1: request heads and bodies, keep-alive and
+//! pipelining, the endpoints, and the upgrade to WebSocket.
+//!
+//! Endpoints that need other shards (`/stats`, `/metrics`, `/api/…`) run as a separate
+//! task that asks them by message; meanwhile the connection is `busy` and buffers any
+//! pipelined input, and it resumes serving when the answer has been queued.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::conns::{Conn, ConnId, Phase};
+use super::msg::{PresenceReq, Publish, Query, Reply, Requester, ShardMsg};
+use super::route::owner;
+use super::Shard;
+use crate::http::publish::{self, PublishRequest, Target};
+use crate::http::request::{self, Request, MAX_HEADERS};
+use crate::http::response::Answer;
+use crate::http::router::{self, Route};
+use crate::http::{assets, prometheus, stats, HttpError};
+use crate::metrics::{inc, Snapshot};
+use crate::protocol::{self, client::MAX_PAGE};
+use crate::room::BROADCAST_ROOM;
+use crate::rt;
+use crate::ws::handshake;
+
+/// What serving the request at the front of the buffer did.
+enum Step {
+    /// The request is not complete yet.
+    NeedMore,
+    /// Answered; `usize` bytes consumed; the connection stays in HTTP.
+    Served(usize),
+    /// An answer is being computed; `usize` bytes consumed.
+    Busy(usize),
+    /// Upgraded to WebSocket; bytes after `usize` are WebSocket frames.
+    Upgraded(usize),
+    /// The connection is closing (answered without keep-alive, or refused).
+    Closed,
+}
+
+impl Shard {
+    /// Takes bytes read from a connection in HTTP phase.
+    pub(super) fn on_http_bytes(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+        let Phase::Http(h) = &mut conn.phase else { return };
+        h.buf.extend_from_slice(data);
+        if h.busy {
+            // Pipelined input while an answer is computed: bounded like one request.
+            if h.buf.len() > self.cfg.max_request_head + self.cfg.max_request_body {
+                self.http_refuse(conn, HttpError::HeadTooLarge);
+            }
+            return;
+        }
+        self.serve_http(id, conn);
+    }
+
+    /// Serves every complete request in the buffer, in order.
+    pub(super) fn serve_http(self: &Rc<Self>, id: ConnId, conn: &mut Conn) {
+        loop {
+            let Phase::Http(h) = &mut conn.phase else { return };
+            if h.busy || h.buf.is_empty() {
+                return;
+            }
+            let mut buf = std::mem::take(&mut h.buf);
+            match self.serve_one(id, conn, &buf) {
+                Step::NeedMore => {
+                    if let Phase::Http(h) = &mut conn.phase {
+                        h.buf = buf;
+                    }
+                    return;
+                }
+                Step::Served(used) | Step::Busy(used) => {
+                    buf.drain(..used);
+                    if let Phase::Http(h) = &mut conn.phase {
+                        h.buf = buf;
+                    }
+                }
+                Step::Upgraded(used) => {
+                    let rest = &mut buf[used..];
+                    if !rest.is_empty() {
+                        self.on_ws_bytes(id, conn, rest);
+                    }
+                    return;
+                }
+                Step::Closed => return,
+            }
+        }
+    }
+
+    fn serve_one(self: &Rc<Self>, id: ConnId, conn: &mut Conn, buf: &[u8]) -> Step {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let req = match request::parse(buf, &mut headers, self.cfg.max_request_head) {
+            Ok(None) => return Step::NeedMore,
+            Ok(Some(req)) => req,
+            Err(e) => return self.http_refuse(conn, e),
+        };
+        let body_len = match req.content_length() {
+            Ok(n) if n > self.cfg.max_request_body => return self.http_refuse(conn, HttpError::BodyTooLarge),
+            Ok(n) => n,
+            Err(e) => return self.http_refuse(conn, e),
+        };
+        let used = req.head_len + body_len;
+        if buf.len() < used {
+            return Step::NeedMore;
+        }
+        let body = &buf[req.head_len..used];
+        let route = router::route(req.method, req.path);
+        if route == Route::WebSocket {
+            return self.upgrade(id, conn, &req, used);
+        }
+        inc(&self.stats.http_requests);
+        let keep = req.keep_alive() && !self.is_draining();
+        let head_only = req.method == "HEAD";
+        let answer = match route {
+            Route::WebSocket => return Step::Closed,
+            Route::Asset(path) => match assets::get(path) {
+                Some(a) => {
+                    Answer { status: 200, content_type: a.content_type, extra: String::new(), body: a.body.to_vec() }
+                }
+                None => Answer::error(404, "not_found", "no such file"),
+            },
+            Route::Health => self.health(),
+            Route::Stats => {
+                let room = req.query_param("room");
+                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(self.cfg.stats_rooms);
+                let shard = self.clone();
+                return self.answer_later(
+                    id,
+                    conn,
+                    used,
+                    keep,
+                    head_only,
+                    async move { shard.stats(room, limit).await },
+                );
+            }
+            Route::Metrics => {
+                let shard = self.clone();
+                return self.answer_later(id, conn, used, keep, head_only, async move { shard.metrics().await });
+            }
+            Route::Publish => match self.publish_request(&req, body) {
+                Ok(p) => {
+                    let shard = self.clone();
+                    return self.answer_later(id, conn, used, keep, head_only, async move { shard.publish(p).await });
+                }
+                Err(answer) => answer,
+            },
+            Route::RoomPresence(room) => {
+                let after = req.query_param("after");
+                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(100u32).clamp(1, MAX_PAGE);
+                let shard = self.clone();
+                return self.answer_later(id, conn, used, keep, head_only, async move {
+                    shard.presence(room, after, limit).await
+                });
+            }
+            Route::RoomHistory(_) => Answer::error(501, "unavailable", "history is not available on this server"),
+            Route::MethodNotAllowed(allow) => Answer::error(405, "method_not_allowed", "method not allowed")
+                .with_header(&format!("Allow: {allow}\r\n")),
+            Route::NotFound => Answer::error(404, "not_found", "no such endpoint; WebSocket clients connect to /ws"),
+        };
+        self.respond(conn, &answer, keep, head_only, used)
+    }
+
+    /// Queues `answer`; keeps the connection for the next request or closes it.
+    fn respond(&self, conn: &mut Conn, answer: &Answer, keep: bool, head_only: bool, used: usize) -> Step {
+        if answer.status >= 400 {
+            inc(&self.stats.http_errors);
+        }
+        conn.push(answer.render(keep, head_only), self.caps);
+        if keep {
+            conn.phase_since = self.now();
+            Step::Served(used)
+        } else {
+            conn.enter(Phase::Done, self.now());
+            Step::Closed
+        }
+    }
+
+    /// Answers a request that cannot be parsed, and closes: after a malformed request
+    /// the position of the next one in the stream is unknown.
+    fn http_refuse(&self, conn: &mut Conn, e: HttpError) -> Step {
+        self.respond(conn, &Answer::error(e.status(), e.code(), &e.to_string()), false, false, 0)
+    }
+
+    /// Runs `answer` as its own task; the connection waits (`busy`) and resumes when the
+    /// answer is queued.
+    fn answer_later<F>(
+        self: &Rc<Self>,
+        id: ConnId,
+        conn: &mut Conn,
+        used: usize,
+        keep: bool,
+        head_only: bool,
+        answer: F,
+    ) -> Step
+    where
+        F: Future<Output = Answer> + 'static,
+    {
+        if let Phase::Http(h) = &mut conn.phase {
+            h.busy = true;
+        }
+        let shard = self.clone();
+        rt::spawn(async move {
+            let answer = answer.await;
+            let mut conns = shard.conns.borrow_mut();
+            let Some(conn) = conns.get_mut(id) else { return };
+            let keep = keep && !shard.is_draining();
+            if answer.status >= 400 {
+                inc(&shard.stats.http_errors);
+            }
+            conn.push(answer.render(keep, head_only), shard.caps);
+            match &mut conn.phase {
+                Phase::Http(h) if keep => {
+                    h.busy = false;
+                    h.reparse = true;
+                    conn.phase_since = shard.now();
+                }
+                _ => conn.enter(Phase::Done, shard.now()),
+            }
+            conn.wake();
+        });
+        Step::Busy(used)
+    }
+
+    /// Validates an upgrade request and, if it is one, switches the connection to
+    /// WebSocket.
+    fn upgrade(&self, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize) -> Step {
+        let upgrade = match handshake::validate(req) {
+            Ok(u) => u,
+            Err(e) => {
+                let answer = Answer::error(e.status(), "bad_handshake", &e.to_string()).with_header(e.headers());
+                return self.respond(conn, &answer, false, false, used);
+            }
+        };
+        if self.is_draining() {
+            let answer = Answer::error(503, "draining", "the server is shutting down");
+            return self.respond(conn, &answer, false, false, used);
+        }
+        let user = match req.query_param("name") {
+            Some(name) if protocol::validate_user_name(&name) => name,
+            Some(_) => {
+                let msg = "`name` must be 1 to 64 characters without control characters, `@` or `:`";
+                return self.respond(conn, &Answer::error(400, "invalid_name", msg), false, false, used);
+            }
+            None => format!("guest-{:06x}", fastrand::u32(..0x100_0000)),
+        };
+        conn.push(handshake::accept_response(&upgrade, None), self.caps);
+        self.open_websocket(id, conn, Arc::from(user));
+        Step::Upgraded(used)
+    }
+
+    fn health(&self) -> Answer {
+        #[derive(Serialize)]
+        struct Health {
+            status: &'static str,
+            shard: usize,
+            uptime_ms: u64,
+        }
+        let draining = self.is_draining();
+        let body =
+            Health { status: if draining { "draining" } else { "ok" }, shard: self.id, uptime_ms: self.uptime_ms() };
+        Answer::json(if draining { 503 } else { 200 }, simd_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// Every shard's snapshot, in shard order.
+    async fn gather(&self, room: Option<Arc<str>>, limit: usize) -> Vec<Snapshot> {
+        let shards = self.mesh.len();
+        let replies = self
+            .ask(shards, |reply| {
+                for s in 0..shards {
+                    self.mesh.send(s, ShardMsg::Query { reply, query: Query::Stats { room: room.clone(), limit } });
+                }
+            })
+            .await;
+        let mut snaps: Vec<Snapshot> = replies
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Stats(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        snaps.sort_unstable_by_key(|s| s.shard);
+        snaps
+    }
+
+    async fn stats(&self, room: Option<String>, limit: usize) -> Answer {
+        let limit = limit.min(10_000);
+        if let Some(room) = room {
+            let snaps = self.gather(Some(Arc::from(room)), 1).await;
+            return match stats::render_room(&snaps) {
+                Some(body) => Answer::json(200, body),
+                None => Answer::error(404, "no_such_room", "no room of that name has members"),
+            };
+        }
+        let snaps = self.gather(None, limit).await;
+        let ctx = stats::Context {
+            uptime_ms: self.uptime_ms(),
+            started_at_ms: Self::wall_ms().saturating_sub(self.uptime_ms()),
+            draining: self.is_draining(),
+            limit,
+        };
+        Answer::json(200, stats::render(&snaps, ctx))
+    }
+
+    async fn metrics(&self) -> Answer {
+        let snaps = self.gather(None, 0).await;
+        Answer {
+            status: 200,
+            content_type: prometheus::CONTENT_TYPE,
+            extra: String::new(),
+            body: prometheus::render(snaps).into_bytes(),
+        }
+    }
+
+    /// Checks the API key and the body of `POST /api/publish`.
+    fn publish_request(&self, req: &Request<'_, '_>, body: &[u8]) -> Result<PublishRequest, Answer> {
+        let refuse = |e: publish::PublishError| {
+            let answer = Answer::error(e.status(), e.code(), &e.to_string());
+            if e.status() == 401 {
+                answer.with_header("WWW-Authenticate: Bearer\r\n")
+            } else {
+                answer
+            }
+        };
+        if let Err(e) = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")) {
+            if e == publish::PublishError::Unauthorized {
+                inc(&self.stats.auth_rejections);
+            }
+            return Err(refuse(e));
+        }
+        publish::parse(body, self.cfg.max_message_bytes).map_err(refuse)
+    }
+
+    /// Publishes through the same owners, sequencing and serialized-once frames as client
+    /// messages, and reports what was reached.
+    async fn publish(&self, p: PublishRequest) -> Answer {
+        #[derive(Serialize)]
+        struct Outcome {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seq: Option<u64>,
+            rooms: usize,
+            shards: usize,
+        }
+        inc(&self.stats.api_publishes);
+        let user: Arc<str> = Arc::from(p.user);
+        let text: Box<str> = Box::from(p.text);
+        let shards = self.mesh.len();
+        let (rooms, want): (Vec<Arc<str>>, usize) = match &p.target {
+            Target::Room(r) => (vec![Arc::from(r.as_str())], 1),
+            Target::Users(us) => (us.iter().map(|u| Arc::from(protocol::user_room(u))).collect(), us.len()),
+            Target::Everyone => (Vec::new(), 1),
+        };
+        let replies = self
+            .ask(want, |reply| {
+                let from = Requester::Api(reply);
+                let msg = |room: Arc<str>| Publish { room, user: user.clone(), text: text.clone(), from: from.clone() };
+                if p.target == Target::Everyone {
+                    let to = owner(BROADCAST_ROOM, shards);
+                    self.mesh.send(to, ShardMsg::Broadcast(Box::new(msg(Arc::from(BROADCAST_ROOM)))));
+                }
+                for room in rooms {
+                    self.mesh.send(owner(&room, shards), ShardMsg::Publish(Box::new(msg(room))));
+                }
+            })
+            .await;
+        let mut reached = 0;
+        let mut seq = None;
+        let mut hit = vec![false; shards];
+        for r in replies {
+            if let Reply::Published { seq: s, shards } = r {
+                if s.is_some() {
+                    reached += 1;
+                    seq = s;
+                }
+                for sh in shards {
+                    if let Some(h) = hit.get_mut(usize::from(sh)) {
+                        *h = true;
+                    }
+                }
+            }
+        }
+        let outcome = Outcome {
+            seq: if matches!(p.target, Target::Users(_)) { None } else { seq },
+            rooms: if p.target == Target::Everyone { 0 } else { reached },
+            shards: hit.iter().filter(|h| **h).count(),
+        };
+        Answer::json(200, simd_json::to_vec(&outcome).unwrap_or_default())
+    }
+
+    async fn presence(&self, room: String, after: Option<String>, limit: u32) -> Answer {
+        #[derive(Serialize)]
+        struct Page<'a> {
+            room: &'a str,
+            count: u32,
+            users: Vec<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            next: Option<&'a str>,
+        }
+        let room: Arc<str> = Arc::from(room);
+        let to = owner(&room, self.mesh.len());
+        let replies = self
+            .ask(1, |reply| {
+                let req =
+                    PresenceReq { room: room.clone(), after: after.map(Box::from), limit, from: Requester::Api(reply) };
+                self.mesh.send(to, ShardMsg::Presence(Box::new(req)));
+            })
+            .await;
+        match replies.into_iter().next() {
+            Some(Reply::Presence(Some(p))) => {
+                let page = Page {
+                    room: &p.room,
+                    count: p.count,
+                    users: p.users.iter().map(|u| &**u).collect(),
+                    next: p.next.as_deref(),
+                };
+                Answer::json(200, simd_json::to_vec(&page).unwrap_or_default())
+            }
+            _ => Answer::error(404, "no_such_room", "no room of that name has members"),
+        }
+    }
+}
