@@ -48,6 +48,37 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Most rooms `/stats` lists when the request does not say.
     pub stats_rooms: usize,
+    /// HS256 secret for JWTs.
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RS256 or ES256 public key for JWTs.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    pub jwt_audience: Option<String>,
+    /// Allow guests (`?name=`) even when a JWT key is configured.
+    pub allow_guests: bool,
+    /// Per-connection message rate (messages per second; 0 turns the limit off).
+    pub rate_limit: u32,
+    /// Messages a connection may send in a burst above the rate.
+    pub rate_burst: u32,
+    /// Rate-limited messages after which the connection is closed (1008).
+    pub rate_limit_close_after: u32,
+    /// Longest `text` of a message, in bytes.
+    pub max_text_bytes: usize,
+    /// Most rooms one connection may be in (its personal room not counted).
+    pub max_rooms_per_conn: usize,
+    /// Most WebSocket connections on the server (503 at upgrade beyond it).
+    pub max_connections: u64,
+    /// Most WebSocket connections from one IP address (503 at upgrade beyond it).
+    pub max_connections_per_ip: u32,
+    /// Allowed `Origin` values for upgrades (empty: any). Requests without `Origin`
+    /// (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Password attempts allowed per connection per minute.
+    pub password_attempts_per_conn: u32,
+    /// Password attempts allowed per IP address per minute.
+    pub password_attempts_per_ip: u32,
     /// Listen backlog.
     pub backlog: i32,
     /// Busy-poll this long before an idle shard parks (trades idle CPU for wake latency).
@@ -75,6 +106,21 @@ impl Default for Config {
             api_key: None,
             drain_grace: Duration::ZERO,
             stats_rooms: 100,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            allow_guests: false,
+            rate_limit: 20,
+            rate_burst: 40,
+            rate_limit_close_after: 100,
+            max_text_bytes: 4096,
+            max_rooms_per_conn: 100,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 1000,
+            allowed_origins: Vec::new(),
+            password_attempts_per_conn: 5,
+            password_attempts_per_ip: 30,
             backlog: 65535,
             spin_before_park: Duration::ZERO,
             ring_depth: 1024,
@@ -179,6 +225,51 @@ pub struct Cli {
     /// Seconds to keep serving after SIGTERM with /health answering 503, before closing.
     #[arg(long, env = "CORECAST_DRAIN_GRACE", default_value = "0", value_parser = secs, value_name = "SECS")]
     pub drain_grace: Duration,
+    /// HS256 secret for JWT validation (at least 32 bytes).
+    #[arg(long, env = "CORECAST_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RS256 or ES256 public key for JWT validation.
+    #[arg(long, env = "CORECAST_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Require this `iss` claim.
+    #[arg(long, env = "CORECAST_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Require this `aud` claim.
+    #[arg(long, env = "CORECAST_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Allow guests (?name=) even when a JWT key is configured.
+    #[arg(long, env = "CORECAST_ALLOW_GUESTS")]
+    pub allow_guests: bool,
+    /// Messages per second a connection may send (token bucket; 0: unlimited).
+    #[arg(long, env = "CORECAST_RATE_LIMIT", default_value_t = 20, value_name = "MSGS")]
+    pub rate_limit: u32,
+    /// Burst allowance above the rate.
+    #[arg(long, env = "CORECAST_RATE_BURST", default_value_t = 40, value_name = "MSGS")]
+    pub rate_burst: u32,
+    /// Close a connection (1008) after this many rate-limited messages.
+    #[arg(long, env = "CORECAST_RATE_LIMIT_CLOSE_AFTER", default_value_t = 100, value_name = "N")]
+    pub rate_limit_close_after: u32,
+    /// Longest message text in bytes.
+    #[arg(long, env = "CORECAST_MAX_TEXT_BYTES", default_value_t = 4096, value_name = "BYTES")]
+    pub max_text_bytes: usize,
+    /// Most rooms per connection.
+    #[arg(long, env = "CORECAST_MAX_ROOMS_PER_CONN", default_value_t = 100, value_name = "N")]
+    pub max_rooms_per_conn: usize,
+    /// Most WebSocket connections on this server (HTTP 503 at upgrade beyond).
+    #[arg(long, env = "CORECAST_MAX_CONNECTIONS", default_value_t = 1_000_000, value_name = "N")]
+    pub max_connections: u64,
+    /// Most WebSocket connections per source IP (HTTP 503 at upgrade beyond).
+    #[arg(long, env = "CORECAST_MAX_CONNECTIONS_PER_IP", default_value_t = 1000, value_name = "N")]
+    pub max_connections_per_ip: u32,
+    /// Comma-separated Origin values allowed to upgrade (default: any).
+    #[arg(long, env = "CORECAST_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGINS")]
+    pub allowed_origins: Vec<String>,
+    /// Room password attempts per connection per minute.
+    #[arg(long, env = "CORECAST_PASSWORD_ATTEMPTS_PER_CONN", default_value_t = 5, value_name = "N")]
+    pub password_attempts_per_conn: u32,
+    /// Room password attempts per IP address per minute.
+    #[arg(long, env = "CORECAST_PASSWORD_ATTEMPTS_PER_IP", default_value_t = 30, value_name = "N")]
+    pub password_attempts_per_ip: u32,
     /// Allow transparent huge pages. Off by default: a connection's few small allocations
     /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
     /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
@@ -231,6 +322,12 @@ impl Cli {
         if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
             return invalid("--api-key must be at least 16 characters");
         }
+        if self.jwt_secret.as_deref().is_some_and(|k| k.len() < 32) {
+            return invalid("--jwt-secret must be at least 32 bytes (HS256 keys shorter than the hash are weak)");
+        }
+        if self.rate_limit > 1000 {
+            return invalid("--rate-limit is at most 1000 messages per second");
+        }
         if self.handshake_timeout.is_zero() {
             return invalid("--handshake-timeout must be positive");
         }
@@ -253,6 +350,26 @@ impl Cli {
             api_key: self.api_key,
             max_request_body: self.max_request_body,
             drain_grace: self.drain_grace,
+            jwt_secret: self.jwt_secret,
+            jwt_public_key: self.jwt_public_key,
+            jwt_issuer: self.jwt_issuer,
+            jwt_audience: self.jwt_audience,
+            allow_guests: self.allow_guests,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst.max(1),
+            rate_limit_close_after: self.rate_limit_close_after.max(1),
+            max_text_bytes: self.max_text_bytes,
+            max_rooms_per_conn: self.max_rooms_per_conn,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            allowed_origins: self
+                .allowed_origins
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            password_attempts_per_conn: self.password_attempts_per_conn,
+            password_attempts_per_ip: self.password_attempts_per_ip,
             ..Config::default()
         })
     }

@@ -22,6 +22,9 @@ pub enum ServerError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The JWT key could not be loaded.
+    #[error(transparent)]
+    Auth(crate::auth::JwtError),
     /// A shard thread panicked; the message is logged.
     #[error("shard {0} stopped abnormally")]
     ShardFailed(usize),

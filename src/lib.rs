@@ -11,6 +11,8 @@
 //! | module | concern |
 //! |---|---|
 //! | [`config`] | flags, `CORECAST_*` env, TOML file → validated [`Config`] |
+//! | [`auth`] | JWT validation, guests, room allow-lists, room passwords (argon2) |
+//! | [`limits`] | rate limit (GCRA token bucket), per-IP table |
 //! | [`rt`] | the only code that knows glommio: executors, pinning, listeners |
 //! | `shard` | a shard: accept loop, inbox, connections, local membership, sweep |
 //! | `shard::mesh` | lock-free inter-shard inboxes with park/wake |
@@ -27,9 +29,11 @@
 //! [`start`] binds, spawns the shards and returns a [`ServerHandle`]; tests start the
 //! real server on port 0 this way and stop it with [`ServerHandle::shutdown`].
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod room;
@@ -38,6 +42,7 @@ pub(crate) mod shard;
 pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use config::Config;
@@ -99,8 +104,20 @@ impl ServerHandle {
     }
 }
 
+/// Read-only (or atomic) state every shard holds: built once at start.
+pub(crate) struct Shared {
+    /// Who may connect.
+    pub auth: auth::Authenticator,
+    /// WebSocket connections open on the whole server. The one cross-shard counter:
+    /// an atomic touched at upgrade and close only, never on a message path.
+    pub websockets: AtomicU64,
+}
+
 /// Binds `config.listen` once per shard and starts the shards.
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    let auth = auth::Authenticator::new(&config).map_err(ServerError::Auth)?;
+    tracing::info!("authentication: {}", auth.describe());
+    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0) });
     let shards = config.effective_shards();
     let bind_err = |source| ServerError::Bind { addr: config.listen, source };
     let sockets = rt::bind_listeners(config.listen, shards, config.backlog).map_err(bind_err)?;
@@ -112,8 +129,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let mut threads = Vec::with_capacity(shards);
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
-        let (cfg, mesh) = (config.clone(), mesh.clone());
-        match rt::spawn_shard(i, cpu, &config, move || shard::run(i, cfg, mesh, inbox, socket)) {
+        let (cfg, mesh, shared) = (config.clone(), mesh.clone(), shared.clone());
+        match rt::spawn_shard(i, cpu, &config, move || shard::run(i, cfg, shared, mesh, inbox, socket)) {
             Ok(t) => threads.push(t),
             Err(source) => {
                 stopper.stop();

@@ -58,6 +58,23 @@ pub enum ClientMsg<'a> {
         /// Page size.
         limit: Option<u32>,
     },
+    /// Create a room (private when a password is given) and join it.
+    Create {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Password making the room private.
+        password: Option<Cow<'a, str>>,
+    },
+    /// Delete a room this user created: every member is told and removed.
+    Delete {
+        /// Room name.
+        room: Cow<'a, str>,
+    },
+    /// Replace the connection's token before it expires.
+    Refresh {
+        /// The new JWT.
+        token: Cow<'a, str>,
+    },
     /// Fetch a page of a room's history, newest first, strictly before `before`.
     History {
         /// Room name.
@@ -109,6 +126,8 @@ struct Raw<'a> {
     password: Option<Cow<'a, str>>,
     #[serde(borrow)]
     after: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
     before: Option<u64>,
     limit: Option<u32>,
 }
@@ -128,6 +147,9 @@ impl<'a> Raw<'a> {
         Ok(match &*kind {
             "join" => ClientMsg::Join { room: need_room()?, since: self.since, password: self.password },
             "leave" => ClientMsg::Leave { room: need_room()? },
+            "create" => ClientMsg::Create { room: need_room()?, password: self.password },
+            "delete" => ClientMsg::Delete { room: need_room()? },
+            "refresh" => ClientMsg::Refresh { token: self.token.ok_or_else(|| missing("token"))? },
             "message" => ClientMsg::Message { room: need_room()?, text: self.text.ok_or_else(|| missing("text"))? },
             "presence" => ClientMsg::Presence { room: need_room()?, after: self.after, limit },
             "history" => ClientMsg::History { room: need_room()?, before: self.before, limit },
@@ -238,6 +260,13 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("42"));
         assert_eq!(r.msg, ClientMsg::Message { room: "r".into(), text: "h\"ié".into() });
         assert!(matches!(p(r#"{"type":"leave","room":"r"}"#).unwrap().msg, ClientMsg::Leave { .. }));
+        assert_eq!(
+            p(r#"{"type":"create","room":"r","password":"pw"}"#).unwrap().msg,
+            ClientMsg::Create { room: "r".into(), password: Some("pw".into()) }
+        );
+        assert!(matches!(p(r#"{"type":"delete","room":"r"}"#).unwrap().msg, ClientMsg::Delete { .. }));
+        assert!(matches!(p(r#"{"type":"refresh","token":"t"}"#).unwrap().msg, ClientMsg::Refresh { .. }));
+        assert_eq!(p(r#"{"type":"refresh"}"#).unwrap_err().code, ErrorCode::MissingField);
         assert!(matches!(
             p(r#"{"type":"presence","room":"r","limit":5}"#).unwrap().msg,
             ClientMsg::Presence { limit: Some(5), .. }
@@ -277,7 +306,7 @@ mod tests {
 
             #[test]
             fn json_shaped_input_never_panics(
-                kind in prop_oneof![Just("join".to_owned()), Just("leave".to_owned()), Just("message".to_owned()), Just("presence".to_owned()), Just("history".to_owned()), ".{0,8}"],
+                kind in prop_oneof![Just("join".to_owned()), Just("leave".to_owned()), Just("create".to_owned()), Just("refresh".to_owned()), Just("message".to_owned()), Just("presence".to_owned()), Just("history".to_owned()), ".{0,8}"],
                 room in proptest::option::of(".{0,40}"),
                 text in proptest::option::of(".{0,40}"),
                 limit in proptest::option::of(any::<i64>()),

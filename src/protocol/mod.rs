@@ -36,6 +36,16 @@ pub enum ErrorCode {
     TextTooLong,
     /// The server cannot serve the request now (e.g. shutting down).
     Unavailable,
+    /// `create` of a room that already exists.
+    RoomExists,
+    /// A room that does not exist (or was deleted).
+    NoSuchRoom,
+    /// A private room joined without a password.
+    PasswordRequired,
+    /// A private room joined with the wrong password.
+    WrongPassword,
+    /// A token presented in-band (`refresh`) is invalid, expired, or for another user.
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -54,6 +64,11 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::TextTooLong => "text_too_long",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RoomExists => "room_exists",
+            ErrorCode::NoSuchRoom => "no_such_room",
+            ErrorCode::PasswordRequired => "password_required",
+            ErrorCode::WrongPassword => "wrong_password",
+            ErrorCode::InvalidToken => "invalid_token",
         }
     }
 }

@@ -18,16 +18,29 @@ pub fn json_frame<T: Serialize>(value: &T, size_hint: usize) -> Bytes {
     })
 }
 
-/// `{"type":"welcome","user":…,"conn":…,"shard":…}`: first frame after the upgrade.
-pub fn welcome(user: &str, conn: &str, shard: usize) -> Bytes {
+/// `{"type":"welcome","user":…,"name":…,"conn":…,"shard":…}`: first frame after the
+/// upgrade. `name` is the token's display name, when it has one.
+pub fn welcome(user: &str, name: Option<&str>, conn: &str, shard: usize) -> Bytes {
     #[derive(Serialize)]
     struct Welcome<'a> {
         r#type: &'static str,
         user: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
         conn: &'a str,
         shard: usize,
     }
-    json_frame(&Welcome { r#type: "welcome", user, conn, shard }, 96)
+    json_frame(&Welcome { r#type: "welcome", user, name, conn, shard }, 96)
+}
+
+/// `{"type":"refreshed","exp":…}`: a `refresh` was accepted; the new expiry.
+pub fn refreshed(exp: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Refreshed {
+        r#type: &'static str,
+        exp: u64,
+    }
+    json_frame(&Refreshed { r#type: "refreshed", exp }, 40)
 }
 
 /// What a `joined` frame reports about the room at the moment of joining.
@@ -45,11 +58,25 @@ pub struct Joined<'a> {
     /// Present when the join asked for recovery: whether every missed message was replayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// Present (true) for password-protected rooms.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
-/// `{"type":"joined",…}`: answers a `join`.
-pub fn joined(room: &str, members: u32, seq: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
-    json_frame(&Joined { r#type: "joined", room, members, seq, epoch, recovered }, 64 + room.len())
+/// `{"type":"joined",…}`: answers a `join` or `create`.
+pub fn joined(room: &str, members: u32, seq: u64, epoch: &str, recovered: Option<bool>, private: bool) -> Bytes {
+    json_frame(&Joined { r#type: "joined", room, members, seq, epoch, recovered, private }, 80 + room.len())
+}
+
+/// `{"type":"deleted","room":…}`: the room was deleted by its creator; the connection is
+/// no longer a member.
+pub fn deleted(room: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Deleted<'a> {
+        r#type: &'static str,
+        room: &'a str,
+    }
+    json_frame(&Deleted { r#type: "deleted", room }, 32 + room.len())
 }
 
 /// `{"type":"left","room":…}`: answers a `leave`.
@@ -156,7 +183,7 @@ mod tests {
             m,
             serde_json::json!({"type":"message","room":"lobby","seq":119,"user":"alice","text":"hi \"there\" <b>","ts":1_763_800_000_123u64})
         );
-        let j = payload(&joined("lobby", 12, 118, "00ff", None));
+        let j = payload(&joined("lobby", 12, 118, "00ff", None, false));
         assert_eq!(j, serde_json::json!({"type":"joined","room":"lobby","members":12,"seq":118,"epoch":"00ff"}));
         let e = payload(&error(ErrorCode::NotMember, "join first", Some("7")));
         assert_eq!(e, serde_json::json!({"type":"error","code":"not_member","message":"join first","ref":"7"}));

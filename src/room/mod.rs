@@ -18,7 +18,10 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use crate::protocol::{server, ErrorCode, SYSTEM_ROOM_PREFIX};
-use crate::shard::msg::{ConnRef, JoinAck, JoinReq, PresenceReq, Publish, Reply, ReplyTo, Requester, ShardMsg};
+use crate::shard::msg::{
+    ConnRef, DeleteReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply, ReplyTo, Requester,
+    ShardMsg,
+};
 
 /// Where the owner's outputs go: `(destination shard, message)`.
 pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
@@ -49,6 +52,11 @@ struct Presence {
     users: BTreeMap<Arc<str>, u32>,
     /// Wall-clock creation time (ms since the Unix epoch).
     created_ms: u64,
+    /// Who created it with `create` (rooms created by a first `join` have none and
+    /// cannot be deleted).
+    creator: Option<Arc<str>>,
+    /// argon2 hash of the password of a private room.
+    password: Option<Arc<str>>,
 }
 
 static NO_USERS: BTreeMap<Arc<str>, u32> = BTreeMap::new();
@@ -81,6 +89,14 @@ impl OwnedRoom {
     /// Creation time, ms since the Unix epoch (0 for server-managed rooms).
     pub fn created_ms(&self) -> u64 {
         self.presence.as_ref().map_or(0, |p| p.created_ms)
+    }
+
+    fn password(&self) -> Option<&Arc<str>> {
+        self.presence.as_ref().and_then(|p| p.password.as_ref())
+    }
+
+    fn creator(&self) -> Option<&Arc<str>> {
+        self.presence.as_ref().and_then(|p| p.creator.as_ref())
     }
 
     fn users(&self) -> &BTreeMap<Arc<str>, u32> {
@@ -139,6 +155,24 @@ pub struct PresencePage {
     pub next: Option<Arc<str>>,
 }
 
+/// What the shard must do after [`OwnedRooms::join`].
+pub enum JoinStep {
+    /// Nothing: the join was sequenced or refused.
+    Done,
+    /// Verify `password` against `hash` off the event loop; on success resubmit `req`
+    /// with `verified = Some(epoch)`, on failure refuse it ([`refuse`]).
+    CheckPassword {
+        /// The join to resubmit.
+        req: JoinReq,
+        /// The room's password hash.
+        hash: Arc<str>,
+        /// What the client sent.
+        password: Box<str>,
+        /// The room instance the password was checked against.
+        epoch: u64,
+    },
+}
+
 /// Every room this shard owns.
 pub struct OwnedRooms {
     rooms: FxHashMap<Arc<str>, OwnedRoom>,
@@ -179,12 +213,40 @@ impl OwnedRooms {
         !room.is_system() && room.user_count() < self.presence_events_max
     }
 
-    /// Sequences a join: counts the connection, announces a user's first connection to
-    /// the room, and acks the joiner. The ack is sent after the announcement, and the
-    /// joiner becomes a local member only when the ack arrives, so it receives exactly the
-    /// frames sequenced after its `joined.seq`.
-    pub fn join(&mut self, req: JoinReq, now_ms: u64, sink: &mut Sink<'_>) {
+    /// Sequences a join or create: counts the connection, announces a user's first
+    /// connection to the room, and acks the joiner with the room instance's epoch. The
+    /// ack is sent after the announcement, and the joiner becomes a local member only when
+    /// the ack arrives, so it receives exactly the frames sequenced after `joined.seq`.
+    ///
+    /// A join of a private room without a verified password is not sequenced: the owner
+    /// either refuses it (nothing is counted, so nothing needs undoing) or hands back a
+    /// [`JoinStep::CheckPassword`] for the shard to verify off its event loop and resubmit.
+    pub fn join(&mut self, mut req: JoinReq, now_ms: u64, sink: &mut Sink<'_>) -> JoinStep {
+        let exists = self.rooms.get(&req.room).map(|r| (r.epoch, r.password().cloned()));
+        match (&mut req.kind, exists) {
+            (JoinKind::Create { .. }, Some(_)) => {
+                refuse(&req, ErrorCode::RoomExists, "a room of that name exists", sink);
+                return JoinStep::Done;
+            }
+            (JoinKind::Join { password, verified }, Some((epoch, Some(hash)))) => match (verified, password.take()) {
+                (Some(v), _) if *v == epoch => {}
+                (Some(_), _) => {
+                    refuse(&req, ErrorCode::NoSuchRoom, "the room was deleted", sink);
+                    return JoinStep::Done;
+                }
+                (None, None) => {
+                    refuse(&req, ErrorCode::PasswordRequired, "this room is private: join with its password", sink);
+                    return JoinStep::Done;
+                }
+                (None, Some(password)) => return JoinStep::CheckPassword { req, hash, password, epoch },
+            },
+            _ => {}
+        }
         let shards = self.shards;
+        let (creator, password) = match &req.kind {
+            JoinKind::Create { password_hash } => (Some(req.user.clone()), password_hash.clone()),
+            JoinKind::Join { .. } => (None, None),
+        };
         let room = self.rooms.entry(req.room.clone()).or_insert_with(|| OwnedRoom {
             name: req.room.clone(),
             epoch: fastrand::u64(..),
@@ -192,7 +254,7 @@ impl OwnedRooms {
             shard_members: vec![0; shards].into_boxed_slice(),
             connections: 0,
             presence: (!req.room.starts_with(SYSTEM_ROOM_PREFIX))
-                .then(|| Box::new(Presence { users: BTreeMap::new(), created_ms: now_ms })),
+                .then(|| Box::new(Presence { users: BTreeMap::new(), created_ms: now_ms, creator, password })),
         });
         let first = !room.is_system() && !room.users().contains_key(&req.user);
         // Announce before counting the joiner: it is not a local member until its ack
@@ -207,22 +269,26 @@ impl OwnedRooms {
         if let Some(p) = room.presence.as_mut() {
             *p.users.entry(req.user.clone()).or_insert(0) += 1;
         }
-        let frame = (!req.silent).then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), None));
-        sink(
-            req.origin.shard,
-            ShardMsg::JoinAck(Box::new(JoinAck {
-                room: room.name.clone(),
-                conn: req.origin.conn,
-                token: req.token,
-                frame,
-            })),
-        );
+        let private = room.password().is_some();
+        let frame = (!req.silent)
+            .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), None, private));
+        let ack = JoinAck {
+            room: room.name.clone(),
+            conn: req.origin.conn,
+            token: req.token,
+            epoch: room.epoch as u32,
+            user: req.user.clone(),
+            frame,
+        };
+        sink(req.origin.shard, ShardMsg::JoinAck(Box::new(ack)));
+        JoinStep::Done
     }
 
-    /// Sequences a leave. A user's last connection leaving is announced; a room with no
-    /// connections left is dropped.
-    pub fn leave(&mut self, room_name: &str, user: &str, from: usize, sink: &mut Sink<'_>) {
-        let Some(room) = self.rooms.get_mut(room_name) else { return };
+    /// Sequences a leave of room instance `epoch`. A user's last connection leaving is
+    /// announced; a room with no connections left is dropped. Leaves for another instance
+    /// (the room was deleted and re-created since) are ignored.
+    pub fn leave(&mut self, room_name: &str, user: &str, from: usize, epoch: u32, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(room_name).filter(|r| r.epoch as u32 == epoch) else { return };
         match room.shard_members.get_mut(from) {
             Some(n) if *n > 0 => *n -= 1,
             // A leave without a matching join would corrupt the counts: ignore it.
@@ -247,6 +313,33 @@ impl OwnedRooms {
         if gone && self.events_enabled(room) {
             room.fan_out(&server::presence_event(false, &room.name, user), sink);
         }
+    }
+
+    /// Deletes a room at its creator's request: every member shard drops the instance's
+    /// memberships and tells its members; the requester is told directly.
+    pub fn delete(&mut self, req: DeleteReq, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get(&req.room) else {
+            reply_error(&req.origin, ErrorCode::NoSuchRoom, "no room of that name exists", sink);
+            return;
+        };
+        if room.creator() != Some(&req.user) {
+            reply_error(&req.origin, ErrorCode::Forbidden, "only the room's creator can delete it", sink);
+            return;
+        }
+        let frame = server::deleted(&room.name);
+        for (shard, &n) in room.shard_members.iter().enumerate() {
+            if n > 0 {
+                let msg = ShardMsg::RoomDeleted {
+                    room: room.name.clone(),
+                    epoch: room.epoch as u32,
+                    frame: frame.clone(),
+                    by: req.origin.clone(),
+                };
+                sink(shard, msg);
+            }
+        }
+        sink(req.origin.shard, ShardMsg::ToConn { conn: req.origin.conn, frame });
+        self.rooms.remove(&req.room);
     }
 
     /// Sequences a message: next `seq`, `ts` = `now_ms`, one frame, one hand-off per
@@ -354,6 +447,13 @@ impl OwnedRooms {
 /// joining it.
 pub const BROADCAST_ROOM: &str = "@all";
 
+/// Refuses a join: the joiner's shard drops the pending membership and sends `error`.
+pub fn refuse(req: &JoinReq, code: ErrorCode, message: &str, sink: &mut Sink<'_>) {
+    let frame = server::error(code, message, req.origin.reference.as_deref());
+    let refused = JoinRefused { room: req.room.clone(), conn: req.origin.conn, token: req.token, frame };
+    sink(req.origin.shard, ShardMsg::JoinRefused(Box::new(refused)));
+}
+
 fn reply(to: &ReplyTo, reply: Reply, sink: &mut Sink<'_>) {
     sink(to.shard, ShardMsg::Reply { req: to.req, reply });
 }
@@ -373,11 +473,31 @@ mod tests {
         ConnRef { shard, conn: ConnId::for_test(n), reference: None }
     }
 
+    fn req(room: &str, user: &str, shard: usize, n: u32, kind: JoinKind) -> JoinReq {
+        JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, silent: false, kind }
+    }
+
+    const PLAIN: JoinKind = JoinKind::Join { password: None, verified: None };
+
     fn join(r: &mut OwnedRooms, room: &str, user: &str, shard: usize, n: u32) -> Vec<(usize, ShardMsg)> {
+        run(r, req(room, user, shard, n, PLAIN))
+    }
+
+    fn run(r: &mut OwnedRooms, req: JoinReq) -> Vec<(usize, ShardMsg)> {
         let mut out = Vec::new();
-        let req = JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, silent: false };
-        r.join(req, 1, &mut |s, m| out.push((s, m)));
+        assert!(matches!(r.join(req, 1, &mut |s, m| out.push((s, m))), JoinStep::Done));
         out
+    }
+
+    fn epoch(r: &OwnedRooms, room: &str) -> u32 {
+        r.get(room).unwrap().epoch as u32
+    }
+
+    fn refusal(out: &[(usize, ShardMsg)]) -> String {
+        match out.last() {
+            Some((_, ShardMsg::JoinRefused(f))) => json(&f.frame)["code"].as_str().unwrap().to_owned(),
+            _ => panic!("expected a refusal"),
+        }
     }
 
     fn json(frame: &bytes::Bytes) -> serde_json::Value {
@@ -438,14 +558,72 @@ mod tests {
         join(&mut r, "r", "a", 0, 1);
         join(&mut r, "r", "b", 1, 2);
         let mut out = Vec::new();
-        r.leave("r", "b", 1, &mut |s, m| out.push((s, m)));
+        let e = epoch(&r, "r");
+        r.leave("r", "b", 1, e, &mut |s, m| out.push((s, m)));
         let d = delivered(&out);
         assert_eq!(d.len(), 1, "only shard 0 still has members");
         assert_eq!(d[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
-        r.leave("r", "a", 0, &mut |_, _| {});
+        r.leave("r", "a", 0, e, &mut |_, _| {});
         assert!(r.is_empty());
         // A stray leave is ignored rather than underflowing.
-        r.leave("r", "a", 0, &mut |_, _| {});
+        r.leave("r", "a", 0, e, &mut |_, _| {});
+    }
+
+    #[test]
+    fn private_rooms_need_a_verified_password_of_this_instance() {
+        let mut r = OwnedRooms::new(2, 1000);
+        let hash: Arc<str> = Arc::from("$argon2id$stand-in");
+        run(&mut r, req("vault", "owner", 0, 1, JoinKind::Create { password_hash: Some(hash.clone()) }));
+        let again = run(&mut r, req("vault", "x", 0, 2, JoinKind::Create { password_hash: None }));
+        assert_eq!(refusal(&again), "room_exists");
+        assert_eq!(refusal(&join(&mut r, "vault", "guest", 1, 3)), "password_required");
+        let with_pw = req("vault", "guest", 1, 4, JoinKind::Join { password: Some("pw".into()), verified: None });
+        let JoinStep::CheckPassword { mut req, hash: h, password, epoch } = r.join(with_pw, 1, &mut |_, _| {}) else {
+            panic!("the owner asks for a password check")
+        };
+        assert_eq!((&*h, &*password), (&*hash, "pw"));
+        // Resubmitted after a successful check: sequenced like any join.
+        req.kind = JoinKind::Join { password: None, verified: Some(epoch) };
+        let out = run(&mut r, req);
+        let Some((1, ShardMsg::JoinAck(ack))) = out.last() else { panic!("acked") };
+        assert_eq!(json(ack.frame.as_ref().unwrap())["private"], true);
+        assert_eq!(r.get("vault").unwrap().connections(), 2);
+        // A check done against another instance of the room does not count.
+        let stale = req_verified("vault", epoch.wrapping_add(1));
+        assert_eq!(refusal(&run(&mut r, stale)), "no_such_room");
+        assert_eq!(r.get("vault").unwrap().connections(), 2, "refusals count nothing");
+    }
+
+    fn req_verified(room: &str, epoch: u64) -> JoinReq {
+        req(room, "late", 1, 9, JoinKind::Join { password: None, verified: Some(epoch) })
+    }
+
+    #[test]
+    fn only_the_creator_deletes_and_stale_leaves_cannot_touch_a_new_instance() {
+        let mut r = OwnedRooms::new(2, 1000);
+        run(&mut r, req("t", "owner", 0, 1, JoinKind::Create { password_hash: None }));
+        join(&mut r, "t", "bob", 1, 2);
+        let old = epoch(&r, "t");
+        let del = |user: &str| DeleteReq { room: "t".into(), user: user.into(), origin: origin(1, 2) };
+        let mut out = Vec::new();
+        r.delete(del("bob"), &mut |s, m| out.push((s, m)));
+        assert!(matches!(out.last(), Some((1, ShardMsg::ToConn { .. }))) && r.get("t").is_some(), "bob may not");
+        let mut out = Vec::new();
+        r.delete(del("owner"), &mut |s, m| out.push((s, m)));
+        let notified: Vec<usize> =
+            out.iter().filter_map(|(s, m)| matches!(m, ShardMsg::RoomDeleted { .. }).then_some(*s)).collect();
+        assert_eq!(notified, vec![0, 1]);
+        assert!(r.get("t").is_none());
+        // Re-created by a new join; a leave still in flight for the old instance is ignored.
+        join(&mut r, "t", "carol", 1, 3);
+        r.leave("t", "bob", 1, old, &mut |_, _| {});
+        assert_eq!(r.get("t").unwrap().connections(), 1);
+        // Rooms made by a plain join have no creator: nobody can delete them.
+        let mut out = Vec::new();
+        r.delete(DeleteReq { room: "t".into(), user: "carol".into(), origin: origin(1, 3) }, &mut |s, m| {
+            out.push((s, m))
+        });
+        assert!(r.get("t").is_some());
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub fn spawn<F: Future<Output = ()> + 'static>(future: F) -> glommio::task::Join
     glommio::spawn_local(future).detach()
 }
 
+/// Runs `f` on the shard's blocking-thread pool and waits for it without blocking the
+/// shard (for CPU-heavy work such as argon2 password hashing).
+pub async fn blocking<R, F>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(f).await
+}
+
 /// Binds `count` listening sockets on `addr`, all with `SO_REUSEPORT` so the kernel
 /// spreads incoming connections over them. If `addr` has port 0, the first bind picks
 /// the port and the others reuse it (this is how tests run on an ephemeral port).
@@ -91,6 +101,9 @@ where
         .ring_depth(config.ring_depth)
         .preempt_timer(Duration::from_millis(10))
         .spin_before_park(config.spin_before_park)
+        // Blocking work (password hashing) may run on any core, never on the shard's
+        // event loop and not pinned to its core.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
         .spawn(main)
         .map_err(io::Error::from)
 }

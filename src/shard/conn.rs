@@ -16,9 +16,10 @@ use std::task::{Context, Poll};
 use futures_lite::io::AsyncRead;
 
 use super::conns::{Conn, ConnId, Membership, Phase};
-use super::msg::{ConnRef, JoinReq, PresenceReq, Publish, Requester, ShardMsg};
+use super::msg::{ConnRef, DeleteReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg};
 use super::route::owner;
 use super::Shard;
+use crate::auth::{password, Identity};
 use crate::metrics::inc;
 use crate::protocol::client::{self, ClientMsg};
 use crate::protocol::{self, server, ClientError, ErrorCode};
@@ -58,12 +59,12 @@ impl Shard {
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(())) => match conn.phase {
                     Phase::Done => return Poll::Ready(()),
-                    Phase::Closing { .. } => conn.shutdown_write(),
+                    Phase::Closing | Phase::ClosingDiscard => conn.shutdown_write(),
                     _ => {}
                 },
                 Poll::Pending => {}
             }
-            if let Phase::Http(h) = &mut conn.phase {
+            if let Some(h) = conn.http_mut() {
                 if h.reparse && !h.busy {
                     h.reparse = false;
                     self.serve_http(id, conn);
@@ -92,43 +93,47 @@ impl Shard {
     /// Cleans up after the task ended: leaves every room, closes the socket.
     fn finish(&self, id: ConnId) {
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
+        self.sessions.borrow_mut().remove(&id);
         if !conn.user.is_empty() {
             self.ws_open.set(self.ws_open.get().saturating_sub(1));
+            self.release_slot(conn.peer, self.cfg.max_connections_per_ip > 0);
         }
         let mut members = self.members.borrow_mut();
-        for m in &conn.rooms {
-            if m.joined {
-                members.remove(&m.room, id);
-            }
-            let leave = ShardMsg::Leave { room: m.room.clone(), user: conn.user.clone(), from: self.id };
+        // Joined rooms are left; pending joins are undone when their ack arrives.
+        for m in conn.rooms.iter().filter(|m| m.joined()) {
+            members.remove(&m.room, id);
+            let leave =
+                ShardMsg::Leave { room: m.room.clone(), user: conn.user.clone(), from: self.id, epoch: m.epoch };
             self.mesh.send(owner(&m.room, self.mesh.len()), leave);
         }
     }
 
     fn on_input(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         match conn.phase {
-            Phase::Http(_) => self.on_http_bytes(id, conn, data),
-            Phase::Open | Phase::Closing { parse: true } => self.on_ws_bytes(id, conn, data),
+            Phase::Http => self.on_http_bytes(id, conn, data),
+            Phase::Open | Phase::Closing => self.on_ws_bytes(id, conn, data),
             // After a protocol error, or once closed, input is read and dropped.
-            Phase::Closing { parse: false } | Phase::Done => {}
+            Phase::ClosingDiscard | Phase::Done => {}
         }
     }
 
     /// The upgrade succeeded (its 101 is queued): greet the client and join it to its
     /// personal room.
-    pub(super) fn open_websocket(&self, id: ConnId, conn: &mut Conn, user: Arc<str>) {
+    pub(super) fn open_websocket(&self, id: ConnId, conn: &mut Conn, identity: Identity) {
         conn.enter(Phase::Open, self.now());
-        conn.user = user;
+        conn.user = identity.user.clone();
         inc(&self.stats.upgrades_total);
         self.ws_open.set(self.ws_open.get() + 1);
-        let welcome = server::welcome(&conn.user, &self.conn_label(id), self.id);
+        self.start_session(id, &identity);
+        let welcome = server::welcome(&conn.user, identity.name.as_deref(), &self.conn_label(id), self.id);
         self.push(conn, welcome);
         // Every connection is a member of its user's personal room (push to one user).
         let room: Arc<str> = Arc::from(protocol::user_room(&conn.user));
-        self.send_join(id, conn, room, None, true);
+        let req = self.pending_join(id, conn, room, None, PLAIN_JOIN);
+        self.send_join(JoinReq { silent: true, ..req });
     }
 
-    pub(super) fn on_ws_bytes(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+    pub(super) fn on_ws_bytes(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         // The reader is moved out for the call so the callback can use the connection.
         let mut reader = std::mem::replace(&mut conn.reader, MessageReader::new(frame::Role::Server, 0));
         let result = reader.feed(data, |msg| self.on_message(id, conn, msg));
@@ -137,13 +142,13 @@ impl Shard {
             inc(&self.stats.protocol_errors);
             tracing::debug!(peer = %conn.peer, error = %e, "closing on protocol error");
             self.close(conn, e.close_code(), &e.to_string(), false);
-            if let Phase::Closing { parse } = &mut conn.phase {
-                *parse = false;
+            if conn.phase == Phase::Closing {
+                conn.phase = Phase::ClosingDiscard;
             }
         }
     }
 
-    fn on_message(&self, id: ConnId, conn: &mut Conn, msg: Message<'_>) -> ControlFlow<()> {
+    fn on_message(self: &Rc<Self>, id: ConnId, conn: &mut Conn, msg: Message<'_>) -> ControlFlow<()> {
         match msg {
             Message::Text(text) => {
                 if conn.is_open() {
@@ -176,7 +181,20 @@ impl Shard {
         }
     }
 
-    fn on_text(&self, id: ConnId, conn: &mut Conn, text: &mut [u8]) {
+    fn on_text(self: &Rc<Self>, id: ConnId, conn: &mut Conn, text: &mut [u8]) {
+        if let Some(rate) = self.rate {
+            if !rate.allow(&mut conn.tat, self.now()) {
+                inc(&self.stats.rate_limited);
+                conn.strikes = conn.strikes.saturating_add(1);
+                if u32::from(conn.strikes) >= self.cfg.rate_limit_close_after.min(255) {
+                    self.close(conn, close::POLICY, "rate limit exceeded repeatedly", false);
+                } else {
+                    let msg = "too many messages; slow down";
+                    self.push(conn, server::error(ErrorCode::RateLimited, msg, None));
+                }
+                return;
+            }
+        }
         let parsed = client::parse(text, &mut self.json.borrow_mut());
         let result = match parsed {
             Ok(req) => {
@@ -193,7 +211,7 @@ impl Shard {
     }
 
     fn on_client_msg(
-        &self,
+        self: &Rc<Self>,
         id: ConnId,
         conn: &mut Conn,
         msg: ClientMsg<'_>,
@@ -201,12 +219,38 @@ impl Shard {
     ) -> Result<(), ClientError> {
         let origin = ConnRef { shard: self.id, conn: id, reference };
         match msg {
-            ClientMsg::Join { room, .. } => {
-                protocol::validate_room(&room)?;
-                if conn.membership(&room).is_some() {
-                    return Err(ClientError::new(ErrorCode::AlreadyJoined, "already joined (or joining) this room"));
+            ClientMsg::Join { room, password, .. } => {
+                let room = self.may_join(id, conn, &room)?;
+                match password {
+                    None => {
+                        let req = self.pending_join(id, conn, room, origin.reference, PLAIN_JOIN);
+                        self.send_join(req);
+                    }
+                    Some(pw) => {
+                        check_password_len(&pw)?;
+                        let kind = JoinKind::Join { password: Some(Box::from(&*pw)), verified: None };
+                        let req = self.pending_join(id, conn, room, origin.reference, kind);
+                        self.join_with_password(id, conn, req);
+                    }
                 }
-                self.send_join(id, conn, Arc::from(&*room), origin.reference, false);
+            }
+            ClientMsg::Create { room, password } => {
+                let room = self.may_join(id, conn, &room)?;
+                let kind = JoinKind::Create { password_hash: None };
+                let req = self.pending_join(id, conn, room, origin.reference, kind);
+                match password {
+                    None => self.send_join(req),
+                    Some(pw) => {
+                        check_password_len(&pw)?;
+                        self.create_with_password(req, pw.into_owned());
+                    }
+                }
+            }
+            ClientMsg::Delete { room } => {
+                protocol::validate_room(&room)?;
+                let room: Arc<str> = Arc::from(&*room);
+                let req = DeleteReq { room: room.clone(), user: conn.user.clone(), origin };
+                self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Delete(Box::new(req)));
             }
             ClientMsg::Leave { room } => {
                 let i = member_index(conn, &room)?;
@@ -214,15 +258,24 @@ impl Shard {
                     return Err(ClientError::new(ErrorCode::Forbidden, "cannot leave a server-managed room"));
                 }
                 let m = conn.rooms.remove(i);
-                if m.joined {
+                // A pending join is undone when its ack arrives (see `on_join_ack`).
+                if m.joined() {
                     self.members.borrow_mut().remove(&m.room, id);
+                    let leave = ShardMsg::Leave {
+                        room: m.room.clone(),
+                        user: conn.user.clone(),
+                        from: self.id,
+                        epoch: m.epoch,
+                    };
+                    self.mesh.send(owner(&m.room, self.mesh.len()), leave);
                 }
-                let frame = server::left(&m.room);
-                let leave = ShardMsg::Leave { room: m.room.clone(), user: conn.user.clone(), from: self.id };
-                self.mesh.send(owner(&m.room, self.mesh.len()), leave);
-                self.push(conn, frame);
+                self.push(conn, server::left(&m.room));
             }
             ClientMsg::Message { room, text } => {
+                if text.len() > self.cfg.max_text_bytes {
+                    let msg = format!("`text` is longer than {} bytes", self.cfg.max_text_bytes);
+                    return Err(ClientError::new(ErrorCode::TextTooLong, msg));
+                }
                 // A join still waiting for its ack counts: the owner sees the join first.
                 let room = conn.rooms[member_index(conn, &room)?].room.clone();
                 let from = Requester::Conn(origin);
@@ -239,6 +292,10 @@ impl Shard {
                 };
                 self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Presence(Box::new(req)));
             }
+            ClientMsg::Refresh { token } => {
+                let frame = self.refresh(id, conn, &token)?;
+                self.push(conn, frame);
+            }
             ClientMsg::History { .. } => {
                 return Err(ClientError::new(ErrorCode::Unavailable, "history is not available on this server"));
             }
@@ -246,19 +303,60 @@ impl Shard {
         Ok(())
     }
 
-    /// Records a pending membership and asks the room's owner to sequence the join.
-    fn send_join(&self, id: ConnId, conn: &mut Conn, room: Arc<str>, reference: Option<Box<str>>, silent: bool) {
+    /// Checks that the connection may join (or create) `room`: a valid name, not joined
+    /// yet, under the per-connection room limit, and allowed by its token.
+    fn may_join(&self, id: ConnId, conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
+        protocol::validate_room(room)?;
+        if conn.membership(room).is_some() {
+            return Err(ClientError::new(ErrorCode::AlreadyJoined, "already joined (or joining) this room"));
+        }
+        let joined = conn.rooms.iter().filter(|m| !m.room.starts_with(protocol::SYSTEM_ROOM_PREFIX)).count();
+        if joined >= self.cfg.max_rooms_per_conn {
+            let msg = format!("a connection may be in at most {} rooms", self.cfg.max_rooms_per_conn);
+            return Err(ClientError::new(ErrorCode::TooManyRooms, msg));
+        }
+        if !self.room_allowed(id, room) {
+            return Err(ClientError::new(ErrorCode::Forbidden, "your token does not allow this room"));
+        }
+        Ok(Arc::from(room))
+    }
+
+    /// Records a pending membership and builds the join for the room's owner.
+    fn pending_join(
+        &self,
+        id: ConnId,
+        conn: &mut Conn,
+        room: Arc<str>,
+        reference: Option<Box<str>>,
+        kind: JoinKind,
+    ) -> JoinReq {
         let token = self.token();
-        conn.rooms.push(Membership { room: room.clone(), token, joined: false });
-        let req = JoinReq {
-            room: room.clone(),
+        conn.rooms.push(Membership { room: room.clone(), pending: token, epoch: 0 });
+        JoinReq {
+            room,
             user: conn.user.clone(),
             origin: ConnRef { shard: self.id, conn: id, reference },
             token,
-            silent,
-        };
-        self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Join(Box::new(req)));
+            silent: false,
+            kind,
+        }
     }
+
+    /// Asks the room's owner to sequence a join.
+    fn send_join(&self, req: JoinReq) {
+        self.mesh.send(owner(&req.room, self.mesh.len()), ShardMsg::Join(Box::new(req)));
+    }
+}
+
+/// A plain join: no password.
+const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None };
+
+fn check_password_len(pw: &str) -> Result<(), ClientError> {
+    if pw.is_empty() || pw.len() > password::MAX_PASSWORD {
+        let msg = format!("`password` must be 1 to {} bytes", password::MAX_PASSWORD);
+        return Err(ClientError::new(ErrorCode::InvalidField, msg));
+    }
+    Ok(())
 }
 
 fn member_index(conn: &Conn, room: &str) -> Result<usize, ClientError> {

@@ -43,20 +43,17 @@ impl ConnId {
     }
 }
 
-/// Lifecycle of a connection.
-#[derive(Debug)]
+/// Lifecycle of a connection (one byte; the HTTP state lives in `Conn::http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Speaking HTTP/1.1 (keep-alive) until a request upgrades to WebSocket. Boxed: it is
-    /// transient and would otherwise widen every connection past an allocator size class.
-    Http(Box<HttpConn>),
+    /// Speaking HTTP/1.1 (keep-alive) until a request upgrades to WebSocket.
+    Http,
     /// Upgraded: exchanging WebSocket messages.
     Open,
     /// We sent a close frame and wait for the peer's (or for the close timeout).
-    /// `parse` is false after a protocol error: input is then discarded unread.
-    Closing {
-        /// Keep parsing input to find the peer's close frame.
-        parse: bool,
-    },
+    Closing,
+    /// Like `Closing`, after a protocol error: input is discarded unread.
+    ClosingDiscard,
     /// Finished: flush what is queued, then the task ends and the socket is closed.
     Done,
 }
@@ -77,10 +74,18 @@ pub struct HttpConn {
 pub struct Membership {
     /// Room name.
     pub room: Arc<str>,
-    /// Token of the outstanding join; its ack must carry the same one.
-    pub token: u32,
-    /// The owner acked the join: the connection is in the shard's local member set.
-    pub joined: bool,
+    /// Token of the join still waiting for its ack; 0 once joined.
+    pub pending: u32,
+    /// The room instance joined (low 32 bits of its epoch, from the ack). A leave names
+    /// it, so a leave cannot touch a newer room of the same name.
+    pub epoch: u32,
+}
+
+impl Membership {
+    /// Whether the owner acked the join (the connection is a local member).
+    pub fn joined(&self) -> bool {
+        self.pending == 0
+    }
 }
 
 /// State of one connection. Boxed in the table, so its address is stable and the table
@@ -93,6 +98,9 @@ pub struct Conn {
     pub stream: TcpStream,
     /// Where in its lifecycle the connection is.
     pub phase: Phase,
+    /// HTTP state while `phase` is `Http` (boxed: transient, and would otherwise widen
+    /// every connection past an allocator size class).
+    pub http: Option<Box<HttpConn>>,
     /// Inbound WebSocket state (unfinished frame tail, fragments).
     pub reader: MessageReader,
     /// Outbound queue.
@@ -110,6 +118,10 @@ pub struct Conn {
     pub last_seen: u32,
     /// A ping was sent and nothing has arrived since.
     pub pinged: bool,
+    /// Rate limiter state: theoretical arrival time of the next message (shard ms).
+    pub tat: u32,
+    /// Messages refused by the rate limiter so far.
+    pub strikes: u8,
     /// Shard clock (ms) when the current phase began.
     pub phase_since: u32,
     /// Our write side is shut down (after a close frame was flushed).
@@ -122,7 +134,8 @@ impl Conn {
         Conn {
             generation: 0,
             stream,
-            phase: Phase::Http(Box::default()),
+            phase: Phase::Http,
+            http: Some(Box::default()),
             reader: MessageReader::new(crate::ws::frame::Role::Server, max_message),
             out: Outbox::default(),
             waker: None,
@@ -131,6 +144,8 @@ impl Conn {
             peer,
             last_seen: now,
             pinged: false,
+            tat: now,
+            strikes: 0,
             phase_since: now,
             write_shut: false,
         }
@@ -183,6 +198,18 @@ impl Conn {
     pub fn enter(&mut self, phase: Phase, now: u32) {
         self.phase = phase;
         self.phase_since = now;
+        if phase != Phase::Http {
+            self.http = None;
+        }
+    }
+
+    /// The HTTP state, while the connection speaks HTTP.
+    pub fn http_mut(&mut self) -> Option<&mut HttpConn> {
+        if self.phase == Phase::Http {
+            self.http.as_deref_mut()
+        } else {
+            None
+        }
     }
 
     /// Whether the connection is upgraded and not closing.

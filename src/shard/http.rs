@@ -27,7 +27,7 @@ use crate::rt;
 use crate::ws::handshake;
 
 /// What serving the request at the front of the buffer did.
-enum Step {
+pub(super) enum Step {
     /// The request is not complete yet.
     NeedMore,
     /// Answered; `usize` bytes consumed; the connection stays in HTTP.
@@ -43,7 +43,7 @@ enum Step {
 impl Shard {
     /// Takes bytes read from a connection in HTTP phase.
     pub(super) fn on_http_bytes(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
-        let Phase::Http(h) = &mut conn.phase else { return };
+        let Some(h) = conn.http_mut() else { return };
         h.buf.extend_from_slice(data);
         if h.busy {
             // Pipelined input while an answer is computed: bounded like one request.
@@ -58,21 +58,21 @@ impl Shard {
     /// Serves every complete request in the buffer, in order.
     pub(super) fn serve_http(self: &Rc<Self>, id: ConnId, conn: &mut Conn) {
         loop {
-            let Phase::Http(h) = &mut conn.phase else { return };
+            let Some(h) = conn.http_mut() else { return };
             if h.busy || h.buf.is_empty() {
                 return;
             }
             let mut buf = std::mem::take(&mut h.buf);
             match self.serve_one(id, conn, &buf) {
                 Step::NeedMore => {
-                    if let Phase::Http(h) = &mut conn.phase {
+                    if let Some(h) = conn.http_mut() {
                         h.buf = buf;
                     }
                     return;
                 }
                 Step::Served(used) | Step::Busy(used) => {
                     buf.drain(..used);
-                    if let Phase::Http(h) = &mut conn.phase {
+                    if let Some(h) = conn.http_mut() {
                         h.buf = buf;
                     }
                 }
@@ -162,7 +162,7 @@ impl Shard {
     }
 
     /// Queues `answer`; keeps the connection for the next request or closes it.
-    fn respond(&self, conn: &mut Conn, answer: &Answer, keep: bool, head_only: bool, used: usize) -> Step {
+    pub(super) fn respond(&self, conn: &mut Conn, answer: &Answer, keep: bool, head_only: bool, used: usize) -> Step {
         if answer.status >= 400 {
             inc(&self.stats.http_errors);
         }
@@ -196,7 +196,7 @@ impl Shard {
     where
         F: Future<Output = Answer> + 'static,
     {
-        if let Phase::Http(h) = &mut conn.phase {
+        if let Some(h) = conn.http_mut() {
             h.busy = true;
         }
         let shard = self.clone();
@@ -209,22 +209,23 @@ impl Shard {
                 inc(&shard.stats.http_errors);
             }
             conn.push(answer.render(keep, head_only), shard.caps);
-            match &mut conn.phase {
-                Phase::Http(h) if keep => {
+            let now = shard.now();
+            match conn.http_mut() {
+                Some(h) if keep => {
                     h.busy = false;
                     h.reparse = true;
-                    conn.phase_since = shard.now();
+                    conn.phase_since = now;
                 }
-                _ => conn.enter(Phase::Done, shard.now()),
+                _ => conn.enter(Phase::Done, now),
             }
             conn.wake();
         });
         Step::Busy(used)
     }
 
-    /// Validates an upgrade request and, if it is one, switches the connection to
-    /// WebSocket.
-    fn upgrade(&self, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize) -> Step {
+    /// Validates an upgrade request and, if it is one, hands it to admission (identity,
+    /// limits), which switches the connection to WebSocket.
+    fn upgrade(self: &Rc<Self>, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize) -> Step {
         let upgrade = match handshake::validate(req) {
             Ok(u) => u,
             Err(e) => {
@@ -236,17 +237,7 @@ impl Shard {
             let answer = Answer::error(503, "draining", "the server is shutting down");
             return self.respond(conn, &answer, false, false, used);
         }
-        let user = match req.query_param("name") {
-            Some(name) if protocol::validate_user_name(&name) => name,
-            Some(_) => {
-                let msg = "`name` must be 1 to 64 characters without control characters, `@` or `:`";
-                return self.respond(conn, &Answer::error(400, "invalid_name", msg), false, false, used);
-            }
-            None => format!("guest-{:06x}", fastrand::u32(..0x100_0000)),
-        };
-        conn.push(handshake::accept_response(&upgrade, None), self.caps);
-        self.open_websocket(id, conn, Arc::from(user));
-        Step::Upgraded(used)
+        self.admit(id, conn, req, upgrade, used)
     }
 
     fn health(&self) -> Answer {

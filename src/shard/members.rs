@@ -11,7 +11,8 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 
 use super::conns::ConnId;
-use super::msg::JoinAck;
+use super::msg::{ConnRef, JoinAck, JoinRefused, ShardMsg};
+use super::route::owner;
 use super::Shard;
 use crate::metrics::add;
 use crate::rt;
@@ -46,6 +47,11 @@ impl LocalRooms {
     /// Local members of `room`.
     pub fn get(&self, room: &str) -> Option<&Members> {
         self.rooms.get(room)
+    }
+
+    /// Removes and returns the local members of `room`.
+    pub fn take(&mut self, room: &str) -> Option<Members> {
+        self.rooms.remove(room)
     }
 }
 
@@ -123,21 +129,57 @@ impl Members {
 
 impl Shard {
     /// The owner sequenced a join: the connection becomes a local member from here on,
-    /// and gets its `joined` frame. Acks for connections that meanwhile left the room (or
-    /// closed) are ignored; their leave is already on its way to the owner.
+    /// and gets its `joined` frame. If the connection meanwhile left the room, re-joined
+    /// (a newer token) or closed, it no longer wants this join: the owner counted it, so
+    /// it is undone with a leave. This is the only place a pending join is undone, which
+    /// keeps every counted join matched by exactly one leave.
     pub(super) fn on_join_ack(&self, ack: JoinAck) {
         let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(ack.conn) else { return };
-        let Some(i) = conn.membership(&ack.room) else { return };
-        let m = &mut conn.rooms[i];
-        if m.joined || m.token != ack.token {
+        let wanted = conns.get_mut(ack.conn).and_then(|conn| {
+            let i = conn.rooms.iter().position(|m| *m.room == *ack.room && m.pending == ack.token)?;
+            Some((conn, i))
+        });
+        let Some((conn, i)) = wanted else {
+            let undo = ShardMsg::Leave { room: ack.room.clone(), user: ack.user, from: self.id, epoch: ack.epoch };
+            self.mesh.send(owner(&ack.room, self.mesh.len()), undo);
             return;
-        }
-        m.joined = true;
+        };
+        let m = &mut conn.rooms[i];
+        m.pending = 0;
+        m.epoch = ack.epoch;
         self.members.borrow_mut().add(ack.room, ack.conn);
         if let Some(frame) = ack.frame {
             self.push(conn, frame);
         }
+    }
+
+    /// The owner refused a join (nothing was counted): drop the pending membership and
+    /// pass on the error.
+    pub(super) fn on_join_refused(&self, refused: JoinRefused) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(conn) = conns.get_mut(refused.conn) else { return };
+        let Some(i) = conn.rooms.iter().position(|m| *m.room == *refused.room && m.pending == refused.token) else {
+            return;
+        };
+        conn.rooms.remove(i);
+        self.push(conn, refused.frame);
+    }
+
+    /// A room instance was deleted: its local members stop being members (no leave is
+    /// owed: the instance is gone) and are told, except the one who deleted it, who was
+    /// told directly.
+    pub(super) fn on_room_deleted(&self, room: &str, epoch: u32, frame: Bytes, by: &ConnRef) {
+        let Some(members) = self.members.borrow_mut().take(room) else { return };
+        let mut conns = self.conns.borrow_mut();
+        members.for_each(|id| {
+            let Some(conn) = conns.get_mut(id) else { return };
+            if let Some(i) = conn.rooms.iter().position(|m| *m.room == *room && m.joined() && m.epoch == epoch) {
+                conn.rooms.remove(i);
+                if !(by.shard == self.id && by.conn == id) {
+                    self.push(conn, frame.clone());
+                }
+            }
+        });
     }
 
     /// Hands one shared frame to every local member of `room`, or to every open
@@ -175,7 +217,7 @@ impl Shard {
                 for id in chunk {
                     let Some(conn) = conns.get_mut(*id) else { continue };
                     let wanted = match room {
-                        Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined),
+                        Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined()),
                         None => conn.is_open(),
                     };
                     if wanted {

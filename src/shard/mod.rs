@@ -10,6 +10,7 @@
 //! order), one sweep (heartbeats and timeouts), and one task per connection.
 
 mod ask;
+mod auth;
 pub mod conns;
 mod http;
 pub mod mesh;
@@ -37,10 +38,14 @@ use self::mesh::{Inbox, Mesh};
 use self::msg::{Query, Reply, ShardMsg};
 use self::outbox::{Caps, Pushed};
 use crate::config::Config;
+use crate::limits::{IpTable, Rate};
 use crate::metrics::{inc, ShardStats, Snapshot};
+use crate::room::JoinStep;
 use crate::room::OwnedRooms;
 use crate::rt;
 use crate::ws::frame;
+use crate::Shared;
+use rustc_hash::FxHashMap;
 
 /// Size of the shard's read scratch buffer: every connection reads into it in turn, so
 /// no connection owns a read buffer while idle (DESIGN.md §2, §8).
@@ -52,6 +57,17 @@ pub(crate) struct Shard {
     pub id: usize,
     /// Server configuration.
     pub cfg: Arc<Config>,
+    /// State shared read-only (or atomically) by all shards.
+    pub shared: Arc<Shared>,
+    /// Per-connection rate limit (none: unlimited).
+    pub rate: Option<Rate>,
+    /// Counts for the IP addresses this shard owns.
+    pub ips: RefCell<IpTable>,
+    /// Grants, token expiry and password attempts of connections that have any (JWT
+    /// users, password guessers); plain guests have no entry.
+    pub sessions: RefCell<FxHashMap<ConnId, auth::Session>>,
+    /// Minute (of the shard clock) when the IP table was last pruned.
+    last_prune: Cell<u32>,
     /// Senders to every shard's inbox.
     pub mesh: Mesh,
     /// Connections accepted by this shard.
@@ -89,10 +105,15 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    fn new(id: usize, cfg: Arc<Config>, mesh: Mesh) -> Shard {
+    fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh) -> Shard {
         let shards = mesh.len();
         Shard {
             id,
+            shared,
+            rate: Rate::new(cfg.rate_limit, cfg.rate_burst),
+            ips: RefCell::new(IpTable::default()),
+            sessions: RefCell::new(FxHashMap::default()),
+            last_prune: Cell::new(0),
             caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
             owned: RefCell::new(OwnedRooms::new(shards, cfg.presence_events_max_members)),
             cfg,
@@ -125,6 +146,11 @@ impl Shard {
     /// Milliseconds since the shard started.
     pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Wall-clock seconds since the Unix epoch (token times).
+    pub fn wall_secs() -> u64 {
+        Self::wall_ms() / 1000
     }
 
     /// Wall-clock milliseconds since the Unix epoch (message `ts`).
@@ -219,10 +245,10 @@ impl Shard {
         match conn.phase {
             Phase::Open => {
                 conn.out.seal(frame::close_frame(code, reason), discard);
-                conn.enter(Phase::Closing { parse: true }, self.now());
+                conn.enter(Phase::Closing, self.now());
             }
-            Phase::Http(_) => conn.enter(Phase::Done, self.now()),
-            Phase::Closing { .. } | Phase::Done => return,
+            Phase::Http => conn.enter(Phase::Done, self.now()),
+            Phase::Closing | Phase::ClosingDiscard | Phase::Done => return,
         }
         conn.wake();
     }
@@ -232,8 +258,19 @@ impl Shard {
         let mesh = &self.mesh;
         let sink = &mut |to: usize, m: ShardMsg| mesh.send(to, m);
         match msg {
-            ShardMsg::Join(req) => self.owned.borrow_mut().join(*req, Self::wall_ms(), sink),
-            ShardMsg::Leave { room, user, from } => self.owned.borrow_mut().leave(&room, &user, from, sink),
+            ShardMsg::Join(req) => {
+                let step = self.owned.borrow_mut().join(*req, Self::wall_ms(), sink);
+                if let JoinStep::CheckPassword { req, hash, password, epoch } = step {
+                    self.check_password(req, hash, password, epoch);
+                }
+            }
+            ShardMsg::Leave { room, user, from, epoch } => {
+                self.owned.borrow_mut().leave(&room, &user, from, epoch, sink)
+            }
+            ShardMsg::Delete(req) => self.owned.borrow_mut().delete(*req, sink),
+            ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
+            ShardMsg::RoomDeleted { room, epoch, frame, by } => self.on_room_deleted(&room, epoch, frame, &by),
+            ShardMsg::Ip { ip, op } => self.on_ip(ip, op),
             ShardMsg::Publish(p) => {
                 inc(&self.stats.messages_published);
                 self.owned.borrow_mut().publish(*p, Self::wall_ms(), sink);
@@ -324,8 +361,15 @@ impl Shard {
 }
 
 /// Runs shard `id` until it has shut down: adopts its listener and starts its tasks.
-pub(crate) async fn run(id: usize, cfg: Arc<Config>, mesh: Mesh, inbox: Inbox, listener: socket2::Socket) {
-    let shard = Rc::new(Shard::new(id, cfg, mesh));
+pub(crate) async fn run(
+    id: usize,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    mesh: Mesh,
+    inbox: Inbox,
+    listener: socket2::Socket,
+) {
+    let shard = Rc::new(Shard::new(id, cfg, shared, mesh));
     let listener = rt::adopt_listener(listener);
     *shard.accept_task.borrow_mut() = Some(rt::spawn(accept_loop(shard.clone(), listener)));
     rt::spawn(inbox_loop(shard.clone(), inbox));

@@ -1,6 +1,7 @@
 //! Messages that cross between shards. Small on purpose (large payloads are boxed or
 //! `Bytes`), since each one is moved through a lock-free queue.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,8 @@ use crate::room::PresencePage;
 pub enum ShardMsg {
     /// To a room's owner: a connection joins the room.
     Join(Box<JoinReq>),
-    /// To a room's owner: a connection of `user` on shard `from` left the room.
+    /// To a room's owner: a connection of `user` on shard `from` left instance `epoch`
+    /// of the room (leaves for another instance are stale and ignored).
     Leave {
         /// Room name.
         room: Arc<str>,
@@ -22,7 +24,11 @@ pub enum ShardMsg {
         user: Arc<str>,
         /// The connection's shard.
         from: usize,
+        /// Low 32 bits of the room instance's epoch.
+        epoch: u32,
     },
+    /// To a room's owner: delete a room (its creator only).
+    Delete(Box<DeleteReq>),
     /// To a room's owner: publish a message (from a member or the HTTP API).
     Publish(Box<Publish>),
     /// To the broadcast owner: publish a message to every connection.
@@ -31,6 +37,20 @@ pub enum ShardMsg {
     Presence(Box<PresenceReq>),
     /// From a room's owner to a member shard: the join is sequenced.
     JoinAck(Box<JoinAck>),
+    /// From a room's owner to a member shard: the join was refused (nothing counted).
+    JoinRefused(Box<JoinRefused>),
+    /// From a room's owner to member shards: the room instance is gone; drop its
+    /// memberships and tell the members with `frame`.
+    RoomDeleted {
+        /// Room name.
+        room: Arc<str>,
+        /// Low 32 bits of the deleted instance's epoch.
+        epoch: u32,
+        /// The `deleted` frame.
+        frame: Bytes,
+        /// Who deleted it (already told directly).
+        by: ConnRef,
+    },
     /// From a room's owner to a member shard: hand `frame` to every local member.
     Deliver {
         /// Room name.
@@ -68,8 +88,36 @@ pub enum ShardMsg {
         /// The answer.
         reply: Reply,
     },
+    /// To an IP address's owner shard: account for that address.
+    Ip {
+        /// The address.
+        ip: IpAddr,
+        /// What to do.
+        op: IpOp,
+    },
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
+}
+
+/// Operations on an IP owner's table (`limits::IpTable`).
+#[derive(Debug, Clone, Copy)]
+pub enum IpOp {
+    /// Admit one more WebSocket connection (answered with `Reply::Admit`).
+    Acquire {
+        /// Per-IP limit.
+        limit: u32,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// A connection closed.
+    Release,
+    /// Record a room-password attempt (answered with `Reply::Admit`).
+    PasswordAttempt {
+        /// Attempts allowed per minute.
+        limit: u32,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
 }
 
 /// A connection, as seen from another shard.
@@ -101,6 +149,23 @@ pub enum Requester {
     Api(ReplyTo),
 }
 
+/// What a join asks for.
+#[derive(Debug, Clone)]
+pub enum JoinKind {
+    /// Join (creating a public room if none exists).
+    Join {
+        /// Password for a private room.
+        password: Option<Box<str>>,
+        /// Set by the owner after checking the password of this room instance (epoch).
+        verified: Option<u64>,
+    },
+    /// Create the room (refused if it exists) and join it; private with a password.
+    Create {
+        /// argon2 hash of the password (computed by the creator's shard, off its loop).
+        password_hash: Option<Arc<str>>,
+    },
+}
+
 /// A join request.
 pub struct JoinReq {
     /// Room name.
@@ -114,6 +179,18 @@ pub struct JoinReq {
     pub token: u32,
     /// Implicit join of a server-managed room: no `joined` frame, no presence.
     pub silent: bool,
+    /// Join or create.
+    pub kind: JoinKind,
+}
+
+/// A delete request.
+pub struct DeleteReq {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Who asks (must be the room's creator).
+    pub user: Arc<str>,
+    /// Asking connection.
+    pub origin: ConnRef,
 }
 
 /// A message to publish.
@@ -148,8 +225,24 @@ pub struct JoinAck {
     pub conn: ConnId,
     /// The token of the join this answers.
     pub token: u32,
+    /// Low 32 bits of the room instance's epoch.
+    pub epoch: u32,
+    /// The joining user (to undo the join if the connection no longer wants it).
+    pub user: Arc<str>,
     /// The `joined` frame (none for silent joins).
     pub frame: Option<Bytes>,
+}
+
+/// The owner's refusal of a join.
+pub struct JoinRefused {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Joining connection.
+    pub conn: ConnId,
+    /// The token of the join this answers.
+    pub token: u32,
+    /// The `error` frame to send.
+    pub frame: Bytes,
 }
 
 /// What a shard is asked to report.
@@ -179,4 +272,6 @@ pub enum Reply {
     },
     /// A presence page (none: no such room).
     Presence(Option<PresencePage>),
+    /// An IP owner's yes or no.
+    Admit(bool),
 }

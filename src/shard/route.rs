@@ -15,6 +15,15 @@ pub fn owner(room: &str, shards: usize) -> usize {
     ((u128::from(hash) * shards as u128) >> 64) as usize
 }
 
+/// The shard that keeps the connection and password-attempt counts of `ip`.
+pub fn ip_owner(ip: std::net::IpAddr, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let hash = rustc_hash::FxBuildHasher.hash_one(ip);
+    ((u128::from(hash) * shards as u128) >> 64) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

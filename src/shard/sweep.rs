@@ -33,12 +33,17 @@ impl Shard {
         let ping = self.cfg.ping_interval.as_millis() as u32;
         let handshake = self.cfg.handshake_timeout.as_millis() as u32;
         let closing = self.cfg.close_timeout.as_millis() as u32;
+        self.expire_sessions();
+        if now / crate::limits::Window::MS != self.last_prune.get() {
+            self.last_prune.set(now / crate::limits::Window::MS);
+            self.ips.borrow_mut().prune(now);
+        }
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             let in_phase = now.wrapping_sub(conn.phase_since);
             match conn.phase {
-                Phase::Http(ref h) if !h.busy && in_phase >= handshake => {
+                Phase::Http if in_phase >= handshake && !conn.http.as_ref().is_some_and(|h| h.busy) => {
                     // An idle keep-alive connection just goes; a partial request is told.
-                    if !h.buf.is_empty() {
+                    if conn.http.as_ref().is_some_and(|h| !h.buf.is_empty()) {
                         inc(&self.stats.handshake_timeouts);
                         let answer = Answer::error(408, "timeout", "request not received in time");
                         conn.push(answer.render(false, false), self.caps);
@@ -58,7 +63,7 @@ impl Shard {
                     let frame = self.ping.clone();
                     self.push(conn, frame);
                 }
-                Phase::Closing { .. } | Phase::Done if in_phase >= closing => {
+                Phase::Closing | Phase::ClosingDiscard | Phase::Done if in_phase >= closing => {
                     // The peer did not complete the close (or does not read): drop it.
                     conn.out.clear();
                     conn.enter(Phase::Done, now);
