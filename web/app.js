@@ -312,7 +312,7 @@
         if (!room.system) sendJoin(room);
       }
       // A first visit starts in the lobby; someone who left every room stays roomless.
-      if (first && state.rooms.size === 0 && storageGet(STORE.rooms) === null) joinRoom(DEFAULT_ROOM, { focus: false });
+      if (first && state.rooms.size === 0 && storageGet(STORE.rooms) === null) joinRoom(DEFAULT_ROOM, { focus: !NARROW.matches });
       renderPresence();
     },
 
@@ -590,7 +590,7 @@
       },
       el('span', { class: 'hash', 'aria-hidden': 'true' }, room.system ? '@' : '#'),
       el('span', { class: 'room-label' }, label),
-      room.status === 'joining' && state.conn === 'online' ? el('span', { class: 'spinner', 'aria-label': 'joining' }) : null,
+      room.status === 'joining' && state.conn === 'online' ? el('span', { class: 'spinner', role: 'img', 'aria-label': 'joining' }) : null,
       badge,
       room.unread ? el('span', { class: 'visually-hidden' }, `, ${room.unread} unread`) : null,
     );
