@@ -110,7 +110,8 @@ fn two_users_chat_in_headless_chromium() {
         }
     };
 
-    let server = TestServer::start();
+    // Chromium is heavy on a small machine: run alone, not beside timing-sensitive tests.
+    let server = TestServer::start_alone();
     let url = format!("http://{}/", server.addr);
     // Screenshots beside the build output: <target>/browser/*.png.
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("browser");
