@@ -977,7 +977,9 @@
     composer.addEventListener('keydown', (event) => {
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
-        $('composer').requestSubmit();
+        const form = $('composer');
+        if (form.requestSubmit) form.requestSubmit();
+        else form.dispatchEvent(new Event('submit', { cancelable: true }));
       }
     });
     composer.addEventListener('input', autosize);
