@@ -6,6 +6,7 @@
 
 mod support;
 
+mod browser;
 mod core;
 mod http;
 mod lifecycle;

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use corecast::{Config, ServerHandle};
@@ -14,10 +15,61 @@ use tungstenite::Message;
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+/// Servers run side by side (shared), except one that must have the machine to itself
+/// (the browser test: Chromium would starve the timing-sensitive tests of CPU).
+struct Occupancy {
+    shared: usize,
+    alone: bool,
+    alone_waiting: usize,
+}
+
+static OCCUPANCY: Mutex<Occupancy> = Mutex::new(Occupancy { shared: 0, alone: false, alone_waiting: 0 });
+static OCCUPANCY_CHANGED: Condvar = Condvar::new();
+
+/// A test server's turn on the machine, held for the server's lifetime. A waiting
+/// `alone` turn goes before new shared ones, so it is not starved.
+struct Turn {
+    alone: bool,
+}
+
+impl Turn {
+    fn take(alone: bool) -> Turn {
+        let mut o = OCCUPANCY.lock().unwrap_or_else(PoisonError::into_inner);
+        if alone {
+            o.alone_waiting += 1;
+            while o.alone || o.shared > 0 {
+                o = OCCUPANCY_CHANGED.wait(o).unwrap_or_else(PoisonError::into_inner);
+            }
+            o.alone_waiting -= 1;
+            o.alone = true;
+        } else {
+            while o.alone || o.alone_waiting > 0 {
+                o = OCCUPANCY_CHANGED.wait(o).unwrap_or_else(PoisonError::into_inner);
+            }
+            o.shared += 1;
+        }
+        Turn { alone }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut o = OCCUPANCY.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.alone {
+            o.alone = false;
+        } else {
+            o.shared -= 1;
+        }
+        OCCUPANCY_CHANGED.notify_all();
+    }
+}
+
 /// A server running in this process; shut down and joined on drop.
 pub struct TestServer {
     handle: Option<ServerHandle>,
     pub addr: SocketAddr,
+    /// Released after the server has shut down (fields drop after `Drop::drop`).
+    _turn: Turn,
 }
 
 impl TestServer {
@@ -28,11 +80,21 @@ impl TestServer {
 
     /// Like [`start`] with configuration tweaks.
     pub fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::launch(tweak, Turn::take(false))
+    }
+
+    /// Like [`start`], but waits until no other test server runs and keeps the others
+    /// waiting until this one stops: for a test that loads the machine heavily.
+    pub fn start_alone() -> TestServer {
+        Self::launch(|_| {}, Turn::take(true))
+    }
+
+    fn launch(tweak: impl FnOnce(&mut Config), turn: Turn) -> TestServer {
         let mut cfg = Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 2, pin: false, ..Config::default() };
         tweak(&mut cfg);
         let handle = corecast::start(cfg).expect("server starts");
         let addr = handle.local_addr();
-        TestServer { handle: Some(handle), addr }
+        TestServer { handle: Some(handle), addr, _turn: turn }
     }
 
     /// Starts a graceful shutdown without waiting for it.
