@@ -56,6 +56,8 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim.
     pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds.
+    pub jwt_leeway: u64,
     /// Allow guests (`?name=`) even when a JWT key is configured.
     pub allow_guests: bool,
     /// Per-connection message rate (messages per second; 0 turns the limit off).
@@ -110,6 +112,7 @@ impl Default for Config {
             jwt_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_leeway: 30,
             allow_guests: false,
             rate_limit: 20,
             rate_burst: 40,
@@ -237,6 +240,9 @@ pub struct Cli {
     /// Require this `aud` claim.
     #[arg(long, env = "CORECAST_JWT_AUDIENCE", value_name = "AUD")]
     pub jwt_audience: Option<String>,
+    /// Seconds of clock skew tolerated on a token's exp and nbf.
+    #[arg(long, env = "CORECAST_JWT_LEEWAY", default_value_t = 30, value_name = "SECS")]
+    pub jwt_leeway: u64,
     /// Allow guests (?name=) even when a JWT key is configured.
     #[arg(long, env = "CORECAST_ALLOW_GUESTS")]
     pub allow_guests: bool,
@@ -354,6 +360,7 @@ impl Cli {
             jwt_public_key: self.jwt_public_key,
             jwt_issuer: self.jwt_issuer,
             jwt_audience: self.jwt_audience,
+            jwt_leeway: self.jwt_leeway,
             allow_guests: self.allow_guests,
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst.max(1),

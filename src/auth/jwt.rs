@@ -12,9 +12,6 @@ use super::grants::Pattern;
 use super::Identity;
 use crate::config::Config;
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY: u64 = 30;
-
 /// Why a token was refused (or a key could not be loaded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -68,6 +65,7 @@ impl Claims {
 /// Checks tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<(DecodingKey, Vec<Algorithm>)>,
+    leeway: u64,
     issuer: Option<String>,
     audience: Option<String>,
 }
@@ -100,7 +98,12 @@ impl Verifier {
         if keys.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Verifier { keys, issuer: cfg.jwt_issuer.clone(), audience: cfg.jwt_audience.clone() }))
+        Ok(Some(Verifier {
+            keys,
+            leeway: cfg.jwt_leeway,
+            issuer: cfg.jwt_issuer.clone(),
+            audience: cfg.jwt_audience.clone(),
+        }))
     }
 
     /// The accepted algorithms, for logs.
@@ -109,13 +112,18 @@ impl Verifier {
         names.join(", ")
     }
 
+    /// Whether a token expiring at `exp` has expired at `now`, beyond the leeway.
+    pub fn expired(&self, exp: u64, now: u64) -> bool {
+        exp.saturating_add(self.leeway) < now
+    }
+
     /// Validates `token` at time `now` (seconds since the Unix epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Algorithm)?;
         let (key, algs) = self.keys.iter().find(|(_, algs)| algs.contains(&header.alg)).ok_or(JwtError::Algorithm)?;
         let mut v = Validation::new(header.alg);
         v.algorithms = algs.clone();
-        v.leeway = LEEWAY;
+        v.leeway = self.leeway;
         v.validate_nbf = true;
         // Checked below against `now`, so tests and the sweep use one clock.
         v.validate_exp = false;
@@ -132,7 +140,7 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => JwtError::Algorithm,
             _ => JwtError::Invalid(e.to_string()),
         })?;
-        if data.claims.exp.saturating_add(LEEWAY) < now {
+        if self.expired(data.claims.exp, now) {
             return Err(JwtError::Expired);
         }
         if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {

@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 use super::{ClientError, ErrorCode};
 
+/// simd-json's reusable parser buffers (one set per shard), as [`parse`] takes them.
+pub use simd_json::Buffers;
+
 /// Largest `limit` a `presence` or `history` request may ask for.
 pub const MAX_PAGE: u32 = 1000;
 

@@ -170,12 +170,13 @@ impl Shard {
 
     /// Closes connections whose token expired (beyond the leeway), with 1008.
     pub(super) fn expire_sessions(&self) {
+        let Some(verifier) = self.shared.auth.verifier() else { return };
         let now = Self::wall_secs();
         let expired: Vec<ConnId> = self
             .sessions
             .borrow()
             .iter()
-            .filter(|(_, s)| s.expires.is_some_and(|e| e.saturating_add(crate::auth::jwt::LEEWAY) < now))
+            .filter(|(_, s)| s.expires.is_some_and(|e| verifier.expired(e, now)))
             .map(|(id, _)| *id)
             .collect();
         let mut conns = self.conns.borrow_mut();

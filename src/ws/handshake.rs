@@ -143,4 +143,45 @@ mod tests {
         assert_eq!(check(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")), Err(HandshakeError::Key));
         assert_eq!(HandshakeError::WsVersion.status(), 426);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_the_parser_or_the_validator(raw in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                if let Ok(Some(req)) = parse(&raw, &mut headers, 8192) {
+                    let _ = validate(&req);
+                    let _ = req.query_param("name");
+                    let _ = req.content_length();
+                }
+            }
+
+            #[test]
+            fn arbitrary_header_values_are_validated_not_trusted(
+                upgrade in "[ -~]{0,20}",
+                connection in "[ -~]{0,30}",
+                version in "[ -~]{0,5}",
+                key in "[ -~]{0,40}",
+                protocols in "[ -~]{0,60}",
+            ) {
+                let raw = format!(
+                    "GET /ws HTTP/1.1\r\nUpgrade: {upgrade}\r\nConnection: {connection}\r\n\
+                     Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\
+                     Sec-WebSocket-Protocol: {protocols}\r\n\r\n"
+                );
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                if let Ok(Some(req)) = parse(raw.as_bytes(), &mut headers, 8192) {
+                    if let Ok(up) = validate(&req) {
+                        // Accepted only when the essentials really are there.
+                        prop_assert_eq!(version.trim(), "13");
+                        prop_assert_eq!(key.trim().len(), 24);
+                        prop_assert!(up.protocols.iter().all(|p| !p.is_empty() && !p.contains(',')));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -6,8 +6,10 @@
 
 mod support;
 
+mod abuse;
 mod browser;
 mod core;
+mod exhaustion;
 mod http;
 mod lifecycle;
 mod protocol_errors;

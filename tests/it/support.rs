@@ -178,6 +178,19 @@ impl Client {
         v
     }
 
+    /// Next frame of type `kind`, skipping room traffic (messages, presence events) that
+    /// other clients cause meanwhile.
+    pub fn expect_skipping(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let v = self.recv();
+            if v["type"] == kind {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no {kind} within {PATIENCE:?}");
+        }
+    }
+
     /// Joins `room` and returns the `joined` frame.
     pub fn join(&mut self, room: &str) -> Value {
         self.send(json!({"type":"join","room":room}));
@@ -385,5 +398,140 @@ impl Http {
             req = req.header("authorization", format!("Bearer {key}"));
         }
         Self::finish(req.send(body.to_string()))
+    }
+}
+
+/// How a test client connects: query string, source address, offered subprotocols.
+#[derive(Default, Clone)]
+pub struct Dial<'a> {
+    /// Query string after `/ws?` (e.g. `name=alice` or `token=…`).
+    pub query: &'a str,
+    /// Source IP to bind before connecting (e.g. `127.0.0.2`).
+    pub from: Option<&'a str>,
+    /// `Sec-WebSocket-Protocol` value.
+    pub protocols: Option<&'a str>,
+    /// `Origin` header.
+    pub origin: Option<&'a str>,
+}
+
+/// Connects as `dial` says; `Err(status)` when the upgrade is refused with an HTTP status.
+pub fn dial(addr: SocketAddr, d: &Dial<'_>) -> Result<Client, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(src) = d.from {
+        let src: SocketAddr = format!("{src}:0").parse().unwrap();
+        socket.bind(&src.into()).unwrap();
+    }
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut req = format!("ws://{addr}/ws?{}", d.query).into_client_request().unwrap();
+    if let Some(p) = d.protocols {
+        req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    if let Some(o) = d.origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => {
+            let mut c = Client { ws, user: String::new(), shard: 0 };
+            let welcome = c.expect("welcome");
+            c.user = welcome["user"].as_str().unwrap().to_owned();
+            c.shard = welcome["shard"].as_u64().unwrap();
+            Ok(c)
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
+        Err(e) => panic!("unexpected handshake failure: {e}"),
+    }
+}
+
+/// Messages flowing through a room while a test misbehaves elsewhere: a sender publishes
+/// every 60 ms (within the default rate limit), a watcher collects. [`Flow::finish`]
+/// checks that the watcher saw every message, in order, with no gap.
+pub struct Flow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sender: std::thread::JoinHandle<()>,
+    watcher: std::thread::JoinHandle<Vec<(u64, String)>>,
+    pub room: String,
+}
+
+impl Flow {
+    /// Starts the flow in room `room`, both clients dialled with `query` (a guest name
+    /// or a token) from 127.0.0.2, so per-IP limits on 127.0.0.1 do not touch them.
+    pub fn start(server: &TestServer, room: &str, sender_query: &str, watcher_query: &str) -> Flow {
+        Self::start_with(server, json!({"type":"join","room":room}), sender_query, watcher_query)
+    }
+
+    /// Like [`Flow::start`], joining with `join` (e.g. with a room password).
+    pub fn start_with(server: &TestServer, join: Value, sender_query: &str, watcher_query: &str) -> Flow {
+        let room = join["room"].as_str().unwrap().to_owned();
+        let room = room.as_str();
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let mut watcher =
+            dial(server.addr, &Dial { query: watcher_query, from: Some("127.0.0.2"), ..Dial::default() }).unwrap();
+        let mut sender =
+            dial(server.addr, &Dial { query: sender_query, from: Some("127.0.0.2"), ..Dial::default() }).unwrap();
+        for c in [&mut watcher, &mut sender] {
+            c.send(join.clone());
+            assert_eq!(c.expect("joined")["room"], room);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (stop2, sent2, room2) = (stop.clone(), sent.clone(), room.to_owned());
+        let sender = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let n = sent2.load(Ordering::SeqCst) + 1;
+                sender.say(&room2, &format!("calm {n}"));
+                sent2.store(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        });
+        let (stop3, sent3) = (stop.clone(), sent.clone());
+        let watcher = std::thread::spawn(move || {
+            watcher.ws.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut seqs: Vec<(u64, String)> = Vec::new();
+            let deadline = std::cell::Cell::new(None::<Instant>);
+            loop {
+                if stop3.load(Ordering::SeqCst) {
+                    let d = *deadline.get().get_or_insert(Instant::now() + PATIENCE);
+                    deadline.set(Some(d));
+                    let calm = seqs.iter().filter(|(_, t)| t.starts_with("calm ")).count() as u64;
+                    if calm >= sent3.load(Ordering::SeqCst) || Instant::now() > d {
+                        return seqs;
+                    }
+                }
+                match watcher.ws.read() {
+                    Ok(Message::Text(t)) => {
+                        let v: Value = serde_json::from_str(&t).unwrap();
+                        if v["type"] == "message" {
+                            seqs.push((v["seq"].as_u64().unwrap(), v["text"].as_str().unwrap_or_default().to_owned()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("the well-behaved watcher lost its connection: {e}"),
+                }
+            }
+        });
+        Flow { stop, sent, sender, watcher, room: room.to_owned() }
+    }
+
+    /// Stops the flow and asserts the watcher received every message of the room with
+    /// no gap and no duplicate, the sender's all among them and in order.
+    pub fn finish(self) {
+        use std::sync::atomic::Ordering;
+        std::thread::sleep(Duration::from_millis(150));
+        self.stop.store(true, Ordering::SeqCst);
+        self.sender.join().expect("sender ran");
+        let sent = self.sent.load(Ordering::SeqCst);
+        let got = self.watcher.join().expect("watcher ran");
+        assert!(sent >= 3, "the flow ran during the test ({sent} messages)");
+        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap, no duplicate");
+        let calm: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).filter(|t| t.starts_with("calm ")).collect();
+        let expected: Vec<String> = (1..=sent).map(|n| format!("calm {n}")).collect();
+        assert_eq!(calm, expected, "every message of the well-behaved sender, in order");
     }
 }
