@@ -229,10 +229,11 @@ row_thp() {
 }
 
 irqbalance_running() {
-    local c
+    local c name
     for c in "$TUNING_ROOT"/proc/[0-9]*/comm; do
-        [[ -r $c ]] || continue
-        [[ $(cat -- "$c" 2>/dev/null) == irqbalance ]] && return 0
+        name=
+        { read -r name <"$c"; } 2>/dev/null || continue
+        [[ $name == irqbalance ]] && return 0
     done
     return 1
 }
