@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     init_logging(&cli.log, cli.log_json)?;
+    raise_nofile_limit();
     if !cli.allow_thp {
         if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
             tracing::warn!(error = %e, "could not disable transparent huge pages; memory per connection will be higher");
@@ -48,6 +49,22 @@ fn main() -> anyhow::Result<()> {
     server.join()?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every connection is a descriptor,
+/// and the soft default (often 1024) would cap the server long before the hard limit
+/// does. Raising a hard limit needs privileges; see tuning/README.md.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    tracing::info!(soft = ?now.current, hard = ?now.maximum, "open-file limit");
 }
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
