@@ -81,6 +81,14 @@ pub struct Config {
     pub password_attempts_per_conn: u32,
     /// Password attempts allowed per IP address per minute.
     pub password_attempts_per_ip: u32,
+    /// Messages of history kept per room (0: no history).
+    pub history_messages: usize,
+    /// Bytes of history kept per room.
+    pub history_bytes: usize,
+    /// Bytes of history kept on the whole server (oldest evicted first, across rooms).
+    pub history_memory: usize,
+    /// How long a room whose last member left keeps its history.
+    pub history_ttl: Duration,
     /// Listen backlog.
     pub backlog: i32,
     /// Busy-poll this long before an idle shard parks (trades idle CPU for wake latency).
@@ -124,6 +132,10 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             password_attempts_per_conn: 5,
             password_attempts_per_ip: 30,
+            history_messages: 1000,
+            history_bytes: 1 << 20,
+            history_memory: 256 << 20,
+            history_ttl: Duration::from_secs(300),
             backlog: 65535,
             spin_before_park: Duration::ZERO,
             ring_depth: 1024,
@@ -276,6 +288,18 @@ pub struct Cli {
     /// Room password attempts per IP address per minute.
     #[arg(long, env = "CORECAST_PASSWORD_ATTEMPTS_PER_IP", default_value_t = 30, value_name = "N")]
     pub password_attempts_per_ip: u32,
+    /// Messages of history kept per room (0 turns history and recovery off).
+    #[arg(long, env = "CORECAST_HISTORY_MESSAGES", default_value_t = 1000, value_name = "N")]
+    pub history_messages: usize,
+    /// Bytes of history kept per room.
+    #[arg(long, env = "CORECAST_HISTORY_BYTES", default_value_t = 1 << 20, value_name = "BYTES")]
+    pub history_bytes: usize,
+    /// Bytes of history kept on the whole server; the oldest messages go first.
+    #[arg(long, env = "CORECAST_HISTORY_MEMORY", default_value_t = 256 << 20, value_name = "BYTES")]
+    pub history_memory: usize,
+    /// Seconds a room keeps its history after its last member left.
+    #[arg(long, env = "CORECAST_HISTORY_TTL", default_value = "300", value_parser = secs, value_name = "SECS")]
+    pub history_ttl: Duration,
     /// Allow transparent huge pages. Off by default: a connection's few small allocations
     /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
     /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
@@ -377,6 +401,10 @@ impl Cli {
                 .collect(),
             password_attempts_per_conn: self.password_attempts_per_conn,
             password_attempts_per_ip: self.password_attempts_per_ip,
+            history_messages: self.history_messages,
+            history_bytes: self.history_bytes,
+            history_memory: self.history_memory,
+            history_ttl: self.history_ttl,
             ..Config::default()
         })
     }

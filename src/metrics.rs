@@ -143,6 +143,10 @@ pub struct Snapshot {
     pub fanout: Histogram<u64>,
     /// The largest public rooms it owns (or the one asked for), largest first.
     pub rooms: Vec<RoomSummary>,
+    /// Bytes of room history held.
+    pub history_bytes: u64,
+    /// Messages of room history held.
+    pub history_messages: u64,
 }
 
 #[cfg(test)]

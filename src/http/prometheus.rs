@@ -47,12 +47,14 @@ impl Collector for Shards {
                 ConstCounter::new(value).encode(family.encode_family(&shard)?)?;
             }
         }
-        let gauges: [Gauge; 5] = [
+        let gauges: [Gauge; 7] = [
             ("connections", "Sockets open now (any phase).", |s| s.connections),
             ("websockets", "Upgraded WebSocket connections open now.", |s| s.websockets),
             ("rooms_public", "Public rooms owned by the shard.", |s| s.rooms_public),
             ("rooms_personal", "Personal rooms (@user:…) owned by the shard.", |s| s.rooms_personal),
             ("inbox_depth", "Messages waiting in the shard's inbox.", |s| s.inbox_depth),
+            ("history_bytes", "Bytes of room history held by the shard.", |s| s.history_bytes),
+            ("history_messages", "Messages of room history held by the shard.", |s| s.history_messages),
         ];
         for (name, help, get) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

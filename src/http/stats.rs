@@ -27,6 +27,7 @@ struct Stats<'a> {
     draining: bool,
     connections: Connections,
     rooms: Rooms,
+    history: History,
     messages: Messages,
     closes: Closes,
     rejections: Rejections,
@@ -48,6 +49,12 @@ struct Connections {
 struct Rooms {
     public: u64,
     personal: u64,
+}
+
+#[derive(Serialize)]
+struct History {
+    bytes: u64,
+    messages: u64,
 }
 
 #[derive(Serialize)]
@@ -122,6 +129,10 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
         rooms: Rooms {
             public: snaps.iter().map(|s| s.rooms_public).sum(),
             personal: snaps.iter().map(|s| s.rooms_personal).sum(),
+        },
+        history: History {
+            bytes: snaps.iter().map(|s| s.history_bytes).sum(),
+            messages: snaps.iter().map(|s| s.history_messages).sum(),
         },
         messages: Messages {
             received: c.messages_in,

@@ -165,6 +165,25 @@ pub fn error(code: ErrorCode, message: &str, reference: Option<&str>) -> Bytes {
     json_frame(&Error { r#type: "error", code: code.as_str(), message, r#ref: reference }, 64 + message.len())
 }
 
+/// `{"type":"history","room":…,"epoch":…,"messages":[…]}`: the stored message payloads
+/// spliced in as they are (newest first), so a page costs no re-serialization.
+pub fn history_json(room: &str, epoch: &str, messages: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + room.len() + messages.iter().map(|m| m.len() + 1).sum::<usize>());
+    out.extend_from_slice(b"{\"type\":\"history\",\"room\":");
+    let _ = simd_json::to_writer(&mut out, room);
+    out.extend_from_slice(b",\"epoch\":\"");
+    out.extend_from_slice(epoch.as_bytes());
+    out.extend_from_slice(b"\",\"messages\":[");
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

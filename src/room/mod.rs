@@ -8,7 +8,9 @@
 //! This module is pure state: it emits `(shard, ShardMsg)` pairs into a sink and never
 //! touches I/O, so its rules are unit-tested here without a runtime.
 
-use std::collections::BTreeMap;
+pub mod history;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,9 +21,10 @@ use rustc_hash::FxHashMap;
 
 use crate::protocol::{server, ErrorCode, SYSTEM_ROOM_PREFIX};
 use crate::shard::msg::{
-    ConnRef, DeleteReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply, ReplyTo, Requester,
-    ShardMsg,
+    ConnRef, DeleteReq, HistoryReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply, ReplyTo,
+    Requester, ShardMsg, Since,
 };
+use history::{Budget, Caps, Ring};
 
 /// Where the owner's outputs go: `(destination shard, message)`.
 pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
@@ -44,6 +47,11 @@ pub struct OwnedRoom {
     /// Users and creation time; `None` for server-managed rooms (`@user:…`), which have
     /// no presence and send no `joined` frames.
     presence: Option<Box<Presence>>,
+    /// Recent messages (allocated with the first one).
+    history: Option<Box<Ring>>,
+    /// When the last member left (wall ms), while the room lingers with its history;
+    /// 0 while it has members.
+    emptied_ms: u64,
 }
 
 /// The presence side of a public room.
@@ -73,6 +81,24 @@ impl OwnedRoom {
     /// Stream epoch as shown to clients.
     pub fn epoch(&self) -> String {
         format!("{:016x}", self.epoch)
+    }
+
+    /// Messages held in history.
+    pub fn history_len(&self) -> usize {
+        self.history.as_ref().map_or(0, |h| h.len())
+    }
+
+    /// What a join with `since` recovers: the missed frames, and whether that is all of
+    /// them (`None` when no recovery was asked for).
+    fn recover(&self, since: Option<&Since>) -> (Vec<Bytes>, Option<bool>) {
+        let Some(since) = since else { return (Vec::new(), None) };
+        let same_stream = since.epoch.as_deref().is_none_or(|e| e == self.epoch());
+        let empty = Ring::default();
+        let ring = self.history.as_deref().unwrap_or(&empty);
+        match ring.since(since.seq, self.seq).filter(|_| same_stream) {
+            Some(frames) => (frames, Some(true)),
+            None => (Vec::new(), Some(false)),
+        }
     }
     /// Whether this is a server-managed room (no presence).
     pub fn is_system(&self) -> bool {
@@ -153,6 +179,39 @@ pub struct PresencePage {
     pub users: Vec<Arc<str>>,
     /// Cursor for the next page (the last name of this one), when more remain.
     pub next: Option<Arc<str>>,
+    /// The room is password-protected (the HTTP API then needs its key).
+    pub private: bool,
+}
+
+/// History settings of one shard.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    /// Per-room caps (`messages == 0`: no history).
+    pub caps: Caps,
+    /// This shard's share of the history memory, bytes.
+    pub memory: usize,
+    /// How long an empty room keeps its history, ms.
+    pub ttl_ms: u64,
+}
+
+impl HistoryConfig {
+    /// A shard's settings from the server configuration (memory split evenly).
+    pub fn from_config(cfg: &crate::config::Config, shards: usize) -> Self {
+        HistoryConfig {
+            caps: Caps { messages: cfg.history_messages, bytes: cfg.history_bytes },
+            memory: cfg.history_memory / shards.max(1),
+            ttl_ms: cfg.history_ttl.as_millis() as u64,
+        }
+    }
+}
+
+/// Looks rings up in the room table for the budget (by name and room instance).
+struct RingsOf<'a>(&'a mut FxHashMap<Arc<str>, OwnedRoom>);
+
+impl history::Rings for RingsOf<'_> {
+    fn ring(&mut self, room: &str, epoch: u64) -> Option<&mut Ring> {
+        self.0.get_mut(room).filter(|r| r.epoch == epoch).and_then(|r| r.history.as_deref_mut())
+    }
 }
 
 /// What the shard must do after [`OwnedRooms::join`].
@@ -178,6 +237,14 @@ pub struct OwnedRooms {
     rooms: FxHashMap<Arc<str>, OwnedRoom>,
     /// Sequence of the broadcast stream (`@all`); used on the shard that owns it.
     broadcast_seq: u64,
+    /// Per-room history limits.
+    history: Caps,
+    /// This shard's share of the server-wide history memory.
+    budget: Budget,
+    /// How long an empty room keeps its history (ms; 0: dropped at once).
+    ttl_ms: u64,
+    /// Rooms that emptied, in order: (room, epoch, emptied at). Checked from the front.
+    lingering: VecDeque<(Arc<str>, u64, u64)>,
     shards: usize,
     /// Join/leave events only while a room has fewer users than this (0: never).
     presence_events_max: u32,
@@ -185,8 +252,22 @@ pub struct OwnedRooms {
 
 impl OwnedRooms {
     /// An empty set of rooms for a server of `shards` shards.
-    pub fn new(shards: usize, presence_events_max: u32) -> Self {
-        OwnedRooms { rooms: FxHashMap::default(), broadcast_seq: 0, shards, presence_events_max }
+    pub fn new(shards: usize, presence_events_max: u32, history: HistoryConfig) -> Self {
+        OwnedRooms {
+            rooms: FxHashMap::default(),
+            broadcast_seq: 0,
+            history: history.caps,
+            budget: Budget::new(history.memory),
+            ttl_ms: history.ttl_ms,
+            lingering: VecDeque::new(),
+            shards,
+            presence_events_max,
+        }
+    }
+
+    /// Bytes and messages of history held on this shard.
+    pub fn history_usage(&self) -> (usize, usize) {
+        (self.budget.bytes(), self.budget.messages())
     }
 
     /// Number of rooms owned here.
@@ -228,7 +309,8 @@ impl OwnedRooms {
                 refuse(&req, ErrorCode::RoomExists, "a room of that name exists", sink);
                 return JoinStep::Done;
             }
-            (JoinKind::Join { password, verified }, Some((epoch, Some(hash)))) => match (verified, password.take()) {
+            (JoinKind::Join { password, verified, .. }, Some((epoch, Some(hash)))) => match (verified, password.take())
+            {
                 (Some(v), _) if *v == epoch => {}
                 (Some(_), _) => {
                     refuse(&req, ErrorCode::NoSuchRoom, "the room was deleted", sink);
@@ -255,7 +337,11 @@ impl OwnedRooms {
             connections: 0,
             presence: (!req.room.starts_with(SYSTEM_ROOM_PREFIX))
                 .then(|| Box::new(Presence { users: BTreeMap::new(), created_ms: now_ms, creator, password })),
+            history: None,
+            emptied_ms: 0,
         });
+        // A lingering room comes back to life (its expiry entry no longer matches).
+        room.emptied_ms = 0;
         let first = !room.is_system() && !room.users().contains_key(&req.user);
         // Announce before counting the joiner: it is not a local member until its ack
         // arrives, so its shard only needs the event if others there are members.
@@ -270,14 +356,20 @@ impl OwnedRooms {
             *p.users.entry(req.user.clone()).or_insert(0) += 1;
         }
         let private = room.password().is_some();
+        let since = match &req.kind {
+            JoinKind::Join { since, .. } => since.as_ref(),
+            JoinKind::Create { .. } => None,
+        };
+        let (replay, recovered) = room.recover(since);
         let frame = (!req.silent)
-            .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), None, private));
+            .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), recovered, private));
         let ack = JoinAck {
             room: room.name.clone(),
             conn: req.origin.conn,
             token: req.token,
             epoch: room.epoch as u32,
             user: req.user.clone(),
+            replay,
             frame,
         };
         sink(req.origin.shard, ShardMsg::JoinAck(Box::new(ack)));
@@ -287,7 +379,7 @@ impl OwnedRooms {
     /// Sequences a leave of room instance `epoch`. A user's last connection leaving is
     /// announced; a room with no connections left is dropped. Leaves for another instance
     /// (the room was deleted and re-created since) are ignored.
-    pub fn leave(&mut self, room_name: &str, user: &str, from: usize, epoch: u32, sink: &mut Sink<'_>) {
+    pub fn leave(&mut self, room_name: &str, user: &str, from: usize, epoch: u32, now_ms: u64, sink: &mut Sink<'_>) {
         let Some(room) = self.rooms.get_mut(room_name).filter(|r| r.epoch as u32 == epoch) else { return };
         match room.shard_members.get_mut(from) {
             Some(n) if *n > 0 => *n -= 1,
@@ -306,7 +398,13 @@ impl OwnedRooms {
             }
         }
         if room.connections == 0 {
-            self.rooms.remove(room_name);
+            if room.history_len() > 0 && self.ttl_ms > 0 {
+                // Keep the history a while: a brief gap must not lose it.
+                room.emptied_ms = now_ms;
+                self.lingering.push_back((room.name.clone(), room.epoch, now_ms));
+            } else {
+                self.drop_room(room_name);
+            }
             return;
         }
         let room = &self.rooms[room_name];
@@ -339,7 +437,49 @@ impl OwnedRooms {
             }
         }
         sink(req.origin.shard, ShardMsg::ToConn { conn: req.origin.conn, frame });
-        self.rooms.remove(&req.room);
+        self.drop_room(&req.room);
+    }
+
+    /// Removes a room and gives its history back to the budget.
+    fn drop_room(&mut self, name: &str) {
+        if let Some(room) = self.rooms.remove(name) {
+            if let Some(h) = room.history {
+                self.budget.dropped(h.bytes(), h.len());
+            }
+        }
+    }
+
+    /// Drops rooms that have lingered empty longer than the history TTL.
+    pub fn expire(&mut self, now_ms: u64) {
+        while let Some((name, epoch, since)) = self.lingering.front().cloned() {
+            if since + self.ttl_ms > now_ms {
+                break;
+            }
+            self.lingering.pop_front();
+            let still =
+                self.rooms.get(&name).is_some_and(|r| r.epoch == epoch && r.connections == 0 && r.emptied_ms == since);
+            if still {
+                self.drop_room(&name);
+            }
+        }
+    }
+
+    /// Answers a history request: up to `limit` messages before `before`, newest first,
+    /// spliced from the stored frames.
+    pub fn history(&self, req: HistoryReq, sink: &mut Sink<'_>) {
+        let page = self.rooms.get(&req.room).map(|room| {
+            let frames = room.history.as_deref().map(|h| h.page(req.before, req.limit as usize)).unwrap_or_default();
+            let payloads: Vec<&[u8]> = frames.iter().map(payload).collect();
+            (server::history_json(&room.name, &room.epoch(), &payloads), room.password().is_some())
+        });
+        match (&req.from, page) {
+            (Requester::Conn(c), Some((json, _))) => {
+                let frame = crate::ws::frame::text_frame(&json);
+                sink(c.shard, ShardMsg::ToConn { conn: c.conn, frame });
+            }
+            (Requester::Conn(c), None) => reply_error(c, ErrorCode::NoSuchRoom, "no such room", sink),
+            (Requester::Api(r), page) => reply(r, Reply::History(page), sink),
+        }
     }
 
     /// Sequences a message: next `seq`, `ts` = `now_ms`, one frame, one hand-off per
@@ -357,6 +497,15 @@ impl OwnedRooms {
         room.seq += 1;
         let frame = server::message(&room.name, room.seq, &msg.user, &msg.text, now_ms);
         let shards = room.fan_out(&frame, sink);
+        let seq = room.seq;
+        if self.history.messages > 0 {
+            let len = frame.len();
+            let (bytes, count) = room.history.get_or_insert_with(Box::default).push(seq, frame, self.history);
+            let (name, epoch) = (room.name.clone(), room.epoch);
+            self.budget.pushed(&name, epoch, seq, len, bytes, count);
+            self.budget.enforce(&mut RingsOf(&mut self.rooms));
+        }
+        let Some(room) = self.rooms.get(&msg.room) else { return };
         match &msg.from {
             Requester::Conn(c) => {
                 if let Some(reference) = &c.reference {
@@ -403,7 +552,13 @@ impl OwnedRooms {
                 users.pop();
                 users.last().cloned().unwrap_or_else(|| Arc::from(""))
             });
-            PresencePage { room: room.name.clone(), count: room.user_count(), users, next }
+            PresencePage {
+                room: room.name.clone(),
+                count: room.user_count(),
+                users,
+                next,
+                private: room.password().is_some(),
+            }
         });
         match (&req.from, page) {
             (Requester::Conn(c), Some(p)) => {
@@ -454,6 +609,14 @@ pub fn refuse(req: &JoinReq, code: ErrorCode, message: &str, sink: &mut Sink<'_>
     sink(req.origin.shard, ShardMsg::JoinRefused(Box::new(refused)));
 }
 
+/// The JSON payload of a stored server frame (its header skipped).
+fn payload(frame: &Bytes) -> &[u8] {
+    match crate::ws::frame::parse_header(frame, crate::ws::frame::Role::Client, usize::MAX) {
+        Ok(Some(h)) => &frame[h.header_len..],
+        _ => &[],
+    }
+}
+
 fn reply(to: &ReplyTo, reply: Reply, sink: &mut Sink<'_>) {
     sink(to.shard, ShardMsg::Reply { req: to.req, reply });
 }
@@ -469,6 +632,11 @@ mod tests {
     use crate::shard::conns::ConnId;
     use crate::ws::frame::{parse_header, Role};
 
+    fn rooms(shards: usize, presence_max: u32) -> OwnedRooms {
+        let history = HistoryConfig { caps: Caps { messages: 100, bytes: 1 << 20 }, memory: 1 << 20, ttl_ms: 0 };
+        OwnedRooms::new(shards, presence_max, history)
+    }
+
     fn origin(shard: usize, n: u32) -> ConnRef {
         ConnRef { shard, conn: ConnId::for_test(n), reference: None }
     }
@@ -477,7 +645,7 @@ mod tests {
         JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, silent: false, kind }
     }
 
-    const PLAIN: JoinKind = JoinKind::Join { password: None, verified: None };
+    const PLAIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
 
     fn join(r: &mut OwnedRooms, room: &str, user: &str, shard: usize, n: u32) -> Vec<(usize, ShardMsg)> {
         run(r, req(room, user, shard, n, PLAIN))
@@ -516,7 +684,7 @@ mod tests {
 
     #[test]
     fn first_connection_of_a_user_is_announced_then_acked() {
-        let mut r = OwnedRooms::new(2, 1000);
+        let mut r = rooms(2, 1000);
         let out = join(&mut r, "lobby", "alice", 0, 1);
         assert!(delivered(&out).is_empty(), "nobody to tell yet");
         let out = join(&mut r, "lobby", "bob", 1, 2);
@@ -531,7 +699,7 @@ mod tests {
 
     #[test]
     fn publish_sequences_and_fans_out_once_per_shard() {
-        let mut r = OwnedRooms::new(3, 1000);
+        let mut r = rooms(3, 1000);
         join(&mut r, "r", "a", 0, 1);
         join(&mut r, "r", "b", 0, 2);
         join(&mut r, "r", "c", 2, 3);
@@ -554,36 +722,37 @@ mod tests {
 
     #[test]
     fn last_leave_announces_and_empty_rooms_vanish() {
-        let mut r = OwnedRooms::new(2, 1000);
+        let mut r = rooms(2, 1000);
         join(&mut r, "r", "a", 0, 1);
         join(&mut r, "r", "b", 1, 2);
         let mut out = Vec::new();
         let e = epoch(&r, "r");
-        r.leave("r", "b", 1, e, &mut |s, m| out.push((s, m)));
+        r.leave("r", "b", 1, e, 0, &mut |s, m| out.push((s, m)));
         let d = delivered(&out);
         assert_eq!(d.len(), 1, "only shard 0 still has members");
         assert_eq!(d[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
-        r.leave("r", "a", 0, e, &mut |_, _| {});
+        r.leave("r", "a", 0, e, 0, &mut |_, _| {});
         assert!(r.is_empty());
         // A stray leave is ignored rather than underflowing.
-        r.leave("r", "a", 0, e, &mut |_, _| {});
+        r.leave("r", "a", 0, e, 0, &mut |_, _| {});
     }
 
     #[test]
     fn private_rooms_need_a_verified_password_of_this_instance() {
-        let mut r = OwnedRooms::new(2, 1000);
+        let mut r = rooms(2, 1000);
         let hash: Arc<str> = Arc::from("$argon2id$stand-in");
         run(&mut r, req("vault", "owner", 0, 1, JoinKind::Create { password_hash: Some(hash.clone()) }));
         let again = run(&mut r, req("vault", "x", 0, 2, JoinKind::Create { password_hash: None }));
         assert_eq!(refusal(&again), "room_exists");
         assert_eq!(refusal(&join(&mut r, "vault", "guest", 1, 3)), "password_required");
-        let with_pw = req("vault", "guest", 1, 4, JoinKind::Join { password: Some("pw".into()), verified: None });
+        let with_pw =
+            req("vault", "guest", 1, 4, JoinKind::Join { password: Some("pw".into()), verified: None, since: None });
         let JoinStep::CheckPassword { mut req, hash: h, password, epoch } = r.join(with_pw, 1, &mut |_, _| {}) else {
             panic!("the owner asks for a password check")
         };
         assert_eq!((&*h, &*password), (&*hash, "pw"));
         // Resubmitted after a successful check: sequenced like any join.
-        req.kind = JoinKind::Join { password: None, verified: Some(epoch) };
+        req.kind = JoinKind::Join { password: None, verified: Some(epoch), since: None };
         let out = run(&mut r, req);
         let Some((1, ShardMsg::JoinAck(ack))) = out.last() else { panic!("acked") };
         assert_eq!(json(ack.frame.as_ref().unwrap())["private"], true);
@@ -595,12 +764,12 @@ mod tests {
     }
 
     fn req_verified(room: &str, epoch: u64) -> JoinReq {
-        req(room, "late", 1, 9, JoinKind::Join { password: None, verified: Some(epoch) })
+        req(room, "late", 1, 9, JoinKind::Join { password: None, verified: Some(epoch), since: None })
     }
 
     #[test]
     fn only_the_creator_deletes_and_stale_leaves_cannot_touch_a_new_instance() {
-        let mut r = OwnedRooms::new(2, 1000);
+        let mut r = rooms(2, 1000);
         run(&mut r, req("t", "owner", 0, 1, JoinKind::Create { password_hash: None }));
         join(&mut r, "t", "bob", 1, 2);
         let old = epoch(&r, "t");
@@ -616,7 +785,7 @@ mod tests {
         assert!(r.get("t").is_none());
         // Re-created by a new join; a leave still in flight for the old instance is ignored.
         join(&mut r, "t", "carol", 1, 3);
-        r.leave("t", "bob", 1, old, &mut |_, _| {});
+        r.leave("t", "bob", 1, old, 0, &mut |_, _| {});
         assert_eq!(r.get("t").unwrap().connections(), 1);
         // Rooms made by a plain join have no creator: nobody can delete them.
         let mut out = Vec::new();
@@ -628,7 +797,7 @@ mod tests {
 
     #[test]
     fn presence_events_stop_at_the_threshold() {
-        let mut r = OwnedRooms::new(1, 2);
+        let mut r = rooms(1, 2);
         join(&mut r, "r", "a", 0, 1);
         assert_eq!(delivered(&join(&mut r, "r", "b", 0, 2)).len(), 1);
         assert!(delivered(&join(&mut r, "r", "c", 0, 3)).is_empty(), "room has 2 users: no more events");
@@ -636,7 +805,7 @@ mod tests {
 
     #[test]
     fn presence_pages_are_sorted_and_chained() {
-        let mut r = OwnedRooms::new(1, 1000);
+        let mut r = rooms(1, 1000);
         for (i, u) in ["dave", "alice", "carol", "bob"].iter().enumerate() {
             join(&mut r, "r", u, 0, i as u32);
         }

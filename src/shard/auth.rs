@@ -252,7 +252,11 @@ impl Shard {
         let shard = self.clone();
         rt::spawn(async move {
             if password::verify(pw.into(), hash).await {
-                req.kind = JoinKind::Join { password: None, verified: Some(epoch) };
+                let since = match &mut req.kind {
+                    JoinKind::Join { since, .. } => since.take(),
+                    JoinKind::Create { .. } => None,
+                };
+                req.kind = JoinKind::Join { password: None, verified: Some(epoch), since };
                 shard.mesh.send(shard.id, ShardMsg::Join(Box::new(req)));
             } else {
                 room::refuse(&req, ErrorCode::WrongPassword, "wrong password", &mut |to, m| shard.mesh.send(to, m));

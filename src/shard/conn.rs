@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use futures_lite::io::AsyncRead;
 
 use super::conns::{Conn, ConnId, Membership, Phase};
-use super::msg::{ConnRef, DeleteReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg};
+use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg, Since};
 use super::route::owner;
 use super::Shard;
 use crate::auth::{password, Identity};
@@ -32,6 +32,10 @@ const READS_PER_POLL: usize = 4;
 
 /// Default and maximum page of a `presence` reply.
 const PRESENCE_PAGE: u32 = 100;
+
+/// Default and maximum page of a `history` reply.
+pub(super) const HISTORY_PAGE: u32 = 50;
+pub(super) const HISTORY_PAGE_MAX: u32 = 100;
 
 impl Shard {
     /// Takes ownership of an accepted socket and starts its task.
@@ -219,16 +223,18 @@ impl Shard {
     ) -> Result<(), ClientError> {
         let origin = ConnRef { shard: self.id, conn: id, reference };
         match msg {
-            ClientMsg::Join { room, password, .. } => {
+            ClientMsg::Join { room, password, since } => {
                 let room = self.may_join(id, conn, &room)?;
+                let since = since.map(|s| Since { epoch: s.epoch.map(|e| Box::from(&*e)), seq: s.seq });
                 match password {
                     None => {
-                        let req = self.pending_join(id, conn, room, origin.reference, PLAIN_JOIN);
+                        let kind = JoinKind::Join { password: None, verified: None, since };
+                        let req = self.pending_join(id, conn, room, origin.reference, kind);
                         self.send_join(req);
                     }
                     Some(pw) => {
                         check_password_len(&pw)?;
-                        let kind = JoinKind::Join { password: Some(Box::from(&*pw)), verified: None };
+                        let kind = JoinKind::Join { password: Some(Box::from(&*pw)), verified: None, since };
                         let req = self.pending_join(id, conn, room, origin.reference, kind);
                         self.join_with_password(id, conn, req);
                     }
@@ -296,8 +302,15 @@ impl Shard {
                 let frame = self.refresh(id, conn, &token)?;
                 self.push(conn, frame);
             }
-            ClientMsg::History { .. } => {
-                return Err(ClientError::new(ErrorCode::Unavailable, "history is not available on this server"));
+            ClientMsg::History { room, before, limit } => {
+                let limit = limit.unwrap_or(HISTORY_PAGE);
+                if limit > HISTORY_PAGE_MAX {
+                    let msg = format!("`limit` must be at most {HISTORY_PAGE_MAX} for history");
+                    return Err(ClientError::new(ErrorCode::InvalidField, msg));
+                }
+                let room = conn.rooms[member_index(conn, &room)?].room.clone();
+                let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Conn(origin) };
+                self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::History(Box::new(req)));
             }
         }
         Ok(())
@@ -349,7 +362,7 @@ impl Shard {
 }
 
 /// A plain join: no password.
-const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None };
+const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
 
 fn check_password_len(pw: &str) -> Result<(), ClientError> {
     if pw.is_empty() || pw.len() > password::MAX_PASSWORD {

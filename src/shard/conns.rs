@@ -164,6 +164,12 @@ impl Conn {
         self.out.push(fd, frame, caps)
     }
 
+    /// Sends or queues a replay frame, exempt from the caps (see [`Outbox::push_replay`]).
+    pub fn push_replay(&mut self, frame: Bytes) -> Pushed {
+        let fd = self.fd();
+        self.out.push_replay(fd, frame)
+    }
+
     /// Drains the outgoing queue (see [`Outbox::poll_flush`]).
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let fd = self.fd();

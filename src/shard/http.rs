@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::conns::{Conn, ConnId, Phase};
-use super::msg::{PresenceReq, Publish, Query, Reply, Requester, ShardMsg};
+use super::msg::{HistoryReq, PresenceReq, Publish, Query, Reply, Requester, ShardMsg};
 use super::route::owner;
 use super::Shard;
 use crate::http::publish::{self, PublishRequest, Target};
@@ -148,12 +148,22 @@ impl Shard {
             Route::RoomPresence(room) => {
                 let after = req.query_param("after");
                 let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(100u32).clamp(1, MAX_PAGE);
+                let key_ok = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).is_ok();
                 let shard = self.clone();
                 return self.answer_later(id, conn, used, keep, head_only, async move {
-                    shard.presence(room, after, limit).await
+                    shard.presence(room, after, limit, key_ok).await
                 });
             }
-            Route::RoomHistory(_) => Answer::error(501, "unavailable", "history is not available on this server"),
+            Route::RoomHistory(room) => {
+                let before = req.query_param("before").and_then(|b| b.parse().ok());
+                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(super::conn::HISTORY_PAGE);
+                let limit = limit.clamp(1, super::conn::HISTORY_PAGE_MAX);
+                let key_ok = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).is_ok();
+                let shard = self.clone();
+                return self.answer_later(id, conn, used, keep, head_only, async move {
+                    shard.history(room, before, limit, key_ok).await
+                });
+            }
             Route::MethodNotAllowed(allow) => Answer::error(405, "method_not_allowed", "method not allowed")
                 .with_header(&format!("Allow: {allow}\r\n")),
             Route::NotFound => Answer::error(404, "not_found", "no such endpoint; WebSocket clients connect to /ws"),
@@ -378,7 +388,26 @@ impl Shard {
         Answer::json(200, simd_json::to_vec(&outcome).unwrap_or_default())
     }
 
-    async fn presence(&self, room: String, after: Option<String>, limit: u32) -> Answer {
+    /// A page of a room's history. Private rooms need the API key.
+    async fn history(&self, room: String, before: Option<u64>, limit: u32, key_ok: bool) -> Answer {
+        let room: Arc<str> = Arc::from(room);
+        let to = owner(&room, self.mesh.len());
+        let replies = self
+            .ask(1, |reply| {
+                let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Api(reply) };
+                self.mesh.send(to, ShardMsg::History(Box::new(req)));
+            })
+            .await;
+        match replies.into_iter().next() {
+            Some(Reply::History(Some((_, true)))) if !key_ok => {
+                Answer::error(403, "forbidden", "this room is private: its history needs the API key")
+            }
+            Some(Reply::History(Some((json, _)))) => Answer::json(200, json),
+            _ => Answer::error(404, "no_such_room", "no room of that name"),
+        }
+    }
+
+    async fn presence(&self, room: String, after: Option<String>, limit: u32, key_ok: bool) -> Answer {
         #[derive(Serialize)]
         struct Page<'a> {
             room: &'a str,
@@ -397,6 +426,9 @@ impl Shard {
             })
             .await;
         match replies.into_iter().next() {
+            Some(Reply::Presence(Some(p))) if p.private && !key_ok => {
+                Answer::error(403, "forbidden", "this room is private: its presence needs the API key")
+            }
             Some(Reply::Presence(Some(p))) => {
                 let page = Page {
                     room: &p.room,

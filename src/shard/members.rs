@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use super::conns::ConnId;
 use super::msg::{ConnRef, JoinAck, JoinRefused, ShardMsg};
+use super::outbox::Pushed;
 use super::route::owner;
 use super::Shard;
 use crate::metrics::add;
@@ -148,6 +149,13 @@ impl Shard {
         m.pending = 0;
         m.epoch = ack.epoch;
         self.members.borrow_mut().add(ack.room, ack.conn);
+        // Recovery: the missed messages, then `joined`, then (through this inbox, after
+        // this ack) the live stream: no gap, no duplicate.
+        for frame in ack.replay {
+            if matches!(conn.push_replay(frame), Pushed::QueuedWake) {
+                conn.wake();
+            }
+        }
         if let Some(frame) = ack.frame {
             self.push(conn, frame);
         }

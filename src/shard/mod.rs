@@ -40,8 +40,8 @@ use self::outbox::{Caps, Pushed};
 use crate::config::Config;
 use crate::limits::{IpTable, Rate};
 use crate::metrics::{inc, ShardStats, Snapshot};
-use crate::room::JoinStep;
 use crate::room::OwnedRooms;
+use crate::room::{HistoryConfig, JoinStep};
 use crate::rt;
 use crate::ws::frame;
 use crate::Shared;
@@ -115,7 +115,11 @@ impl Shard {
             sessions: RefCell::new(FxHashMap::default()),
             last_prune: Cell::new(0),
             caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
-            owned: RefCell::new(OwnedRooms::new(shards, cfg.presence_events_max_members)),
+            owned: RefCell::new(OwnedRooms::new(
+                shards,
+                cfg.presence_events_max_members,
+                HistoryConfig::from_config(&cfg, shards),
+            )),
             cfg,
             mesh,
             conns: RefCell::new(Conns::default()),
@@ -265,7 +269,7 @@ impl Shard {
                 }
             }
             ShardMsg::Leave { room, user, from, epoch } => {
-                self.owned.borrow_mut().leave(&room, &user, from, epoch, sink)
+                self.owned.borrow_mut().leave(&room, &user, from, epoch, Self::wall_ms(), sink)
             }
             ShardMsg::Delete(req) => self.owned.borrow_mut().delete(*req, sink),
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
@@ -280,6 +284,7 @@ impl Shard {
                 self.owned.borrow_mut().broadcast(*p, Self::wall_ms(), sink);
             }
             ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
+            ShardMsg::History(q) => self.owned.borrow().history(*q, sink),
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
             ShardMsg::Deliver { room, frame, sent_at } => self.fan_out(Some(&room), frame, sent_at).await,
             ShardMsg::DeliverAll { frame, sent_at } => self.fan_out(None, frame, sent_at).await,
@@ -302,6 +307,7 @@ impl Shard {
     fn snapshot(&self, room: Option<&str>, limit: usize) -> Snapshot {
         let owned = self.owned.borrow();
         let (rooms_public, rooms_personal) = owned.counts();
+        let (history_bytes, history_messages) = owned.history_usage();
         Snapshot {
             shard: self.id,
             counters: self.stats.counters(),
@@ -312,6 +318,8 @@ impl Shard {
             inbox_depth: self.mesh.depth(self.id) as u64,
             fanout: self.stats.fanout.borrow().clone(),
             rooms: owned.summaries(room, limit),
+            history_bytes: history_bytes as u64,
+            history_messages: history_messages as u64,
         }
     }
 

@@ -35,6 +35,8 @@ pub enum ShardMsg {
     Broadcast(Box<Publish>),
     /// To a room's owner: who is present?
     Presence(Box<PresenceReq>),
+    /// To a room's owner: a page of history.
+    History(Box<HistoryReq>),
     /// From a room's owner to a member shard: the join is sequenced.
     JoinAck(Box<JoinAck>),
     /// From a room's owner to a member shard: the join was refused (nothing counted).
@@ -158,12 +160,36 @@ pub enum JoinKind {
         password: Option<Box<str>>,
         /// Set by the owner after checking the password of this room instance (epoch).
         verified: Option<u64>,
+        /// Recover what was missed after this position.
+        since: Option<Since>,
     },
     /// Create the room (refused if it exists) and join it; private with a password.
     Create {
         /// argon2 hash of the password (computed by the creator's shard, off its loop).
         password_hash: Option<Arc<str>>,
     },
+}
+
+/// A recovery position from the client: the stream epoch it saw (none for a bare seq,
+/// which matches any epoch) and the last seq it received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// Epoch as the client sent it (16 hex digits when it came from `joined`).
+    pub epoch: Option<Box<str>>,
+    /// Last seq received.
+    pub seq: u64,
+}
+
+/// A request for a page of a room's history.
+pub struct HistoryReq {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Only messages with `seq < before`.
+    pub before: Option<u64>,
+    /// Page size (1..=100).
+    pub limit: u32,
+    /// Who asked.
+    pub from: Requester,
 }
 
 /// A join request.
@@ -229,6 +255,8 @@ pub struct JoinAck {
     pub epoch: u32,
     /// The joining user (to undo the join if the connection no longer wants it).
     pub user: Arc<str>,
+    /// Missed messages to deliver before `frame` (recovery), oldest first.
+    pub replay: Vec<Bytes>,
     /// The `joined` frame (none for silent joins).
     pub frame: Option<Bytes>,
 }
@@ -274,4 +302,7 @@ pub enum Reply {
     Presence(Option<PresencePage>),
     /// An IP owner's yes or no.
     Admit(bool),
+    /// A history page as the JSON body of a `history` message (none: no such room), and
+    /// whether the room is private (the HTTP API then needs its key).
+    History(Option<(Vec<u8>, bool)>),
 }

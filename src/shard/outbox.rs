@@ -73,6 +73,11 @@ struct Queue {
     front_started: bool,
     /// A close frame is queued: nothing more may be sent.
     sealed: bool,
+    /// Bytes and frames of a recovery replay still queued at the front: they do not
+    /// count against the caps (a replay is bounded by the history caps, and a client
+    /// that asked for it must not be called slow for receiving it).
+    replay_bytes: usize,
+    replay_frames: usize,
 }
 
 impl Queue {
@@ -84,6 +89,7 @@ impl Queue {
     /// Drops `n` written bytes from the front.
     fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
+        self.replay_bytes = self.replay_bytes.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.frames.front_mut() else { return };
             if n < front.len() {
@@ -94,6 +100,7 @@ impl Queue {
             n -= front.len();
             self.frames.pop_front();
             self.front_started = false;
+            self.replay_frames = self.replay_frames.saturating_sub(1);
         }
     }
 }
@@ -119,7 +126,8 @@ impl Outbox {
                 return Pushed::Sealed;
             }
             if !q.frames.is_empty() {
-                if q.bytes + frame.len() > caps.bytes || q.frames.len() >= caps.frames {
+                let over_bytes = q.bytes + frame.len() > caps.bytes + q.replay_bytes;
+                if over_bytes || q.frames.len() >= caps.frames + q.replay_frames {
                     return Pushed::Full;
                 }
                 q.enqueue(frame);
@@ -136,6 +144,22 @@ impl Outbox {
         q.front_started = started;
         q.enqueue(rest);
         Pushed::QueuedWake
+    }
+
+    /// Like [`Outbox::push`] for a frame of a recovery replay: never over the caps, and
+    /// what is queued of it is exempt from them until it drains.
+    pub fn push_replay(&mut self, fd: BorrowedFd<'_>, frame: Bytes) -> Pushed {
+        let len = frame.len();
+        let unbounded = Caps { bytes: usize::MAX / 2, frames: usize::MAX / 2 };
+        let before = self.queue.as_ref().map_or(0, |q| q.bytes);
+        let pushed = self.push(fd, frame, unbounded);
+        if let Some(q) = self.queue.as_mut() {
+            if q.bytes > before {
+                q.replay_bytes += len.min(q.bytes - before);
+                q.replay_frames += 1;
+            }
+        }
+        pushed
     }
 
     /// Queues a final close frame: everything not yet started is dropped first when

@@ -10,6 +10,7 @@ mod abuse;
 mod browser;
 mod core;
 mod exhaustion;
+mod history;
 mod http;
 mod lifecycle;
 mod protocol_errors;
