@@ -280,12 +280,21 @@ impl Conn {
         Ok(())
     }
 
-    /// The socket became readable: read until it would block, through `scratch`.
+    /// The socket became readable: read through `scratch` until the socket is drained.
+    ///
+    /// A short read means the receive queue was empty at that moment; data arriving later
+    /// raises a new edge, so no second `read` is spent just to see `EAGAIN` (as tokio
+    /// does). That halves the syscalls of a delivery.
     pub fn on_readable(&mut self, scratch: &mut [u8], ctx: &mut Ctx<'_>) -> Result<(), End> {
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Err(self.eof_end()),
-                Ok(n) => self.ingest(&mut scratch[..n], ctx)?,
+                Ok(n) => {
+                    self.ingest(&mut scratch[..n], ctx)?;
+                    if n < scratch.len() {
+                        return Ok(());
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_end(&e)),

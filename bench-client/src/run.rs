@@ -23,12 +23,12 @@ pub fn execute(prepared: &Prepared, ctx: &RunContext) -> Result<Outcome, BenchEr
     let dir = report::run_dir(&prepared.results, &ctx.host.hostname, &prepared.scenario);
     let dir = report::write_run(&dir, ctx, &prepared.spec.plan, &result)?;
     let problems = report::problems(&prepared.spec.plan, &result);
-    print_summary(&prepared.scenario, &result, &problems);
+    print_summary(&prepared.scenario, &result, &problems, prepared.spec.p99_bound_ms);
     println!("run folder: {}", dir.display());
     Ok(Outcome { dir, result, problems })
 }
 
-fn print_summary(scenario: &str, r: &RunResult, problems: &[String]) {
+fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_ms: f64) {
     let m = &r.memory;
     println!("== {scenario} ({:?}, {} process(es) × {} thread(s))", r.mode, r.processes, r.threads);
     println!(
@@ -69,7 +69,7 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String]) {
             p.max,
             s.cpu.client_pct,
             s.cpu.server_pct.map_or("n/a".into(), |p| format!("{p:.0}%")),
-            if s.passed { "pass" } else { "FAIL" }
+            coord::verdict_words(s.clean, s.within_bound, p99_bound_ms)
         );
     }
     if let Some(h) = headline_step(r) {

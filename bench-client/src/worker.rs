@@ -207,7 +207,10 @@ impl Merger {
                 let _ = merge_into(&mut self.interval, &interval);
                 None
             }
-            Event::Ready { stats, conn_bytes, .. } => {
+            Event::Ready { thread, stats, conn_bytes } => {
+                // Newer than the thread's last progress: later progress reports must not
+                // go back to the older figures.
+                self.progress[thread as usize] = Some(stats.clone());
                 self.ready.push((stats, conn_bytes));
                 (self.ready.len() == self.threads).then(|| {
                     let mut all = ConnStats::default();
