@@ -68,7 +68,8 @@ pub struct Common {
     /// Seconds a connection may take to connect, upgrade and join.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Loopback source addresses (127.0.0.1, .2, …); 0 = one per 20,000 connections.
+    /// Loopback source addresses (127.0.0.1, .2, …); 0 = one per 5,000 connections (fewer
+    /// connections per address when the ephemeral port range is small).
     #[arg(long, default_value_t = 0)]
     pub source_addrs: u32,
     /// Worker processes; 0 = as many as RLIMIT_NOFILE requires.
@@ -273,7 +274,8 @@ fn prepare(
             c.connections
         ));
     }
-    let source_addrs = if c.source_addrs == 0 { c.connections.div_ceil(20_000) as u32 } else { c.source_addrs };
+    let per_addr = sys::conns_per_source_addr().max(1);
+    let source_addrs = if c.source_addrs == 0 { c.connections.div_ceil(per_addr) as u32 } else { c.source_addrs };
     let plan = Plan {
         target: c.target,
         connections: c.connections,
@@ -330,7 +332,7 @@ mod tests {
         let cli = parse(&["connect", "-n", "19000", "--max-conns-per-process", "9500"]);
         let p = cli.command.prepare().unwrap().unwrap();
         assert_eq!(p.spec.plan.processes, 2);
-        assert_eq!(p.spec.plan.source_addrs, 1);
+        assert_eq!(u64::from(p.spec.plan.source_addrs), 19000u64.div_ceil(sys::conns_per_source_addr()));
         let cli = parse(&["connect", "-n", "19000", "--max-conns-per-process", "9500", "--processes", "1"]);
         assert!(cli.command.prepare().unwrap().is_err());
     }
