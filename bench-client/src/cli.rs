@@ -304,6 +304,8 @@ fn prepare(
         worker_exe: std::env::current_exe().ok(),
         timeout_secs: if c.timeout > 0.0 { c.timeout } else { auto_timeout },
         progress: !c.quiet,
+        fd_limit,
+        conns_per_process: per_process,
     };
     let scenario = c.scenario.clone().unwrap_or_else(|| format!("{mode:?}").to_lowercase());
     Ok(Prepared { spec, results: c.results.clone(), scenario })

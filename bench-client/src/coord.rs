@@ -63,6 +63,10 @@ pub struct RunSpec {
     pub timeout_secs: f64,
     /// Print the live progress line on stderr.
     pub progress: bool,
+    /// RLIMIT_NOFILE as read (soft limit after raising it to the hard one).
+    pub fd_limit: u64,
+    /// Connections one worker process may hold, derived from `fd_limit`.
+    pub conns_per_process: u64,
 }
 
 /// Memory figures, measured as RSS growth between "no connection" and "all held".
@@ -176,6 +180,10 @@ pub struct RunResult {
     pub processes: u32,
     /// Engine threads per process.
     pub threads: u32,
+    /// RLIMIT_NOFILE that decided the process count.
+    pub fd_limit: u64,
+    /// Connections one process was allowed to hold.
+    pub conns_per_process: u64,
     /// Connect phase.
     pub connect: ConnectPhase,
     /// Memory per connection.
@@ -330,6 +338,8 @@ impl<'a> Coordinator<'a> {
             mode: self.spec.mode,
             processes: self.spec.plan.processes,
             threads: self.spec.plan.threads,
+            fd_limit: self.spec.fd_limit,
+            conns_per_process: self.spec.conns_per_process,
             connect,
             memory,
             hold,

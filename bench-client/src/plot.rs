@@ -57,6 +57,7 @@ pub fn latency_svg(path: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(),
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(20)
+        .margin_right(60)
         .x_label_area_size(50)
         .y_label_area_size(70)
         .build_cartesian_2d((1f64..x_max).log_scale().with_key_points(keys), 0f64..y_max)

@@ -243,7 +243,11 @@ fn setup_md(ctx: &RunContext, plan: &Plan, result: &RunResult) -> String {
     let _ = writeln!(s, "| kernel | {} |", h.kernel);
     let _ = writeln!(s, "| memory | {:.1} GiB |", h.memory_bytes as f64 / (1u64 << 30) as f64);
     let _ = writeln!(s, "| git commit | {} |", ctx.git_commit);
-    let _ = writeln!(s, "| bench-client | {} process(es) × {} engine thread(s) |", result.processes, result.threads);
+    let _ = writeln!(
+        s,
+        "| bench-client | {} process(es) × {} engine thread(s); RLIMIT_NOFILE {} → at most {} connections per process |",
+        result.processes, result.threads, result.fd_limit, result.conns_per_process
+    );
     let _ = writeln!(s, "| target | ws://{}/ws |", plan.target);
     let _ = writeln!(s, "\n## Command\n\n```sh\n{}\n```", ctx.command);
     if let Some(server) = &ctx.server_command {

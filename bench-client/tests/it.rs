@@ -57,6 +57,8 @@ fn spec(server: &Server, mode: Mode, connections: u64, rooms: u32, publishers: u
         worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_bench-client"))),
         timeout_secs: 60.0,
         progress: false,
+        fd_limit: 20000,
+        conns_per_process: 19744,
     }
 }
 
