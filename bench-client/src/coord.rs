@@ -99,6 +99,8 @@ pub struct Cpu {
     pub client_secs: f64,
     /// bench-client CPU, % of one core.
     pub client_pct: f64,
+    /// Of which user space, % of one core (the rest is the kernel's socket work).
+    pub client_user_pct: f64,
     /// Server CPU seconds (when `--server-pid` was given).
     pub server_secs: Option<f64>,
     /// Server CPU, % of one core.
@@ -216,7 +218,7 @@ struct WorkerView {
 #[derive(Clone, Copy)]
 struct CpuMark {
     at: Instant,
-    client_ns: u64,
+    client: sys::CpuTime,
     server_ns: Option<u64>,
 }
 
@@ -600,12 +602,9 @@ impl<'a> Coordinator<'a> {
     }
 
     fn cpu_mark(&self) -> CpuMark {
-        let children: u64 = self.links.iter().filter_map(Link::pid).filter_map(sys::process_cpu_ns).sum();
-        CpuMark {
-            at: Instant::now(),
-            client_ns: sys::own_cpu_ns() + children,
-            server_ns: self.spec.server_pid.and_then(sys::process_cpu_ns),
-        }
+        let children =
+            self.links.iter().filter_map(Link::pid).filter_map(sys::process_cpu).fold(sys::own_cpu(), |a, b| a + b);
+        CpuMark { at: Instant::now(), client: children, server_ns: self.spec.server_pid.and_then(sys::process_cpu_ns) }
     }
 }
 
@@ -620,12 +619,14 @@ pub fn verdict_words(clean: bool, within_bound: bool, bound_ms: f64) -> String {
 
 fn cpu_between(a: &CpuMark, b: &CpuMark) -> Cpu {
     let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-    let client = b.client_ns.saturating_sub(a.client_ns) as f64 / 1e9;
+    let client = b.client.total_ns().saturating_sub(a.client.total_ns()) as f64 / 1e9;
+    let user = b.client.user_ns.saturating_sub(a.client.user_ns) as f64 / 1e9;
     let server = a.server_ns.zip(b.server_ns).map(|(x, y)| y.saturating_sub(x) as f64 / 1e9);
     Cpu {
         wall_secs: wall,
         client_secs: client,
         client_pct: client / wall * 100.0,
+        client_user_pct: user / wall * 100.0,
         server_secs: server,
         server_pct: server.map(|s| s / wall * 100.0),
     }

@@ -53,7 +53,7 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
         let p = Percentiles::of(&s.corrected);
         println!(
             "step {}: {:.0} msg/s target, {:.0} published/s, {:.0} deliveries/s, lost {} dup {} reorder {} | \
-             p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} p99.99 {:.2} max {:.2} ms | CPU client {:.0}% server {} | {}",
+             p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} p99.99 {:.2} max {:.2} ms | CPU client {:.0}% ({:.0}% user) server {} | {}",
             s.step,
             s.spec.rate,
             s.publish_rate,
@@ -68,6 +68,7 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
             p.p99_99,
             p.max,
             s.cpu.client_pct,
+            s.cpu.client_user_pct,
             s.cpu.server_pct.map_or("n/a".into(), |p| format!("{p:.0}%")),
             coord::verdict_words(s.clean, s.within_bound, p99_bound_ms)
         );

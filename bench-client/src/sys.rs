@@ -14,32 +14,69 @@ pub fn now_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CPU time (user + system) this process has used so far, in nanoseconds (getrusage).
-pub fn own_cpu_ns() -> u64 {
+/// CPU time used so far, split into user space and kernel, in nanoseconds. The split
+/// shows where a delivery's cost goes: on loopback most of it is the kernel's TCP path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    /// User-space time.
+    pub user_ns: u64,
+    /// Kernel time.
+    pub sys_ns: u64,
+}
+
+impl CpuTime {
+    /// User + kernel.
+    pub fn total_ns(&self) -> u64 {
+        self.user_ns + self.sys_ns
+    }
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = CpuTime;
+
+    fn add(self, o: CpuTime) -> CpuTime {
+        CpuTime { user_ns: self.user_ns + o.user_ns, sys_ns: self.sys_ns + o.sys_ns }
+    }
+}
+
+/// CPU time this process has used so far (getrusage).
+pub fn own_cpu() -> CpuTime {
     // SAFETY: a zeroed rusage is a valid out-parameter for getrusage.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    CpuTime { user_ns: tv(ru.ru_utime), sys_ns: tv(ru.ru_stime) }
 }
 
-/// CPU time (user + system) used so far by process `pid`, from `/proc/<pid>/stat`.
+/// CPU time (user + system) this process has used so far, in nanoseconds.
+pub fn own_cpu_ns() -> u64 {
+    own_cpu().total_ns()
+}
+
+/// CPU time used so far by process `pid`, from `/proc/<pid>/stat`.
 /// `None` when the process is gone or the file cannot be parsed.
-pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+pub fn process_cpu(pid: u32) -> Option<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_cpu_ticks(&stat).map(|ticks| ticks * 1_000_000_000 / clock_ticks())
+    let (user, sys) = parse_stat_cpu_ticks(&stat)?;
+    let ns = |ticks: u64| ticks * 1_000_000_000 / clock_ticks();
+    Some(CpuTime { user_ns: ns(user), sys_ns: ns(sys) })
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
+/// CPU time (user + system) used so far by process `pid`, in nanoseconds.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    process_cpu(pid).map(|c| c.total_ns())
+}
+
+/// (utime, stime), fields 14 and 15 of a `/proc/<pid>/stat` line, in clock ticks.
 /// The command name (field 2) may contain spaces and parentheses, so fields are counted
 /// from the last `)`.
-fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 fn clock_ticks() -> u64 {
@@ -152,7 +189,7 @@ mod tests {
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
         let stat = "42 (we ird) name) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 1000 10";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(10));
+        assert_eq!(parse_stat_cpu_ticks(stat), Some((7, 3)));
     }
 
     #[test]
