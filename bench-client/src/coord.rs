@@ -57,7 +57,9 @@ pub struct RunSpec {
     pub p99_bound_ms: f64,
     /// Server process to sample for CPU and RSS.
     pub server_pid: Option<u32>,
-    /// Executable for child workers; `None` runs the single worker in this process.
+    /// Executable for child workers (always used when given, even for one worker, so
+    /// that each run's memory is measured in fresh processes); `None` runs the single
+    /// worker as a thread of this process (tests).
     pub worker_exe: Option<PathBuf>,
     /// Hard bound on the whole run.
     pub timeout_secs: f64,
@@ -244,7 +246,7 @@ impl<'a> Coordinator<'a> {
     fn start(spec: &'a RunSpec) -> Result<Coordinator<'a>, BenchError> {
         let (tx, ups) = channel();
         let mut links = Vec::new();
-        let exe = if spec.plan.processes > 1 { spec.worker_exe.as_deref() } else { None };
+        let exe = spec.worker_exe.as_deref();
         if spec.plan.processes > 1 && exe.is_none() {
             return Err(BenchError::Config("several worker processes need a worker executable".into()));
         }

@@ -82,7 +82,8 @@ fn assert_clean(r: &RunResult, connections: u64) {
 #[test]
 fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
     let server = Server::start();
-    let spec = spec(&server, Mode::Fanout, 60, 4, 4, 1);
+    let mut spec = spec(&server, Mode::Fanout, 60, 4, 4, 1);
+    spec.worker_exe = None;
     let r = run(&spec).expect("run completes");
     assert_clean(&r, 60);
     let s = &r.steps[0];
