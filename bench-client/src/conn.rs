@@ -210,10 +210,15 @@ impl Conn {
         self.reader.buffered() + self.buf.capacity()
     }
 
-    /// The socket became writable: finish the connect, or flush the send remainder.
-    pub fn on_writable(&mut self, target: SocketAddr, user: &str) -> Result<(), End> {
+    /// The socket became writable: finish the connect (naming the guest `user()`, called
+    /// only then), or flush the send remainder. With edge-triggered polling every
+    /// delivery also reports "writable", so this path must cost nothing when idle.
+    pub fn on_writable(&mut self, target: SocketAddr, user: impl FnOnce() -> String) -> Result<(), End> {
         if self.session.state == State::Connecting {
-            return self.finish_connect(target, user);
+            return self.finish_connect(target, &user());
+        }
+        if self.buf.is_empty() {
+            return Ok(());
         }
         if self.session.state != State::AwaitingResponse {
             self.flush().map_err(|e| self.io_end(&e))?;

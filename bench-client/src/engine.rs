@@ -295,8 +295,8 @@ impl Engine {
         let was_joined = conn.session.state == State::Joined;
         let mut result = Ok(());
         if writable {
-            let user = self.plan.user_name(u64::from(conn.index));
-            result = conn.on_writable(self.plan.target, &user);
+            let (plan, index) = (&self.plan, u64::from(conn.index));
+            result = conn.on_writable(plan.target, || plan.user_name(index));
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {

@@ -76,6 +76,12 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
     if let Some(h) = headline_step(r) {
         println!("headline step: {}", h.step);
     }
+    if r.mode == coord::Mode::Ramp {
+        match r.steps.iter().filter(|s| s.passed).map(|s| s.spec.rate).reduce(f64::max) {
+            Some(rate) => println!("max sustained rate: {rate:.0} msg/s (clean, p99 ≤ {p99_bound_ms} ms)"),
+            None => println!("max sustained rate: none (no step was clean with p99 ≤ {p99_bound_ms} ms)"),
+        }
+    }
     for p in problems {
         println!("PROBLEM: {p}");
     }
