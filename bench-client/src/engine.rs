@@ -136,6 +136,17 @@ pub fn conn_slot_bytes() -> usize {
     std::mem::size_of::<Option<Conn>>()
 }
 
+/// The failure label of a connection still not joined at the connect deadline: where it
+/// got stuck tells whose side is slow (TCP connect, the server's upgrade, or its join).
+fn timeout_label(state: State) -> &'static str {
+    match state {
+        State::Connecting => "timeout_connect",
+        State::SendingRequest | State::AwaitingResponse => "timeout_upgrade",
+        State::AwaitingWelcome => "timeout_welcome",
+        State::Joining | State::Joined => "timeout_join",
+    }
+}
+
 /// A publish step in progress.
 struct StepState {
     schedule: Schedule,
@@ -395,10 +406,14 @@ impl Engine {
         if self.pending > 0 && now < self.connect_due_ns() + timeout_ns {
             return;
         }
-        let stuck: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.session.state != State::Joined).map(|(k, _)| k).collect();
-        for key in stuck {
-            self.end(key, End::Failed("timeout"));
+        let stuck: Vec<(usize, State)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.state != State::Joined)
+            .map(|(k, c)| (k, c.session.state))
+            .collect();
+        for (key, state) in stuck {
+            self.end(key, End::Failed(timeout_label(state)));
         }
         self.ready_sent = true;
         let conn_bytes = self.conns.iter().map(|(_, c)| c.buffered() as u64).sum::<u64>()
