@@ -199,7 +199,9 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, ProtocolError> {
         1 => Err(ProtocolError::BadClosePayload),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            // 1012–1014 are registered with IANA (1013 "try again later" is the code corecast
+            // itself sends to slow consumers); 1004–1006 and 1015 must never be sent.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
                 return Err(ProtocolError::BadClosePayload);
             }
@@ -290,6 +292,19 @@ mod tests {
 
     fn text_unmasked() -> Vec<u8> {
         crate::ws::frame::text_frame(b"hi").to_vec()
+    }
+
+    /// Regression: a client using this reader must accept the server's own 1013 close
+    /// (slow consumer); it was refused as a protocol error.
+    #[test]
+    fn registered_close_codes_1012_to_1014_are_accepted() {
+        for code in [1012u16, 1013, 1014] {
+            let wire = client_frame(OpCode::Control(Control::Close), true, &code.to_be_bytes(), M);
+            let mut r = MessageReader::new(Role::Server, 16);
+            assert_eq!(collect(&mut r, &[&wire]).unwrap(), vec![Owned::Close(Some((code, String::new())))]);
+        }
+        let wire = client_frame(OpCode::Control(Control::Close), true, &1015u16.to_be_bytes(), M);
+        assert!(collect(&mut MessageReader::new(Role::Server, 16), &[&wire]).is_err());
     }
 
     #[test]

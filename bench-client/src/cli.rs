@@ -1,0 +1,353 @@
+//! Command-line arguments of every mode, and their translation into a [`RunSpec`].
+//!
+//! Scenario files use the same names as the long flags (see `scenario`), so this is the one
+//! place that knows the knobs and their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::coord::{Mode, RunSpec, StepSpec};
+use crate::error::BenchError;
+use crate::plan::{Plan, RoomDist};
+use crate::sys;
+
+/// File descriptors a process keeps for itself besides connections (stdio, poll, timers,
+/// pipes, the allocator's and the runtime's own).
+pub const FD_RESERVE: u64 = 256;
+
+/// bench-client: load generator for corecast (fan-out latency and throughput, memory per
+/// connection), coordinated-omission-safe, up to a million connections.
+#[derive(Debug, Parser)]
+#[command(name = "bench-client", version, about, args_override_self = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The modes.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Hold N idle connections for a while; measure memory per connection (client and server).
+    Connect(ConnectArgs),
+    /// One timed broadcast: P publishers at a fixed total rate into R rooms.
+    Fanout(FanoutArgs),
+    /// Raise the publish rate step by step; report the highest rate sustained with p99
+    /// under a bound and zero loss.
+    Ramp(RampArgs),
+    /// Run a scenario file (TOML keys = the flags of its `mode`); extra flags override it.
+    Run(RunArgs),
+    /// Start a corecast server, run every scenario of a folder against it, stop it.
+    Suite(SuiteArgs),
+    /// Internal: a worker process, driven by a coordinator over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Flags every mode shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server address (the WebSocket endpoint is /ws on it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub target: SocketAddr,
+    /// Connections to open.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Rooms to spread them over.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u32,
+    /// uniform, zipf:<s> (room k gets ∝ 1/(k+1)^s) or hot:<fraction> (room 0 gets the
+    /// fraction, the rest are uniform).
+    #[arg(long, default_value = "uniform")]
+    pub room_dist: RoomDist,
+    /// Connection attempts per second (all processes together).
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Seconds a connection may take to connect, upgrade and join.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Loopback source addresses (127.0.0.1, .2, …); 0 = one per 5,000 connections (fewer
+    /// connections per address when the ephemeral port range is small).
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: u32,
+    /// Worker processes; 0 = as many as RLIMIT_NOFILE requires.
+    #[arg(long, default_value_t = 0)]
+    pub processes: u32,
+    /// Connections one process may hold; 0 = RLIMIT_NOFILE (hard limit) − 256.
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_process: u64,
+    /// Engine threads per process.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Server process to sample for CPU and RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Folder under which the run folder is written.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Scenario name (run folder suffix); defaults to the mode.
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Hard bound on the whole run in seconds; 0 = derived from the plan.
+    #[arg(long, default_value_t = 0.0)]
+    pub timeout: f64,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `connect` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds to hold the connections once all are open.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// Publishing flags shared by `fanout` and `ramp`.
+#[derive(Debug, Clone, Args)]
+pub struct Publish {
+    /// Publishers (connections 0…P−1, each in its own room).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: u32,
+    /// Minimum payload text length in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// After a publish window, wait at most this long for outstanding deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// A step passes when its corrected p99 is at most this many milliseconds (and it is clean).
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_bound_ms: f64,
+}
+
+/// `fanout` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+    /// Publishing.
+    #[command(flatten)]
+    pub publish: Publish,
+    /// Total messages per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// `ramp` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RampArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+    /// Publishing.
+    #[command(flatten)]
+    pub publish: Publish,
+    /// First step's rate (messages/s).
+    #[arg(long, default_value_t = 100.0)]
+    pub start_rate: f64,
+    /// Each step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.5)]
+    pub factor: f64,
+    /// No step above this rate.
+    #[arg(long, default_value_t = 100_000.0)]
+    pub max_rate: f64,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 5.0)]
+    pub step_duration: f64,
+    /// At most this many steps.
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: u32,
+}
+
+/// `run` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Scenario file.
+    pub file: PathBuf,
+    /// Flags that override the file's values (e.g. `--target 127.0.0.1:9000`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub overrides: Vec<String>,
+}
+
+/// `suite` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SuiteArgs {
+    /// corecast server binary (e.g. target/release/corecast).
+    #[arg(long)]
+    pub server_bin: PathBuf,
+    /// Server shards.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Extra server arguments (repeatable), e.g. `--server-arg=--no-pin`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Folder of scenario files.
+    #[arg(long, default_value = "bench-client/scenarios")]
+    pub scenarios: PathBuf,
+    /// Run only these scenarios (file stems; repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Folder under which run folders are written.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+/// A validated run: the spec for the coordinator and where to write.
+pub struct Prepared {
+    /// What to run.
+    pub spec: RunSpec,
+    /// Results root.
+    pub results: PathBuf,
+    /// Scenario name.
+    pub scenario: String,
+}
+
+impl Cmd {
+    /// Turns a run mode's arguments into a [`Prepared`] run; `None` for the other commands.
+    pub fn prepare(&self) -> Option<Result<Prepared, BenchError>> {
+        Some(match self {
+            Cmd::Connect(a) => prepare(&a.common, Mode::Connect, None, Vec::new(), a.duration),
+            Cmd::Fanout(a) => prepare(
+                &a.common,
+                Mode::Fanout,
+                Some(&a.publish),
+                vec![StepSpec { rate: a.rate, duration_secs: a.duration }],
+                0.0,
+            ),
+            Cmd::Ramp(a) => prepare(&a.common, Mode::Ramp, Some(&a.publish), ramp_steps(a), 0.0),
+            _ => return None,
+        })
+    }
+}
+
+fn ramp_steps(a: &RampArgs) -> Vec<StepSpec> {
+    let mut steps = Vec::new();
+    let mut rate = a.start_rate;
+    while rate <= a.max_rate && steps.len() < a.max_steps as usize {
+        steps.push(StepSpec { rate: rate.round(), duration_secs: a.step_duration });
+        rate *= a.factor.max(1.01);
+    }
+    steps
+}
+
+fn prepare(
+    c: &Common,
+    mode: Mode,
+    publish: Option<&Publish>,
+    steps: Vec<StepSpec>,
+    hold_secs: f64,
+) -> Result<Prepared, BenchError> {
+    let bad = |m: String| Err(BenchError::Config(m));
+    if c.connections == 0 || c.connections > u64::from(u32::MAX) {
+        return bad(format!("--connections must be 1..{}", u32::MAX));
+    }
+    if c.connect_rate <= 0.0 || c.threads == 0 || c.rooms == 0 {
+        return bad("--connect-rate, --threads and --rooms must be positive".into());
+    }
+    let publishers = publish.map_or(0, |p| p.publishers);
+    if u64::from(publishers) > c.connections {
+        return bad("--publishers cannot exceed --connections".into());
+    }
+    if steps.iter().any(|s| s.rate <= 0.0 || s.duration_secs <= 0.0) {
+        return bad("rates and durations must be positive".into());
+    }
+    let fd_limit = sys::raise_nofile();
+    let per_process = match c.max_conns_per_process {
+        0 => fd_limit.saturating_sub(FD_RESERVE).max(1),
+        n => n.min(fd_limit.saturating_sub(FD_RESERVE).max(1)),
+    };
+    let needed = c.connections.div_ceil(per_process) as u32;
+    let processes = if c.processes == 0 { needed } else { c.processes };
+    if processes < needed {
+        return bad(format!(
+            "{} connections need at least {needed} processes of {per_process} (RLIMIT_NOFILE {fd_limit})",
+            c.connections
+        ));
+    }
+    let per_addr = sys::conns_per_source_addr().max(1);
+    let source_addrs = if c.source_addrs == 0 { c.connections.div_ceil(per_addr) as u32 } else { c.source_addrs };
+    let plan = Plan {
+        target: c.target,
+        connections: c.connections,
+        rooms: c.rooms,
+        room_dist: c.room_dist,
+        publishers,
+        payload_bytes: publish.map_or(0, |p| p.payload),
+        source_addrs: source_addrs.max(1),
+        connect_rate: c.connect_rate,
+        processes,
+        threads: c.threads,
+        tag: format!("bc{:06x}", fastrand::u32(..0x100_0000)),
+        connect_timeout_secs: c.connect_timeout,
+    };
+    let drain = publish.map_or(0.0, |p| p.drain);
+    let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;
+    let auto_timeout = c.connections as f64 / c.connect_rate + c.connect_timeout + work + 60.0;
+    let spec = RunSpec {
+        mode,
+        plan,
+        steps,
+        hold_secs,
+        drain_secs: drain,
+        p99_bound_ms: publish.map_or(f64::INFINITY, |p| p.p99_bound_ms),
+        server_pid: c.server_pid,
+        worker_exe: std::env::current_exe().ok(),
+        timeout_secs: if c.timeout > 0.0 { c.timeout } else { auto_timeout },
+        progress: !c.quiet,
+        fd_limit,
+        conns_per_process: per_process,
+    };
+    let scenario = c.scenario.clone().unwrap_or_else(|| format!("{mode:?}").to_lowercase());
+    Ok(Prepared { spec, results: c.results.clone(), scenario })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("bench-client").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn ramp_steps_grow_geometrically_to_the_cap() {
+        let Cmd::Ramp(a) = parse(&["ramp", "--start-rate", "100", "--factor", "2", "--max-rate", "1000"]).command
+        else {
+            panic!()
+        };
+        let rates: Vec<f64> = ramp_steps(&a).iter().map(|s| s.rate).collect();
+        assert_eq!(rates, [100.0, 200.0, 400.0, 800.0]);
+    }
+
+    #[test]
+    fn processes_follow_the_per_process_cap() {
+        let cli = parse(&["connect", "-n", "19000", "--max-conns-per-process", "9500"]);
+        let p = cli.command.prepare().unwrap().unwrap();
+        assert_eq!(p.spec.plan.processes, 2);
+        assert_eq!(u64::from(p.spec.plan.source_addrs), 19000u64.div_ceil(sys::conns_per_source_addr()));
+        let cli = parse(&["connect", "-n", "19000", "--max-conns-per-process", "9500", "--processes", "1"]);
+        assert!(cli.command.prepare().unwrap().is_err());
+    }
+
+    #[test]
+    fn later_flags_override_earlier_ones() {
+        let Cmd::Fanout(a) = parse(&["fanout", "--rate", "10", "--rate", "20"]).command else { panic!() };
+        assert_eq!(a.rate, 20.0);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        assert!(parse(&["fanout", "-n", "2", "--publishers", "3"]).command.prepare().unwrap().is_err());
+        assert!(parse(&["fanout", "--rate", "0"]).command.prepare().unwrap().is_err());
+    }
+}

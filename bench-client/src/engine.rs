@@ -1,0 +1,500 @@
+//! One engine thread: a mio event loop over a slab of connections, a scratch read buffer,
+//! a timerfd for the publish schedule. It opens its share of the plan's connections at
+//! its share of the connect rate, publishes its publishers' share of each step's schedule,
+//! and records every delivery its connections receive.
+//!
+//! It talks to its worker only through channels: [`Command`]s in (with a mio `Waker`),
+//! [`Event`]s out. Nothing is shared.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corecast::ws::frame::client_frame;
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use crate::conn::{errno_name, Conn, Ctx, End, State};
+use crate::payload::Stamp;
+use crate::plan::{Plan, RoomMap};
+use crate::record::{new_hist, ConnStats, StepRecord};
+use crate::schedule::Schedule;
+use crate::sys::now_ns;
+use crate::timer::Timer;
+
+const WAKER: Token = Token(usize::MAX);
+const TIMER: Token = Token(usize::MAX - 1);
+/// Per-thread read buffer, shared by all of the thread's connections.
+const SCRATCH: usize = 64 * 1024;
+/// Progress is reported this often.
+const PROGRESS_NS: u64 = 1_000_000_000;
+/// No step is open for deliveries.
+pub const NO_STEP: u32 = u32::MAX;
+/// Connection attempts per loop pass at most, so a backlog of due connects cannot starve reads.
+const CONNECT_BURST: u64 = 256;
+
+/// What a worker asks an engine to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    /// Publish this step's schedule and record its deliveries.
+    Step(Schedule),
+    /// Stop recording the step and hand its record over.
+    EndStep(u32),
+    /// Close every connection politely and report for the last time.
+    Finish,
+}
+
+/// Members per room, as `(room, count)` pairs for the rooms that have any.
+pub type Members = Vec<(u32, u32)>;
+
+/// What publishers did in one step, and who was there to receive it: the inputs of the
+/// expected-delivery count (Σ over rooms of members × messages).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PublishReport {
+    /// Joined members per room when the step started.
+    pub members: Members,
+    /// Messages written per room.
+    pub published: Vec<(u32, u64)>,
+    /// Messages due for a publisher that was not connected, so never sent.
+    pub unsent: u64,
+}
+
+impl PublishReport {
+    /// Appends another thread's or process's report.
+    pub fn extend(&mut self, o: PublishReport) {
+        self.members.extend(o.members);
+        self.published.extend(o.published);
+        self.unsent += o.unsent;
+    }
+}
+
+/// What an engine tells its worker.
+#[derive(Debug)]
+pub enum Event {
+    /// Once a second.
+    Progress {
+        /// Engine thread index.
+        thread: u32,
+        /// Connection outcomes so far.
+        stats: ConnStats,
+        /// Distinct deliveries of the open step so far.
+        step_delivered: u64,
+        /// Latencies of the last interval.
+        interval: Histogram<u64>,
+    },
+    /// Every connection of the thread has joined or failed.
+    Ready {
+        /// Engine thread index.
+        thread: u32,
+        /// Connection outcomes.
+        stats: ConnStats,
+        /// User-space bytes held by connections right now (structs + buffers).
+        conn_bytes: u64,
+    },
+    /// The thread's publishers are done with a step.
+    Published {
+        /// Engine thread index.
+        thread: u32,
+        /// Step number.
+        step: u32,
+        /// Members and messages.
+        report: PublishReport,
+    },
+    /// The record of a closed step.
+    StepDone {
+        /// Engine thread index.
+        thread: u32,
+        /// Step number.
+        step: u32,
+        /// Histograms and counters.
+        record: Box<StepRecord>,
+    },
+    /// Final report; the thread has ended.
+    Done {
+        /// Engine thread index.
+        thread: u32,
+        /// Connection outcomes at the end.
+        stats: ConnStats,
+    },
+    /// The thread could not run (poll or timer creation failed).
+    Failed {
+        /// Engine thread index.
+        thread: u32,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The bytes of user-space state one held connection costs in an engine: its slab slot
+/// (an enum around [`Conn`], the size of `Option<Conn>`). Buffers come on top only while
+/// a frame is incomplete or the kernel refuses bytes.
+pub fn conn_slot_bytes() -> usize {
+    std::mem::size_of::<Option<Conn>>()
+}
+
+/// The failure label of a connection still not joined at the connect deadline: where it
+/// got stuck tells whose side is slow (TCP connect, the server's upgrade, or its join).
+fn timeout_label(state: State) -> &'static str {
+    match state {
+        State::Connecting => "timeout_connect",
+        State::SendingRequest | State::AwaitingResponse => "timeout_upgrade",
+        State::AwaitingWelcome => "timeout_welcome",
+        State::Joining | State::Joined => "timeout_join",
+    }
+}
+
+/// A publish step in progress.
+struct StepState {
+    schedule: Schedule,
+    next_k: u64,
+    members: Members,
+    published: BTreeMap<u32, u64>,
+    unsent: u64,
+    reported: bool,
+}
+
+/// One engine thread's state.
+pub struct Engine {
+    plan: Arc<Plan>,
+    process: u32,
+    thread: u32,
+    poll: Poll,
+    timer: Timer,
+    conns: Slab<Conn>,
+    scratch: Vec<u8>,
+    rooms: RoomMap,
+    /// Joined connections per room (index = room).
+    members: Vec<u32>,
+    /// Slab key of each joined publisher of this thread (index = global publisher id).
+    publishers: Vec<usize>,
+    /// Connections still to open, and the connect pacing.
+    next_conn: u64,
+    stride: u64,
+    to_open: u64,
+    opened: u64,
+    connect_start_ns: u64,
+    /// Connections open but not joined yet.
+    pending: u64,
+    ready_sent: bool,
+    stats: ConnStats,
+    record: StepRecord,
+    interval: Histogram<u64>,
+    open_step: u32,
+    step: Option<StepState>,
+    last_progress_ns: u64,
+    text: String,
+    events: Sender<Event>,
+    commands: Receiver<Command>,
+}
+
+impl Engine {
+    /// Builds the engine for `thread` of `process`; the returned waker must be woken after
+    /// every command sent on `commands`.
+    pub fn new(
+        plan: Arc<Plan>,
+        process: u32,
+        thread: u32,
+        events: Sender<Event>,
+        commands: Receiver<Command>,
+    ) -> io::Result<(Engine, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut timer = Timer::new()?;
+        poll.registry().register(&mut timer, TIMER, Interest::READABLE)?;
+        let to_open = plan.count_of(process, thread);
+        let stats = ConnStats { target: to_open, ..ConnStats::default() };
+        let engine = Engine {
+            rooms: plan.room_map(),
+            members: vec![0; plan.rooms.max(1) as usize],
+            publishers: vec![usize::MAX; plan.publishers as usize],
+            next_conn: u64::from(process) + u64::from(plan.processes) * u64::from(thread),
+            stride: u64::from(plan.processes) * u64::from(plan.threads),
+            to_open,
+            opened: 0,
+            connect_start_ns: now_ns(),
+            pending: 0,
+            ready_sent: false,
+            stats,
+            record: StepRecord::default(),
+            interval: new_hist(),
+            open_step: NO_STEP,
+            step: None,
+            last_progress_ns: now_ns(),
+            text: String::new(),
+            conns: Slab::with_capacity(to_open as usize),
+            scratch: vec![0; SCRATCH],
+            plan,
+            process,
+            thread,
+            poll,
+            timer,
+            events,
+            commands,
+        };
+        Ok((engine, waker))
+    }
+
+    /// Runs until `Finish` (or until the worker goes away).
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    let _ = self.events.send(Event::Failed { thread: self.thread, message: format!("poll: {e}") });
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    TIMER => self.timer.clear(),
+                    Token(key) => self.on_socket(key, ev.is_readable() || ev.is_error(), ev.is_writable()),
+                }
+            }
+            if !self.handle_commands() {
+                return self.finish();
+            }
+            let now = now_ns();
+            self.open_due(now);
+            self.publish_due(now);
+            self.check_ready(now);
+            self.report_progress(now);
+            self.arm_timer(now);
+        }
+    }
+
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Step(schedule)) => self.start_step(schedule),
+                Ok(Command::EndStep(step)) => self.end_step(step),
+                Ok(Command::Finish) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn start_step(&mut self, schedule: Schedule) {
+        let members = self.members.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, &n)| (r as u32, n)).collect();
+        self.record = StepRecord::default();
+        self.open_step = schedule.step;
+        self.step =
+            Some(StepState { schedule, next_k: 0, members, published: BTreeMap::new(), unsent: 0, reported: false });
+    }
+
+    fn end_step(&mut self, step: u32) {
+        self.open_step = NO_STEP;
+        self.step = None;
+        let record = Box::new(std::mem::take(&mut self.record));
+        let _ = self.events.send(Event::StepDone { thread: self.thread, step, record });
+    }
+
+    fn finish(mut self) {
+        for (_, conn) in std::mem::take(&mut self.conns) {
+            conn.close(1000);
+        }
+        self.stats.held = 0;
+        let _ = self.events.send(Event::Done { thread: self.thread, stats: self.stats.clone() });
+    }
+
+    fn on_socket(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let was_joined = conn.session.state == State::Joined;
+        let mut result = Ok(());
+        if writable {
+            let (plan, index) = (&self.plan, u64::from(conn.index));
+            result = conn.on_writable(plan.target, || plan.user_name(index));
+        }
+        if readable && result.is_ok() {
+            let mut ctx = Ctx {
+                now_ns: now_ns(),
+                open_step: self.open_step,
+                tag: &self.plan.tag,
+                record: &mut self.record,
+                interval: &mut self.interval,
+                stats: &mut self.stats,
+            };
+            result = conn.on_readable(&mut self.scratch, &mut ctx);
+        }
+        if !was_joined && conn.session.state == State::Joined {
+            self.on_joined(key);
+        }
+        if let Err(end) = result {
+            self.end(key, end);
+        }
+    }
+
+    fn on_joined(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else { return };
+        self.pending -= 1;
+        self.stats.held += 1;
+        self.members[conn.session.room as usize] += 1;
+        let index = u64::from(conn.index);
+        if self.plan.is_publisher(index) {
+            self.publishers[index as usize] = key;
+        }
+    }
+
+    fn end(&mut self, key: usize, end: End) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(conn.stream_mut());
+        if conn.session.state == State::Joined {
+            self.stats.held -= 1;
+            self.members[conn.session.room as usize] -= 1;
+            let index = u64::from(conn.index);
+            if self.plan.is_publisher(index) {
+                self.publishers[index as usize] = usize::MAX;
+            }
+        } else {
+            self.pending -= 1;
+        }
+        match end {
+            End::Failed(label) => self.stats.fail(label),
+            End::Closed(code) => {
+                *self.stats.closes.entry(code).or_default() += 1;
+                if conn.session.state != State::Joined {
+                    self.stats.fail("closed_before_join");
+                }
+            }
+            End::Dropped => self.stats.dropped += 1,
+        }
+    }
+
+    fn connect_due_ns(&self) -> u64 {
+        let rate = self.plan.connect_rate / f64::from(self.plan.processes * self.plan.threads).max(1.0);
+        self.connect_start_ns + (self.opened as f64 / rate.max(1e-9) * 1e9) as u64
+    }
+
+    fn open_due(&mut self, now: u64) {
+        let mut burst = 0;
+        while self.opened < self.to_open && burst < CONNECT_BURST && self.connect_due_ns() <= now {
+            let c = self.next_conn;
+            self.next_conn += self.stride;
+            self.opened += 1;
+            burst += 1;
+            self.open(c);
+        }
+    }
+
+    fn open(&mut self, c: u64) {
+        self.stats.attempted += 1;
+        let room = self.rooms.room_of(c);
+        let mut conn = match Conn::connect(self.plan.source_addr(c), self.plan.target, c as u32, room) {
+            Ok(conn) => conn,
+            Err(e) => return self.stats.fail(errno_name(&e)),
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) =
+            self.poll.registry().register(conn.stream_mut(), Token(key), Interest::READABLE | Interest::WRITABLE)
+        {
+            return self.stats.fail(errno_name(&e));
+        }
+        entry.insert(conn);
+        self.pending += 1;
+    }
+
+    fn check_ready(&mut self, now: u64) {
+        if self.ready_sent || self.opened < self.to_open {
+            return;
+        }
+        let timeout_ns = (self.plan.connect_timeout_secs * 1e9) as u64;
+        if self.pending > 0 && now < self.connect_due_ns() + timeout_ns {
+            return;
+        }
+        let stuck: Vec<(usize, State)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.state != State::Joined)
+            .map(|(k, c)| (k, c.session.state))
+            .collect();
+        for (key, state) in stuck {
+            self.end(key, End::Failed(timeout_label(state)));
+        }
+        self.ready_sent = true;
+        let conn_bytes = self.conns.iter().map(|(_, c)| c.buffered() as u64).sum::<u64>()
+            + (self.conns.capacity() * std::mem::size_of::<Conn>()) as u64;
+        let _ = self.events.send(Event::Ready { thread: self.thread, stats: self.stats.clone(), conn_bytes });
+    }
+
+    fn publish_due(&mut self, now: u64) {
+        let Some(mut step) = self.step.take() else { return };
+        let due = step.schedule.due(step.next_k, now);
+        step.next_k = due.end;
+        for k in due {
+            let (publisher, n) = step.schedule.sender_of(k);
+            if self.plan.owner(u64::from(publisher)) != (self.process, self.thread) {
+                continue;
+            }
+            let stamp = Stamp {
+                step: step.schedule.step,
+                publisher,
+                n,
+                intended_ns: step.schedule.intended_ns(k),
+                actual_ns: now_ns(),
+            };
+            match self.publish(publisher, &stamp) {
+                Some(room) => *step.published.entry(room).or_default() += 1,
+                None => step.unsent += 1,
+            }
+        }
+        if step.next_k >= step.schedule.total() && !step.reported {
+            step.reported = true;
+            let report = PublishReport {
+                members: step.members.clone(),
+                published: step.published.iter().map(|(&r, &n)| (r, n)).collect(),
+                unsent: step.unsent,
+            };
+            let _ = self.events.send(Event::Published { thread: self.thread, step: step.schedule.step, report });
+        }
+        self.step = Some(step);
+    }
+
+    /// Sends one message from `publisher`; returns its room, or `None` if it was not sent.
+    fn publish(&mut self, publisher: u32, stamp: &Stamp) -> Option<u32> {
+        let key = *self.publishers.get(publisher as usize)?;
+        let conn = self.conns.get_mut(key)?;
+        let room = conn.session.room;
+        stamp.encode(self.plan.payload_bytes, &mut self.text);
+        let json = format!(r#"{{"type":"message","room":"{}-{room}","text":"{}"}}"#, self.plan.tag, self.text);
+        let frame = client_frame(OpCode::Data(Data::Text), true, json.as_bytes(), fastrand::u32(..).to_ne_bytes());
+        match conn.send(&frame) {
+            Ok(()) => Some(room),
+            Err(_) => {
+                self.end(key, End::Dropped);
+                None
+            }
+        }
+    }
+
+    fn report_progress(&mut self, now: u64) {
+        if now < self.last_progress_ns + PROGRESS_NS {
+            return;
+        }
+        self.last_progress_ns = now;
+        let interval = std::mem::replace(&mut self.interval, new_hist());
+        let _ = self.events.send(Event::Progress {
+            thread: self.thread,
+            stats: self.stats.clone(),
+            step_delivered: self.record.counts.unique(),
+            interval,
+        });
+    }
+
+    fn arm_timer(&mut self, now: u64) {
+        let mut deadline = self.last_progress_ns + PROGRESS_NS;
+        if self.opened < self.to_open {
+            deadline = deadline.min(self.connect_due_ns());
+        }
+        if let Some(step) = &self.step {
+            if step.next_k < step.schedule.total() {
+                deadline = deadline.min(step.schedule.intended_ns(step.next_k));
+            }
+        }
+        let _ = self.timer.arm_at(deadline.max(now + 1));
+    }
+}

@@ -1,0 +1,77 @@
+//! The text bench-client publishes: `b:<step>:<publisher>:<n>:<intended_ns>:<actual_ns>:<padding>`.
+//!
+//! It carries what a receiver needs to measure latency both ways (from the intended send
+//! time, coordinated-omission-safe as in wrk2, and from the actual send time) and to tell a
+//! bench message from anything else in the room. Times are CLOCK_MONOTONIC nanoseconds,
+//! comparable across processes on one host. Only characters that JSON never escapes are
+//! used, so the text travels byte for byte and is read without unescaping.
+
+use std::fmt::Write as _;
+
+/// Prefix that marks a bench-client payload.
+pub const PREFIX: &[u8] = b"b:";
+
+/// What a publisher stamps into one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Ramp step (0 for a plain fan-out run); deliveries of another step are "late".
+    pub step: u32,
+    /// Global publisher index.
+    pub publisher: u32,
+    /// The publisher's own message number, from 0.
+    pub n: u64,
+    /// When the fixed-rate schedule meant the message to be sent.
+    pub intended_ns: u64,
+    /// When it was actually handed to the socket.
+    pub actual_ns: u64,
+}
+
+impl Stamp {
+    /// Writes the payload text into `out` (cleared first), padded with `x` to at least
+    /// `min_len` bytes.
+    pub fn encode(&self, min_len: usize, out: &mut String) {
+        out.clear();
+        let _ = write!(out, "b:{}:{}:{}:{}:{}:", self.step, self.publisher, self.n, self.intended_ns, self.actual_ns);
+        while out.len() < min_len {
+            out.push('x');
+        }
+    }
+
+    /// Reads a stamp back from a delivered `text`; `None` if it is not a bench payload.
+    pub fn decode(text: &[u8]) -> Option<Stamp> {
+        let rest = text.strip_prefix(PREFIX)?;
+        let mut parts = rest.split(|&c| c == b':');
+        let mut num = || crate::scan::parse_u64(parts.next()?);
+        Some(Stamp {
+            step: u32::try_from(num()?).ok()?,
+            publisher: u32::try_from(num()?).ok()?,
+            n: num()?,
+            intended_ns: num()?,
+            actual_ns: num()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_pads() {
+        let s = Stamp { step: 2, publisher: 7, n: 99, intended_ns: 123_456_789_000, actual_ns: 123_456_790_000 };
+        let mut text = String::new();
+        s.encode(100, &mut text);
+        assert_eq!(text.len(), 100);
+        assert!(text.ends_with("xx"));
+        assert_eq!(Stamp::decode(text.as_bytes()), Some(s));
+        s.encode(0, &mut text);
+        assert_eq!(text, "b:2:7:99:123456789000:123456790000:");
+    }
+
+    #[test]
+    fn foreign_text_is_not_a_stamp() {
+        for t in [&b"hello"[..], b"b:", b"b:1:2:3", b"b:1:2:3:4:x:", b"b:-1:2:3:4:5:"] {
+            assert_eq!(Stamp::decode(t), None, "{}", String::from_utf8_lossy(t));
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The run plan: which connection goes where. Pure and deterministic, so every worker
+//! process computes the same answers from the same [`Plan`] without talking to the others.
+//!
+//! Connection `c` (0 ≤ c < N) lives in process `c % processes`, thread
+//! `(c / processes) % threads`, binds source address `127.0.0.(1 + c % source_addrs)`
+//! (spilling into 127.0.x.y beyond 254), joins room [`Plan::room_of`], and publishes if
+//! `c < publishers`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// How connections are spread over rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RoomDist {
+    /// Connection `c` joins room `c % rooms`.
+    Uniform,
+    /// Room `k` gets a share proportional to `1 / (k + 1)^s`: room 0 is the hottest.
+    Zipf {
+        /// Exponent (1.0 is classic Zipf).
+        s: f64,
+    },
+    /// Room 0 gets `fraction` of the connections; the rest are uniform over rooms 1…
+    Hot {
+        /// Share of connections in the hot room.
+        fraction: f64,
+    },
+}
+
+impl std::str::FromStr for RoomDist {
+    type Err = String;
+
+    /// `uniform`, `zipf:<s>` or `hot:<fraction>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let num = |v: &str| v.parse::<f64>().map_err(|_| format!("`{v}` is not a number"));
+        match s.split_once(':') {
+            None if s == "uniform" => Ok(RoomDist::Uniform),
+            Some(("zipf", v)) if num(v)? > 0.0 => Ok(RoomDist::Zipf { s: num(v)? }),
+            Some(("hot", v)) if (0.0..=1.0).contains(&num(v)?) => Ok(RoomDist::Hot { fraction: num(v)? }),
+            _ => Err(format!("room distribution `{s}`: expected uniform, zipf:<s> (s > 0) or hot:<0..1>")),
+        }
+    }
+}
+
+/// Everything a worker needs to know about the run's connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The corecast server (`/ws` on this address).
+    pub target: SocketAddr,
+    /// Total connections N.
+    pub connections: u64,
+    /// Rooms R.
+    pub rooms: u32,
+    /// How connections are spread over rooms.
+    pub room_dist: RoomDist,
+    /// Publishers P (connections 0…P−1).
+    pub publishers: u32,
+    /// Minimum payload text length in bytes.
+    pub payload_bytes: usize,
+    /// Number of loopback source addresses to spread connections over.
+    pub source_addrs: u32,
+    /// Total connection attempts per second, over all processes and threads.
+    pub connect_rate: f64,
+    /// Worker processes.
+    pub processes: u32,
+    /// Engine threads per worker process.
+    pub threads: u32,
+    /// Prefix of room and user names, unique per run so runs never share rooms.
+    pub tag: String,
+    /// Seconds a connection may take to connect, upgrade and join before it counts as failed.
+    pub connect_timeout_secs: f64,
+}
+
+impl Plan {
+    /// Global indices of the connections that `thread` of `process` owns, in connect order.
+    pub fn conns_of(&self, process: u32, thread: u32) -> impl Iterator<Item = u64> {
+        let stride = u64::from(self.processes) * u64::from(self.threads);
+        let first = u64::from(process) + u64::from(self.processes) * u64::from(thread);
+        (first..self.connections).step_by(stride.max(1) as usize)
+    }
+
+    /// How many connections `thread` of `process` owns.
+    pub fn count_of(&self, process: u32, thread: u32) -> u64 {
+        let stride = u64::from(self.processes) * u64::from(self.threads);
+        let first = u64::from(process) + u64::from(self.processes) * u64::from(thread);
+        if first >= self.connections {
+            0
+        } else {
+            (self.connections - first).div_ceil(stride.max(1))
+        }
+    }
+
+    /// (process, thread) owning connection `c`.
+    pub fn owner(&self, c: u64) -> (u32, u32) {
+        let p = (c % u64::from(self.processes)) as u32;
+        let t = ((c / u64::from(self.processes)) % u64::from(self.threads)) as u32;
+        (p, t)
+    }
+
+    /// Whether connection `c` publishes.
+    pub fn is_publisher(&self, c: u64) -> bool {
+        c < u64::from(self.publishers)
+    }
+
+    /// Loopback source address of connection `c`, so that no single address runs out of
+    /// its ~64K ephemeral ports.
+    pub fn source_addr(&self, c: u64) -> Ipv4Addr {
+        let i = (c % u64::from(self.source_addrs.max(1))) as u32;
+        let host = 1 + i % 254;
+        let mid = i / 254;
+        Ipv4Addr::new(127, (mid >> 8) as u8, mid as u8, host as u8)
+    }
+
+    /// Name of room `r`.
+    pub fn room_name(&self, r: u32) -> String {
+        format!("{}-{r}", self.tag)
+    }
+
+    /// Guest name of connection `c`.
+    pub fn user_name(&self, c: u64) -> String {
+        format!("{}-u{c}", self.tag)
+    }
+
+    /// The room assignment for this plan (precomputed once per thread).
+    pub fn room_map(&self) -> RoomMap {
+        RoomMap::new(self.rooms, self.room_dist)
+    }
+}
+
+/// Maps a connection to its room under a [`RoomDist`].
+#[derive(Debug, Clone)]
+pub struct RoomMap {
+    rooms: u32,
+    dist: RoomDist,
+    /// Zipf only: cumulative share of rooms 0..=k.
+    cdf: Vec<f64>,
+}
+
+impl RoomMap {
+    fn new(rooms: u32, dist: RoomDist) -> RoomMap {
+        let rooms = rooms.max(1);
+        let cdf = match dist {
+            RoomDist::Zipf { s } => {
+                let weights: Vec<f64> = (0..rooms).map(|k| 1.0 / f64::from(k + 1).powf(s)).collect();
+                let total: f64 = weights.iter().sum();
+                let mut acc = 0.0;
+                weights
+                    .iter()
+                    .map(|w| {
+                        acc += w / total;
+                        acc
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        RoomMap { rooms, dist, cdf }
+    }
+
+    /// Room of connection `c`. Publishers (the lowest indices) are spread one per room for
+    /// the uniform distribution; the skewed ones place every connection by a hash of `c`.
+    pub fn room_of(&self, c: u64) -> u32 {
+        match self.dist {
+            RoomDist::Uniform => (c % u64::from(self.rooms)) as u32,
+            RoomDist::Zipf { .. } => {
+                let u = unit(c);
+                (self.cdf.partition_point(|&p| p < u) as u32).min(self.rooms - 1)
+            }
+            RoomDist::Hot { fraction } => {
+                if self.rooms == 1 || unit(c) < fraction {
+                    0
+                } else {
+                    1 + (mix(c ^ 0x5bd1_e995) % u64::from(self.rooms - 1)) as u32
+                }
+            }
+        }
+    }
+}
+
+/// A well-mixed 64-bit hash (splitmix64 finalizer).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A deterministic pseudo-random number in [0, 1) for connection `c`.
+fn unit(c: u64) -> f64 {
+    (mix(c) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(n: u64, processes: u32, threads: u32) -> Plan {
+        Plan {
+            target: "127.0.0.1:1".parse().unwrap(),
+            connections: n,
+            rooms: 10,
+            room_dist: RoomDist::Uniform,
+            publishers: 3,
+            payload_bytes: 0,
+            source_addrs: 300,
+            connect_rate: 1000.0,
+            processes,
+            threads,
+            tag: "t".into(),
+            connect_timeout_secs: 10.0,
+        }
+    }
+
+    #[test]
+    fn every_connection_has_exactly_one_owner() {
+        let p = plan(1001, 3, 4);
+        let mut seen = vec![0u32; 1001];
+        for proc in 0..3 {
+            for t in 0..4 {
+                let mine: Vec<u64> = p.conns_of(proc, t).collect();
+                assert_eq!(mine.len() as u64, p.count_of(proc, t));
+                for c in mine {
+                    assert_eq!(p.owner(c), (proc, t));
+                    seen[c as usize] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn source_addresses_stay_in_loopback_and_spread() {
+        let p = plan(1000, 1, 1);
+        assert_eq!(p.source_addr(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(p.source_addr(253), Ipv4Addr::new(127, 0, 0, 254));
+        assert_eq!(p.source_addr(254), Ipv4Addr::new(127, 0, 1, 1));
+        assert_eq!(p.source_addr(300), Ipv4Addr::new(127, 0, 0, 1));
+        assert!((0..1000).all(|c| p.source_addr(c).is_loopback()));
+    }
+
+    #[test]
+    fn distributions_put_connections_where_they_say() {
+        let count = |dist: RoomDist| {
+            let m = RoomMap::new(100, dist);
+            let mut rooms = vec![0u32; 100];
+            for c in 0..100_000 {
+                rooms[m.room_of(c) as usize] += 1;
+            }
+            rooms
+        };
+        assert!(count(RoomDist::Uniform).iter().all(|&n| n == 1000));
+        let hot = count(RoomDist::Hot { fraction: 0.5 });
+        assert!((48_000..52_000).contains(&hot[0]), "{}", hot[0]);
+        assert!(hot[1..].iter().all(|&n| (400..620).contains(&n)));
+        let zipf = count(RoomDist::Zipf { s: 1.0 });
+        assert!(zipf[0] > zipf[1] && zipf[1] > zipf[9] && zipf[9] > zipf[99]);
+        assert!((17_000..22_000).contains(&zipf[0]), "{}", zipf[0]);
+    }
+
+    #[test]
+    fn room_distributions_parse() {
+        assert_eq!("uniform".parse::<RoomDist>(), Ok(RoomDist::Uniform));
+        assert_eq!("zipf:1.1".parse::<RoomDist>(), Ok(RoomDist::Zipf { s: 1.1 }));
+        assert_eq!("hot:0.5".parse::<RoomDist>(), Ok(RoomDist::Hot { fraction: 0.5 }));
+        assert!("hot:2".parse::<RoomDist>().is_err());
+        assert!("zipf".parse::<RoomDist>().is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! What a run measures: latency histograms and correctness counters per engine thread,
+//! merged across threads and processes, and shipped between processes in HdrHistogram's
+//! own compressed serialization.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::payload::Stamp;
+use crate::track::Seen;
+
+/// Latencies are recorded in microseconds, 3 significant digits, up to one hour.
+pub const HIST_MAX_US: u64 = 3_600_000_000;
+
+/// An empty latency histogram (microseconds).
+#[allow(clippy::expect_used)] // constant, valid bounds: no input can make this fail
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// A histogram in transit: HdrHistogram V2 deflate serialization, base64.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SerHist(pub String);
+
+/// A histogram could not be shipped or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum HistError {
+    /// Serialization failed.
+    #[error("serializing a histogram: {0}")]
+    Serialize(String),
+    /// Not base64 or not a valid serialized histogram.
+    #[error("reading a histogram: {0}")]
+    Deserialize(String),
+    /// Two histograms could not be added (incompatible bounds).
+    #[error("merging histograms: {0}")]
+    Merge(String),
+}
+
+impl SerHist {
+    /// Serializes `h`.
+    pub fn encode(h: &Histogram<u64>) -> Result<SerHist, HistError> {
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new().serialize(h, &mut bytes).map_err(|e| HistError::Serialize(format!("{e:?}")))?;
+        Ok(SerHist(base64::engine::general_purpose::STANDARD.encode(bytes)))
+    }
+
+    /// Reads the histogram back.
+    pub fn decode(&self) -> Result<Histogram<u64>, HistError> {
+        if self.0.is_empty() {
+            return Ok(new_hist());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.0)
+            .map_err(|e| HistError::Deserialize(e.to_string()))?;
+        Deserializer::new().deserialize(&mut &bytes[..]).map_err(|e| HistError::Deserialize(format!("{e:?}")))
+    }
+}
+
+/// Adds `src` into `dst`.
+pub fn merge_into(dst: &mut Histogram<u64>, src: &Histogram<u64>) -> Result<(), HistError> {
+    dst.add(src).map_err(|e| HistError::Merge(format!("{e:?}")))
+}
+
+/// Correctness counters of the deliveries of one step.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deliveries {
+    /// Bench messages received (duplicates included).
+    pub received: u64,
+    /// Received again: the same `seq` twice on one connection.
+    pub duplicates: u64,
+    /// Arrived after a higher `seq` on the same connection.
+    pub reordered: u64,
+    /// Jumps in a connection's `seq` stream, and how many messages they skipped.
+    pub gaps: u64,
+    /// Messages skipped by those jumps (some may arrive later, reordered).
+    pub gap_messages: u64,
+    /// Bench messages of an earlier step that arrived after that step was closed.
+    pub late: u64,
+    /// Room messages that were not bench payloads.
+    pub foreign: u64,
+}
+
+impl Deliveries {
+    /// Distinct deliveries: received minus duplicates.
+    pub fn unique(&self) -> u64 {
+        self.received.saturating_sub(self.duplicates)
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &Deliveries) {
+        self.received += o.received;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.gaps += o.gaps;
+        self.gap_messages += o.gap_messages;
+        self.late += o.late;
+        self.foreign += o.foreign;
+    }
+}
+
+/// One thread's (or, merged, one run's) record of a step: both histograms and the counters.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// Receive time − intended send time (coordinated-omission-safe).
+    pub corrected: Histogram<u64>,
+    /// Receive time − actual send time.
+    pub uncorrected: Histogram<u64>,
+    /// Correctness counters.
+    pub counts: Deliveries,
+}
+
+impl Default for StepRecord {
+    fn default() -> Self {
+        StepRecord { corrected: new_hist(), uncorrected: new_hist(), counts: Deliveries::default() }
+    }
+}
+
+impl StepRecord {
+    /// Records one delivery of a bench message, received at `now_ns`, whose `seq` was
+    /// classified as `seen` by the receiving connection. Returns the corrected latency in
+    /// microseconds when it was recorded (duplicates are counted, not timed).
+    pub fn delivery(&mut self, stamp: &Stamp, seen: Seen, now_ns: u64) -> Option<u64> {
+        self.counts.received += 1;
+        match seen {
+            Seen::InOrder => {}
+            Seen::Gap(n) => {
+                self.counts.gaps += 1;
+                self.counts.gap_messages += n;
+            }
+            Seen::Duplicate => {
+                self.counts.duplicates += 1;
+                return None;
+            }
+            Seen::Reordered => self.counts.reordered += 1,
+        }
+        let corrected = now_ns.saturating_sub(stamp.intended_ns) / 1000;
+        self.corrected.saturating_record(corrected);
+        self.uncorrected.saturating_record(now_ns.saturating_sub(stamp.actual_ns) / 1000);
+        Some(corrected)
+    }
+
+    /// Adds another thread's record.
+    pub fn merge(&mut self, o: &StepRecord) -> Result<(), HistError> {
+        merge_into(&mut self.corrected, &o.corrected)?;
+        merge_into(&mut self.uncorrected, &o.uncorrected)?;
+        self.counts.merge(&o.counts);
+        Ok(())
+    }
+
+    /// The serializable form.
+    pub fn to_wire(&self) -> Result<WireStep, HistError> {
+        Ok(WireStep {
+            corrected: SerHist::encode(&self.corrected)?,
+            uncorrected: SerHist::encode(&self.uncorrected)?,
+            counts: self.counts,
+        })
+    }
+}
+
+/// [`StepRecord`] as shipped from a worker process.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct WireStep {
+    /// Corrected histogram.
+    pub corrected: SerHist,
+    /// Uncorrected histogram.
+    pub uncorrected: SerHist,
+    /// Counters.
+    pub counts: Deliveries,
+}
+
+impl WireStep {
+    /// Back to a mergeable record.
+    pub fn decode(&self) -> Result<StepRecord, HistError> {
+        Ok(StepRecord {
+            corrected: self.corrected.decode()?,
+            uncorrected: self.uncorrected.decode()?,
+            counts: self.counts,
+        })
+    }
+}
+
+/// Connection outcomes of one thread, process or run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections this share of the run is to open.
+    pub target: u64,
+    /// `connect()` calls made.
+    pub attempted: u64,
+    /// WebSocket upgrades completed.
+    pub upgraded: u64,
+    /// Rooms joined (`joined` received).
+    pub joined: u64,
+    /// Connections open and joined right now.
+    pub held: u64,
+    /// Failures before the join completed, by kind (`ECONNREFUSED`, `EADDRNOTAVAIL`,
+    /// `EMFILE`, `handshake`, `timeout`, …).
+    pub failed: BTreeMap<String, u64>,
+    /// Close frames received from the server, by close code (1013 = slow consumer).
+    pub closes: BTreeMap<u16, u64>,
+    /// Joined connections that ended without a close frame (reset, EOF).
+    pub dropped: u64,
+    /// `error` frames received, by code.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl ConnStats {
+    /// Counts a failure of `kind`.
+    pub fn fail(&mut self, kind: &str) {
+        *self.failed.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// Total failures.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &ConnStats) {
+        self.target += o.target;
+        self.attempted += o.attempted;
+        self.upgraded += o.upgraded;
+        self.joined += o.joined;
+        self.held += o.held;
+        self.dropped += o.dropped;
+        for (k, v) in &o.failed {
+            *self.failed.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.closes {
+            *self.closes.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// The correctness verdict of a step: every expected delivery accounted for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verdict {
+    /// Σ over published messages of the room's member count.
+    pub expected: u64,
+    /// Distinct deliveries that arrived.
+    pub delivered: u64,
+    /// Expected deliveries that never arrived (within the drain grace).
+    pub lost: u64,
+    /// Deliveries beyond the expected count (should be impossible; a bug if not zero).
+    pub excess: u64,
+    /// Repeated deliveries.
+    pub duplicates: u64,
+    /// Out-of-order deliveries.
+    pub reordered: u64,
+}
+
+impl Verdict {
+    /// Compares what should have arrived with what did.
+    pub fn judge(expected: u64, counts: &Deliveries) -> Verdict {
+        let delivered = counts.unique();
+        Verdict {
+            expected,
+            delivered,
+            lost: expected.saturating_sub(delivered),
+            excess: delivered.saturating_sub(expected),
+            duplicates: counts.duplicates,
+            reordered: counts.reordered,
+        }
+    }
+
+    /// No loss, no duplicate, no reorder, nothing unexplained.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.excess == 0 && self.duplicates == 0 && self.reordered == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::SeqTrack;
+
+    fn stamp(n: u64) -> Stamp {
+        Stamp { step: 0, publisher: 0, n, intended_ns: 1_000_000, actual_ns: 1_500_000 }
+    }
+
+    /// Feeds a stream of `seq`s to one receiver the way the engine does.
+    fn receive(seqs: &[u64]) -> StepRecord {
+        let mut rec = StepRecord::default();
+        let mut track = SeqTrack::default();
+        track.start(0);
+        for &s in seqs {
+            rec.delivery(&stamp(s), track.observe(s), 3_000_000);
+        }
+        rec
+    }
+
+    #[test]
+    fn a_clean_stream_is_judged_clean() {
+        let rec = receive(&[1, 2, 3, 4]);
+        let v = Verdict::judge(4, &rec.counts);
+        assert!(v.clean(), "{v:?}");
+        assert_eq!(rec.corrected.len(), 4);
+        assert_eq!(rec.corrected.max(), rec.corrected.highest_equivalent(2000));
+        assert_eq!(rec.uncorrected.max(), rec.uncorrected.highest_equivalent(1500));
+    }
+
+    #[test]
+    fn a_dropped_delivery_is_reported_as_lost() {
+        let rec = receive(&[1, 2, 4]);
+        let v = Verdict::judge(4, &rec.counts);
+        assert_eq!((v.lost, v.duplicates, v.reordered), (1, 0, 0));
+        assert_eq!((rec.counts.gaps, rec.counts.gap_messages), (1, 1));
+        assert!(!v.clean());
+        // Lost at the tail: no gap to see, but the expected count still catches it.
+        let v = Verdict::judge(4, &receive(&[1, 2, 3]).counts);
+        assert_eq!(v.lost, 1);
+    }
+
+    #[test]
+    fn a_repeated_delivery_is_reported_as_duplicate_not_as_extra() {
+        let rec = receive(&[1, 2, 2, 3]);
+        let v = Verdict::judge(3, &rec.counts);
+        assert_eq!((v.lost, v.duplicates, v.excess, v.delivered), (0, 1, 0, 3));
+        assert_eq!(rec.corrected.len(), 3, "a duplicate is not a latency sample");
+        assert!(!v.clean());
+    }
+
+    #[test]
+    fn a_reordered_delivery_is_reported() {
+        let v = Verdict::judge(3, &receive(&[1, 3, 2]).counts);
+        assert_eq!((v.lost, v.reordered, v.duplicates), (0, 1, 0));
+        assert!(!v.clean());
+    }
+
+    #[test]
+    fn records_survive_the_trip_between_processes() {
+        let rec = receive(&[1, 2, 3]);
+        let wire: WireStep = serde_json::from_str(&serde_json::to_string(&rec.to_wire().unwrap()).unwrap()).unwrap();
+        let mut merged = wire.decode().unwrap();
+        merged.merge(&rec).unwrap();
+        assert_eq!(merged.corrected.len(), 6);
+        assert_eq!(merged.counts.received, 6);
+        assert!(SerHist("not base64!".into()).decode().is_err());
+    }
+}

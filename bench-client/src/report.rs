@@ -1,0 +1,364 @@
+//! The run folder `results/<date>-<host>-<scenario>/`: `summary.json`, `latency.hgrm` and
+//! `latency-uncorrected.hgrm` (HdrHistogram's percentile-distribution text format),
+//! `latency.svg`, and `SETUP.md` (host, tuning, commit, exact command).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hdrhistogram::Histogram;
+use plotters::style::{BLUE, RED};
+use serde::Serialize;
+
+use crate::coord::{Mode, RunResult, StepResult};
+use crate::error::BenchError;
+use crate::plan::Plan;
+use crate::plot::{latency_svg, Curve};
+use crate::sys::HostInfo;
+
+/// Where and how a run was made: what SETUP.md and summary.json describe besides results.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunContext {
+    /// Scenario name (folder suffix).
+    pub scenario: String,
+    /// The exact command line.
+    pub command: String,
+    /// Start time, UTC, ISO 8601.
+    pub started_utc: String,
+    /// The host.
+    pub host: HostInfo,
+    /// `git rev-parse HEAD` of the repository, with a note when the tree is dirty.
+    pub git_commit: String,
+    /// Output of `tuning/check` (or why there is none).
+    pub tuning: String,
+    /// The server under test, when bench-client started it: command line.
+    pub server_command: Option<String>,
+    /// Scenario file text, when the run came from one.
+    pub scenario_toml: Option<String>,
+}
+
+impl RunContext {
+    /// Gathers the context of a run about to start.
+    pub fn gather(scenario: &str, command: String, scenario_toml: Option<String>) -> RunContext {
+        RunContext {
+            scenario: scenario.to_owned(),
+            command,
+            started_utc: utc_now().0,
+            host: HostInfo::read(),
+            git_commit: git_commit(),
+            tuning: tuning_check(),
+            server_command: None,
+            scenario_toml,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p99_9: f64,
+    /// 99.99th.
+    pub p99_99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Percentiles of a microsecond histogram, in milliseconds.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            p99_99: ms(h.value_at_quantile(0.9999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StepSummary<'a> {
+    #[serde(flatten)]
+    result: &'a StepResult,
+    latency_ms: Percentiles,
+    uncorrected_latency_ms: Percentiles,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    context: &'a RunContext,
+    plan: &'a Plan,
+    #[serde(flatten)]
+    result: &'a RunResult,
+    steps: Vec<StepSummary<'a>>,
+    /// Ramp: the highest rate that passed (clean, p99 within bound).
+    max_sustained_rate: Option<f64>,
+    /// Step whose histograms are in latency.hgrm / latency.svg.
+    headline_step: Option<u32>,
+    /// Everything delivered exactly once, no closes, no failures.
+    ok: bool,
+    problems: Vec<String>,
+}
+
+/// The folder name `<date>-<host>-<scenario>` under `root`.
+pub fn run_dir(root: &Path, host: &str, scenario: &str) -> PathBuf {
+    root.join(format!("{}-{}-{}", utc_now().1, sanitize(host), sanitize(scenario)))
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// The step shown in latency.hgrm/svg: the only one, or for a ramp the highest that passed
+/// (else the last).
+pub fn headline_step(result: &RunResult) -> Option<&StepResult> {
+    match result.mode {
+        Mode::Connect => None,
+        Mode::Fanout => result.steps.first(),
+        Mode::Ramp => result.steps.iter().rev().find(|s| s.passed).or(result.steps.last()),
+    }
+}
+
+/// What went wrong in a run, in words; empty when nothing did.
+pub fn problems(plan: &Plan, result: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    if result.connect.held < plan.connections {
+        out.push(format!(
+            "only {} of {} connections held: {:?}",
+            result.connect.held, plan.connections, result.connect.stats.failed
+        ));
+    }
+    if !result.final_stats.closes.is_empty() || result.final_stats.dropped > 0 {
+        out.push(format!("server closes {:?}, dropped {}", result.final_stats.closes, result.final_stats.dropped));
+    }
+    if !result.final_stats.errors.is_empty() {
+        out.push(format!("error frames {:?}", result.final_stats.errors));
+    }
+    for s in &result.steps {
+        let v = &s.verdict;
+        if !v.clean() || s.unsent > 0 {
+            out.push(format!(
+                "step {}: lost {}, excess {}, duplicates {}, reordered {}, unsent {}",
+                s.step, v.lost, v.excess, v.duplicates, v.reordered, s.unsent
+            ));
+        }
+    }
+    out
+}
+
+/// Writes the run folder and returns its path.
+pub fn write_run(dir: &Path, ctx: &RunContext, plan: &Plan, result: &RunResult) -> Result<PathBuf, BenchError> {
+    std::fs::create_dir_all(dir)?;
+    let headline = headline_step(result);
+    let mut problems = problems(plan, result);
+    if result.mode == Mode::Ramp && !result.steps.iter().any(|s| s.passed) {
+        problems.push("ramp: no step passed".into());
+    }
+    let summary = Summary {
+        context: ctx,
+        plan,
+        result,
+        steps: result
+            .steps
+            .iter()
+            .map(|s| StepSummary {
+                result: s,
+                latency_ms: Percentiles::of(&s.corrected),
+                uncorrected_latency_ms: Percentiles::of(&s.uncorrected),
+            })
+            .collect(),
+        max_sustained_rate: (result.mode == Mode::Ramp)
+            .then(|| result.steps.iter().filter(|s| s.passed).map(|s| s.spec.rate).fold(0.0, f64::max)),
+        headline_step: headline.map(|s| s.step),
+        ok: problems.is_empty(),
+        problems,
+    };
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    if let Some(step) = headline {
+        std::fs::write(dir.join("latency.hgrm"), hgrm(&step.corrected, 1000.0))?;
+        std::fs::write(dir.join("latency-uncorrected.hgrm"), hgrm(&step.uncorrected, 1000.0))?;
+        let title = format!("{}: {:.0} msg/s, {} connections", ctx.scenario, step.spec.rate, result.connect.held);
+        let curves = [
+            Curve { label: "corrected (from intended send time)", hist: &step.corrected, color: RED },
+            Curve { label: "uncorrected (from actual send time)", hist: &step.uncorrected, color: BLUE },
+        ];
+        latency_svg(&dir.join("latency.svg"), &title, &curves)?;
+    }
+    if result.mode == Mode::Ramp {
+        for s in &result.steps {
+            std::fs::write(dir.join(format!("latency-step{}.hgrm", s.step)), hgrm(&s.corrected, 1000.0))?;
+        }
+    }
+    std::fs::write(dir.join("SETUP.md"), setup_md(ctx, plan, result))?;
+    Ok(dir.to_owned())
+}
+
+/// HdrHistogram's percentile distribution text (`outputPercentileDistribution`, 5 ticks
+/// per half distance), values divided by `scale` (1000: microseconds → milliseconds).
+pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let value = v.value_iterated_to() as f64 / scale;
+        let q = v.quantile_iterated_to();
+        if q < 1.0 {
+            let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+        } else {
+            let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
+        }
+    }
+    let _ = writeln!(out, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / scale, h.stdev() / scale);
+    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / scale, h.len());
+    let sub_buckets = (2.0 * 10f64.powi(i32::from(h.sigfig()))).log2().ceil().exp2() as u64;
+    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), sub_buckets);
+    out
+}
+
+fn setup_md(ctx: &RunContext, plan: &Plan, result: &RunResult) -> String {
+    let h = &ctx.host;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Run setup: {}\n", ctx.scenario);
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| date (UTC) | {} |", ctx.started_utc);
+    let _ = writeln!(s, "| host | {} |", h.hostname);
+    let _ = writeln!(s, "| CPU | {} |", h.cpu_model);
+    let _ = writeln!(s, "| cores | {} (shared by the server and bench-client) |", h.cores);
+    let _ = writeln!(s, "| kernel | {} |", h.kernel);
+    let _ = writeln!(s, "| memory | {:.1} GiB |", h.memory_bytes as f64 / (1u64 << 30) as f64);
+    let _ = writeln!(s, "| git commit | {} |", ctx.git_commit);
+    let _ = writeln!(
+        s,
+        "| bench-client | {} process(es) × {} engine thread(s); RLIMIT_NOFILE {} → at most {} connections per process |",
+        result.processes, result.threads, result.fd_limit, result.conns_per_process
+    );
+    let _ = writeln!(s, "| target | ws://{}/ws |", plan.target);
+    let _ = writeln!(s, "\n## Command\n\n```sh\n{}\n```", ctx.command);
+    if let Some(server) = &ctx.server_command {
+        let _ = writeln!(s, "\nServer, started by `bench-client suite`:\n\n```sh\n{server}\n```");
+    }
+    if let Some(toml) = &ctx.scenario_toml {
+        let _ = writeln!(s, "\n## Scenario\n\n```toml\n{}\n```", toml.trim_end());
+    }
+    let _ = writeln!(s, "\n## Host tuning (`tuning/check`)\n\n```\n{}\n```", ctx.tuning.trim_end());
+    s
+}
+
+fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(sha) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{sha} (with uncommitted changes)")
+            } else {
+                sha
+            }
+        }
+        None => "unknown (not in a git repository)".into(),
+    }
+}
+
+/// Runs `tuning/check` from the repository root, if the repository has it.
+fn tuning_check() -> String {
+    let root = Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let check = root.join("tuning/check");
+    if !check.is_file() {
+        return "tuning/check not found".into();
+    }
+    match Command::new(&check).current_dir(&root).output() {
+        Ok(o) => format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => format!("tuning/check could not run: {e}"),
+    }
+}
+
+/// (ISO 8601 UTC time, compact `YYYYMMDD-HHMMSS` stamp) for now.
+fn utc_now() -> (String, String) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (hh, mm, ss) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    (format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z"), format!("{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}"))
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::new_hist;
+
+    #[test]
+    fn hgrm_has_the_hdrhistogram_layout() {
+        let mut h = new_hist();
+        for v in 1..=1000u64 {
+            h.record(v).unwrap();
+        }
+        let text = hgrm(&h, 1000.0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
+        );
+        assert_eq!(lines[1], "");
+        let first: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(first, ["0.001", "0.000000000000", "1", "1.00"]);
+        let last_data = lines.iter().rev().find(|l| !l.starts_with('#')).unwrap();
+        assert!(last_data.contains("1.000000000000") && last_data.trim_end().ends_with("1000"), "{last_data}");
+        assert!(text.contains("#[Max     =        1.000, Total count    =         1000]"), "{text}");
+        assert!(text.contains("SubBuckets     =         2048]"));
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn folder_names_are_safe() {
+        let d = run_dir(Path::new("results"), "my host", "one/room");
+        let name = d.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with("-my_host-one_room"), "{name}");
+    }
+}

@@ -1,0 +1,147 @@
+//! bench-client against a real corecast server started in this process (two shards, port 0):
+//! the correctness counters must come out clean at a rate the host can easily carry, both
+//! with the worker in this process and with two worker processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use bench_client::coord::{run, Mode, RunResult, RunSpec, StepSpec};
+use bench_client::plan::{Plan, RoomDist};
+
+struct Server(Option<corecast::ServerHandle>);
+
+impl Server {
+    fn start() -> Server {
+        // The same limits the suite lifts (see `suite::BENCH_LIMITS`): one load generator
+        // publishes faster than a chat user may.
+        let cfg = corecast::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            pin: false,
+            rate_limit: 0,
+            max_connections_per_ip: 0,
+            ..Default::default()
+        };
+        Server(Some(corecast::start(cfg).expect("server starts")))
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.0.as_ref().unwrap().local_addr()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.shutdown();
+            let _ = h.join();
+        }
+    }
+}
+
+fn spec(server: &Server, mode: Mode, connections: u64, rooms: u32, publishers: u32, processes: u32) -> RunSpec {
+    RunSpec {
+        mode,
+        plan: Plan {
+            target: server.addr(),
+            connections,
+            rooms,
+            room_dist: RoomDist::Uniform,
+            publishers,
+            payload_bytes: 64,
+            source_addrs: 3,
+            connect_rate: 2000.0,
+            processes,
+            threads: 2,
+            tag: format!("it{}", fastrand::u32(..)),
+            connect_timeout_secs: 10.0,
+        },
+        steps: vec![StepSpec { rate: 200.0, duration_secs: 1.5 }],
+        hold_secs: 1.0,
+        drain_secs: 5.0,
+        p99_bound_ms: 1000.0,
+        server_pid: Some(std::process::id()),
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_bench-client"))),
+        timeout_secs: 60.0,
+        progress: false,
+        fd_limit: 20000,
+        conns_per_process: 19744,
+    }
+}
+
+fn assert_clean(r: &RunResult, connections: u64) {
+    assert_eq!(r.connect.held, connections, "{:?}", r.connect.stats);
+    assert!(r.final_stats.closes.is_empty() && r.final_stats.dropped == 0, "{:?}", r.final_stats);
+    assert!(r.final_stats.errors.is_empty(), "{:?}", r.final_stats.errors);
+    for s in &r.steps {
+        let v = s.verdict;
+        assert!(v.expected > 0);
+        assert!(v.clean(), "step {}: {v:?} {:?}", s.step, s.counts);
+        assert_eq!(v.delivered, v.expected);
+        assert_eq!((s.counts.gaps, s.counts.late, s.counts.foreign, s.unsent), (0, 0, 0, 0), "{:?}", s.counts);
+        assert_eq!(s.corrected.len(), v.delivered, "every delivery is timed");
+        assert_eq!(s.uncorrected.len(), v.delivered);
+        assert!(s.corrected.max() >= s.uncorrected.min());
+        assert!(s.passed);
+    }
+}
+
+#[test]
+fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
+    let server = Server::start();
+    let mut spec = spec(&server, Mode::Fanout, 60, 4, 4, 1);
+    spec.worker_exe = None;
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 60);
+    let s = &r.steps[0];
+    // 4 rooms × 15 members; 300 messages spread over the 4 publishers, one per room.
+    assert_eq!(s.published, 300);
+    assert_eq!(s.verdict.expected, 300 * 15);
+    assert!(r.memory.server_rss_held.is_some());
+}
+
+#[test]
+fn fanout_over_two_worker_processes_is_just_as_exact() {
+    let server = Server::start();
+    let spec = spec(&server, Mode::Fanout, 90, 3, 3, 2);
+    let r = run(&spec).expect("run completes");
+    assert_eq!(r.processes, 2);
+    assert_clean(&r, 90);
+    assert_eq!(r.steps[0].verdict.expected, 300 * 30);
+    assert!(r.cpu_total.client_secs > 0.0);
+}
+
+#[test]
+fn ramp_runs_every_step_while_they_pass() {
+    let server = Server::start();
+    let mut spec = spec(&server, Mode::Ramp, 20, 1, 1, 1);
+    spec.steps = vec![StepSpec { rate: 50.0, duration_secs: 0.5 }, StepSpec { rate: 100.0, duration_secs: 0.5 }];
+    let r = run(&spec).expect("run completes");
+    assert_eq!(r.steps.len(), 2);
+    assert_clean(&r, 20);
+    assert_eq!(r.steps[1].verdict.expected, 50 * 20);
+}
+
+#[test]
+fn connect_holds_idle_connections_and_measures_memory() {
+    let server = Server::start();
+    let r = run(&spec(&server, Mode::Connect, 200, 1, 0, 1)).expect("run completes");
+    assert_eq!(r.connect.held, 200);
+    assert_eq!(r.hold.as_ref().map(|h| h.held_at_end), Some(200));
+    assert!(r.memory.client_conn_struct_bytes <= 200, "{}", r.memory.client_conn_struct_bytes);
+    assert!(r.steps.is_empty());
+}
+
+#[test]
+fn refused_connections_are_counted_not_fatal() {
+    // A port nobody listens on: every connect is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server::start();
+    let mut spec = spec(&server, Mode::Connect, 20, 1, 0, 1);
+    spec.plan.target = format!("127.0.0.1:{port}").parse().unwrap();
+    spec.server_pid = None;
+    let r = run(&spec).expect("run completes");
+    assert_eq!(r.connect.held, 0);
+    assert_eq!(r.connect.stats.failed.get("ECONNREFUSED"), Some(&20), "{:?}", r.connect.stats.failed);
+}
