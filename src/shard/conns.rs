@@ -164,6 +164,12 @@ impl Conn {
         self.out.push(fd, frame, caps)
     }
 
+    /// Sends or queues a batch of frames (see [`Outbox::push_batch`]).
+    pub fn push_batch(&mut self, frames: &[Bytes], iov: &[std::io::IoSlice<'_>], caps: Caps) -> Pushed {
+        let fd = self.fd();
+        self.out.push_batch(fd, frames, iov, caps)
+    }
+
     /// Sends or queues a replay frame, exempt from the caps (see [`Outbox::push_replay`]).
     pub fn push_replay(&mut self, frame: Bytes) -> Pushed {
         let fd = self.fd();

@@ -1,9 +1,7 @@
-//! The member side of rooms: which local connections are in which room, and the fan-out
-//! of an owner's frame to them.
+//! The member side of rooms: which local connections are in which room (the fan-out
+//! that reads it is in `fanout`).
 
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use indexmap::IndexSet;
@@ -15,13 +13,6 @@ use super::msg::{ConnRef, JoinAck, JoinRefused, ShardMsg};
 use super::outbox::Pushed;
 use super::route::owner;
 use super::Shard;
-use crate::metrics::add;
-use crate::rt;
-
-/// Fan-outs to more local members than this run in chunks of this size, yielding to
-/// other tasks between chunks when the executor asks for it (a million-member room
-/// must not stall heartbeats and reads for the whole broadcast).
-const CHUNK: usize = 1024;
 
 /// Local members per room. Only rooms with at least one local member are present.
 #[derive(Default)]
@@ -188,55 +179,6 @@ impl Shard {
                 }
             }
         });
-    }
-
-    /// Hands one shared frame to every local member of `room`, or to every open
-    /// connection when `room` is `None` (a broadcast), and records the fan-out latency.
-    pub(super) async fn fan_out(self: &Rc<Self>, room: Option<&str>, frame: Bytes, sent_at: Instant) {
-        let ids = {
-            let members = self.members.borrow();
-            let mut conns = self.conns.borrow_mut();
-            match room {
-                Some(room) => {
-                    let Some(set) = members.get(room) else { return };
-                    if set.len() <= CHUNK {
-                        set.for_each(|id| {
-                            if let Some(conn) = conns.get_mut(id) {
-                                self.push(conn, frame.clone());
-                            }
-                        });
-                        add(&self.stats.deliveries, set.len() as u64);
-                        self.stats.record_fanout(sent_at.elapsed());
-                        return;
-                    }
-                    let mut ids = Vec::with_capacity(set.len());
-                    set.for_each(|id| ids.push(id));
-                    ids
-                }
-                None => conns.iter_mut().filter(|(_, c)| c.is_open()).map(|(id, _)| id).collect::<Vec<_>>(),
-            }
-        };
-        // Large audience: work from a snapshot in chunks, yielding between them; members
-        // may leave meanwhile (checked), joins cannot interleave (their acks come through
-        // this same inbox, after us).
-        for chunk in ids.chunks(CHUNK) {
-            {
-                let mut conns = self.conns.borrow_mut();
-                for id in chunk {
-                    let Some(conn) = conns.get_mut(*id) else { continue };
-                    let wanted = match room {
-                        Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined()),
-                        None => conn.is_open(),
-                    };
-                    if wanted {
-                        self.push(conn, frame.clone());
-                    }
-                }
-            }
-            add(&self.stats.deliveries, chunk.len() as u64);
-            rt::yield_if_needed().await;
-        }
-        self.stats.record_fanout(sent_at.elapsed());
     }
 }
 

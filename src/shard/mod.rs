@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod route;
 
 mod conn;
+mod fanout;
 mod members;
 mod sweep;
 
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use self::conns::{Conn, ConnId, Conns, Phase};
+use self::fanout::Batch;
 use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
 use self::msg::{Query, Reply, ShardMsg};
@@ -217,7 +219,20 @@ impl Shard {
     /// Sends `frame` to `conn` now or queues it; a connection over its caps is closed
     /// as a slow consumer (1013) without its backlog. Returns whether the frame was taken.
     pub fn push(&self, conn: &mut Conn, frame: Bytes) -> bool {
-        match conn.push(frame, self.caps) {
+        let pushed = conn.push(frame, self.caps);
+        self.pushed(conn, pushed)
+    }
+
+    /// [`Shard::push`] for several frames at once, `iov` being their iovecs (see
+    /// [`outbox::Outbox::push_batch`]).
+    pub fn push_batch(&self, conn: &mut Conn, frames: &[Bytes], iov: &[std::io::IoSlice<'_>]) -> bool {
+        let pushed = conn.push_batch(frames, iov, self.caps);
+        self.pushed(conn, pushed)
+    }
+
+    /// Acts on the outcome of a push: wake the task to flush, or close a slow consumer.
+    fn pushed(&self, conn: &mut Conn, pushed: Pushed) -> bool {
+        match pushed {
             Pushed::Sent => true,
             Pushed::Queued => {
                 inc(&self.stats.deliveries_queued);
@@ -286,8 +301,18 @@ impl Shard {
             ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
             ShardMsg::History(q) => self.owned.borrow().history(*q, sink),
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
-            ShardMsg::Deliver { room, frame, sent_at } => self.fan_out(Some(&room), frame, sent_at).await,
-            ShardMsg::DeliverAll { frame, sent_at } => self.fan_out(None, frame, sent_at).await,
+            // The inbox loop batches these (see `fanout`); one that reaches here is
+            // delivered on its own.
+            ShardMsg::Deliver { room, frame, sent_at } => {
+                let mut batch = Batch::default();
+                batch.push(Some(room), frame, sent_at);
+                self.deliver(&mut batch).await;
+            }
+            ShardMsg::DeliverAll { frame, sent_at } => {
+                let mut batch = Batch::default();
+                batch.push(None, frame, sent_at);
+                self.deliver(&mut batch).await;
+            }
             ShardMsg::ToConn { conn, frame } => {
                 if let Some(c) = self.conns.borrow_mut().get_mut(conn) {
                     self.push(c, frame);
@@ -414,15 +439,34 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
     }
 }
 
-/// Processes the inbox in arrival order, parking when it is empty.
+/// Processes the inbox in arrival order, parking when it is empty. Deliveries are
+/// corked into a [`Batch`] while more messages are waiting (see [`fanout`]); any other
+/// message first delivers the batch, so relative order is kept.
 async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
+    let mut batch = Batch::default();
     loop {
-        let msg = poll_fn(|cx| inbox.poll_recv(cx)).await;
-        shard.handle(msg).await;
-        // Drain whatever else is already there before giving others a turn.
-        while let Some(msg) = inbox.try_recv() {
-            shard.handle(msg).await;
-            rt::yield_if_needed().await;
+        let mut next = Some(poll_fn(|cx| inbox.poll_recv(cx)).await);
+        while let Some(msg) = next {
+            match msg {
+                ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
+                ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
+                other => {
+                    if !batch.is_empty() {
+                        shard.deliver(&mut batch).await;
+                    }
+                    shard.handle(other).await;
+                    rt::yield_if_needed().await;
+                }
+            }
+            if batch.is_full() {
+                shard.deliver(&mut batch).await;
+                rt::yield_if_needed().await;
+            }
+            // Drain whatever else is already there before giving others a turn.
+            next = inbox.try_recv();
+        }
+        if !batch.is_empty() {
+            shard.deliver(&mut batch).await;
         }
     }
 }

@@ -7,6 +7,11 @@
 //! `sendmsg` calls (up to [`MAX_IOV`] frames per syscall), waiting for writability
 //! through the runtime when the socket buffer is full.
 //!
+//! Frames that arrive together are corked: the fan-out hands a connection every frame
+//! of a room that is waiting in the shard's inbox at once ([`Outbox::push_batch`]), so
+//! under load one `sendmsg` carries many frames and the syscall count per delivery falls
+//! as the rate rises (uWebSockets calls this corking).
+//!
 //! The queue holds `Bytes` clones of frames shared with every other receiver, so a
 //! lagging connection costs refcounts, not copies; its caps bound the memory a slow
 //! consumer can pin before it is closed with 1013.
@@ -146,6 +151,50 @@ impl Outbox {
         Pushed::QueuedWake
     }
 
+    /// Sends `frames` (whose iovecs are `iov`, built once by the caller and shared by
+    /// every receiver of the batch) with one `sendmsg` per [`MAX_IOV`] frames if nothing
+    /// is waiting, queueing what the kernel does not take; behind waiting frames, queues
+    /// them all within `caps`. Never allocates unless something is queued.
+    pub fn push_batch(&mut self, fd: BorrowedFd<'_>, frames: &[Bytes], iov: &[IoSlice<'_>], caps: Caps) -> Pushed {
+        debug_assert_eq!(frames.len(), iov.len());
+        if let Some(q) = self.queue.as_mut() {
+            if q.sealed {
+                return Pushed::Sealed;
+            }
+            if !q.frames.is_empty() {
+                let bytes: usize = frames.iter().map(Bytes::len).sum();
+                let over_bytes = q.bytes + bytes > caps.bytes + q.replay_bytes;
+                if over_bytes || q.frames.len() + frames.len() > caps.frames + q.replay_frames {
+                    return Pushed::Full;
+                }
+                frames.iter().for_each(|f| q.enqueue(f.clone()));
+                return Pushed::Queued;
+            }
+        }
+        let mut done = 0;
+        while done < frames.len() {
+            let end = (done + MAX_IOV).min(frames.len());
+            let mut written = match rustix::net::sendmsg(fd, &iov[done..end], &mut SendAncillaryBuffer::default(), FLAGS) {
+                Ok(n) => n,
+                Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => 0,
+                Err(_) => return Pushed::Broken,
+            };
+            // Skip the frames written whole; queue the rest, the first possibly started.
+            while done < end && written >= frames[done].len() {
+                written -= frames[done].len();
+                done += 1;
+            }
+            if done < end {
+                let q = self.queue.get_or_insert_with(Box::default);
+                q.front_started = written > 0;
+                q.enqueue(frames[done].slice(written..));
+                frames[done + 1..].iter().for_each(|f| q.enqueue(f.clone()));
+                return Pushed::QueuedWake;
+            }
+        }
+        Pushed::Sent
+    }
+
     /// Like [`Outbox::push`] for a frame of a recovery replay: never over the caps, and
     /// what is queued of it is exempt from them until it drains.
     pub fn push_replay(&mut self, fd: BorrowedFd<'_>, frame: Bytes) -> Pushed {
@@ -201,8 +250,9 @@ impl Outbox {
         let Some(q) = self.queue.as_mut() else { return Poll::Ready(Ok(())) };
         while !q.frames.is_empty() {
             let written = {
-                let iov: Vec<IoSlice<'_>> = q.frames.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
-                rustix::net::sendmsg(fd, &iov, &mut SendAncillaryBuffer::default(), FLAGS)
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = iov.iter_mut().zip(&q.frames).map(|(slot, b)| *slot = IoSlice::new(b)).count();
+                rustix::net::sendmsg(fd, &iov[..n], &mut SendAncillaryBuffer::default(), FLAGS)
             };
             match written {
                 Ok(n) => q.advance(n),
@@ -275,6 +325,41 @@ mod tests {
         assert_eq!(out.queued_bytes(), 9);
         let (a, _b) = UnixStream::pair().unwrap();
         assert_eq!(out.push(a.as_fd(), Bytes::from_static(b"x"), CAPS), Pushed::Sealed);
+    }
+
+    fn iov(frames: &[Bytes]) -> Vec<IoSlice<'_>> {
+        frames.iter().map(|f| IoSlice::new(f)).collect()
+    }
+
+    #[test]
+    fn batch_goes_out_in_one_call_and_arrives_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let frames: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 10])).collect();
+        let mut out = Outbox::default();
+        assert_eq!(out.push_batch(a.as_fd(), &frames, &iov(&frames), CAPS), Pushed::Sent);
+        assert!(out.is_empty());
+        let mut got = vec![0u8; 1000];
+        std::io::Read::read_exact(&mut &b, &mut got).unwrap();
+        assert_eq!(got, frames.concat());
+    }
+
+    #[test]
+    fn batch_queues_the_unsent_tail_and_respects_caps_behind_a_queue() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let big: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 64 * 1024])).collect();
+        let mut out = Outbox::default();
+        assert_eq!(out.push_batch(a.as_fd(), &big, &iov(&big), CAPS), Pushed::QueuedWake);
+        let queued = out.queued_bytes();
+        assert!(queued > 0 && queued < 64 * 64 * 1024, "the kernel took a part");
+        let small = [Bytes::from_static(b"x"), Bytes::from_static(b"y")];
+        let roomy = Caps { bytes: 1 << 30, frames: 1 << 20 };
+        assert_eq!(out.push_batch(a.as_fd(), &small, &iov(&small), roomy), Pushed::Queued);
+        assert_eq!(out.queued_bytes(), queued + 2);
+        let tight = Caps { bytes: queued + 2, frames: 1 << 20 };
+        assert_eq!(out.push_batch(a.as_fd(), &small, &iov(&small), tight), Pushed::Full);
+        drop(b);
     }
 
     #[test]

@@ -35,17 +35,23 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
+    // corecast patch: the large variants are boxed so that every source (one per idle
+    // connection waiting for input) does not pay for a msghdr and two sockaddr_storage.
     SockRecvMsg(
-        Option<DmaBuffer>,
-        libc::iovec,
-        libc::msghdr,
-        MaybeUninit<nix::sys::socket::sockaddr_storage>,
+        Box<(
+            Option<DmaBuffer>,
+            libc::iovec,
+            libc::msghdr,
+            MaybeUninit<nix::sys::socket::sockaddr_storage>,
+        )>,
     ),
     SockSendMsg(
-        DmaBuffer,
-        libc::iovec,
-        libc::msghdr,
-        nix::sys::socket::SockaddrStorage,
+        Box<(
+            DmaBuffer,
+            libc::iovec,
+            libc::msghdr,
+            nix::sys::socket::SockaddrStorage,
+        )>,
     ),
     Open(CString),
     FdataSync,
@@ -56,8 +62,8 @@ pub(crate) enum SourceType {
     ForeignNotifier(u64, bool),
     Statx(CString, Box<RefCell<Statx>>),
     Timeout(TimeSpec64, u32),
-    Connect(nix::sys::socket::SockaddrStorage),
-    Accept(SockAddrStorage),
+    Connect(Box<nix::sys::socket::SockaddrStorage>),
+    Accept(Box<SockAddrStorage>),
     Rename(PathBuf, PathBuf),
     CreateDir(PathBuf),
     Remove(PathBuf),
