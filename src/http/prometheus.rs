@@ -71,9 +71,19 @@ impl Collector for Shards {
         )?;
         for s in &self.0 {
             let h = &s.fanout;
-            let mut buckets: Vec<(f64, u64)> =
-                BUCKETS.iter().map(|&le| (le, h.count_between(0, (le * 1e9) as u64))).collect();
-            buckets.push((f64::INFINITY, h.len()));
+            // The encoder wants each bucket's own count (it accumulates them itself) and
+            // `f64::MAX` as the +Inf bound.
+            let mut below = 0;
+            let mut buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .map(|&le| {
+                    let cumulative = h.count_between(0, (le * 1e9) as u64).max(below);
+                    let own = cumulative - below;
+                    below = cumulative;
+                    (le, own)
+                })
+                .collect();
+            buckets.push((f64::MAX, h.len().saturating_sub(below)));
             let sum = h.mean() * h.len() as f64 / 1e9;
             let shard = [("shard", s.shard.to_string())];
             family.encode_family(&shard)?.encode_histogram::<Vec<(String, String)>>(sum, h.len(), &buckets, None)?;

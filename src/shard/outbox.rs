@@ -174,11 +174,12 @@ impl Outbox {
         let mut done = 0;
         while done < frames.len() {
             let end = (done + MAX_IOV).min(frames.len());
-            let mut written = match rustix::net::sendmsg(fd, &iov[done..end], &mut SendAncillaryBuffer::default(), FLAGS) {
-                Ok(n) => n,
-                Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => 0,
-                Err(_) => return Pushed::Broken,
-            };
+            let mut written =
+                match rustix::net::sendmsg(fd, &iov[done..end], &mut SendAncillaryBuffer::default(), FLAGS) {
+                    Ok(n) => n,
+                    Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => 0,
+                    Err(_) => return Pushed::Broken,
+                };
             // Skip the frames written whole; queue the rest, the first possibly started.
             while done < end && written >= frames[done].len() {
                 written -= frames[done].len();

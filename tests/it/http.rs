@@ -131,7 +131,18 @@ fn metrics_are_valid_prometheus_exposition() {
         .iter()
         .find(|s| s.metric == "corecast_fanout_latency_seconds")
         .expect("fan-out latency histogram");
-    assert!(matches!(hist.value, prometheus_parse::Value::Histogram(_)));
+    let prometheus_parse::Value::Histogram(buckets) = &hist.value else { panic!("not a histogram: {:?}", hist.value) };
+    // Buckets are cumulative: never decreasing, +Inf holding every observation (one per
+    // delivered message and shard with members, here at least one).
+    assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count), "cumulative buckets: {buckets:?}");
+    let inf = buckets.last().expect("buckets");
+    assert!(inf.less_than.is_infinite() && inf.count >= 1.0, "+Inf bucket: {buckets:?}");
+    let count = scrape.samples.iter().find(|s| {
+        s.metric == "corecast_fanout_latency_seconds_count" && s.labels.get("shard") == hist.labels.get("shard")
+    });
+    if let Some(prometheus_parse::Value::Untyped(n) | prometheus_parse::Value::Counter(n)) = count.map(|c| &c.value) {
+        assert_eq!(*n, inf.count, "+Inf bucket equals _count");
+    }
     assert!(scrape.docs.contains_key("corecast_fanout_latency_seconds"));
 }
 
