@@ -732,6 +732,13 @@ mod tests {
     }
 
     #[test]
+    fn recovery_state_costs_no_memory_per_connection() {
+        // The epoch generation (2 bytes) sits in padding the session already had: the
+        // documented per-connection figure (README, `Conn` 72 B in release) must not grow.
+        assert_eq!(std::mem::size_of::<Session>(), 24);
+    }
+
+    #[test]
     fn ends_that_mean_try_again_are_retried() {
         assert!(End::Dropped.retryable() && End::Churned.retryable() && End::Failed("eof").retryable());
         for code in [1001, 1012, 1013] {

@@ -163,7 +163,7 @@ fn fanout_with_churn_recovers_every_closed_connection_without_loss() {
     assert_clean(&r, 200);
     let s = &r.steps[0];
     let rec = s.recovery;
-    eprintln!("churn run: {rec:?} verdict {:?}", s.verdict);
+    eprintln!("churn run: {rec:?} {:?}", s.verdict);
     assert!(rec.churned >= 40, "{rec:?}");
     assert!(rec.reconnects > 0 && rec.reconnects >= rec.churned, "{rec:?}");
     // Every rejoin that completed recovered (one still in flight when the step closed
