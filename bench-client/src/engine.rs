@@ -230,6 +230,8 @@ pub struct Engine {
     reconnect_due: BinaryHeap<Reverse<(u64, u32)>>,
     /// Reconnection attempts in flight, by global index.
     rejoins: HashMap<u32, Rejoin>,
+    /// When `rejoins` is next checked for attempts past their deadline.
+    next_expiry_ns: u64,
     events: Sender<Event>,
     commands: Receiver<Command>,
 }
@@ -272,6 +274,7 @@ impl Engine {
             parked: HashMap::new(),
             reconnect_due: BinaryHeap::new(),
             rejoins: HashMap::new(),
+            next_expiry_ns: 0,
             conns: Slab::with_capacity(to_open as usize),
             scratch: vec![0; SCRATCH],
             plan,
@@ -435,7 +438,8 @@ impl Engine {
             self.reconnect_due.push(Reverse((now_ns() + backoff_ns(attempt), index)));
             self.parked.insert(index, Parked { session, attempt });
         } else {
-            if self.plan.reconnect_attempts > 0 {
+            // Out of attempts (a close that is not retried is counted as a close only).
+            if end.retryable() && self.plan.reconnect_attempts > 0 {
                 self.note(|r| r.gave_up += 1);
             }
             self.members[conn.session.room as usize] -= 1;
@@ -449,8 +453,11 @@ impl Engine {
     }
 
     /// Reopens the parked connections whose backoff is over.
+    /// At most [`CONNECT_BURST`] per pass, like first connects, so a mass close (a server
+    /// restart) cannot starve reads.
     fn reconnect_parked(&mut self, now: u64) {
-        while let Some(&Reverse((due, index))) = self.reconnect_due.peek() {
+        for _ in 0..CONNECT_BURST {
+            let Some(&Reverse((due, index))) = self.reconnect_due.peek() else { return };
             if due > now {
                 return;
             }
@@ -482,9 +489,11 @@ impl Engine {
     /// Ends the reconnection attempts that did not rejoin within `--connect-timeout`
     /// (they are retried like any failed attempt).
     fn expire_rejoins(&mut self, now: u64) {
-        if self.rejoins.is_empty() {
+        if self.rejoins.is_empty() || now < self.next_expiry_ns {
             return;
         }
+        // A scan of the attempts in flight, at most every 100 ms.
+        self.next_expiry_ns = now + 100_000_000;
         let expired: Vec<usize> = self.rejoins.values().filter(|r| r.deadline_ns <= now).map(|r| r.key).collect();
         for key in expired {
             self.end(key, End::Failed("timeout_rejoin"));
