@@ -46,12 +46,39 @@ pub enum Cmd {
     Worker,
 }
 
+/// A comma-separated list of values of one flag (`--target a,b`, `--server-pid 1,2`).
+/// One value per flag occurrence, so a later occurrence replaces an earlier one as every
+/// other flag does (scenario files and overrides rely on that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<T>(pub Vec<T>);
+
+impl<T: std::str::FromStr> std::str::FromStr for List<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let items = s
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse::<T>().map_err(|e| format!("`{v}`: {e}")))
+            .collect::<Result<Vec<T>, String>>()?;
+        if items.is_empty() {
+            return Err("expected at least one value".into());
+        }
+        Ok(List(items))
+    }
+}
+
 /// Flags every mode shares.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Server address (the WebSocket endpoint is /ws on it).
+    /// Server address(es), comma-separated (the WebSocket endpoint is /ws on each).
+    /// Connections are spread over them round-robin, publishers included.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub target: SocketAddr,
+    pub target: List<SocketAddr>,
     /// Connections to open.
     #[arg(short = 'n', long, default_value_t = 1000)]
     pub connections: u64,
@@ -81,9 +108,14 @@ pub struct Common {
     /// Engine threads per process.
     #[arg(long, default_value_t = 1)]
     pub threads: u32,
-    /// Server process to sample for CPU and RSS.
+    /// Server process(es) to sample for CPU and RSS, comma-separated (summed, and
+    /// reported per server).
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Option<List<u32>>,
+    /// Reconnection attempts (with recovery) for a joined connection that ends
+    /// unexpectedly: server close 1001/1012/1013…, dropped socket, `--churn`. 0 = none.
+    #[arg(long, default_value_t = 5)]
+    pub reconnect_attempts: u32,
     /// Folder under which the run folder is written.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
@@ -124,6 +156,10 @@ pub struct Publish {
     /// A step passes when its corrected p99 is at most this many milliseconds (and it is clean).
     #[arg(long, default_value_t = 50.0)]
     pub p99_bound_ms: f64,
+    /// While a step publishes, close this many random joined receivers per second
+    /// (abruptly, no close frame) and let them reconnect with recovery. 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
 }
 
 /// `fanout` flags.
@@ -261,6 +297,16 @@ fn prepare(
     if steps.iter().any(|s| s.rate <= 0.0 || s.duration_secs <= 0.0) {
         return bad("rates and durations must be positive".into());
     }
+    let churn = publish.map_or(0.0, |p| p.churn);
+    if !(churn >= 0.0 && churn.is_finite()) {
+        return bad("--churn must be a rate ≥ 0".into());
+    }
+    if churn > 0.0 && c.reconnect_attempts == 0 {
+        return bad("--churn needs --reconnect-attempts ≥ 1 (churned connections reconnect)".into());
+    }
+    if churn > 0.0 && u64::from(publishers) >= c.connections {
+        return bad("--churn closes receivers: it needs more connections than publishers".into());
+    }
     let fd_limit = sys::raise_nofile();
     let per_process = match c.max_conns_per_process {
         0 => fd_limit.saturating_sub(FD_RESERVE).max(1),
@@ -277,7 +323,7 @@ fn prepare(
     let per_addr = sys::conns_per_source_addr().max(1);
     let source_addrs = if c.source_addrs == 0 { c.connections.div_ceil(per_addr) as u32 } else { c.source_addrs };
     let plan = Plan {
-        target: c.target,
+        targets: c.target.0.clone(),
         connections: c.connections,
         rooms: c.rooms,
         room_dist: c.room_dist,
@@ -289,6 +335,8 @@ fn prepare(
         threads: c.threads,
         tag: format!("bc{:06x}", fastrand::u32(..0x100_0000)),
         connect_timeout_secs: c.connect_timeout,
+        reconnect_attempts: c.reconnect_attempts,
+        churn_per_sec: churn,
     };
     let drain = publish.map_or(0.0, |p| p.drain);
     let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;
@@ -300,7 +348,7 @@ fn prepare(
         hold_secs,
         drain_secs: drain,
         p99_bound_ms: publish.map_or(f64::INFINITY, |p| p.p99_bound_ms),
-        server_pid: c.server_pid,
+        server_pids: c.server_pid.clone().map_or_else(Vec::new, |l| l.0),
         worker_exe: std::env::current_exe().ok(),
         timeout_secs: if c.timeout > 0.0 { c.timeout } else { auto_timeout },
         progress: !c.quiet,
@@ -343,6 +391,33 @@ mod tests {
     fn later_flags_override_earlier_ones() {
         let Cmd::Fanout(a) = parse(&["fanout", "--rate", "10", "--rate", "20"]).command else { panic!() };
         assert_eq!(a.rate, 20.0);
+    }
+
+    #[test]
+    fn targets_and_server_pids_take_lists() {
+        let p = parse(&["fanout", "--target", "127.0.0.1:9301"]).command.prepare().unwrap().unwrap();
+        assert_eq!(p.spec.plan.targets, ["127.0.0.1:9301".parse::<SocketAddr>().unwrap()]);
+        assert!(p.spec.server_pids.is_empty());
+        let cli = parse(&["fanout", "--target", "127.0.0.1:1,127.0.0.2:2", "--server-pid", "10, 20", "--churn", "5"]);
+        let p = cli.command.prepare().unwrap().unwrap();
+        assert_eq!(p.spec.plan.targets.len(), 2);
+        assert_eq!(p.spec.server_pids, [10, 20]);
+        assert_eq!(p.spec.plan.churn_per_sec, 5.0);
+        // A later --target replaces the earlier list (scenario overrides rely on it).
+        let cli = parse(&["fanout", "--target", "127.0.0.1:1,127.0.0.2:2", "--target", "127.0.0.3:3"]);
+        let p = cli.command.prepare().unwrap().unwrap();
+        assert_eq!(p.spec.plan.targets, ["127.0.0.3:3".parse::<SocketAddr>().unwrap()]);
+        assert!(Cli::try_parse_from(["bench-client", "fanout", "--target", "127.0.0.1:1,nope"]).is_err());
+        assert!(Cli::try_parse_from(["bench-client", "fanout", "--target", ","]).is_err());
+    }
+
+    #[test]
+    fn churn_needs_reconnects_and_receivers() {
+        let refused = |args: &[&str]| parse(args).command.prepare().unwrap().is_err();
+        assert!(refused(&["fanout", "--churn", "5", "--reconnect-attempts", "0"]));
+        assert!(refused(&["fanout", "-n", "2", "--publishers", "2", "--churn", "5"]));
+        assert!(refused(&["fanout", "--churn=-1"]));
+        assert!(!refused(&["ramp", "--churn", "5"]));
     }
 
     #[test]

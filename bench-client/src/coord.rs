@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::engine::{conn_slot_bytes, PublishReport};
 use crate::error::BenchError;
 use crate::plan::Plan;
-use crate::record::{merge_into, new_hist, ConnStats, Deliveries, StepRecord, Verdict, WireStep};
+use crate::record::{merge_into, new_hist, ConnStats, Deliveries, Recovery, StepRecord, Verdict, WireStep};
 use crate::schedule::Schedule;
 use crate::sys;
 use crate::worker::{Down, Link, Up};
@@ -55,8 +55,9 @@ pub struct RunSpec {
     pub drain_secs: f64,
     /// A step passes when its corrected p99 is at most this (and nothing was lost).
     pub p99_bound_ms: f64,
-    /// Server process to sample for CPU and RSS.
-    pub server_pid: Option<u32>,
+    /// Server processes to sample for CPU and RSS (one per target, in the same order,
+    /// for per-server memory per connection); empty = none.
+    pub server_pids: Vec<u32>,
     /// Executable for child workers (always used when given, even for one worker, so
     /// that each run's memory is measured in fresh processes); `None` runs the single
     /// worker as a thread of this process (tests).
@@ -90,10 +91,37 @@ pub struct Memory {
     pub server_rss_held: Option<u64>,
     /// (held − before) / connections held.
     pub server_rss_per_conn: Option<f64>,
+    /// Each server process on its own (the figures above are their sums).
+    pub servers: Vec<ServerMemory>,
+}
+
+/// One server process's memory.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerMemory {
+    /// Process id.
+    pub pid: u32,
+    /// RSS before connecting.
+    pub rss_before: Option<u64>,
+    /// RSS with every connection held.
+    pub rss_held: Option<u64>,
+    /// Growth per connection held on it; known when as many pids as targets were given
+    /// (pid i serves target i), so its share of the connections is known.
+    pub rss_per_conn: Option<f64>,
+}
+
+/// One server process's CPU over an interval.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ServerCpu {
+    /// Process id.
+    pub pid: u32,
+    /// CPU seconds.
+    pub secs: Option<f64>,
+    /// % of one core.
+    pub pct: Option<f64>,
 }
 
 /// CPU use over an interval, in seconds and in % of one core.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Cpu {
     /// Wall time of the interval.
     pub wall_secs: f64,
@@ -103,10 +131,12 @@ pub struct Cpu {
     pub client_pct: f64,
     /// Of which user space, % of one core (the rest is the kernel's socket work).
     pub client_user_pct: f64,
-    /// Server CPU seconds (when `--server-pid` was given).
+    /// Server CPU seconds (when `--server-pid` was given; summed over the servers).
     pub server_secs: Option<f64>,
-    /// Server CPU, % of one core.
+    /// Server CPU, % of one core (summed over the servers).
     pub server_pct: Option<f64>,
+    /// Each server process on its own.
+    pub servers: Vec<ServerCpu>,
 }
 
 /// Outcome of the connect phase.
@@ -149,6 +179,9 @@ pub struct StepResult {
     pub closes: BTreeMap<u16, u64>,
     /// Connections dropped without a close frame during the step.
     pub dropped: u64,
+    /// Reconnections during the step: churned, reconnects, recovered, not recovered,
+    /// replayed and unrecoverable messages.
+    pub recovery: Recovery,
     /// CPU over the step (publish window + drain).
     pub cpu: Cpu,
     /// Every expected delivery arrived exactly once and in order, nothing unsent, no
@@ -217,11 +250,12 @@ struct WorkerView {
 }
 
 /// A CPU sample: bench-client's and the server's cumulative CPU at one instant.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct CpuMark {
     at: Instant,
     client: sys::CpuTime,
-    server_ns: Option<u64>,
+    /// (pid, cumulative CPU ns) of each server process.
+    servers: Vec<(u32, Option<u64>)>,
 }
 
 /// Runs the whole thing.
@@ -289,7 +323,7 @@ impl<'a> Coordinator<'a> {
     fn phases(&mut self) -> Result<RunResult, BenchError> {
         let in_process = self.links.iter().all(|l| l.pid().is_none());
         let client_rss_before_self = sys::own_rss_bytes();
-        let server_rss_before = self.server_rss();
+        let server_rss_before = self.servers_rss();
         let start_mark = self.cpu_mark();
         self.require(self.deadline, "start", |c| c.views.iter().all(|v| v.rss_start.is_some()))?;
         let client_rss_before = if in_process {
@@ -309,7 +343,7 @@ impl<'a> Coordinator<'a> {
             stats,
             cpu: cpu_between(&start_mark, &ready_mark),
         };
-        let memory = self.memory(client_rss_before, server_rss_before, held);
+        let memory = self.memory(client_rss_before, &server_rss_before, held);
         self.log(&format!(
             "connected {held}/{} in {:.1} s; client RSS/conn {:.0} B, server RSS/conn {}",
             self.spec.plan.connections,
@@ -353,11 +387,30 @@ impl<'a> Coordinator<'a> {
         })
     }
 
-    fn memory(&self, client_rss_before: u64, server_rss_before: Option<u64>, held: u64) -> Memory {
+    fn memory(&self, client_rss_before: u64, servers_before: &[Option<u64>], held: u64) -> Memory {
         let client_rss_held = self.client_rss();
-        let server_rss_held = self.server_rss();
+        let servers_held = self.servers_rss();
         let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / held.max(1) as f64;
         let engine_bytes: u64 = self.views.iter().filter_map(|v| v.ready).sum();
+        let plan = &self.spec.plan;
+        let shares = (self.spec.server_pids.len() == plan.targets.len()).then(|| plan.per_target());
+        let servers: Vec<ServerMemory> = self
+            .spec
+            .server_pids
+            .iter()
+            .enumerate()
+            .map(|(i, &pid)| {
+                let (before, after) =
+                    (servers_before.get(i).copied().flatten(), servers_held.get(i).copied().flatten());
+                let on_it =
+                    shares.as_ref().and_then(|s| s.get(i)).map(|&n| held as f64 * n as f64 / plan.connections as f64);
+                let rss_per_conn =
+                    before.zip(after).zip(on_it).map(|((b, a), n)| a.saturating_sub(b) as f64 / n.max(1.0));
+                ServerMemory { pid, rss_before: before, rss_held: after, rss_per_conn }
+            })
+            .collect();
+        let server_rss_before = sum_known(servers_before);
+        let server_rss_held = sum_known(&servers_held);
         Memory {
             client_rss_before,
             client_rss_held,
@@ -367,6 +420,7 @@ impl<'a> Coordinator<'a> {
             server_rss_before,
             server_rss_held,
             server_rss_per_conn: server_rss_before.zip(server_rss_held).map(|(b, a)| per(b, a)),
+            servers,
         }
     }
 
@@ -423,7 +477,7 @@ impl<'a> Coordinator<'a> {
         }
         closes.retain(|_, n| *n > 0);
         let dropped = after.dropped - before.dropped.min(after.dropped);
-        let clean = verdict.clean() && unsent == 0 && closes.is_empty() && dropped == 0;
+        let clean = verdict.clean() && unsent == 0 && closes.is_empty() && dropped == 0 && record.recovery.clean();
         let within_bound = p99_ms <= self.spec.p99_bound_ms;
         let passed = clean && within_bound;
         let result = StepResult {
@@ -437,6 +491,7 @@ impl<'a> Coordinator<'a> {
             counts: record.counts,
             closes,
             dropped,
+            recovery: record.recovery,
             cpu: cpu_between(&start, &end),
             clean,
             within_bound,
@@ -444,8 +499,10 @@ impl<'a> Coordinator<'a> {
             corrected: record.corrected,
             uncorrected: record.uncorrected,
         };
+        let rec = &result.recovery;
         self.log(&format!(
-            "step {step}: published {} ({:.0}/s), delivered {}/{} expected, lost {}, dup {}, reordered {}, p99 {:.2} ms -> {}",
+            "step {step}: published {} ({:.0}/s), delivered {}/{} expected, lost {}, dup {}, reordered {}, \
+             reconnects {} (recovered {}, not {}, replayed {}), p99 {:.2} ms -> {}",
             published,
             result.publish_rate,
             verdict.delivered,
@@ -453,6 +510,10 @@ impl<'a> Coordinator<'a> {
             verdict.lost,
             verdict.duplicates,
             verdict.reordered,
+            rec.reconnects,
+            rec.recovered,
+            rec.not_recovered,
+            rec.replayed,
             p99_ms,
             verdict_words(clean, within_bound, self.spec.p99_bound_ms)
         ));
@@ -562,12 +623,13 @@ impl<'a> Coordinator<'a> {
         self.interval.reset();
         let closes: u64 = stats.closes.values().sum();
         let line = format!(
-            "[{:6.1}s] conns {}/{} held, {} failed, {} closed | {:.0} deliveries/s | p99(1s) {}",
+            "[{:6.1}s] conns {}/{} held, {} failed, {} closed, {} reconnects | {:.0} deliveries/s | p99(1s) {}",
             self.started.elapsed().as_secs_f64(),
             stats.held,
             self.spec.plan.connections,
             stats.failed_total(),
             closes + stats.dropped,
+            stats.recovery.reconnects,
             rate,
             p99
         );
@@ -599,14 +661,16 @@ impl<'a> Coordinator<'a> {
         sys::own_rss_bytes() + self.links.iter().filter_map(Link::pid).filter_map(sys::process_rss_bytes).sum::<u64>()
     }
 
-    fn server_rss(&self) -> Option<u64> {
-        self.spec.server_pid.and_then(sys::process_rss_bytes)
+    /// RSS of each server process (same order as `server_pids`).
+    fn servers_rss(&self) -> Vec<Option<u64>> {
+        self.spec.server_pids.iter().map(|&pid| sys::process_rss_bytes(pid)).collect()
     }
 
     fn cpu_mark(&self) -> CpuMark {
         let children =
             self.links.iter().filter_map(Link::pid).filter_map(sys::process_cpu).fold(sys::own_cpu(), |a, b| a + b);
-        CpuMark { at: Instant::now(), client: children, server_ns: self.spec.server_pid.and_then(sys::process_cpu_ns) }
+        let servers = self.spec.server_pids.iter().map(|&pid| (pid, sys::process_cpu_ns(pid))).collect();
+        CpuMark { at: Instant::now(), client: children, servers }
     }
 }
 
@@ -623,7 +687,17 @@ fn cpu_between(a: &CpuMark, b: &CpuMark) -> Cpu {
     let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
     let client = b.client.total_ns().saturating_sub(a.client.total_ns()) as f64 / 1e9;
     let user = b.client.user_ns.saturating_sub(a.client.user_ns) as f64 / 1e9;
-    let server = a.server_ns.zip(b.server_ns).map(|(x, y)| y.saturating_sub(x) as f64 / 1e9);
+    let servers: Vec<ServerCpu> = a
+        .servers
+        .iter()
+        .zip(&b.servers)
+        .map(|(&(pid, x), &(_, y))| {
+            let secs = x.zip(y).map(|(x, y)| y.saturating_sub(x) as f64 / 1e9);
+            ServerCpu { pid, secs, pct: secs.map(|s| s / wall * 100.0) }
+        })
+        .collect();
+    let known: Vec<f64> = servers.iter().filter_map(|s| s.secs).collect();
+    let server = (!known.is_empty()).then(|| known.iter().sum::<f64>());
     Cpu {
         wall_secs: wall,
         client_secs: client,
@@ -631,5 +705,11 @@ fn cpu_between(a: &CpuMark, b: &CpuMark) -> Cpu {
         client_user_pct: user / wall * 100.0,
         server_secs: server,
         server_pct: server.map(|s| s / wall * 100.0),
+        servers,
     }
+}
+
+/// The sum of the values that are known; `None` when none is.
+fn sum_known(values: &[Option<u64>]) -> Option<u64> {
+    values.iter().flatten().copied().reduce(|a, b| a + b)
 }

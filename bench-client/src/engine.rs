@@ -3,10 +3,17 @@
 //! its share of the connect rate, publishes its publishers' share of each step's schedule,
 //! and records every delivery its connections receive.
 //!
+//! A connection that held its room and ends unexpectedly (or is churned on purpose) is
+//! *parked*: its session waits out a short backoff, then reconnects from the same source
+//! address to the same target and rejoins with recovery. While parked or rejoining it
+//! stays a member of its room for the expected-delivery count: recovery promises it every
+//! message, so anything it does not get is loss.
+//!
 //! It talks to its worker only through channels: [`Command`]s in (with a mio `Waker`),
 //! [`Event`]s out. Nothing is shared.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -18,7 +25,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::conn::{errno_name, Conn, Ctx, End, State};
+use crate::conn::{errno_name, Conn, Ctx, End, Session, State};
+use crate::epoch::Epochs;
 use crate::payload::Stamp;
 use crate::plan::{Plan, RoomMap};
 use crate::record::{new_hist, ConnStats, StepRecord};
@@ -36,6 +44,12 @@ const PROGRESS_NS: u64 = 1_000_000_000;
 pub const NO_STEP: u32 = u32::MAX;
 /// Connection attempts per loop pass at most, so a backlog of due connects cannot starve reads.
 const CONNECT_BURST: u64 = 256;
+/// First reconnection delay; doubled per failed attempt, plus up to as much jitter.
+const BACKOFF_BASE_NS: u64 = 20_000_000;
+/// Longest reconnection delay (before jitter).
+const BACKOFF_MAX_NS: u64 = 1_000_000_000;
+/// Random probes for a churn victim before giving up for this tick.
+const CHURN_PROBES: usize = 64;
 
 /// What a worker asks an engine to do.
 #[derive(Debug, Clone, Copy)]
@@ -147,9 +161,32 @@ fn timeout_label(state: State) -> &'static str {
     }
 }
 
+/// Delay before reconnection attempt `attempt` (1, 2, …): exponential from 20 ms, at
+/// most 1 s, with as much random jitter again so a mass close does not come back in one burst.
+pub fn backoff_ns(attempt: u32) -> u64 {
+    let base = (BACKOFF_BASE_NS << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX_NS);
+    base + fastrand::u64(..=base)
+}
+
+/// A connection between two sockets: its session waits for its reconnection time.
+struct Parked {
+    session: Session,
+    attempt: u32,
+}
+
+/// A reconnection attempt in flight (socket open, not joined yet).
+#[derive(Clone, Copy)]
+struct Rejoin {
+    key: usize,
+    attempt: u32,
+    deadline_ns: u64,
+}
+
 /// A publish step in progress.
 struct StepState {
     schedule: Schedule,
+    /// Connections churned so far in this step (the churn pacing counts from `t0`).
+    churned: u64,
     next_k: u64,
     members: Members,
     published: BTreeMap<u32, u64>,
@@ -187,6 +224,14 @@ pub struct Engine {
     step: Option<StepState>,
     last_progress_ns: u64,
     text: String,
+    epochs: Epochs,
+    /// Sessions waiting to reconnect, by global index, and their due times (min-heap).
+    parked: HashMap<u32, Parked>,
+    reconnect_due: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Reconnection attempts in flight, by global index.
+    rejoins: HashMap<u32, Rejoin>,
+    /// When `rejoins` is next checked for attempts past their deadline.
+    next_expiry_ns: u64,
     events: Sender<Event>,
     commands: Receiver<Command>,
 }
@@ -225,6 +270,11 @@ impl Engine {
             step: None,
             last_progress_ns: now_ns(),
             text: String::new(),
+            epochs: Epochs::default(),
+            parked: HashMap::new(),
+            reconnect_due: BinaryHeap::new(),
+            rejoins: HashMap::new(),
+            next_expiry_ns: 0,
             conns: Slab::with_capacity(to_open as usize),
             scratch: vec![0; SCRATCH],
             plan,
@@ -260,7 +310,10 @@ impl Engine {
             }
             let now = now_ns();
             self.open_due(now);
+            self.reconnect_parked(now);
+            self.expire_rejoins(now);
             self.publish_due(now);
+            self.churn_due(now);
             self.check_ready(now);
             self.report_progress(now);
             self.arm_timer(now);
@@ -282,8 +335,15 @@ impl Engine {
         let members = self.members.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, &n)| (r as u32, n)).collect();
         self.record = StepRecord::default();
         self.open_step = schedule.step;
-        self.step =
-            Some(StepState { schedule, next_k: 0, members, published: BTreeMap::new(), unsent: 0, reported: false });
+        self.step = Some(StepState {
+            schedule,
+            churned: 0,
+            next_k: 0,
+            members,
+            published: BTreeMap::new(),
+            unsent: 0,
+            reported: false,
+        });
     }
 
     fn end_step(&mut self, step: u32) {
@@ -307,7 +367,7 @@ impl Engine {
         let mut result = Ok(());
         if writable {
             let (plan, index) = (&self.plan, u64::from(conn.index));
-            result = conn.on_writable(plan.target, || plan.user_name(index));
+            result = conn.on_writable(plan.target_of(index), || plan.user_name(index));
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {
@@ -317,6 +377,7 @@ impl Engine {
                 record: &mut self.record,
                 interval: &mut self.interval,
                 stats: &mut self.stats,
+                epochs: &mut self.epochs,
             };
             result = conn.on_readable(&mut self.scratch, &mut ctx);
         }
@@ -330,11 +391,14 @@ impl Engine {
 
     fn on_joined(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else { return };
-        self.pending -= 1;
+        let index = conn.index;
+        if self.rejoins.remove(&index).is_none() {
+            // A first join; a rejoining connection never stopped being a member.
+            self.pending -= 1;
+            self.members[conn.session.room as usize] += 1;
+        }
         self.stats.held += 1;
-        self.members[conn.session.room as usize] += 1;
-        let index = u64::from(conn.index);
-        if self.plan.is_publisher(index) {
+        if self.plan.is_publisher(u64::from(index)) {
             self.publishers[index as usize] = key;
         }
     }
@@ -342,26 +406,139 @@ impl Engine {
     fn end(&mut self, key: usize, end: End) {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let _ = self.poll.registry().deregister(conn.stream_mut());
-        if conn.session.state == State::Joined {
+        let index = conn.index;
+        let joined = conn.session.state == State::Joined;
+        let rejoin = self.rejoins.remove(&index);
+        if joined {
             self.stats.held -= 1;
-            self.members[conn.session.room as usize] -= 1;
-            let index = u64::from(conn.index);
-            if self.plan.is_publisher(index) {
+            if self.plan.is_publisher(u64::from(index)) {
                 self.publishers[index as usize] = usize::MAX;
             }
-        } else {
+        } else if rejoin.is_none() {
             self.pending -= 1;
         }
         match end {
+            End::Failed(_) if rejoin.is_some() => self.note(|r| r.failed_attempts += 1),
             End::Failed(label) => self.stats.fail(label),
             End::Closed(code) => {
                 *self.stats.closes.entry(code).or_default() += 1;
-                if conn.session.state != State::Joined {
+                if !joined && rejoin.is_none() {
                     self.stats.fail("closed_before_join");
                 }
             }
             End::Dropped => self.stats.dropped += 1,
+            End::Churned => self.note(|r| r.churned += 1),
         }
+        if !joined && rejoin.is_none() {
+            return; // never held its room: nothing to recover
+        }
+        let attempt = rejoin.map_or(1, |r| r.attempt + 1);
+        if end.retryable() && attempt <= self.plan.reconnect_attempts {
+            let session = conn.session;
+            self.reconnect_due.push(Reverse((now_ns() + backoff_ns(attempt), index)));
+            self.parked.insert(index, Parked { session, attempt });
+        } else {
+            // Out of attempts (a close that is not retried is counted as a close only).
+            if end.retryable() && self.plan.reconnect_attempts > 0 {
+                self.note(|r| r.gave_up += 1);
+            }
+            self.members[conn.session.room as usize] -= 1;
+        }
+    }
+
+    /// Counts a recovery event in the open step's record and in the run's totals.
+    fn note(&mut self, count: impl Fn(&mut crate::record::Recovery)) {
+        count(&mut self.record.recovery);
+        count(&mut self.stats.recovery);
+    }
+
+    /// Reopens the parked connections whose backoff is over.
+    /// At most [`CONNECT_BURST`] per pass, like first connects, so a mass close (a server
+    /// restart) cannot starve reads.
+    fn reconnect_parked(&mut self, now: u64) {
+        for _ in 0..CONNECT_BURST {
+            let Some(&Reverse((due, index))) = self.reconnect_due.peek() else { return };
+            if due > now {
+                return;
+            }
+            self.reconnect_due.pop();
+            let Some(Parked { session, attempt }) = self.parked.remove(&index) else { continue };
+            self.note(|r| r.reconnects += 1);
+            let c = u64::from(index);
+            let opened = Conn::resume(self.plan.source_addr(c), self.plan.target_of(c), index, session)
+                .and_then(|conn| self.register(conn));
+            match opened {
+                Ok(key) => {
+                    let deadline_ns = now + (self.plan.connect_timeout_secs * 1e9) as u64;
+                    self.rejoins.insert(index, Rejoin { key, attempt, deadline_ns });
+                }
+                Err(_) => {
+                    self.note(|r| r.failed_attempts += 1);
+                    if attempt < self.plan.reconnect_attempts {
+                        self.reconnect_due.push(Reverse((now + backoff_ns(attempt + 1), index)));
+                        self.parked.insert(index, Parked { session, attempt: attempt + 1 });
+                    } else {
+                        self.note(|r| r.gave_up += 1);
+                        self.members[session.room as usize] -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the reconnection attempts that did not rejoin within `--connect-timeout`
+    /// (they are retried like any failed attempt).
+    fn expire_rejoins(&mut self, now: u64) {
+        if self.rejoins.is_empty() || now < self.next_expiry_ns {
+            return;
+        }
+        // A scan of the attempts in flight, at most every 100 ms.
+        self.next_expiry_ns = now + 100_000_000;
+        let expired: Vec<usize> = self.rejoins.values().filter(|r| r.deadline_ns <= now).map(|r| r.key).collect();
+        for key in expired {
+            self.end(key, End::Failed("timeout_rejoin"));
+        }
+    }
+
+    /// `--churn`: while the step publishes, closes this thread's share of the churn rate
+    /// in random joined receivers (publishers are spared: a closed publisher would leave
+    /// its schedule unsent, which measures something else). Abrupt, no close frame: the
+    /// socket just closes, like a phone losing its network. They reconnect with recovery.
+    fn churn_due(&mut self, now: u64) {
+        let Some(step) = &self.step else { return };
+        let rate = self.churn_rate();
+        if rate <= 0.0 || now < step.schedule.t0_ns || step.next_k >= step.schedule.total() {
+            return;
+        }
+        let due = ((now - step.schedule.t0_ns) as f64 / 1e9 * rate) as u64;
+        let mut churned = step.churned;
+        while churned < due {
+            churned += 1;
+            if let Some(key) = self.churn_victim() {
+                self.end(key, End::Churned);
+            }
+        }
+        if let Some(step) = self.step.as_mut() {
+            step.churned = churned;
+        }
+    }
+
+    /// This thread's share of `--churn` (connections per second).
+    fn churn_rate(&self) -> f64 {
+        self.plan.churn_per_sec / f64::from(self.plan.processes * self.plan.threads).max(1.0)
+    }
+
+    /// A random joined receiver, if a few probes find one.
+    fn churn_victim(&self) -> Option<usize> {
+        let slots = self.conns.capacity();
+        if slots == 0 {
+            return None;
+        }
+        (0..CHURN_PROBES).map(|_| fastrand::usize(..slots)).find(|&key| {
+            self.conns
+                .get(key)
+                .is_some_and(|c| c.session.state == State::Joined && !self.plan.is_publisher(u64::from(c.index)))
+        })
     }
 
     fn connect_due_ns(&self) -> u64 {
@@ -383,19 +560,21 @@ impl Engine {
     fn open(&mut self, c: u64) {
         self.stats.attempted += 1;
         let room = self.rooms.room_of(c);
-        let mut conn = match Conn::connect(self.plan.source_addr(c), self.plan.target, c as u32, room) {
-            Ok(conn) => conn,
-            Err(e) => return self.stats.fail(errno_name(&e)),
-        };
+        let opened = Conn::connect(self.plan.source_addr(c), self.plan.target_of(c), c as u32, room)
+            .and_then(|conn| self.register(conn));
+        match opened {
+            Ok(_) => self.pending += 1,
+            Err(e) => self.stats.fail(errno_name(&e)),
+        }
+    }
+
+    /// Puts `conn` in the slab and registers its socket; returns its key.
+    fn register(&mut self, mut conn: Conn) -> io::Result<usize> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) =
-            self.poll.registry().register(conn.stream_mut(), Token(key), Interest::READABLE | Interest::WRITABLE)
-        {
-            return self.stats.fail(errno_name(&e));
-        }
+        self.poll.registry().register(conn.stream_mut(), Token(key), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(conn);
-        self.pending += 1;
+        Ok(key)
     }
 
     fn check_ready(&mut self, now: u64) {
@@ -409,7 +588,7 @@ impl Engine {
         let stuck: Vec<(usize, State)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.session.state != State::Joined)
+            .filter(|(_, c)| c.session.state != State::Joined && !self.rejoins.contains_key(&c.index))
             .map(|(k, c)| (k, c.session.state))
             .collect();
         for (key, state) in stuck {
@@ -493,7 +672,14 @@ impl Engine {
         if let Some(step) = &self.step {
             if step.next_k < step.schedule.total() {
                 deadline = deadline.min(step.schedule.intended_ns(step.next_k));
+                let rate = self.churn_rate();
+                if rate > 0.0 {
+                    deadline = deadline.min(step.schedule.t0_ns + ((step.churned + 1) as f64 / rate * 1e9) as u64);
+                }
             }
+        }
+        if let Some(Reverse((due, _))) = self.reconnect_due.peek() {
+            deadline = deadline.min(*due);
         }
         let _ = self.timer.arm_at(deadline.max(now + 1));
     }

@@ -18,7 +18,8 @@
 //! | [`coord`] | phases of a run, progress line, CPU/RSS sampling, results |
 //! | [`worker`] | worker processes (or threads) and the JSON-lines control protocol |
 //! | [`engine`] | one thread's mio event loop over a slab of connections |
-//! | [`conn`] | one connection: connect, upgrade, join, deliveries (state machine) |
+//! | [`conn`] | one connection: connect, upgrade, join, deliveries, rejoin with recovery (state machine) |
+//! | [`epoch`] | room-stream epochs interned per room, for `since` on a rejoin |
 //! | [`timer`] | timerfd: nanosecond wake-ups for the schedule |
 //! | [`plan`] | which connection goes where: process, thread, source address, room |
 //! | [`schedule`] | the fixed-rate publish schedule (intended send times) |
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod conn;
 pub mod coord;
 pub mod engine;
+pub mod epoch;
 pub mod error;
 pub mod payload;
 pub mod plan;

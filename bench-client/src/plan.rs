@@ -3,8 +3,8 @@
 //!
 //! Connection `c` (0 ≤ c < N) lives in process `c % processes`, thread
 //! `(c / processes) % threads`, binds source address `127.0.0.(1 + c % source_addrs)`
-//! (spilling into 127.0.x.y beyond 254), joins room [`Plan::room_of`], and publishes if
-//! `c < publishers`.
+//! (spilling into 127.0.x.y beyond 254), connects to target [`Plan::target_of`], joins
+//! room [`RoomMap::room_of`], and publishes if `c < publishers`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -46,8 +46,8 @@ impl std::str::FromStr for RoomDist {
 /// Everything a worker needs to know about the run's connections.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    /// The corecast server (`/ws` on this address).
-    pub target: SocketAddr,
+    /// The corecast servers (`/ws` on each address); one, or the nodes of a cluster.
+    pub targets: Vec<SocketAddr>,
     /// Total connections N.
     pub connections: u64,
     /// Rooms R.
@@ -70,6 +70,12 @@ pub struct Plan {
     pub tag: String,
     /// Seconds a connection may take to connect, upgrade and join before it counts as failed.
     pub connect_timeout_secs: f64,
+    /// Attempts to reconnect (with recovery) a connection that held its room and ended
+    /// unexpectedly; 0 = never reconnect.
+    pub reconnect_attempts: u32,
+    /// Joined receivers closed on purpose per second while a step publishes (`--churn`),
+    /// all processes together; 0 = none.
+    pub churn_per_sec: f64,
 }
 
 impl Plan {
@@ -96,6 +102,33 @@ impl Plan {
         let p = (c % u64::from(self.processes)) as u32;
         let t = ((c / u64::from(self.processes)) % u64::from(self.threads)) as u32;
         (p, t)
+    }
+
+    /// The server connection `c` talks to: round-robin over the targets, shifted by one
+    /// per round of rooms under the uniform distribution. Plain `c % T` would put every
+    /// member of a room on one target whenever R and T share a factor (room `r` holds the
+    /// `c ≡ r mod R`); with the shift, member `k` of room `r` goes to `(r + k) % T`, so
+    /// publishers (`c < P`) land on different targets and every room spans all targets
+    /// once it has T members. Skewed distributions place rooms by a hash, so `c % T` is
+    /// already independent of the room there.
+    pub fn target_of(&self, c: u64) -> SocketAddr {
+        let t = self.targets.len().max(1) as u64;
+        let i = match self.room_dist {
+            RoomDist::Uniform => (c % u64::from(self.rooms.max(1)) + c / u64::from(self.rooms.max(1))) % t,
+            _ => c % t,
+        };
+        self.targets.get(i as usize).copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// How many of the plan's connections go to each target (same order as `targets`).
+    pub fn per_target(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.targets.len()];
+        for c in 0..self.connections {
+            if let Some(i) = self.targets.iter().position(|t| *t == self.target_of(c)) {
+                counts[i] += 1;
+            }
+        }
+        counts
     }
 
     /// Whether connection `c` publishes.
@@ -197,7 +230,7 @@ mod tests {
 
     fn plan(n: u64, processes: u32, threads: u32) -> Plan {
         Plan {
-            target: "127.0.0.1:1".parse().unwrap(),
+            targets: vec!["127.0.0.1:1".parse().unwrap()],
             connections: n,
             rooms: 10,
             room_dist: RoomDist::Uniform,
@@ -209,7 +242,55 @@ mod tests {
             threads,
             tag: "t".into(),
             connect_timeout_secs: 10.0,
+            reconnect_attempts: 5,
+            churn_per_sec: 0.0,
         }
+    }
+
+    fn targets(n: u16) -> Vec<SocketAddr> {
+        (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect()
+    }
+
+    #[test]
+    fn one_target_gets_everything() {
+        let p = plan(100, 1, 1);
+        assert!((0..100).all(|c| p.target_of(c) == p.targets[0]));
+        assert_eq!(p.per_target(), [100]);
+    }
+
+    #[test]
+    fn connections_are_spread_round_robin_over_targets() {
+        for (n, rooms, t) in [(2000u64, 20u32, 2u16), (1000, 10, 3), (999, 7, 4), (100, 1, 2), (10, 100, 3)] {
+            let mut p = plan(n, 1, 1);
+            p.rooms = rooms;
+            p.targets = targets(t);
+            let counts = p.per_target();
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(hi - lo <= (n / u64::from(rooms)).max(1), "n={n} rooms={rooms} t={t}: {counts:?}");
+            assert_eq!(counts.iter().sum::<u64>(), n);
+            // Consecutive connections (the publishers, one per room) alternate targets.
+            let first: Vec<SocketAddr> = (0..u64::from(t)).map(|c| p.target_of(c)).collect();
+            assert_eq!(first, p.targets, "n={n} rooms={rooms} t={t}");
+            // Every room with at least T members spans every target.
+            let map = p.room_map();
+            for r in 0..rooms {
+                let members: Vec<u64> = (0..n).filter(|&c| map.room_of(c) == r).collect();
+                if members.len() >= usize::from(t) {
+                    let mut seen: Vec<SocketAddr> = members.iter().map(|&c| p.target_of(c)).collect();
+                    seen.sort();
+                    seen.dedup();
+                    assert_eq!(seen.len(), usize::from(t), "room {r} of n={n} rooms={rooms} t={t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn skewed_rooms_use_plain_round_robin() {
+        let mut p = plan(1000, 1, 1);
+        p.room_dist = RoomDist::Hot { fraction: 0.5 };
+        p.targets = targets(3);
+        assert!((0..1000).all(|c| p.target_of(c) == p.targets[(c % 3) as usize]));
     }
 
     #[test]

@@ -101,6 +101,50 @@ impl Deliveries {
     }
 }
 
+/// Reconnections and what recovery made of them (docs/PROTOCOL.md, "Recovery"). Kept per
+/// step (in [`StepRecord`], exact) and per run (in [`ConnStats`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Recovery {
+    /// Joined connections bench-client closed on purpose (`--churn`), to be reconnected.
+    pub churned: u64,
+    /// Reconnection attempts started (after a churn, a server close such as 1013, 1001 or
+    /// 1012, or a dropped socket).
+    pub reconnects: u64,
+    /// Attempts that failed before their rejoin completed (retried with backoff).
+    pub failed_attempts: u64,
+    /// Connections that used up `--reconnect-attempts`: members no more, their missing
+    /// deliveries count as lost.
+    pub gave_up: u64,
+    /// Rejoins answered `recovered: true`: every missed message was replayed.
+    pub recovered: u64,
+    /// Rejoins answered `recovered: false` (epoch changed, or history too short).
+    pub not_recovered: u64,
+    /// Room messages received as replay (before the rejoin's `joined`).
+    pub replayed: u64,
+    /// Messages a not-recovered rejoin skipped (the range between the last `seq` seen and
+    /// the new `joined.seq`): lost for good, never hidden.
+    pub unrecoverable: u64,
+}
+
+impl Recovery {
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &Recovery) {
+        self.churned += o.churned;
+        self.reconnects += o.reconnects;
+        self.failed_attempts += o.failed_attempts;
+        self.gave_up += o.gave_up;
+        self.recovered += o.recovered;
+        self.not_recovered += o.not_recovered;
+        self.replayed += o.replayed;
+        self.unrecoverable += o.unrecoverable;
+    }
+
+    /// Every reconnection ended in a gap-free recovery.
+    pub fn clean(&self) -> bool {
+        self.gave_up == 0 && self.not_recovered == 0 && self.unrecoverable == 0
+    }
+}
+
 /// One thread's (or, merged, one run's) record of a step: both histograms and the counters.
 #[derive(Debug, Clone)]
 pub struct StepRecord {
@@ -110,11 +154,18 @@ pub struct StepRecord {
     pub uncorrected: Histogram<u64>,
     /// Correctness counters.
     pub counts: Deliveries,
+    /// Reconnections while the step was open.
+    pub recovery: Recovery,
 }
 
 impl Default for StepRecord {
     fn default() -> Self {
-        StepRecord { corrected: new_hist(), uncorrected: new_hist(), counts: Deliveries::default() }
+        StepRecord {
+            corrected: new_hist(),
+            uncorrected: new_hist(),
+            counts: Deliveries::default(),
+            recovery: Recovery::default(),
+        }
     }
 }
 
@@ -147,6 +198,7 @@ impl StepRecord {
         merge_into(&mut self.corrected, &o.corrected)?;
         merge_into(&mut self.uncorrected, &o.uncorrected)?;
         self.counts.merge(&o.counts);
+        self.recovery.merge(&o.recovery);
         Ok(())
     }
 
@@ -156,6 +208,7 @@ impl StepRecord {
             corrected: SerHist::encode(&self.corrected)?,
             uncorrected: SerHist::encode(&self.uncorrected)?,
             counts: self.counts,
+            recovery: self.recovery,
         })
     }
 }
@@ -169,6 +222,9 @@ pub struct WireStep {
     pub uncorrected: SerHist,
     /// Counters.
     pub counts: Deliveries,
+    /// Reconnections.
+    #[serde(default)]
+    pub recovery: Recovery,
 }
 
 impl WireStep {
@@ -178,6 +234,7 @@ impl WireStep {
             corrected: self.corrected.decode()?,
             uncorrected: self.uncorrected.decode()?,
             counts: self.counts,
+            recovery: self.recovery,
         })
     }
 }
@@ -204,6 +261,8 @@ pub struct ConnStats {
     pub dropped: u64,
     /// `error` frames received, by code.
     pub errors: BTreeMap<String, u64>,
+    /// Reconnections over the whole run.
+    pub recovery: Recovery,
 }
 
 impl ConnStats {
@@ -225,6 +284,7 @@ impl ConnStats {
         self.joined += o.joined;
         self.held += o.held;
         self.dropped += o.dropped;
+        self.recovery.merge(&o.recovery);
         for (k, v) in &o.failed {
             *self.failed.entry(k.clone()).or_default() += v;
         }

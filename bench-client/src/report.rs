@@ -149,6 +149,13 @@ pub fn problems(plan: &Plan, result: &RunResult) -> Vec<String> {
     if !result.final_stats.errors.is_empty() {
         out.push(format!("error frames {:?}", result.final_stats.errors));
     }
+    let rec = &result.final_stats.recovery;
+    if !rec.clean() {
+        out.push(format!(
+            "reconnections not recovered {} ({} messages unrecoverable), gave up {}",
+            rec.not_recovered, rec.unrecoverable, rec.gave_up
+        ));
+    }
     for s in &result.steps {
         let v = &s.verdict;
         if !v.clean() || s.unsent > 0 {
@@ -248,7 +255,15 @@ fn setup_md(ctx: &RunContext, plan: &Plan, result: &RunResult) -> String {
         "| bench-client | {} process(es) × {} engine thread(s); RLIMIT_NOFILE {} → at most {} connections per process |",
         result.processes, result.threads, result.fd_limit, result.conns_per_process
     );
-    let _ = writeln!(s, "| target | ws://{}/ws |", plan.target);
+    let targets: Vec<String> = plan.targets.iter().map(|t| format!("ws://{t}/ws")).collect();
+    let _ = writeln!(s, "| target{} | {} |", if targets.len() > 1 { "s" } else { "" }, targets.join(", "));
+    if plan.churn_per_sec > 0.0 || plan.reconnect_attempts != 5 {
+        let _ = writeln!(
+            s,
+            "| reconnects | up to {} attempts with recovery; churn {} conns/s |",
+            plan.reconnect_attempts, plan.churn_per_sec
+        );
+    }
     let _ = writeln!(s, "\n## Command\n\n```sh\n{}\n```", ctx.command);
     if let Some(server) = &ctx.server_command {
         let _ = writeln!(s, "\nServer, started by `bench-client suite`:\n\n```sh\n{server}\n```");

@@ -51,6 +51,22 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
     }
     for s in &r.steps {
         let p = Percentiles::of(&s.corrected);
+        let rec = &s.recovery;
+        if rec.reconnects + rec.churned > 0 {
+            println!(
+                "step {} reconnections: churned {}, reconnects {} ({} failed attempts, {} gave up), recovered {}, \
+                 not recovered {} ({} messages unrecoverable), replayed {} messages",
+                s.step,
+                rec.churned,
+                rec.reconnects,
+                rec.failed_attempts,
+                rec.gave_up,
+                rec.recovered,
+                rec.not_recovered,
+                rec.unrecoverable,
+                rec.replayed
+            );
+        }
         println!(
             "step {}: {:.0} msg/s target, {:.0} published/s, {:.0} deliveries/s, lost {} dup {} reorder {} | \
              p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} p99.99 {:.2} max {:.2} ms | CPU client {:.0}% ({:.0}% user) server {} | {}",
@@ -73,6 +89,11 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
             coord::verdict_words(s.clean, s.within_bound, p99_bound_ms)
         );
     }
+    let rec = &r.final_stats.recovery;
+    println!(
+        "reconnections (whole run): reconnects {}, recovered {}, not recovered {}, replayed {}, churned {}, gave up {}",
+        rec.reconnects, rec.recovered, rec.not_recovered, rec.replayed, rec.churned, rec.gave_up
+    );
     if let Some(h) = headline_step(r) {
         println!("headline step: {}", h.step);
     }

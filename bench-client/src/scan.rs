@@ -18,6 +18,10 @@ pub struct Fields<'a> {
     pub text: &'a [u8],
     /// `code` of an `error` frame, raw.
     pub code: &'a [u8],
+    /// `epoch` of a `joined` frame, raw (the server's room-stream id).
+    pub epoch: &'a [u8],
+    /// `recovered` of a `joined` that answered a `join` with `since`.
+    pub recovered: Option<bool>,
 }
 
 /// Why a frame could not be scanned: it is not a JSON object bench-client understands.
@@ -45,6 +49,14 @@ pub fn scan(json: &[u8]) -> Result<Fields<'_>, ScanError> {
             b"type" => out.kind = s.string()?,
             b"text" => out.text = s.string()?,
             b"code" => out.code = s.string()?,
+            b"epoch" => out.epoch = s.string()?,
+            b"recovered" => {
+                out.recovered = match s.number()? {
+                    b"true" => Some(true),
+                    b"false" => Some(false),
+                    _ => None,
+                }
+            }
             b"seq" => out.seq = parse_u64(s.number()?),
             _ => s.skip_value()?,
         }
@@ -179,6 +191,19 @@ mod tests {
         assert_eq!(f.kind, b"message");
         assert_eq!(f.seq, Some(119));
         assert_eq!(f.text, b"b:0:1:2:3:4:xx");
+    }
+
+    #[test]
+    fn reads_a_joined_after_recovery() {
+        let f =
+            scan(br#"{"type":"joined","room":"r","members":2,"seq":120,"epoch":"a3f0c2d4e5b61789","recovered":true}"#)
+                .unwrap();
+        assert_eq!(
+            (f.kind, f.seq, f.epoch, f.recovered),
+            (&b"joined"[..], Some(120), &b"a3f0c2d4e5b61789"[..], Some(true))
+        );
+        assert_eq!(scan(br#"{"type":"joined","recovered":false}"#).unwrap().recovered, Some(false));
+        assert_eq!(scan(br#"{"type":"joined","seq":1}"#).unwrap().recovered, None);
     }
 
     #[test]

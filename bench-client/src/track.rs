@@ -39,6 +39,26 @@ impl SeqTrack {
         self.next != 0
     }
 
+    /// The highest `seq` accounted for (seen, or skipped by a gap, or the `joined.seq` it
+    /// started from): where a rejoin asks the server to resume (`since.seq`).
+    pub fn last(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
+    /// Moves the stream on to `seq` without receiving the messages up to it: after a rejoin
+    /// whose `joined.seq` is ahead of what arrived. Returns how many messages were skipped
+    /// (0 when `seq` is not ahead); they stay unseen in the window, so if one still
+    /// arrived it would count as reordered, not as new.
+    pub fn skip_to(&mut self, seq: u64) -> u64 {
+        if seq < self.next {
+            return 0;
+        }
+        let skipped = seq + 1 - self.next;
+        self.window = if skipped >= 64 { 0 } else { self.window << skipped };
+        self.next = seq + 1;
+        skipped
+    }
+
     /// Classifies `seq` and updates the state.
     pub fn observe(&mut self, seq: u64) -> Seen {
         if seq >= self.next {
@@ -100,6 +120,23 @@ mod tests {
     fn messages_from_before_the_join_are_not_new() {
         // seq <= joined.seq were never due to this connection: a repeat of history.
         assert_eq!(run(10, &[10]), vec![Seen::Duplicate]);
+    }
+
+    #[test]
+    fn a_rejoin_resumes_after_the_last_seq_and_can_skip_ahead() {
+        let mut t = SeqTrack::default();
+        t.start(10);
+        assert_eq!(t.last(), 10);
+        assert_eq!(t.observe(11), Seen::InOrder);
+        assert_eq!(t.last(), 11);
+        // A replay that filled everything: nothing to skip.
+        assert_eq!(t.skip_to(11), 0);
+        assert_eq!(t.skip_to(5), 0);
+        // An unrecoverable range 12..=14: skipped, and the stream goes on from 15.
+        assert_eq!(t.skip_to(14), 3);
+        assert_eq!(t.observe(15), Seen::InOrder);
+        assert_eq!(t.observe(13), Seen::Reordered, "a skipped seq was never seen");
+        assert_eq!(t.observe(11), Seen::Duplicate);
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub enum Input {
     /// From the coordinator.
     Down(Down),
     /// From one of the worker's engines.
-    Engine(Event),
+    /// (Boxed: an event with its stats and histogram is far larger than a command.)
+    Engine(Box<Event>),
 }
 
 /// Runs one worker until `Finish`: starts its engines, relays commands to them, merges
@@ -115,7 +116,7 @@ pub fn run_worker(hello: Hello, own_process: bool, inputs: (Sender<Input>, Recei
         let fwd = tx.clone();
         std::thread::spawn(move || {
             for ev in ev_rx {
-                if fwd.send(Input::Engine(ev)).is_err() {
+                if fwd.send(Input::Engine(Box::new(ev))).is_err() {
                     break;
                 }
             }
@@ -155,7 +156,7 @@ pub fn run_worker(hello: Hello, own_process: bool, inputs: (Sender<Input>, Recei
                 }
             }
             Some(Input::Engine(ev)) => {
-                if let Some(report) = merger.add(ev) {
+                if let Some(report) = merger.add(*ev) {
                     let done = matches!(report, Up::Done { .. } | Up::Failed(_));
                     up(report);
                     if done {

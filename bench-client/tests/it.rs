@@ -44,7 +44,7 @@ fn spec(server: &Server, mode: Mode, connections: u64, rooms: u32, publishers: u
     RunSpec {
         mode,
         plan: Plan {
-            target: server.addr(),
+            targets: vec![server.addr()],
             connections,
             rooms,
             room_dist: RoomDist::Uniform,
@@ -56,12 +56,14 @@ fn spec(server: &Server, mode: Mode, connections: u64, rooms: u32, publishers: u
             threads: 2,
             tag: format!("it{}", fastrand::u32(..)),
             connect_timeout_secs: 10.0,
+            reconnect_attempts: 5,
+            churn_per_sec: 0.0,
         },
         steps: vec![StepSpec { rate: 200.0, duration_secs: 1.5 }],
         hold_secs: 1.0,
         drain_secs: 5.0,
         p99_bound_ms: 1000.0,
-        server_pid: Some(std::process::id()),
+        server_pids: vec![std::process::id()],
         worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_bench-client"))),
         timeout_secs: 60.0,
         progress: false,
@@ -84,7 +86,9 @@ fn assert_clean(r: &RunResult, connections: u64) {
         assert_eq!(s.uncorrected.len(), v.delivered);
         assert!(s.corrected.max() >= s.uncorrected.min());
         assert!(s.passed);
+        assert!(s.recovery.clean(), "{:?}", s.recovery);
     }
+    assert!(r.final_stats.recovery.clean(), "{:?}", r.final_stats.recovery);
 }
 
 #[test]
@@ -139,9 +143,55 @@ fn refused_connections_are_counted_not_fatal() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let server = Server::start();
     let mut spec = spec(&server, Mode::Connect, 20, 1, 0, 1);
-    spec.plan.target = format!("127.0.0.1:{port}").parse().unwrap();
-    spec.server_pid = None;
+    spec.plan.targets = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    spec.server_pids = Vec::new();
     let r = run(&spec).expect("run completes");
     assert_eq!(r.connect.held, 0);
     assert_eq!(r.connect.stats.failed.get("ECONNREFUSED"), Some(&20), "{:?}", r.connect.stats.failed);
+}
+
+#[test]
+fn fanout_with_churn_recovers_every_closed_connection_without_loss() {
+    // Two shards: rooms are owned by one shard while members sit on both, so a rejoin's
+    // replay crosses cores. Receivers are closed abruptly at 40/s while 4 publishers send.
+    let server = Server::start();
+    let mut spec = spec(&server, Mode::Fanout, 200, 4, 4, 1);
+    spec.worker_exe = None;
+    spec.plan.churn_per_sec = 40.0;
+    spec.steps = vec![StepSpec { rate: 400.0, duration_secs: 2.0 }];
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 200);
+    let s = &r.steps[0];
+    let rec = s.recovery;
+    eprintln!("churn run: {rec:?} {:?}", s.verdict);
+    assert!(rec.churned >= 40, "{rec:?}");
+    assert!(rec.reconnects > 0 && rec.reconnects >= rec.churned, "{rec:?}");
+    // Every rejoin that completed recovered (one still in flight when the step closed
+    // is counted in neither).
+    assert!(rec.recovered > 0 && rec.recovered + rec.failed_attempts <= rec.reconnects, "{rec:?}");
+    assert_eq!((rec.not_recovered, rec.unrecoverable, rec.gave_up), (0, 0, 0), "{rec:?}");
+    // Closed mid-stream under load, some must have missed messages that came back as replay.
+    assert!(rec.replayed > 0, "{rec:?}");
+    assert_eq!(s.verdict.expected, 800 * 50);
+    assert_eq!(r.final_stats.held, 0, "all closed at the end");
+}
+
+#[test]
+fn connections_are_spread_over_the_targets() {
+    // Two targets, one of which refuses: exactly the connections round-robin sends there
+    // fail, the others join (independent servers are no cluster, so this holds idle
+    // connections rather than publishing across them).
+    let server = Server::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let refused: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut spec = spec(&server, Mode::Connect, 40, 4, 0, 1);
+    spec.worker_exe = None;
+    spec.plan.targets = vec![server.addr(), refused];
+    spec.server_pids = vec![std::process::id(), std::process::id()];
+    let r = run(&spec).expect("run completes");
+    assert_eq!(spec.plan.per_target(), [20, 20]);
+    assert_eq!(r.connect.held, 20, "{:?}", r.connect.stats);
+    assert_eq!(r.connect.stats.failed.get("ECONNREFUSED"), Some(&20), "{:?}", r.connect.stats.failed);
+    assert_eq!(r.memory.servers.len(), 2);
+    assert_eq!(r.connect.cpu.servers.len(), 2);
 }
