@@ -13,5 +13,5 @@ for i in range(n):
     buf=b''
     while b'"welcome"' not in buf: buf+=s.recv(4096)
     socks.append(s)
-time.sleep(3)
+time.sleep(float(os.environ.get("HOLD", "3")))
 r=rss(); print(f'{n} conns: base {base/1e6:.1f} MB, now {r/1e6:.1f} MB, per conn {(r-base)/n:.0f} B')
