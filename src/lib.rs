@@ -41,6 +41,10 @@ pub mod rt;
 pub(crate) mod shard;
 pub mod ws;
 
+/// The per-connection write queue, public so that `benches/fanout.rs` can measure the
+/// fan-out's per-delivery path (allocations, syscalls) outside a running shard.
+pub use shard::outbox;
+
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
