@@ -479,7 +479,8 @@ impl Cli {
         if !crate::cluster::subject::is_valid_subject(&self.nats_subject_prefix) {
             return invalid("--nats-subject-prefix must be a valid NATS subject (no spaces, `*` or `>`)");
         }
-        if self.cluster_heartbeat < Duration::from_millis(50) || self.cluster_node_timeout < 2 * self.cluster_heartbeat {
+        if self.cluster_heartbeat < Duration::from_millis(50) || self.cluster_node_timeout < 2 * self.cluster_heartbeat
+        {
             return invalid("--cluster-heartbeat must be at least 0.05 s and --cluster-node-timeout at least twice it");
         }
         let mut c = crate::cluster::ClusterConfig::new(url);

@@ -360,7 +360,11 @@ impl Bridge {
             }
             BusOut::Users { room, users, to } => {
                 let subject = to.map_or_else(|| self.subjects.room(&room), |n| self.subjects.node(n));
-                let h = Header::Users { node: me, room: room.to_string(), users: users.iter().map(|u| u.to_string()).collect() };
+                let h = Header::Users {
+                    node: me,
+                    room: room.to_string(),
+                    users: users.iter().map(|u| u.to_string()).collect(),
+                };
                 self.publish(subject, &h, &[]).await;
             }
             BusOut::ToConn { node, shard, conn, frame } => {

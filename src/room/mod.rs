@@ -348,7 +348,6 @@ impl OwnedRooms {
         (std::mem::take(&mut self.gaps), std::mem::take(&mut self.epoch_changes))
     }
 
-
     /// Bytes and messages of history held on this shard.
     pub fn history_usage(&self) -> (usize, usize) {
         (self.budget.bytes(), self.budget.messages())

@@ -36,8 +36,8 @@ use self::conns::{Conn, ConnId, Conns, Phase};
 use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
 use self::msg::{Query, Reply, Requester, ShardMsg};
-use crate::cluster::BusIn;
 use self::outbox::{Caps, Pushed};
+use crate::cluster::BusIn;
 use crate::config::Config;
 use crate::limits::{IpTable, Rate};
 use crate::metrics::{inc, ShardStats, Snapshot};
@@ -183,7 +183,10 @@ impl Shard {
         let out = crate::cluster::BusOut::Forward { to, room: p.room, user: p.user, text: p.text, broadcast, reply };
         if !bus.send(out) {
             if let Requester::Api(r) = p.from {
-                self.mesh.send(r.shard, ShardMsg::Reply { req: r.req, reply: Reply::Published { seq: None, shards: vec![] } });
+                self.mesh.send(
+                    r.shard,
+                    ShardMsg::Reply { req: r.req, reply: Reply::Published { seq: None, shards: vec![] } },
+                );
             }
         }
     }

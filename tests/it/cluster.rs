@@ -311,7 +311,10 @@ fn api_publish_and_personal_rooms_reach_every_node() {
     assert!(r.json()["seq"].as_u64().is_some(), "{}", r.body);
     for c in [&mut a, &mut b] {
         let m = wait_for(c, Duration::from_secs(5), |v| v["type"] == "message").expect("room publish crossed nodes");
-        assert_eq!((m["room"].as_str(), m["text"].as_str(), m["user"].as_str()), (Some("news"), Some("extra"), Some("server")));
+        assert_eq!(
+            (m["room"].as_str(), m["text"].as_str(), m["user"].as_str()),
+            (Some("news"), Some("extra"), Some("server"))
+        );
     }
 
     // A push to one user, on another node, reaches the personal room there.
