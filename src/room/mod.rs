@@ -851,6 +851,7 @@ fn reply_error(origin: &ConnRef, code: ErrorCode, message: &str, sink: &mut Sink
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::wire::ReplyRef;
     use crate::shard::conns::ConnId;
     use crate::ws::frame::{parse_header, Role};
 
@@ -1015,6 +1016,106 @@ mod tests {
             out.push((s, m))
         });
         assert!(r.get("t").is_some());
+    }
+
+    fn to_bus(out: &[(usize, ShardMsg)]) -> Vec<&BusOut> {
+        out.iter()
+            .filter_map(|(s, m)| match m {
+                ShardMsg::ToBus(b) if *s == BUS => Some(&**b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn api_publish(r: &mut OwnedRooms, room: &str, text: &str, from: Requester) -> Vec<(usize, ShardMsg)> {
+        let mut out = Vec::new();
+        let msg = Publish { room: room.into(), user: "srv".into(), text: text.into(), from };
+        r.publish(msg, 7, &mut |s, m| out.push((s, m)));
+        out
+    }
+
+    #[test]
+    fn in_a_cluster_the_owner_subscribes_announces_and_publishes_frames() {
+        let mut r = rooms(2, 1000).with_cluster(1);
+        let out = join(&mut r, "r", "a", 0, 1);
+        let bus = to_bus(&out);
+        assert!(matches!(bus[0], BusOut::Subscribe(room) if &**room == "r"), "subscribe first");
+        assert!(matches!(bus[1], BusOut::Presence { present: true, .. }));
+        assert!(to_bus(&join(&mut r, "r", "a", 1, 2)).is_empty(), "a second connection of a is no news");
+        let out = api_publish(&mut r, "r", "hi", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+        let stream = r.get("r").unwrap().stream;
+        assert!(matches!(to_bus(&out)[0], BusOut::Frame { seq: 1, epoch, .. } if *epoch == stream));
+        let e = epoch(&r, "r");
+        r.leave("r", "a", 0, e, 0, &mut |_, _| {});
+        let mut out = Vec::new();
+        r.leave("r", "a", 1, e, 0, &mut |s, m| out.push((s, m)));
+        // No history TTL here: the room goes at once, and so does the subscription.
+        assert!(matches!(to_bus(&out)[..], [BusOut::Presence { present: false, .. }, BusOut::Unsubscribe(_)]));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn remote_frames_are_adopted_deduplicated_and_gaps_restart_the_history() {
+        let mut r = rooms(2, 1000).with_cluster(1);
+        join(&mut r, "r", "a", 1, 1);
+        let frame = |seq: u64| server::message("r", seq, "x", "t", 1);
+        let feed = |r: &mut OwnedRooms, stream: u64, seq: u64| {
+            let mut out = Vec::new();
+            r.remote_frame("r", stream, seq, 9, frame(seq), &mut |s, m| out.push((s, m)));
+            delivered(&out).len()
+        };
+        assert_eq!(feed(&mut r, 0xabc, 57), 1, "adopts the sequencer's stream");
+        assert_eq!((r.get("r").unwrap().epoch(), r.get("r").unwrap().seq()), ("0000000000000abc".into(), 57));
+        assert_eq!(feed(&mut r, 0xabc, 58), 1);
+        assert_eq!(feed(&mut r, 0xabc, 58), 0, "a repeat is dropped");
+        assert_eq!(r.get("r").unwrap().history_len(), 2);
+        assert_eq!(feed(&mut r, 0xabc, 61), 1, "delivered after a gap");
+        assert_eq!(r.get("r").unwrap().history_len(), 1, "the history cannot bridge a gap");
+        assert_eq!(r.take_counts(), (1, 1));
+        assert_eq!(feed(&mut r, 0xdef, 1), 1, "a new sequencer's stream");
+        assert_eq!(r.take_counts(), (0, 1));
+        r.remote_frame("nope", 1, 1, 9, frame(1), &mut |_, _| panic!("no local room: nothing to do"));
+    }
+
+    #[test]
+    fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
+        let mut r = rooms(1, 1000).with_cluster(1);
+        join(&mut r, "r", "a", 0, 1);
+        r.remote_frame("r", 0xabc, 5, 9, server::message("r", 5, "x", "t", 1), &mut |_, _| {});
+        r.take_counts();
+        let from = Requester::Remote(Box::new(Remote { node: 4, reply: Some(ReplyRef::Api { shard: 1, req: 77 }) }));
+        let out = api_publish(&mut r, "r", "mine now", from);
+        let room = r.get("r").unwrap();
+        assert_ne!(room.epoch(), "0000000000000abc", "a new stream");
+        assert_eq!(room.seq(), 6, "seq carries on");
+        assert_eq!(r.take_counts(), (0, 1));
+        assert!(matches!(
+            to_bus(&out)[..],
+            [BusOut::Frame { seq: 6, .. }, BusOut::Published { node: 4, req: 77, seq: Some(6), .. }]
+        ));
+        // A publish for a room with no local member creates a relay room on the sequencer.
+        let out = api_publish(&mut r, "elsewhere", "x", Requester::Remote(Box::new(Remote { node: 4, reply: None })));
+        assert!(matches!(to_bus(&out)[..], [BusOut::Frame { seq: 1, .. }]));
+        assert_eq!(r.get("elsewhere").unwrap().connections(), 0);
+    }
+
+    #[test]
+    fn remote_users_count_once_and_leave_when_their_node_dies() {
+        let mut r = rooms(1, 1000).with_cluster(1);
+        join(&mut r, "r", "a", 0, 1);
+        let mut out = Vec::new();
+        r.remote_users("r", 7, &["b".into(), "a".into()], &mut |s, m| out.push((s, m)));
+        let events = delivered(&out);
+        assert_eq!(events.len(), 1, "only b is news: {events:?}");
+        assert_eq!(events[0].1, serde_json::json!({"type":"join","room":"r","user":"b"}));
+        assert_eq!(r.get("r").unwrap().user_count(), 2);
+        let mut out = Vec::new();
+        r.node_gone(7, &mut |s, m| out.push((s, m)));
+        assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+        assert_eq!(r.get("r").unwrap().user_count(), 1, "a is still here");
+        let mut out = Vec::new();
+        r.announce(None, None, &mut |s, m| out.push((s, m)));
+        assert!(matches!(to_bus(&out)[..], [BusOut::Users { users, to: None, .. }] if users.len() == 1));
     }
 
     #[test]
