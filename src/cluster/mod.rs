@@ -35,8 +35,9 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
-/// How to reach NATS and how this node takes part in the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach NATS and how this node takes part in the cluster. Its `Debug` output
+/// hides the password and the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// NATS server URL(s), comma-separated (`nats://host:4222`, `tls://…`).
     pub url: String,
@@ -61,6 +62,25 @@ pub struct ClusterConfig {
     /// A node not heard from for this long is dead: its users leave every room, and its
     /// rooms get a new sequencer.
     pub node_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
+        f.debug_struct("ClusterConfig")
+            .field("url", &self.url)
+            .field("creds", &self.creds)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .field("node_name", &self.node_name)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("heartbeat", &self.heartbeat)
+            .field("node_timeout", &self.node_timeout)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -432,6 +452,15 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let mut c = ClusterConfig::new("nats://x");
+        c.password = Some("hunter2".into());
+        c.token = Some("s3cret".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret") && shown.contains("<hidden>"), "{shown}");
+    }
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
