@@ -417,7 +417,9 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
     let metrics = a.http().get("/metrics").body;
     assert!(metrics.contains("corecast_bus_connected 0"), "{metrics}");
 
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough for the nodes to declare each other dead: each side's users leave the
+    // other's presence, and must come back after the restart.
+    wait_presence(&mut bob, room, &["bob"], PRESENCE_BOUND + Duration::from_secs(3));
     let restarted = Instant::now();
     nats.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
