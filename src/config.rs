@@ -95,6 +95,8 @@ pub struct Config {
     pub spin_before_park: Duration,
     /// io_uring submission queue depth per shard.
     pub ring_depth: usize,
+    /// Cluster bus (NATS); `None`: a single node, nothing external, no bridge thread.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -139,6 +141,7 @@ impl Default for Config {
             backlog: 65535,
             spin_before_park: Duration::ZERO,
             ring_depth: 1024,
+            cluster: None,
         }
     }
 }
@@ -305,6 +308,42 @@ pub struct Cli {
     /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
     #[arg(long, env = "CORECAST_ALLOW_THP")]
     pub allow_thp: bool,
+    /// NATS server URL(s), comma-separated: turns clustering on (docs/CLUSTER.md).
+    #[arg(long, env = "CORECAST_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (.creds: JWT and nkey seed).
+    #[arg(long, env = "CORECAST_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "CORECAST_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(long, env = "CORECAST_NATS_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "CORECAST_NATS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// CA certificate (PEM) that signed the NATS server's certificate; requires TLS.
+    #[arg(long, env = "CORECAST_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with NATS (with --nats-tls-key).
+    #[arg(long, env = "CORECAST_NATS_TLS_CERT", value_name = "FILE")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS with NATS (with --nats-tls-cert).
+    #[arg(long, env = "CORECAST_NATS_TLS_KEY", value_name = "FILE")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// First token of every cluster subject (nodes with the same prefix form one cluster).
+    #[arg(long, env = "CORECAST_NATS_SUBJECT_PREFIX", default_value = "corecast", value_name = "PREFIX")]
+    pub nats_subject_prefix: String,
+    /// This node's name in logs and heartbeats (default: the listen address).
+    #[arg(long, env = "CORECAST_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Seconds between cluster heartbeats.
+    #[arg(long, env = "CORECAST_CLUSTER_HEARTBEAT", default_value = "1", value_parser = secs, value_name = "SECS")]
+    pub cluster_heartbeat: Duration,
+    /// Seconds without a heartbeat after which a node is dead (its users leave).
+    #[arg(long, env = "CORECAST_CLUSTER_NODE_TIMEOUT", default_value = "3", value_parser = secs, value_name = "SECS")]
+    pub cluster_node_timeout: Duration,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `corecast=debug`.
     #[arg(long, env = "CORECAST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,
@@ -364,7 +403,9 @@ impl Cli {
         if !self.ring_depth.is_power_of_two() || !(64..=32768).contains(&self.ring_depth) {
             return invalid("--ring-depth must be a power of two between 64 and 32768");
         }
+        let cluster = self.cluster_config()?;
         Ok(Config {
+            cluster,
             listen: self.listen,
             shards: self.shards,
             pin: !self.no_pin,
@@ -407,6 +448,53 @@ impl Cli {
             history_ttl: self.history_ttl,
             ..Config::default()
         })
+    }
+}
+
+impl Cli {
+    /// The cluster settings: `None` without `--nats-url`; the other `--nats-*` flags
+    /// without it, or contradicting each other, are errors.
+    fn cluster_config(&self) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let Some(url) = self.nats_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            let any = self.nats_creds.is_some()
+                || self.nats_user.is_some()
+                || self.nats_password.is_some()
+                || self.nats_token.is_some()
+                || self.nats_tls_ca.is_some()
+                || self.nats_tls_cert.is_some()
+                || self.nats_tls_key.is_some();
+            return if any { invalid("the --nats-* options need --nats-url") } else { Ok(None) };
+        };
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            return invalid("--nats-user and --nats-password go together");
+        }
+        let methods = [self.nats_creds.is_some(), self.nats_user.is_some(), self.nats_token.is_some()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return invalid("give one of --nats-creds, --nats-user/--nats-password or --nats-token");
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            return invalid("--nats-tls-cert and --nats-tls-key go together");
+        }
+        if !crate::cluster::subject::is_valid_subject(&self.nats_subject_prefix) {
+            return invalid("--nats-subject-prefix must be a valid NATS subject (no spaces, `*` or `>`)");
+        }
+        if self.cluster_heartbeat < Duration::from_millis(50) || self.cluster_node_timeout < 2 * self.cluster_heartbeat
+        {
+            return invalid("--cluster-heartbeat must be at least 0.05 s and --cluster-node-timeout at least twice it");
+        }
+        let mut c = crate::cluster::ClusterConfig::new(url);
+        c.creds = self.nats_creds.clone();
+        c.user = self.nats_user.clone();
+        c.password = self.nats_password.clone();
+        c.token = self.nats_token.clone();
+        c.tls_ca = self.nats_tls_ca.clone();
+        c.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        c.node_name = self.node_name.clone().unwrap_or_else(|| self.listen.to_string());
+        c.subject_prefix = self.nats_subject_prefix.clone();
+        c.heartbeat = self.cluster_heartbeat;
+        c.node_timeout = self.cluster_node_timeout;
+        Ok(Some(c))
     }
 }
 
@@ -468,6 +556,24 @@ mod tests {
         std::fs::write(&path, "bogus = 1\n").unwrap();
         let err = Cli::load_from(["corecast", "--config", path.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("unknown key `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn cluster_flags_need_a_url_and_agree() {
+        let load = |args: &[&str]| Cli::load_from([&["corecast"], args].concat()).unwrap().into_config();
+        assert!(load(&[]).unwrap().cluster.is_none(), "single node by default");
+        let c = load(&["--nats-url", "nats://127.0.0.1:4222", "--nats-token", "t"]).unwrap().cluster.unwrap();
+        assert_eq!((c.url.as_str(), c.token.as_deref()), ("nats://127.0.0.1:4222", Some("t")));
+        assert_eq!(c.node_timeout, Duration::from_secs(3));
+        for bad in [
+            &["--nats-token", "t"][..],
+            &["--nats-url", "nats://x", "--nats-user", "u"],
+            &["--nats-url", "nats://x", "--nats-token", "t", "--nats-creds", "f"],
+            &["--nats-url", "nats://x", "--nats-subject-prefix", "a b"],
+            &["--nats-url", "nats://x", "--cluster-node-timeout", "1.5"],
+        ] {
+            assert!(load(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

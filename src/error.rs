@@ -28,4 +28,10 @@ pub enum ServerError {
     /// A shard thread panicked; the message is logged.
     #[error("shard {0} stopped abnormally")]
     ShardFailed(usize),
+    /// The cluster bridge could not start (bad NATS URL or credentials, no thread).
+    #[error(transparent)]
+    Cluster(crate::cluster::ClusterError),
+    /// The cluster bridge thread panicked.
+    #[error("the cluster bridge stopped abnormally")]
+    BridgeFailed,
 }

@@ -23,6 +23,7 @@
 //! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames |
 //! | [`http`] | HTTP/1.1 heads (httparse) and responses |
 //! | [`metrics`] | per-shard counters |
+//! | [`cluster`] | optional NATS bus between nodes: bridge thread, subjects, sequencer choice, wire format |
 //!
 //! # Embedding
 //!
@@ -30,6 +31,7 @@
 //! real server on port 0 this way and stop it with [`ServerHandle::shutdown`].
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -58,6 +60,7 @@ pub struct ServerHandle {
     shards: usize,
     stopper: Stopper,
     threads: Vec<rt::ShardThread>,
+    bridge: Option<cluster::bridge::BridgeThread>,
 }
 
 /// Asks a server to shut down gracefully. Cheap to clone, usable from any thread
@@ -65,6 +68,7 @@ pub struct ServerHandle {
 #[derive(Clone)]
 pub struct Stopper {
     mesh: shard::mesh::Mesh,
+    bus: Option<cluster::Bus>,
 }
 
 impl Stopper {
@@ -72,6 +76,10 @@ impl Stopper {
     /// client, flush, and exit within the configured shutdown timeout.
     pub fn stop(&self) {
         self.mesh.send_all(|| shard::msg::ShardMsg::Shutdown);
+        if let Some(bus) = &self.bus {
+            // The bridge says goodbye (others drop this node's users at once) and stops.
+            bus.send(cluster::BusOut::Shutdown);
+        }
     }
 }
 
@@ -96,12 +104,17 @@ impl ServerHandle {
         self.stopper.stop();
     }
 
-    /// Waits until every shard has finished.
+    /// Waits until every shard (and the cluster bridge, if any) has finished.
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
         for (i, t) in self.threads.into_iter().enumerate() {
             if t.join().is_err() && result.is_ok() {
                 result = Err(ServerError::ShardFailed(i));
+            }
+        }
+        if let Some(b) = self.bridge {
+            if !b.join() && result.is_ok() {
+                result = Err(ServerError::BridgeFailed);
             }
         }
         result
@@ -115,21 +128,31 @@ pub(crate) struct Shared {
     /// WebSocket connections open on the whole server. The one cross-shard counter:
     /// an atomic touched at upgrade and close only, never on a message path.
     pub websockets: AtomicU64,
+    /// The cluster bridge's queue and state (none: single node).
+    pub bus: Option<cluster::Bus>,
 }
 
 /// Binds `config.listen` once per shard and starts the shards.
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let auth = auth::Authenticator::new(&config).map_err(ServerError::Auth)?;
     tracing::info!("authentication: {}", auth.describe());
-    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0) });
     let shards = config.effective_shards();
     let bind_err = |source| ServerError::Bind { addr: config.listen, source };
     let sockets = rt::bind_listeners(config.listen, shards, config.backlog).map_err(bind_err)?;
     let addr = sockets.first().and_then(|s| s.local_addr().ok()).and_then(|a| a.as_socket()).unwrap_or(config.listen);
     let (mesh, inboxes) = shard::mesh::mesh(shards);
+    // Only with --nats-url: one more thread, with its own small tokio runtime.
+    let (bus, bridge) = match &config.cluster {
+        Some(c) => {
+            let (bus, bridge) = cluster::bridge::start(c, mesh.clone()).map_err(ServerError::Cluster)?;
+            (Some(bus), Some(bridge))
+        }
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus: bus.clone() });
     let cpus = rt::allowed_cpus();
     let config = Arc::new(config);
-    let stopper = Stopper { mesh: mesh.clone() };
+    let stopper = Stopper { mesh: mesh.clone(), bus };
     let mut threads = Vec::with_capacity(shards);
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
@@ -141,9 +164,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
                 for t in threads {
                     let _ = t.join();
                 }
+                if let Some(b) = bridge {
+                    b.join();
+                }
                 return Err(ServerError::Shard { shard: i, source });
             }
         }
     }
-    Ok(ServerHandle { addr, shards, stopper, threads })
+    Ok(ServerHandle { addr, shards, stopper, threads, bridge })
 }

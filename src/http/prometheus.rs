@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::BusReport;
 use crate::metrics::Snapshot;
 
 /// `Content-Type` of the exposition.
@@ -17,10 +18,14 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 const BUCKETS: [f64; 16] =
     [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0];
 
-/// Renders every snapshot (one per shard, in shard order).
-pub fn render(snaps: Vec<Snapshot>) -> String {
+/// Renders every snapshot (one per shard, in shard order), and the cluster bus figures
+/// when there is a cluster.
+pub fn render(snaps: Vec<Snapshot>, bus: Option<BusReport>) -> String {
     let mut registry = Registry::with_prefix("corecast");
     registry.register_collector(Box::new(Shards(snaps)));
+    if let Some(bus) = bus {
+        registry.register_collector(Box::new(Bus(bus)));
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -87,6 +92,43 @@ impl Collector for Shards {
             let sum = h.mean() * h.len() as f64 / 1e9;
             let shard = [("shard", s.shard.to_string())];
             family.encode_family(&shard)?.encode_histogram::<Vec<(String, String)>>(sum, h.len(), &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// The cluster bus: one sample each (the bridge is one per node, not per shard).
+#[derive(Debug)]
+struct Bus(BusReport);
+
+impl Collector for Bus {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let b = &self.0;
+        let counters: [(&str, &str, u64); 8] = [
+            ("bus_relayed_out", "Bus messages published to NATS.", b.relayed_out),
+            ("bus_relayed_in", "Bus messages received from other nodes and handed to shards.", b.relayed_in),
+            (
+                "bus_relay_dropped",
+                "Bus messages not relayed (NATS unreachable, bridge queue full, shard inbox congested).",
+                b.relay_dropped,
+            ),
+            ("bus_forwarded", "Publishes forwarded to another node's sequencer.", b.forwarded),
+            ("bus_reconnects", "Reconnections to NATS after a loss.", b.reconnects),
+            ("bus_decode_errors", "Bus messages that could not be decoded.", b.decode_errors),
+            ("bus_seq_gaps", "Room frames received after a gap in the sequence.", b.seq_gaps),
+            ("bus_epoch_changes", "Room stream epoch changes on this node.", b.epoch_changes),
+        ];
+        for (name, help, value) in counters {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        let gauges: [(&str, &str, i64); 2] = [
+            ("bus_connected", "1 while connected to NATS, 0 while reconnecting.", i64::from(b.state == "connected")),
+            ("cluster_nodes", "Live cluster nodes, this one included.", b.nodes as i64),
+        ];
+        for (name, help, value) in gauges {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)?;
         }
         Ok(())
     }

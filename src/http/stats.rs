@@ -17,6 +17,8 @@ pub struct Context {
     pub draining: bool,
     /// Most rooms listed.
     pub limit: usize,
+    /// The cluster bus figures (none: single node; shown as `"bus": {"state": "off"}`).
+    pub bus: Option<crate::cluster::BusReport>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +37,14 @@ struct Stats<'a> {
     counters: &'a Counters,
     room_list: Vec<&'a RoomSummary>,
     room_list_limit: usize,
+    bus: Bus,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Bus {
+    Off { state: &'static str },
+    On(crate::cluster::BusReport),
 }
 
 #[derive(Serialize)]
@@ -163,6 +173,7 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
         counters: &c,
         room_list: rooms,
         room_list_limit: ctx.limit,
+        bus: ctx.bus.map_or(Bus::Off { state: "off" }, Bus::On),
     };
     simd_json::to_vec(&stats).unwrap_or_default()
 }

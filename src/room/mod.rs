@@ -9,9 +9,9 @@
 //! touches I/O, so its rules are unit-tested here without a runtime.
 
 pub mod history;
+pub mod users;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,12 +19,20 @@ use bytes::Bytes;
 
 use rustc_hash::FxHashMap;
 
+use crate::cluster::wire::ReplyRef;
+use crate::cluster::BusOut;
 use crate::protocol::{server, ErrorCode, SYSTEM_ROOM_PREFIX};
 use crate::shard::msg::{
-    ConnRef, DeleteReq, HistoryReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply, ReplyTo,
-    Requester, ShardMsg, Since,
+    ConnRef, DeleteReq, HistoryReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Remote, Reply,
+    ReplyTo, Requester, ShardMsg, Since, BUS,
 };
 use history::{Budget, Caps, Ring};
+use users::Users;
+
+/// Shortest time a room with no local member lingers on its sequencer node after a
+/// message (cluster mode): a room sequenced for other nodes' members must keep its
+/// stream (epoch, seq) between messages, even with `--history-ttl 0`.
+const RELAY_LINGER_MS: u64 = 60_000;
 
 /// Where the owner's outputs go: `(destination shard, message)`.
 pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
@@ -35,9 +43,18 @@ pub type Sink<'a> = dyn FnMut(usize, ShardMsg) + 'a;
 /// presence part that personal rooms never use sits behind a box.
 pub struct OwnedRoom {
     name: Arc<str>,
-    /// Random per room instance: a client's `since` from another instance cannot match.
-    /// Shown as 16 hex digits.
+    /// Random per room instance on this node: leaves and deletions name the instance
+    /// they meant, and stale ones are ignored.
     epoch: u64,
+    /// The message stream's epoch, shown to clients as 16 hex digits: a client's `since`
+    /// from another stream cannot match. Equal to `epoch` on a single node; in a cluster
+    /// it is the sequencer node's stream, adopted from the frames it publishes, and a new
+    /// one whenever the sequencing moves to another node.
+    stream: u64,
+    /// The node that sequenced the current stream (0 on a single node).
+    sequencer: u64,
+    /// Whether the bridge was asked to subscribe to the room's subject (cluster mode).
+    subscribed: bool,
     /// Last assigned sequence number (0: no message yet).
     seq: u64,
     /// Connections per shard (joined or joining): the interest map for fan-out.
@@ -56,8 +73,8 @@ pub struct OwnedRoom {
 
 /// The presence side of a public room.
 struct Presence {
-    /// Distinct users present → their connection count.
-    users: BTreeMap<Arc<str>, u32>,
+    /// Users present, here and (in a cluster) on other nodes.
+    users: Users,
     /// Wall-clock creation time (ms since the Unix epoch).
     created_ms: u64,
     /// Who created it with `create` (rooms created by a first `join` have none and
@@ -66,8 +83,6 @@ struct Presence {
     /// argon2 hash of the password of a private room.
     password: Option<Arc<str>>,
 }
-
-static NO_USERS: BTreeMap<Arc<str>, u32> = BTreeMap::new();
 
 impl OwnedRoom {
     /// Room name.
@@ -80,7 +95,7 @@ impl OwnedRoom {
     }
     /// Stream epoch as shown to clients.
     pub fn epoch(&self) -> String {
-        format!("{:016x}", self.epoch)
+        format!("{:016x}", self.stream)
     }
 
     /// Messages held in history.
@@ -106,7 +121,7 @@ impl OwnedRoom {
     }
     /// Distinct users present (0 for server-managed rooms).
     pub fn user_count(&self) -> u32 {
-        self.users().len() as u32
+        self.presence.as_ref().map_or(0, |p| p.users.count())
     }
     /// Connections that joined.
     pub fn connections(&self) -> u32 {
@@ -125,8 +140,54 @@ impl OwnedRoom {
         self.presence.as_ref().and_then(|p| p.creator.as_ref())
     }
 
-    fn users(&self) -> &BTreeMap<Arc<str>, u32> {
-        self.presence.as_ref().map_or(&NO_USERS, |p| &p.users)
+    fn users(&self) -> Option<&Users> {
+        self.presence.as_ref().map(|p| &p.users)
+    }
+
+    /// Starts a new message stream (this node takes over the sequencing, or adopts
+    /// another node's stream): the history of the old one no longer applies.
+    fn new_stream(&mut self, stream: u64, sequencer: u64, budget: &mut Budget) {
+        self.stream = stream;
+        self.sequencer = sequencer;
+        if let Some(h) = self.history.take() {
+            budget.dropped(h.bytes(), h.len());
+        }
+    }
+
+    /// Appends a delivered frame to the history (when history is on).
+    fn remember(&mut self, frame: Bytes, caps: Caps, budget: &mut Budget) {
+        if caps.messages == 0 {
+            return;
+        }
+        let len = frame.len();
+        let (bytes, count) = self.history.get_or_insert_with(Box::default).push(self.seq, frame, caps);
+        budget.pushed(&self.name, self.stream, self.seq, len, bytes, count);
+    }
+
+    /// A new room instance; `node` is this node in a cluster (0: none).
+    fn new(
+        name: Arc<str>,
+        shards: usize,
+        node: u64,
+        now_ms: u64,
+        creator: Option<Arc<str>>,
+        password: Option<Arc<str>>,
+    ) -> OwnedRoom {
+        let epoch = fastrand::u64(..);
+        OwnedRoom {
+            presence: (!name.starts_with(SYSTEM_ROOM_PREFIX))
+                .then(|| Box::new(Presence { users: Users::default(), created_ms: now_ms, creator, password })),
+            name,
+            epoch,
+            stream: epoch,
+            sequencer: node,
+            subscribed: false,
+            seq: 0,
+            shard_members: vec![0; shards].into_boxed_slice(),
+            connections: 0,
+            history: None,
+            emptied_ms: 0,
+        }
     }
 
     /// Sends `frame` once to every shard with members; returns those shards.
@@ -210,7 +271,7 @@ struct RingsOf<'a>(&'a mut FxHashMap<Arc<str>, OwnedRoom>);
 
 impl history::Rings for RingsOf<'_> {
     fn ring(&mut self, room: &str, epoch: u64) -> Option<&mut Ring> {
-        self.0.get_mut(room).filter(|r| r.epoch == epoch).and_then(|r| r.history.as_deref_mut())
+        self.0.get_mut(room).filter(|r| r.stream == epoch).and_then(|r| r.history.as_deref_mut())
     }
 }
 
@@ -243,9 +304,17 @@ pub struct OwnedRooms {
     budget: Budget,
     /// How long an empty room keeps its history (ms; 0: dropped at once).
     ttl_ms: u64,
-    /// Rooms that emptied, in order: (room, epoch, emptied at). Checked from the front.
-    lingering: VecDeque<(Arc<str>, u64, u64)>,
+    /// Rooms that emptied, in order: (room, epoch, emptied at, linger ms). Checked from
+    /// the front.
+    lingering: VecDeque<(Arc<str>, u64, u64, u64)>,
     shards: usize,
+    /// This node's id in a cluster (0: no cluster). Then the owner also talks to the
+    /// bridge (destination [`BUS`]): subscriptions, presence, sequenced frames.
+    node: u64,
+    /// Room frames that arrived after a gap, since last taken (see [`Self::take_counts`]).
+    gaps: u64,
+    /// Stream epoch changes, since last taken.
+    epoch_changes: u64,
     /// Join/leave events only while a room has fewer users than this (0: never).
     presence_events_max: u32,
 }
@@ -262,7 +331,21 @@ impl OwnedRooms {
             lingering: VecDeque::new(),
             shards,
             presence_events_max,
+            node: 0,
+            gaps: 0,
+            epoch_changes: 0,
         }
+    }
+
+    /// Turns cluster mode on: this node is `node` (nonzero).
+    pub fn with_cluster(mut self, node: u64) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Takes the cluster counts gathered since the last call: (gaps, epoch changes).
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (std::mem::take(&mut self.gaps), std::mem::take(&mut self.epoch_changes))
     }
 
     /// Bytes and messages of history held on this shard.
@@ -329,20 +412,14 @@ impl OwnedRooms {
             JoinKind::Create { password_hash } => (Some(req.user.clone()), password_hash.clone()),
             JoinKind::Join { .. } => (None, None),
         };
-        let room = self.rooms.entry(req.room.clone()).or_insert_with(|| OwnedRoom {
-            name: req.room.clone(),
-            epoch: fastrand::u64(..),
-            seq: 0,
-            shard_members: vec![0; shards].into_boxed_slice(),
-            connections: 0,
-            presence: (!req.room.starts_with(SYSTEM_ROOM_PREFIX))
-                .then(|| Box::new(Presence { users: BTreeMap::new(), created_ms: now_ms, creator, password })),
-            history: None,
-            emptied_ms: 0,
-        });
+        let node = self.node;
+        let room = self
+            .rooms
+            .entry(req.room.clone())
+            .or_insert_with(|| OwnedRoom::new(req.room.clone(), shards, node, now_ms, creator, password));
         // A lingering room comes back to life (its expiry entry no longer matches).
         room.emptied_ms = 0;
-        let first = !room.is_system() && !room.users().contains_key(&req.user);
+        let first = !room.is_system() && !room.users().is_some_and(|u| u.contains(&req.user));
         // Announce before counting the joiner: it is not a local member until its ack
         // arrives, so its shard only needs the event if others there are members.
         if first && room.user_count() < self.presence_events_max {
@@ -352,8 +429,16 @@ impl OwnedRooms {
             *n += 1;
         }
         room.connections += 1;
-        if let Some(p) = room.presence.as_mut() {
-            *p.users.entry(req.user.clone()).or_insert(0) += 1;
+        let change = room.presence.as_mut().map(|p| p.users.add_local(&req.user));
+        if node != 0 {
+            if !room.subscribed {
+                room.subscribed = true;
+                sink(BUS, to_bus(BusOut::Subscribe(room.name.clone())));
+            }
+            if change.is_some_and(|c| c.local) {
+                let out = BusOut::Presence { room: room.name.clone(), user: req.user.clone(), present: true };
+                sink(BUS, to_bus(out));
+            }
         }
         let private = room.password().is_some();
         let since = match &req.kind {
@@ -387,23 +472,19 @@ impl OwnedRooms {
             _ => return,
         }
         room.connections -= 1;
-        let mut gone = false;
-        if let Some(p) = room.presence.as_mut() {
-            if let Some(count) = p.users.get_mut(user) {
-                *count -= 1;
-                if *count == 0 {
-                    p.users.remove(user);
-                    gone = true;
-                }
-            }
+        let change = room.presence.as_mut().map(|p| p.users.remove_local(user));
+        let gone = change.is_some_and(|c| c.cluster);
+        if self.node != 0 && change.is_some_and(|c| c.local) {
+            let out = BusOut::Presence { room: room.name.clone(), user: Arc::from(user), present: false };
+            sink(BUS, to_bus(out));
         }
         if room.connections == 0 {
             if room.history_len() > 0 && self.ttl_ms > 0 {
                 // Keep the history a while: a brief gap must not lose it.
                 room.emptied_ms = now_ms;
-                self.lingering.push_back((room.name.clone(), room.epoch, now_ms));
+                self.lingering.push_back((room.name.clone(), room.epoch, now_ms, self.ttl_ms));
             } else {
-                self.drop_room(room_name);
+                self.drop_room(room_name, sink);
             }
             return;
         }
@@ -437,29 +518,37 @@ impl OwnedRooms {
             }
         }
         sink(req.origin.shard, ShardMsg::ToConn { conn: req.origin.conn, frame });
-        self.drop_room(&req.room);
+        self.drop_room(&req.room, sink);
     }
 
-    /// Removes a room and gives its history back to the budget.
-    fn drop_room(&mut self, name: &str) {
+    /// Removes a room, gives its history back to the budget, and (cluster) stops
+    /// receiving it.
+    fn drop_room(&mut self, name: &str, sink: &mut Sink<'_>) {
         if let Some(room) = self.rooms.remove(name) {
             if let Some(h) = room.history {
                 self.budget.dropped(h.bytes(), h.len());
             }
+            if room.subscribed {
+                sink(BUS, to_bus(BusOut::Unsubscribe(room.name)));
+            }
         }
     }
 
-    /// Drops rooms that have lingered empty longer than the history TTL.
-    pub fn expire(&mut self, now_ms: u64) {
-        while let Some((name, epoch, since)) = self.lingering.front().cloned() {
-            if since + self.ttl_ms > now_ms {
+    /// Drops rooms that have lingered empty longer than their linger time (the history
+    /// TTL; at least [`RELAY_LINGER_MS`] after the last message for rooms sequenced here
+    /// only for other nodes).
+    pub fn expire(&mut self, now_ms: u64, sink: &mut Sink<'_>) {
+        while let Some((name, epoch, since, linger)) = self.lingering.front().cloned() {
+            if since + linger > now_ms {
                 break;
             }
             self.lingering.pop_front();
-            let still =
-                self.rooms.get(&name).is_some_and(|r| r.epoch == epoch && r.connections == 0 && r.emptied_ms == since);
-            if still {
-                self.drop_room(&name);
+            let Some(r) = self.rooms.get(&name).filter(|r| r.epoch == epoch && r.connections == 0) else { continue };
+            if r.emptied_ms == since {
+                self.drop_room(&name, sink);
+            } else if r.emptied_ms > since {
+                // Used since (a relay room got another message): check again later.
+                self.lingering.push_back((name, epoch, r.emptied_ms, linger));
             }
         }
     }
@@ -479,30 +568,49 @@ impl OwnedRooms {
             }
             (Requester::Conn(c), None) => reply_error(c, ErrorCode::NoSuchRoom, "no such room", sink),
             (Requester::Api(r), page) => reply(r, Reply::History(page), sink),
+            (Requester::Remote(_), _) => {}
         }
     }
 
     /// Sequences a message: next `seq`, `ts` = `now_ms`, one frame, one hand-off per
     /// member shard. A client sender with an `id` gets an `ack`; an API caller gets the
     /// seq and the shards reached.
+    ///
+    /// In a cluster this runs on the room's sequencer node only. Then the frame also goes
+    /// to the bus, a room without local members is created to carry the stream (other
+    /// nodes may have members), and taking over a stream another node sequenced starts a
+    /// new epoch (the old sequencer's last messages may not have reached us).
     pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
+        let node = self.node;
+        if node != 0 && !self.rooms.contains_key(&msg.room) && !matches!(msg.from, Requester::Conn(_)) {
+            self.relay_room(&msg.room, now_ms);
+        }
         let Some(room) = self.rooms.get_mut(&msg.room) else {
             match &msg.from {
                 // The sender's membership ended before its message arrived here.
                 Requester::Conn(c) => reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink),
                 Requester::Api(r) => reply(r, Reply::Published { seq: None, shards: Vec::new() }, sink),
+                Requester::Remote(r) => reply_remote(r, None, &msg.room, sink),
             }
             return;
         };
+        if node != 0 && room.sequencer != node {
+            room.new_stream(fastrand::u64(..), node, &mut self.budget);
+            self.epoch_changes += 1;
+        }
+        if room.connections == 0 && room.emptied_ms != 0 {
+            room.emptied_ms = now_ms;
+        }
         room.seq += 1;
         let frame = server::message(&room.name, room.seq, &msg.user, &msg.text, now_ms);
         let shards = room.fan_out(&frame, sink);
         let seq = room.seq;
+        if node != 0 {
+            let out = BusOut::Frame { room: room.name.clone(), epoch: room.stream, seq, frame: frame.clone() };
+            sink(BUS, to_bus(out));
+        }
         if self.history.messages > 0 {
-            let len = frame.len();
-            let (bytes, count) = room.history.get_or_insert_with(Box::default).push(seq, frame, self.history);
-            let (name, epoch) = (room.name.clone(), room.epoch);
-            self.budget.pushed(&name, epoch, seq, len, bytes, count);
+            room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
         let Some(room) = self.rooms.get(&msg.room) else { return };
@@ -516,6 +624,105 @@ impl OwnedRooms {
                 }
             }
             Requester::Api(r) => reply(r, Reply::Published { seq: Some(room.seq), shards }, sink),
+            Requester::Remote(r) => reply_remote(r, Some(room.seq), &room.name, sink),
+        }
+    }
+
+    /// Creates a room with no local member on its sequencer node (cluster mode), to carry
+    /// the stream for other nodes' members; it lingers [`RELAY_LINGER_MS`] (or the history
+    /// TTL, if longer) after its last message.
+    fn relay_room(&mut self, name: &str, now_ms: u64) {
+        let name: Arc<str> = Arc::from(name);
+        let room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
+        let epoch = room.epoch;
+        let mut room = room;
+        room.emptied_ms = now_ms;
+        self.rooms.insert(name.clone(), room);
+        self.lingering.push_back((name, epoch, now_ms, self.ttl_ms.max(RELAY_LINGER_MS)));
+    }
+
+    /// A frame the room's sequencer (another node) published: adopt its stream, keep the
+    /// history in step, and hand the frame to the local members. Frames of a room with no
+    /// local state (no local members left) are ignored; repeated ones are dropped.
+    pub fn remote_frame(&mut self, name: &str, stream: u64, seq: u64, node: u64, frame: Bytes, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(name) else { return };
+        if room.stream != stream {
+            room.new_stream(stream, node, &mut self.budget);
+            self.epoch_changes += 1;
+        } else if seq <= room.seq && room.sequencer == node {
+            return;
+        } else if seq != room.seq + 1 && room.seq != 0 {
+            // Messages in between were lost on the bus: the history cannot bridge them.
+            self.gaps += 1;
+            room.new_stream(stream, node, &mut self.budget);
+        }
+        room.sequencer = node;
+        room.seq = seq;
+        room.fan_out(&frame, sink);
+        if self.history.messages > 0 {
+            room.remember(frame, self.history, &mut self.budget);
+            self.budget.enforce(&mut RingsOf(&mut self.rooms));
+        }
+    }
+
+    /// Node `node` reports that `user` arrived in or left `room`.
+    pub fn remote_presence(&mut self, room: &str, node: u64, user: Arc<str>, present: bool, sink: &mut Sink<'_>) {
+        let max = self.presence_events_max;
+        let Some(room) = self.rooms.get_mut(room) else { return };
+        let Some(p) = room.presence.as_mut() else { return };
+        let changed = if present { p.users.add_remote(node, &user) } else { p.users.remove_remote(node, &user) };
+        let before = if present { room.user_count().saturating_sub(1) } else { room.user_count() };
+        if changed && before < max {
+            room.fan_out(&server::presence_event(present, &room.name, &user), sink);
+        }
+    }
+
+    /// Node `node` reports all its users of `room` (a snapshot).
+    pub fn remote_users(&mut self, room: &str, node: u64, users: &[Arc<str>], sink: &mut Sink<'_>) {
+        let max = self.presence_events_max;
+        let Some(room) = self.rooms.get_mut(room) else { return };
+        let Some(p) = room.presence.as_mut() else { return };
+        let (arrived, left) = p.users.set_remote(node, users);
+        if room.user_count() < max {
+            for u in &arrived {
+                room.fan_out(&server::presence_event(true, &room.name, u), sink);
+            }
+            for u in &left {
+                room.fan_out(&server::presence_event(false, &room.name, u), sink);
+            }
+        }
+    }
+
+    /// Node `node` is dead: its users leave every room (with events where enabled).
+    pub fn node_gone(&mut self, node: u64, sink: &mut Sink<'_>) {
+        let max = self.presence_events_max;
+        for room in self.rooms.values_mut() {
+            let Some(p) = room.presence.as_mut() else { continue };
+            let left = p.users.drop_node(node);
+            if room.user_count() < max {
+                for u in &left {
+                    room.fan_out(&server::presence_event(false, &room.name, u), sink);
+                }
+            }
+        }
+    }
+
+    /// This node's users of `room`, sent to node `to` (it just subscribed), or of every
+    /// room to everyone (`to` none: a node appeared, or this one reconnected).
+    pub fn announce(&self, room: Option<&str>, to: Option<u64>, sink: &mut Sink<'_>) {
+        let one = |r: &OwnedRoom, sink: &mut Sink<'_>| {
+            if let Some(u) = r.users().filter(|u| u.has_local()) {
+                let users = u.local().cloned().collect();
+                sink(BUS, to_bus(BusOut::Users { room: r.name.clone(), users, to }));
+            }
+        };
+        match room {
+            Some(name) => {
+                if let Some(r) = self.rooms.get(name) {
+                    one(r, sink);
+                }
+            }
+            None => self.rooms.values().filter(|r| r.subscribed).for_each(|r| one(r, sink)),
         }
     }
 
@@ -528,30 +735,24 @@ impl OwnedRooms {
         for shard in 0..self.shards {
             sink(shard, ShardMsg::DeliverAll { frame: frame.clone(), sent_at });
         }
-        if let Requester::Api(r) = &msg.from {
-            let shards = (0..self.shards as u16).collect();
-            reply(r, Reply::Published { seq: Some(self.broadcast_seq), shards }, sink);
+        if self.node != 0 {
+            sink(BUS, to_bus(BusOut::Broadcast { seq: self.broadcast_seq, frame }));
+        }
+        match &msg.from {
+            Requester::Api(r) => {
+                let shards = (0..self.shards as u16).collect();
+                reply(r, Reply::Published { seq: Some(self.broadcast_seq), shards }, sink);
+            }
+            Requester::Remote(r) => reply_remote(r, Some(self.broadcast_seq), BROADCAST_ROOM, sink),
+            Requester::Conn(_) => {}
         }
     }
 
     /// Answers a presence query with one page of user names (sorted) and the total count.
     pub fn presence(&self, req: PresenceReq, sink: &mut Sink<'_>) {
         let page = self.rooms.get(&req.room).filter(|r| !r.is_system()).map(|room| {
-            let from = match req.after.as_deref() {
-                Some(a) => Bound::Excluded(a),
-                None => Bound::Unbounded,
-            };
-            let limit = req.limit as usize;
-            let mut users: Vec<Arc<str>> = room
-                .users()
-                .range::<str, _>((from, Bound::Unbounded))
-                .map(|(u, _)| u.clone())
-                .take(limit + 1)
-                .collect();
-            let next = (users.len() > limit).then(|| {
-                users.pop();
-                users.last().cloned().unwrap_or_else(|| Arc::from(""))
-            });
+            let (users, next) =
+                room.users().map(|u| u.page(req.after.as_deref(), req.limit as usize)).unwrap_or_default();
             PresencePage {
                 room: room.name.clone(),
                 count: room.user_count(),
@@ -569,6 +770,7 @@ impl OwnedRooms {
                 reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink)
             }
             (Requester::Api(r), page) => reply(r, Reply::Presence(page), sink),
+            (Requester::Remote(_), _) => {}
         }
     }
 
@@ -617,6 +819,26 @@ fn payload(frame: &Bytes) -> &[u8] {
     }
 }
 
+fn to_bus(out: BusOut) -> ShardMsg {
+    ShardMsg::ToBus(Box::new(out))
+}
+
+/// Answers a requester on another node over the bus: an `ack` to a client that asked
+/// for one, or the outcome to a pending API request.
+fn reply_remote(r: &Remote, seq: Option<u64>, room: &str, sink: &mut Sink<'_>) {
+    let out = match &r.reply {
+        None => return,
+        Some(ReplyRef::Conn { shard, conn, reference }) => match seq {
+            Some(seq) => {
+                BusOut::ToConn { node: r.node, shard: *shard, conn: *conn, frame: server::ack(reference, room, seq) }
+            }
+            None => return,
+        },
+        Some(ReplyRef::Api { shard, req }) => BusOut::Published { node: r.node, shard: *shard, req: *req, seq },
+    };
+    sink(BUS, to_bus(out));
+}
+
 fn reply(to: &ReplyTo, reply: Reply, sink: &mut Sink<'_>) {
     sink(to.shard, ShardMsg::Reply { req: to.req, reply });
 }
@@ -629,6 +851,7 @@ fn reply_error(origin: &ConnRef, code: ErrorCode, message: &str, sink: &mut Sink
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::wire::ReplyRef;
     use crate::shard::conns::ConnId;
     use crate::ws::frame::{parse_header, Role};
 
@@ -793,6 +1016,106 @@ mod tests {
             out.push((s, m))
         });
         assert!(r.get("t").is_some());
+    }
+
+    fn to_bus(out: &[(usize, ShardMsg)]) -> Vec<&BusOut> {
+        out.iter()
+            .filter_map(|(s, m)| match m {
+                ShardMsg::ToBus(b) if *s == BUS => Some(&**b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn api_publish(r: &mut OwnedRooms, room: &str, text: &str, from: Requester) -> Vec<(usize, ShardMsg)> {
+        let mut out = Vec::new();
+        let msg = Publish { room: room.into(), user: "srv".into(), text: text.into(), from };
+        r.publish(msg, 7, &mut |s, m| out.push((s, m)));
+        out
+    }
+
+    #[test]
+    fn in_a_cluster_the_owner_subscribes_announces_and_publishes_frames() {
+        let mut r = rooms(2, 1000).with_cluster(1);
+        let out = join(&mut r, "r", "a", 0, 1);
+        let bus = to_bus(&out);
+        assert!(matches!(bus[0], BusOut::Subscribe(room) if &**room == "r"), "subscribe first");
+        assert!(matches!(bus[1], BusOut::Presence { present: true, .. }));
+        assert!(to_bus(&join(&mut r, "r", "a", 1, 2)).is_empty(), "a second connection of a is no news");
+        let out = api_publish(&mut r, "r", "hi", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+        let stream = r.get("r").unwrap().stream;
+        assert!(matches!(to_bus(&out)[0], BusOut::Frame { seq: 1, epoch, .. } if *epoch == stream));
+        let e = epoch(&r, "r");
+        r.leave("r", "a", 0, e, 0, &mut |_, _| {});
+        let mut out = Vec::new();
+        r.leave("r", "a", 1, e, 0, &mut |s, m| out.push((s, m)));
+        // No history TTL here: the room goes at once, and so does the subscription.
+        assert!(matches!(to_bus(&out)[..], [BusOut::Presence { present: false, .. }, BusOut::Unsubscribe(_)]));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn remote_frames_are_adopted_deduplicated_and_gaps_restart_the_history() {
+        let mut r = rooms(2, 1000).with_cluster(1);
+        join(&mut r, "r", "a", 1, 1);
+        let frame = |seq: u64| server::message("r", seq, "x", "t", 1);
+        let feed = |r: &mut OwnedRooms, stream: u64, seq: u64| {
+            let mut out = Vec::new();
+            r.remote_frame("r", stream, seq, 9, frame(seq), &mut |s, m| out.push((s, m)));
+            delivered(&out).len()
+        };
+        assert_eq!(feed(&mut r, 0xabc, 57), 1, "adopts the sequencer's stream");
+        assert_eq!((r.get("r").unwrap().epoch(), r.get("r").unwrap().seq()), ("0000000000000abc".into(), 57));
+        assert_eq!(feed(&mut r, 0xabc, 58), 1);
+        assert_eq!(feed(&mut r, 0xabc, 58), 0, "a repeat is dropped");
+        assert_eq!(r.get("r").unwrap().history_len(), 2);
+        assert_eq!(feed(&mut r, 0xabc, 61), 1, "delivered after a gap");
+        assert_eq!(r.get("r").unwrap().history_len(), 1, "the history cannot bridge a gap");
+        assert_eq!(r.take_counts(), (1, 1));
+        assert_eq!(feed(&mut r, 0xdef, 1), 1, "a new sequencer's stream");
+        assert_eq!(r.take_counts(), (0, 1));
+        r.remote_frame("nope", 1, 1, 9, frame(1), &mut |_, _| panic!("no local room: nothing to do"));
+    }
+
+    #[test]
+    fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
+        let mut r = rooms(1, 1000).with_cluster(1);
+        join(&mut r, "r", "a", 0, 1);
+        r.remote_frame("r", 0xabc, 5, 9, server::message("r", 5, "x", "t", 1), &mut |_, _| {});
+        r.take_counts();
+        let from = Requester::Remote(Box::new(Remote { node: 4, reply: Some(ReplyRef::Api { shard: 1, req: 77 }) }));
+        let out = api_publish(&mut r, "r", "mine now", from);
+        let room = r.get("r").unwrap();
+        assert_ne!(room.epoch(), "0000000000000abc", "a new stream");
+        assert_eq!(room.seq(), 6, "seq carries on");
+        assert_eq!(r.take_counts(), (0, 1));
+        assert!(matches!(
+            to_bus(&out)[..],
+            [BusOut::Frame { seq: 6, .. }, BusOut::Published { node: 4, req: 77, seq: Some(6), .. }]
+        ));
+        // A publish for a room with no local member creates a relay room on the sequencer.
+        let out = api_publish(&mut r, "elsewhere", "x", Requester::Remote(Box::new(Remote { node: 4, reply: None })));
+        assert!(matches!(to_bus(&out)[..], [BusOut::Frame { seq: 1, .. }]));
+        assert_eq!(r.get("elsewhere").unwrap().connections(), 0);
+    }
+
+    #[test]
+    fn remote_users_count_once_and_leave_when_their_node_dies() {
+        let mut r = rooms(1, 1000).with_cluster(1);
+        join(&mut r, "r", "a", 0, 1);
+        let mut out = Vec::new();
+        r.remote_users("r", 7, &["b".into(), "a".into()], &mut |s, m| out.push((s, m)));
+        let events = delivered(&out);
+        assert_eq!(events.len(), 1, "only b is news: {events:?}");
+        assert_eq!(events[0].1, serde_json::json!({"type":"join","room":"r","user":"b"}));
+        assert_eq!(r.get("r").unwrap().user_count(), 2);
+        let mut out = Vec::new();
+        r.node_gone(7, &mut |s, m| out.push((s, m)));
+        assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+        assert_eq!(r.get("r").unwrap().user_count(), 1, "a is still here");
+        let mut out = Vec::new();
+        r.announce(None, None, &mut |s, m| out.push((s, m)));
+        assert!(matches!(to_bus(&out)[..], [BusOut::Users { users, to: None, .. }] if users.len() == 1));
     }
 
     #[test]

@@ -36,6 +36,12 @@ impl ConnId {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
 
+    /// The id packed by [`ConnId::as_u64`] (from another node's ack address). An id
+    /// that names no live connection simply finds none.
+    pub fn from_u64(v: u64) -> ConnId {
+        ConnId { index: v as u32, generation: (v >> 32) as u32 }
+    }
+
     /// An arbitrary id for unit tests of code that only passes ids around.
     #[cfg(test)]
     pub fn for_test(n: u32) -> ConnId {

@@ -256,10 +256,22 @@ impl Shard {
             status: &'static str,
             shard: usize,
             uptime_ms: u64,
+            bus: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            node: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            nodes: Option<u64>,
         }
         let draining = self.is_draining();
-        let body =
-            Health { status: if draining { "draining" } else { "ok" }, shard: self.id, uptime_ms: self.uptime_ms() };
+        let report = self.shared.bus.as_ref().map(|b| b.report());
+        let body = Health {
+            status: if draining { "draining" } else { "ok" },
+            shard: self.id,
+            uptime_ms: self.uptime_ms(),
+            bus: report.map_or(crate::cluster::BusState::Off.as_str(), |r| r.state),
+            node: report.map(|r| format!("{:016x}", r.node)),
+            nodes: report.map(|r| r.nodes),
+        };
         Answer::json(if draining { 503 } else { 200 }, simd_json::to_vec(&body).unwrap_or_default())
     }
 
@@ -299,6 +311,7 @@ impl Shard {
             started_at_ms: Self::wall_ms().saturating_sub(self.uptime_ms()),
             draining: self.is_draining(),
             limit,
+            bus: self.shared.bus.as_ref().map(|b| b.report()),
         };
         Answer::json(200, stats::render(&snaps, ctx))
     }
@@ -309,7 +322,7 @@ impl Shard {
             status: 200,
             content_type: prometheus::CONTENT_TYPE,
             extra: String::new(),
-            body: prometheus::render(snaps).into_bytes(),
+            body: prometheus::render(snaps, self.shared.bus.as_ref().map(|b| b.report())).into_bytes(),
         }
     }
 

@@ -37,13 +37,14 @@ use self::conns::{Conn, ConnId, Conns, Phase};
 use self::fanout::Batch;
 use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
-use self::msg::{Query, Reply, ShardMsg};
+use self::msg::{Query, Reply, Requester, ShardMsg};
 use self::outbox::{Caps, Pushed};
+use crate::cluster::BusIn;
 use crate::config::Config;
 use crate::limits::{IpTable, Rate};
 use crate::metrics::{inc, ShardStats, Snapshot};
 use crate::room::OwnedRooms;
-use crate::room::{HistoryConfig, JoinStep};
+use crate::room::{HistoryConfig, JoinStep, BROADCAST_ROOM};
 use crate::rt;
 use crate::ws::frame;
 use crate::Shared;
@@ -78,6 +79,9 @@ pub(crate) struct Shard {
     pub members: RefCell<LocalRooms>,
     /// Rooms this shard owns (sequences).
     pub owned: RefCell<OwnedRooms>,
+    /// Live cluster nodes, sorted, this one included (from the bridge; just this node
+    /// until the first update, and always when there is no cluster).
+    nodes: RefCell<Arc<[u64]>>,
     /// Read buffer shared by all connections of the shard, borrowed only inside a poll.
     pub scratch: RefCell<Box<[u8]>>,
     /// simd-json's reusable buffers.
@@ -111,17 +115,16 @@ impl Shard {
         let shards = mesh.len();
         Shard {
             id,
-            shared,
             rate: Rate::new(cfg.rate_limit, cfg.rate_burst),
             ips: RefCell::new(IpTable::default()),
             sessions: RefCell::new(FxHashMap::default()),
             last_prune: Cell::new(0),
             caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
-            owned: RefCell::new(OwnedRooms::new(
-                shards,
-                cfg.presence_events_max_members,
-                HistoryConfig::from_config(&cfg, shards),
-            )),
+            owned: RefCell::new(
+                OwnedRooms::new(shards, cfg.presence_events_max_members, HistoryConfig::from_config(&cfg, shards))
+                    .with_cluster(shared.bus.as_ref().map_or(0, |b| b.node)),
+            ),
+            nodes: RefCell::new(Arc::from([shared.bus.as_ref().map_or(0, |b| b.node)])),
             cfg,
             mesh,
             conns: RefCell::new(Conns::default()),
@@ -141,6 +144,72 @@ impl Shard {
             resuming: Cell::new(false),
             accept_task: RefCell::new(None),
             done: Notify::default(),
+            shared,
+        }
+    }
+
+    /// Sends an owner's output on: to a shard's inbox, or (destination [`msg::BUS`]) to
+    /// the cluster bridge's queue.
+    pub fn route(&self, to: usize, m: ShardMsg) {
+        if to != msg::BUS {
+            self.mesh.send(to, m);
+        } else if let (ShardMsg::ToBus(out), Some(bus)) = (m, &self.shared.bus) {
+            bus.send(*out);
+        }
+    }
+
+    /// The node that must sequence `room`, when that is another node: the rendezvous
+    /// winner among the live nodes. `None` (sequence here) without a cluster, and while
+    /// the bus is down, so local traffic keeps flowing during an outage.
+    fn remote_sequencer(&self, room: &str) -> Option<u64> {
+        let bus = self.shared.bus.as_ref()?;
+        if !bus.connected() {
+            return None;
+        }
+        crate::cluster::nodes::sequencer(room, &self.nodes.borrow()).filter(|&n| n != bus.node)
+    }
+
+    /// Forwards a publish to node `to`, the room's sequencer. If the bridge cannot take
+    /// it, an API caller hears "not sequenced" at once rather than after its timeout.
+    fn forward(&self, to: u64, p: msg::Publish, broadcast: bool) {
+        let Some(bus) = &self.shared.bus else { return };
+        let reply = match &p.from {
+            Requester::Conn(c) => c.reference.as_ref().map(|r| crate::cluster::wire::ReplyRef::Conn {
+                shard: c.shard as u16,
+                conn: c.conn.as_u64(),
+                reference: r.to_string(),
+            }),
+            Requester::Api(r) => Some(crate::cluster::wire::ReplyRef::Api { shard: r.shard as u16, req: r.req }),
+            Requester::Remote(_) => None,
+        };
+        let out = crate::cluster::BusOut::Forward { to, room: p.room, user: p.user, text: p.text, broadcast, reply };
+        if !bus.send(out) {
+            if let Requester::Api(r) = p.from {
+                self.mesh.send(
+                    r.shard,
+                    ShardMsg::Reply { req: r.req, reply: Reply::Published { seq: None, shards: vec![] } },
+                );
+            }
+        }
+    }
+
+    /// Handles what the cluster bridge relayed from other nodes.
+    fn on_bus(&self, m: BusIn) {
+        let sink = &mut |to: usize, m: ShardMsg| self.route(to, m);
+        let mut owned = self.owned.borrow_mut();
+        match m {
+            BusIn::Frame { room, epoch, seq, node, frame } => owned.remote_frame(&room, epoch, seq, node, frame, sink),
+            BusIn::Presence { room, node, user, present } => owned.remote_presence(&room, node, user, present, sink),
+            BusIn::Users { room, node, users } => owned.remote_users(&room, node, &users, sink),
+            BusIn::SyncReq { room, node } => owned.announce(Some(&room), Some(node), sink),
+            BusIn::Nodes(nodes) => *self.nodes.borrow_mut() = nodes,
+            BusIn::NodeGone(node) => owned.node_gone(node, sink),
+            BusIn::Resync => owned.announce(None, None, sink),
+        }
+        let (gaps, epochs) = owned.take_counts();
+        if let Some(bus) = &self.shared.bus {
+            bus.stats.seq_gaps.fetch_add(gaps, std::sync::atomic::Ordering::Relaxed);
+            bus.stats.epoch_changes.fetch_add(epochs, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -274,8 +343,7 @@ impl Shard {
 
     /// Handles one inbox message, in arrival order.
     async fn handle(self: &Rc<Self>, msg: ShardMsg) {
-        let mesh = &self.mesh;
-        let sink = &mut |to: usize, m: ShardMsg| mesh.send(to, m);
+        let sink = &mut |to: usize, m: ShardMsg| self.route(to, m);
         match msg {
             ShardMsg::Join(req) => {
                 let step = self.owned.borrow_mut().join(*req, Self::wall_ms(), sink);
@@ -290,14 +358,25 @@ impl Shard {
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
             ShardMsg::RoomDeleted { room, epoch, frame, by } => self.on_room_deleted(&room, epoch, frame, &by),
             ShardMsg::Ip { ip, op } => self.on_ip(ip, op),
-            ShardMsg::Publish(p) => {
-                inc(&self.stats.messages_published);
-                self.owned.borrow_mut().publish(*p, Self::wall_ms(), sink);
-            }
-            ShardMsg::Broadcast(p) => {
-                inc(&self.stats.messages_published);
-                self.owned.borrow_mut().broadcast(*p, Self::wall_ms(), sink);
-            }
+            ShardMsg::Publish(p) => match self.remote_sequencer(&p.room) {
+                // A forwarded publish is sequenced where it lands, even if views of the
+                // live nodes differ for a moment: never forwarded twice, never looping.
+                Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, false),
+                _ => {
+                    inc(&self.stats.messages_published);
+                    self.owned.borrow_mut().publish(*p, Self::wall_ms(), sink);
+                    self.count_cluster();
+                }
+            },
+            ShardMsg::Broadcast(p) => match self.remote_sequencer(BROADCAST_ROOM) {
+                Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, true),
+                _ => {
+                    inc(&self.stats.messages_published);
+                    self.owned.borrow_mut().broadcast(*p, Self::wall_ms(), sink);
+                }
+            },
+            ShardMsg::Bus(m) => self.on_bus(*m),
+            ShardMsg::ToBus(out) => self.route(msg::BUS, ShardMsg::ToBus(out)),
             ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
             ShardMsg::History(q) => self.owned.borrow().history(*q, sink),
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
@@ -325,6 +404,15 @@ impl Shard {
             }
             ShardMsg::Reply { req, reply } => self.on_reply(req, reply),
             ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Moves the owner's cluster counts (epoch changes on takeover) to the bus counters.
+    fn count_cluster(&self) {
+        if let Some(bus) = &self.shared.bus {
+            let (gaps, epochs) = self.owned.borrow_mut().take_counts();
+            bus.stats.seq_gaps.fetch_add(gaps, std::sync::atomic::Ordering::Relaxed);
+            bus.stats.epoch_changes.fetch_add(epochs, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conns::ConnId;
+use crate::cluster::{wire::ReplyRef, BusIn, BusOut};
 use crate::metrics::Snapshot;
 use crate::room::PresencePage;
 
@@ -97,9 +98,19 @@ pub enum ShardMsg {
         /// What to do.
         op: IpOp,
     },
+    /// From the cluster bridge: something another node said (see [`BusIn`]).
+    Bus(Box<BusIn>),
+    /// For the cluster bridge: only ever passed to a room owner's sink with destination
+    /// [`BUS`], which hands it to the bridge's queue instead of a shard's inbox.
+    ToBus(Box<BusOut>),
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
 }
+
+/// The sink destination that means "the cluster bridge" rather than a shard (see
+/// [`ShardMsg::ToBus`]). Keeps the owner's room code pure: it only ever emits
+/// `(destination, message)` pairs.
+pub const BUS: usize = usize::MAX;
 
 /// Operations on an IP owner's table (`limits::IpTable`).
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +160,18 @@ pub enum Requester {
     Conn(ConnRef),
     /// The HTTP API: answered with a [`ShardMsg::Reply`].
     Api(ReplyTo),
+    /// A client or API request on another node, forwarded to this node because it is
+    /// the room's sequencer: answered over the bus.
+    Remote(Box<Remote>),
+}
+
+/// A requester on another node.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The origin node.
+    pub node: u64,
+    /// Who there hears the outcome (none: nobody asked).
+    pub reply: Option<ReplyRef>,
 }
 
 /// What a join asks for.

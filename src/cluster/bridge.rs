@@ -1,0 +1,468 @@
+//! The bridge thread: a current-thread tokio runtime running the async-nats client.
+//!
+//! One loop owns everything (the NATS client, the live-node table, the room
+//! subscriptions), so nothing here is shared or locked. It waits on: the shards' queue
+//! ([`super::Outbox`]), messages from NATS (one small forwarding task per subscription
+//! feeds a single channel, which keeps per-subject order), connection events, and two
+//! timers (heartbeat, node expiry). Publishing happens only while connected; otherwise
+//! the message is dropped and counted, so a NATS outage never stalls a shard and never
+//! grows memory without bound.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event};
+use futures_lite::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::nodes::{Change, Nodes};
+use super::subject::Subjects;
+use super::wire::{self, Header};
+use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
+use crate::room::BROADCAST_ROOM;
+use crate::shard::conns::ConnId;
+use crate::shard::mesh::{Mesh, HIGH_WATER};
+use crate::shard::msg::{Publish, Remote, Reply, Requester, ShardMsg};
+use crate::shard::route::owner;
+
+/// Messages from NATS waiting for the loop; beyond this the subscription tasks wait and
+/// async-nats reports a slow consumer (counted as dropped).
+const INBOUND: usize = 16 * 1024;
+
+/// How often dead nodes are looked for.
+const SWEEP: Duration = Duration::from_millis(250);
+
+/// The running bridge thread.
+pub(crate) struct BridgeThread {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl BridgeThread {
+    /// Waits for the thread to finish (after [`BusOut::Shutdown`]).
+    pub fn join(self) -> bool {
+        self.thread.join().is_ok()
+    }
+}
+
+/// Starts the bridge thread for `shards` shards reachable through `mesh`. Returns once
+/// the client is configured (NATS itself may still be unreachable: the bridge keeps
+/// trying in the background, and the node serves locally meanwhile).
+pub(crate) fn start(cfg: &ClusterConfig, mesh: Mesh) -> Result<(Bus, BridgeThread), ClusterError> {
+    let node = fastrand::u64(1..);
+    let (bus, outbox) = super::queue(node);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (cfg, thread_bus) = (cfg.clone(), bus.clone());
+    let thread = std::thread::Builder::new()
+        .name("corecast-bus".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(ClusterError::Start(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let (events_tx, events) = mpsc::unbounded_channel();
+                let client = match connect(&cfg, events_tx).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let bridge = Bridge::new(cfg, client, thread_bus, mesh);
+                bridge.run(outbox, events).await;
+            });
+        })
+        .map_err(ClusterError::Start)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((bus, BridgeThread { thread })),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(ClusterError::Connect("the bridge thread stopped while starting".into())),
+    }
+}
+
+/// Builds the client. With `retry_on_initial_connect` this returns at once even when
+/// NATS is down; the client connects (and later reconnects) in the background, without
+/// a limit, at most one second apart.
+async fn connect(cfg: &ClusterConfig, events: mpsc::UnboundedSender<Event>) -> Result<Client, ClusterError> {
+    let mut opts = ConnectOptions::new()
+        .name(format!("corecast/{}", cfg.node_name))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).clamp(100, 1000)))
+        .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(2))
+        .subscription_capacity(64 * 1024)
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(event);
+            }
+        });
+    if let Some(path) = &cfg.creds {
+        opts = opts.credentials_file(path).await.map_err(ClusterError::Credentials)?;
+    }
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(ca) = &cfg.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &cfg.tls_client {
+        opts = opts.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+    }
+    let urls: Vec<async_nats::ServerAddr> = cfg
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e: std::io::Error| ClusterError::Connect(format!("`{u}`: {e}"))))
+        .collect::<Result<_, _>>()?;
+    if urls.is_empty() {
+        return Err(ClusterError::Connect("--nats-url names no server".into()));
+    }
+    opts.connect(urls).await.map_err(|e| ClusterError::Connect(e.to_string()))
+}
+
+struct Bridge {
+    cfg: ClusterConfig,
+    client: Client,
+    bus: Bus,
+    me: u64,
+    mesh: Mesh,
+    subjects: Subjects,
+    nodes: Nodes,
+    /// Room subscriptions: the forwarding task of each (aborting it unsubscribes).
+    rooms: HashMap<Arc<str>, JoinHandle<()>>,
+    inbound_tx: mpsc::Sender<async_nats::Message>,
+    inbound: mpsc::Receiver<async_nats::Message>,
+    /// Fixed subscriptions (heartbeats, this node, broadcasts), kept for the lifetime.
+    fixed: Vec<JoinHandle<()>>,
+    ever_connected: bool,
+}
+
+impl Bridge {
+    fn new(cfg: ClusterConfig, client: Client, bus: Bus, mesh: Mesh) -> Bridge {
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND);
+        Bridge {
+            me: bus.node,
+            subjects: Subjects::new(&cfg.subject_prefix),
+            nodes: Nodes::new(bus.node, cfg.node_timeout),
+            cfg,
+            client,
+            bus,
+            mesh,
+            rooms: HashMap::new(),
+            inbound_tx,
+            inbound,
+            fixed: Vec::new(),
+            ever_connected: false,
+        }
+    }
+
+    async fn run(mut self, outbox: Outbox, mut events: mpsc::UnboundedReceiver<Event>) {
+        tracing::info!(node = format!("{:016x}", self.me), name = %self.cfg.node_name, url = %self.cfg.url, "cluster bridge started");
+        for subject in [self.subjects.heartbeat(), self.subjects.node(self.me), self.subjects.all()] {
+            match self.subscribe(subject.clone()).await {
+                Some(task) => self.fixed.push(task),
+                None => tracing::error!(%subject, "cannot subscribe; the cluster will not work"),
+            }
+        }
+        self.publish_nodes();
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        let mut sweep = tokio::time::interval(SWEEP);
+        loop {
+            tokio::select! {
+                out = poll_fn(|cx| outbox.poll_recv(cx)) => match out {
+                    Some(BusOut::Shutdown) | None => break,
+                    Some(out) => self.on_out(out).await,
+                },
+                Some(msg) = self.inbound.recv() => self.on_inbound(msg).await,
+                Some(event) = events.recv() => self.on_event(event).await,
+                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+        self.publish(self.subjects.heartbeat(), &Header::Bye { node: self.me }, &[]).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+        for task in self.fixed.drain(..).chain(self.rooms.drain().map(|(_, t)| t)) {
+            task.abort();
+        }
+        tracing::info!("cluster bridge stopped");
+    }
+
+    /// Subscribes to `subject` and starts the task that feeds its messages to the loop.
+    async fn subscribe(&self, subject: String) -> Option<JoinHandle<()>> {
+        match self.client.subscribe(subject.clone()).await {
+            Ok(mut sub) => {
+                let tx = self.inbound_tx.clone();
+                Some(tokio::spawn(async move {
+                    while let Some(msg) = sub.next().await {
+                        if tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "subscribe failed");
+                None
+            }
+        }
+    }
+
+    /// Publishes one bus message if connected; otherwise (or on error) drops and counts it.
+    async fn publish(&self, subject: String, header: &Header, body: &[u8]) -> bool {
+        if !self.bus.connected() {
+            self.bus.count(|s| &s.relay_dropped);
+            return false;
+        }
+        match self.client.publish(subject, wire::encode(header, body)).await {
+            Ok(()) => {
+                self.bus.count(|s| &s.relayed_out);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "publish failed");
+                self.bus.count(|s| &s.relay_dropped);
+                false
+            }
+        }
+    }
+
+    async fn heartbeat(&self) {
+        if self.bus.connected() {
+            let hb = Header::Hb { node: self.me, name: self.cfg.node_name.clone() };
+            let _ = self.client.publish(self.subjects.heartbeat(), wire::encode(&hb, &[])).await;
+        }
+    }
+
+    fn sweep(&mut self) {
+        let changes = self.nodes.expire(Instant::now());
+        self.apply(changes);
+    }
+
+    /// Tells the shards about nodes that came or went.
+    fn apply(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut joined = false;
+        for c in changes {
+            match c {
+                Change::Joined(n) => {
+                    tracing::info!(node = format!("{n:016x}"), "cluster node joined");
+                    joined = true;
+                }
+                Change::Left(n) => {
+                    tracing::info!(node = format!("{n:016x}"), "cluster node left");
+                    self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::NodeGone(n))));
+                }
+            }
+        }
+        self.publish_nodes();
+        if joined {
+            self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Resync)));
+        }
+    }
+
+    fn publish_nodes(&self) {
+        let live: Arc<[u64]> = self.nodes.live().into();
+        self.bus.stats.nodes.store(live.len() as u64, Ordering::Relaxed);
+        self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Nodes(live.clone()))));
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => {
+                self.bus.set_state(BusState::Connected);
+                if self.ever_connected {
+                    self.bus.count(|s| &s.reconnects);
+                    tracing::info!("cluster bus reconnected");
+                } else {
+                    tracing::info!("cluster bus connected");
+                }
+                self.ever_connected = true;
+                self.heartbeat().await;
+                // Others may have declared this node dead meanwhile, and this node may
+                // have missed their presence changes: exchange snapshots again.
+                let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+                for room in rooms {
+                    let req = Header::SyncReq { node: self.me, room: room.to_string() };
+                    self.publish(self.subjects.room(&room), &req, &[]).await;
+                }
+                self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Resync)));
+            }
+            Event::Disconnected => {
+                self.bus.set_state(BusState::Disconnected);
+                tracing::warn!("cluster bus disconnected; serving locally, reconnecting");
+            }
+            Event::SlowConsumer(_) => self.bus.count(|s| &s.relay_dropped),
+            other => tracing::debug!(event = %other, "cluster bus event"),
+        }
+    }
+
+    async fn on_out(&mut self, out: BusOut) {
+        let me = self.me;
+        match out {
+            BusOut::Subscribe(room) => {
+                if self.rooms.contains_key(&room) {
+                    return;
+                }
+                if let Some(task) = self.subscribe(self.subjects.room(&room)).await {
+                    self.rooms.insert(room.clone(), task);
+                    let req = Header::SyncReq { node: me, room: room.to_string() };
+                    self.publish(self.subjects.room(&room), &req, &[]).await;
+                }
+            }
+            BusOut::Unsubscribe(room) => {
+                if let Some(task) = self.rooms.remove(&room) {
+                    task.abort();
+                }
+            }
+            BusOut::Frame { room, epoch, seq, frame } => {
+                let h = Header::Frame { node: me, room: room.to_string(), epoch, seq };
+                self.publish(self.subjects.room(&room), &h, &frame).await;
+            }
+            BusOut::Broadcast { seq, frame } => {
+                self.publish(self.subjects.all(), &Header::Bcast { node: me, seq }, &frame).await;
+            }
+            BusOut::Forward { to, room, user, text, broadcast, reply } => {
+                let h = Header::Fwd {
+                    node: me,
+                    room: room.to_string(),
+                    user: user.to_string(),
+                    text: text.into(),
+                    broadcast,
+                    reply,
+                };
+                if self.publish(self.subjects.node(to), &h, &[]).await {
+                    self.bus.count(|s| &s.forwarded);
+                }
+            }
+            BusOut::Presence { room, user, present } => {
+                let h = Header::Presence { node: me, room: room.to_string(), user: user.to_string(), present };
+                self.publish(self.subjects.room(&room), &h, &[]).await;
+            }
+            BusOut::Users { room, users, to } => {
+                let subject = to.map_or_else(|| self.subjects.room(&room), |n| self.subjects.node(n));
+                let h = Header::Users {
+                    node: me,
+                    room: room.to_string(),
+                    users: users.iter().map(|u| u.to_string()).collect(),
+                };
+                self.publish(subject, &h, &[]).await;
+            }
+            BusOut::ToConn { node, shard, conn, frame } => {
+                self.publish(self.subjects.node(node), &Header::ToConn { node: me, shard, conn }, &frame).await;
+            }
+            BusOut::Published { node, shard, req, seq } => {
+                self.publish(self.subjects.node(node), &Header::Published { node: me, shard, req, seq }, &[]).await;
+            }
+            BusOut::Shutdown => {}
+        }
+    }
+
+    /// Hands a message to shard `to`, unless its inbox is over the high-water mark (then
+    /// it is dropped and counted: the bus must not grow a shard's inbox without bound).
+    fn deliver(&self, to: usize, msg: ShardMsg) {
+        if self.mesh.depth(to) > HIGH_WATER {
+            self.bus.count(|s| &s.relay_dropped);
+            return;
+        }
+        self.bus.count(|s| &s.relayed_in);
+        self.mesh.send(to, msg);
+    }
+
+    async fn on_inbound(&mut self, msg: async_nats::Message) {
+        let (header, body) = match wire::decode(&msg.payload) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, subject = %msg.subject, "undecodable bus message");
+                self.bus.count(|s| &s.decode_errors);
+                return;
+            }
+        };
+        if header.node() == self.me {
+            return;
+        }
+        let shards = self.mesh.len();
+        let room_msg = |room: &str, m: BusIn| (owner(room, shards), ShardMsg::Bus(Box::new(m)));
+        match header {
+            Header::Hb { node, name } => {
+                let change = self.nodes.heard(node, Instant::now());
+                if change.is_some() {
+                    tracing::debug!(node = format!("{node:016x}"), %name, "heartbeat from a new node");
+                    // Answer at once, so the newcomer learns about us without waiting.
+                    self.heartbeat().await;
+                }
+                self.apply(change.into_iter().collect());
+            }
+            Header::Bye { node } => {
+                let change = self.nodes.gone(node);
+                self.apply(change.into_iter().collect());
+            }
+            Header::Frame { node, room, epoch, seq } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Frame { room: room.clone(), epoch, seq, node, frame: body });
+                self.deliver(to, m);
+            }
+            Header::Bcast { .. } => {
+                let sent_at = Instant::now();
+                for shard in 0..shards {
+                    self.deliver(shard, ShardMsg::DeliverAll { frame: body.clone(), sent_at });
+                }
+            }
+            Header::Fwd { node, room, user, text, broadcast, reply } => {
+                let publish = Box::new(Publish {
+                    room: room.as_str().into(),
+                    user: user.into(),
+                    text: text.into(),
+                    from: Requester::Remote(Box::new(Remote { node, reply })),
+                });
+                if broadcast {
+                    self.deliver(owner(BROADCAST_ROOM, shards), ShardMsg::Broadcast(publish));
+                } else {
+                    self.deliver(owner(&room, shards), ShardMsg::Publish(publish));
+                }
+            }
+            Header::Presence { node, room, user, present } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Presence { room: room.clone(), node, user: user.into(), present });
+                self.deliver(to, m);
+            }
+            Header::Users { node, room, users } => {
+                let room: Arc<str> = room.into();
+                let users = users.into_iter().map(Arc::from).collect();
+                let (to, m) = room_msg(&room, BusIn::Users { room: room.clone(), node, users });
+                self.deliver(to, m);
+            }
+            Header::SyncReq { node, room } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::SyncReq { room: room.clone(), node });
+                self.deliver(to, m);
+            }
+            Header::ToConn { shard, conn, .. } => {
+                self.deliver(usize::from(shard), ShardMsg::ToConn { conn: ConnId::from_u64(conn), frame: body });
+            }
+            Header::Published { shard, req, seq, .. } => {
+                let reply = Reply::Published { seq, shards: Vec::new() };
+                self.deliver(usize::from(shard), ShardMsg::Reply { req, reply });
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! The cluster bus: several corecast nodes relaying rooms to each other over NATS.
+//!
+//! Off unless `--nats-url` is given; then [`bridge`] runs one extra thread with a small
+//! current-thread tokio runtime and the async-nats client. Shards never touch the network
+//! or tokio: they hand [`BusOut`] messages to the bridge through a bounded lock-free queue
+//! (crossbeam + `AtomicWaker`, like the inter-shard mesh), and the bridge hands what
+//! arrives to the shards through the mesh as [`BusIn`]. A full queue drops and counts;
+//! nothing ever blocks a shard.
+//!
+//! The ordering rule (docs/CLUSTER.md): every room has one *sequencer node*, chosen by
+//! rendezvous hashing over the live nodes ([`nodes`]). Publishes on other nodes are
+//! forwarded to it; its owner shard numbers the message, builds the frame once, delivers
+//! locally and publishes the frame on the room's subject ([`subject`]), from which every
+//! other node with members delivers the same bytes in the same order.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`subject`] | subject names, room name → subject token encoding |
+//! | [`nodes`] | live-node table (heartbeats), rendezvous hashing |
+//! | [`wire`] | the versioned bus message format |
+//! | `bridge` | the thread: tokio runtime, NATS connection, relaying both ways |
+
+pub(crate) mod bridge;
+pub mod nodes;
+pub mod subject;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+
+/// How to reach NATS and how this node takes part in the cluster. Its `Debug` output
+/// hides the password and the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma-separated (`nats://host:4222`, `tls://…`).
+    pub url: String,
+    /// `.creds` file (JWT + nkey seed) for decentralized auth.
+    pub creds: Option<PathBuf>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// Auth token.
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify the server's TLS certificate; implies TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// This node's name in logs and heartbeats.
+    pub node_name: String,
+    /// First token(s) of every subject (several clusters can share one NATS).
+    pub subject_prefix: String,
+    /// Interval between this node's heartbeats.
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is dead: its users leave every room, and its
+    /// rooms get a new sequencer.
+    pub node_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
+        f.debug_struct("ClusterConfig")
+            .field("url", &self.url)
+            .field("creds", &self.creds)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .field("node_name", &self.node_name)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("heartbeat", &self.heartbeat)
+            .field("node_timeout", &self.node_timeout)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// A configuration for `url` with defaults (1 s heartbeats, 3 s timeout).
+    pub fn new(url: impl Into<String>) -> ClusterConfig {
+        ClusterConfig {
+            url: url.into(),
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            tls_client: None,
+            node_name: "corecast".to_owned(),
+            subject_prefix: "corecast".to_owned(),
+            heartbeat: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why the cluster bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The bridge thread or its runtime could not be created.
+    #[error("cannot start the cluster bridge: {0}")]
+    Start(std::io::Error),
+    /// The credentials file could not be read or parsed.
+    #[error("cannot load NATS credentials: {0}")]
+    Credentials(std::io::Error),
+    /// The NATS URL or options are invalid (a server that is merely down is not an
+    /// error: the bridge keeps retrying).
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+}
+
+/// State of the bus connection, as `/health` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BusState {
+    /// No cluster configured.
+    Off = 0,
+    /// Connected to NATS.
+    Connected = 1,
+    /// Configured, but NATS is unreachable right now (the bridge is reconnecting).
+    Disconnected = 2,
+}
+
+impl BusState {
+    /// The name shown in `/health`, `/stats` and `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusState::Off => "off",
+            BusState::Connected => "connected",
+            BusState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Bus counters, monotonic since start. Written by the bridge (and, for drops at the
+/// queue, by shards: a rare event, so one shared atomic is fine off the hot path).
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Bus messages published to NATS.
+    pub relayed_out: AtomicU64,
+    /// Bus messages received from other nodes and handed to shards.
+    pub relayed_in: AtomicU64,
+    /// Bus messages that could not be relayed: NATS unreachable, bridge queue full, or a
+    /// shard inbox over its high-water mark. At-most-once: these are lost, not retried.
+    pub relay_dropped: AtomicU64,
+    /// Publishes forwarded to another node's sequencer.
+    pub forwarded: AtomicU64,
+    /// Reconnections to NATS after a loss.
+    pub reconnects: AtomicU64,
+    /// Bus messages that could not be decoded (damaged, or another version).
+    pub decode_errors: AtomicU64,
+    /// Room frames received after a gap in the sequence (messages in between were lost).
+    pub seq_gaps: AtomicU64,
+    /// Times a room's stream epoch changed on this node (sequencer moved, or adopted
+    /// another node's stream).
+    pub epoch_changes: AtomicU64,
+    /// Live nodes, this one included (a gauge).
+    pub nodes: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A copy of the bus figures for `/stats` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BusReport {
+    /// `connected` or `disconnected`.
+    pub state: &'static str,
+    /// This node's id (16 hex digits in JSON).
+    #[serde(serialize_with = "hex")]
+    pub node: u64,
+    /// Live nodes, this one included.
+    pub nodes: u64,
+    /// See [`BusStats::relayed_out`].
+    pub relayed_out: u64,
+    /// See [`BusStats::relayed_in`].
+    pub relayed_in: u64,
+    /// See [`BusStats::relay_dropped`].
+    pub relay_dropped: u64,
+    /// See [`BusStats::forwarded`].
+    pub forwarded: u64,
+    /// See [`BusStats::reconnects`].
+    pub reconnects: u64,
+    /// See [`BusStats::decode_errors`].
+    pub decode_errors: u64,
+    /// See [`BusStats::seq_gaps`].
+    pub seq_gaps: u64,
+    /// See [`BusStats::epoch_changes`].
+    pub epoch_changes: u64,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
+/// What a shard asks the bridge to do. Plain data; moves through the bounded queue.
+#[derive(Debug)]
+pub enum BusOut {
+    /// Start receiving room `room` (its first local member arrived).
+    Subscribe(Arc<str>),
+    /// Stop receiving room `room` (it is gone from this node).
+    Unsubscribe(Arc<str>),
+    /// Publish a sequenced room frame.
+    Frame {
+        /// Room name.
+        room: Arc<str>,
+        /// Stream epoch.
+        epoch: u64,
+        /// Sequence number.
+        seq: u64,
+        /// The finished frame.
+        frame: Bytes,
+    },
+    /// Publish a sequenced broadcast frame.
+    Broadcast {
+        /// Broadcast sequence number.
+        seq: u64,
+        /// The finished frame.
+        frame: Bytes,
+    },
+    /// Forward a publish to node `to`, the room's sequencer.
+    Forward {
+        /// The sequencer node.
+        to: u64,
+        /// Room (`@all` for broadcasts).
+        room: Arc<str>,
+        /// Sender shown to receivers.
+        user: Arc<str>,
+        /// Text.
+        text: Box<str>,
+        /// A broadcast.
+        broadcast: bool,
+        /// Who hears the outcome.
+        reply: Option<wire::ReplyRef>,
+    },
+    /// A user's first local connection joined, or its last one left, room `room`.
+    Presence {
+        /// Room name.
+        room: Arc<str>,
+        /// The user.
+        user: Arc<str>,
+        /// Arrived or left.
+        present: bool,
+    },
+    /// This node's users of `room` (to node `to`, or to everyone on the room subject).
+    Users {
+        /// Room name.
+        room: Arc<str>,
+        /// The users.
+        users: Vec<Arc<str>>,
+        /// The node that asked, if one did.
+        to: Option<u64>,
+    },
+    /// A frame for one connection on another node (an ack for a forwarded publish).
+    ToConn {
+        /// The node.
+        node: u64,
+        /// The connection's shard there.
+        shard: u16,
+        /// The connection id.
+        conn: u64,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// The outcome of a forwarded API publish.
+    Published {
+        /// The origin node.
+        node: u64,
+        /// The shard serving the request.
+        shard: u16,
+        /// Its request id.
+        req: u64,
+        /// The sequence number (none: not sequenced).
+        seq: Option<u64>,
+    },
+    /// Say goodbye and stop (server shutdown).
+    Shutdown,
+}
+
+/// What the bridge hands a shard.
+#[derive(Debug)]
+pub enum BusIn {
+    /// To a room's owner shard: a frame the room's sequencer published.
+    Frame {
+        /// Room name.
+        room: Arc<str>,
+        /// Stream epoch.
+        epoch: u64,
+        /// Sequence number.
+        seq: u64,
+        /// The sequencer node.
+        node: u64,
+        /// The finished frame.
+        frame: Bytes,
+    },
+    /// To a room's owner shard: a user arrived on or left node `node`.
+    Presence {
+        /// Room name.
+        room: Arc<str>,
+        /// The node.
+        node: u64,
+        /// The user.
+        user: Arc<str>,
+        /// Arrived or left.
+        present: bool,
+    },
+    /// To a room's owner shard: all users node `node` has in the room.
+    Users {
+        /// Room name.
+        room: Arc<str>,
+        /// The node.
+        node: u64,
+        /// Its users.
+        users: Vec<Arc<str>>,
+    },
+    /// To a room's owner shard: node `node` asks for this node's users of the room.
+    SyncReq {
+        /// Room name.
+        room: Arc<str>,
+        /// The asking node.
+        node: u64,
+    },
+    /// To every shard: the live nodes (sorted, this one included).
+    Nodes(Arc<[u64]>),
+    /// To every shard: node `0` is dead; its users leave every room.
+    NodeGone(u64),
+    /// To every shard: announce this node's users of every room (a node appeared, or this
+    /// node reconnected: the others may have forgotten them).
+    Resync,
+}
+
+/// Bridge queue capacity (messages); beyond it shards drop and count.
+pub const OUT_CAPACITY: usize = 64 * 1024;
+
+/// A shard's handle on the bridge: cheap to clone, never blocks.
+#[derive(Clone)]
+pub(crate) struct Bus {
+    /// This node's id (random, nonzero, new at every start).
+    pub node: u64,
+    tx: Sender<BusOut>,
+    waker: Arc<AtomicWaker>,
+    state: Arc<AtomicU8>,
+    /// Counters.
+    pub stats: Arc<BusStats>,
+}
+
+/// The bridge's end of the queue.
+pub(crate) struct Outbox {
+    rx: Receiver<BusOut>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Outbox {
+    /// Next message, or `Pending` after registering to be woken by the next send.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<BusOut>> {
+        match self.rx.try_recv() {
+            Ok(m) => return Poll::Ready(Some(m)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.waker.register(cx.waker());
+        match self.rx.try_recv() {
+            Ok(m) => Poll::Ready(Some(m)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+}
+
+/// A new queue between the shards and the bridge of node `node`.
+pub(crate) fn queue(node: u64) -> (Bus, Outbox) {
+    let (tx, rx) = crossbeam_channel::bounded(OUT_CAPACITY);
+    let waker = Arc::new(AtomicWaker::new());
+    let bus = Bus {
+        node,
+        tx,
+        waker: waker.clone(),
+        state: Arc::new(AtomicU8::new(BusState::Disconnected as u8)),
+        stats: Arc::new(BusStats::default()),
+    };
+    (bus, Outbox { rx, waker })
+}
+
+impl Bus {
+    /// Queues `msg` for the bridge and wakes it; drops and counts it when the queue is
+    /// full. Returns whether it was queued.
+    pub fn send(&self, msg: BusOut) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.waker.wake();
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                bump(&self.stats.relay_dropped);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// The connection state.
+    pub fn state(&self) -> BusState {
+        match self.state.load(Ordering::Acquire) {
+            1 => BusState::Connected,
+            _ => BusState::Disconnected,
+        }
+    }
+
+    /// Whether NATS is reachable now.
+    pub fn connected(&self) -> bool {
+        self.state() == BusState::Connected
+    }
+
+    pub(crate) fn set_state(&self, s: BusState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Counts one occurrence.
+    pub fn count(&self, c: impl Fn(&BusStats) -> &AtomicU64) {
+        bump(c(&self.stats));
+    }
+
+    /// The current figures.
+    pub fn report(&self) -> BusReport {
+        let s = &self.stats;
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BusReport {
+            state: self.state().as_str(),
+            node: self.node,
+            nodes: r(&s.nodes).max(1),
+            relayed_out: r(&s.relayed_out),
+            relayed_in: r(&s.relayed_in),
+            relay_dropped: r(&s.relay_dropped),
+            forwarded: r(&s.forwarded),
+            reconnects: r(&s.reconnects),
+            decode_errors: r(&s.decode_errors),
+            seq_gaps: r(&s.seq_gaps),
+            epoch_changes: r(&s.epoch_changes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let mut c = ClusterConfig::new("nats://x");
+        c.password = Some("hunter2".into());
+        c.token = Some("s3cret".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret") && shown.contains("<hidden>"), "{shown}");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (bus, outbox) = queue(7);
+        for _ in 0..OUT_CAPACITY {
+            assert!(bus.send(BusOut::Unsubscribe("r".into())));
+        }
+        assert!(!bus.send(BusOut::Unsubscribe("r".into())));
+        assert_eq!(bus.report().relay_dropped, 1);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(matches!(outbox.poll_recv(&mut cx), Poll::Ready(Some(BusOut::Unsubscribe(_)))));
+        assert_eq!(bus.report().state, "disconnected");
+    }
+}

@@ -1,0 +1,235 @@
+//! The bus message format: what nodes say to each other over NATS.
+//!
+//! A bus message is `[version: u8][header length: u32 BE][header: JSON][body: bytes]`.
+//! The header is a small serde enum ([`Header`]); the body carries a finished
+//! server→client WebSocket frame where there is one (a room message, an ack), so a
+//! receiving node hands the very bytes the sequencer built to its members: frames are
+//! built once in the whole cluster. Version 1 is the only one; a receiver drops (and
+//! counts) anything else, so a rolling upgrade can introduce version 2 beside it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// The version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// Who gets the answer to a forwarded publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+pub enum ReplyRef {
+    /// A client connection that asked for an `ack` (it sent an `id`).
+    Conn {
+        /// Its shard on the origin node.
+        shard: u16,
+        /// Its connection id there.
+        conn: u64,
+        /// The client's `id`, echoed in the ack.
+        reference: String,
+    },
+    /// A pending `POST /api/publish` on the origin node.
+    Api {
+        /// The shard serving the request.
+        shard: u16,
+        /// The request id there.
+        req: u64,
+    },
+}
+
+/// The header of a bus message. Every variant names the node that sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Header {
+    /// "I am alive" (every heartbeat interval, on the heartbeat subject).
+    Hb {
+        /// Sender.
+        node: u64,
+        /// Its `--node-name`, for logs.
+        name: String,
+    },
+    /// "I am leaving" (graceful shutdown): others drop the node at once.
+    Bye {
+        /// Sender.
+        node: u64,
+    },
+    /// A sequenced room message; the body is its finished frame (room subject).
+    Frame {
+        /// The sequencer.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The room's stream epoch.
+        epoch: u64,
+        /// Sequence number within the epoch.
+        seq: u64,
+    },
+    /// A broadcast (`@all`) message; the body is its finished frame (broadcast subject).
+    Bcast {
+        /// The sequencer.
+        node: u64,
+        /// Broadcast sequence number.
+        seq: u64,
+    },
+    /// A publish forwarded to the room's sequencer (node subject).
+    Fwd {
+        /// The origin node.
+        node: u64,
+        /// Room name (`@all` for a broadcast).
+        room: String,
+        /// Sender shown to receivers.
+        user: String,
+        /// Message text.
+        text: String,
+        /// A broadcast to everyone rather than a room message.
+        broadcast: bool,
+        /// Who wants to hear the outcome.
+        reply: Option<ReplyRef>,
+    },
+    /// A user's first connection on the sender arrived in a room, or its last one left
+    /// (room subject).
+    Presence {
+        /// Sender.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The user.
+        user: String,
+        /// Arrived (true) or left (false).
+        present: bool,
+    },
+    /// All users the sender has in a room, replacing what the receiver knew of them
+    /// (room subject, or the node subject of the node that asked).
+    Users {
+        /// Sender.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The users, in any order.
+        users: Vec<String>,
+    },
+    /// "I just subscribed to this room: tell me your users" (room subject).
+    SyncReq {
+        /// Sender (answers go to its node subject).
+        node: u64,
+        /// Room name.
+        room: String,
+    },
+    /// A frame for one connection of the receiving node; the body is the frame (node
+    /// subject).
+    ToConn {
+        /// Sender.
+        node: u64,
+        /// The connection's shard.
+        shard: u16,
+        /// The connection id.
+        conn: u64,
+    },
+    /// The outcome of a forwarded API publish (node subject).
+    Published {
+        /// Sender.
+        node: u64,
+        /// The shard serving the request.
+        shard: u16,
+        /// The request id.
+        req: u64,
+        /// The sequence number given (none: not sequenced).
+        seq: Option<u64>,
+    },
+}
+
+impl Header {
+    /// The node that sent the message.
+    pub fn node(&self) -> u64 {
+        match self {
+            Header::Hb { node, .. }
+            | Header::Bye { node }
+            | Header::Frame { node, .. }
+            | Header::Bcast { node, .. }
+            | Header::Fwd { node, .. }
+            | Header::Presence { node, .. }
+            | Header::Users { node, .. }
+            | Header::SyncReq { node, .. }
+            | Header::ToConn { node, .. }
+            | Header::Published { node, .. } => *node,
+        }
+    }
+}
+
+/// Why a bus message could not be read. The receiver drops it and counts it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// Fewer bytes than the envelope says.
+    #[error("truncated bus message")]
+    Truncated,
+    /// Written by a version this build does not know.
+    #[error("unknown bus message version {0}")]
+    Version(u8),
+    /// The header is not valid JSON of a known kind.
+    #[error("invalid bus message header: {0}")]
+    Header(String),
+}
+
+/// Encodes `header` and `body` into one bus message.
+pub fn encode(header: &Header, body: &[u8]) -> Bytes {
+    let json = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(5 + json.len() + body.len());
+    out.put_u8(VERSION);
+    out.put_u32(json.len() as u32);
+    out.extend_from_slice(&json);
+    out.extend_from_slice(body);
+    out.freeze()
+}
+
+/// Decodes a bus message into its header and body (the body shares `msg`'s memory).
+pub fn decode(msg: &Bytes) -> Result<(Header, Bytes), WireError> {
+    let (&version, rest) = msg.split_first().ok_or(WireError::Truncated)?;
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let len_bytes: [u8; 4] = rest.get(..4).and_then(|b| b.try_into().ok()).ok_or(WireError::Truncated)?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let end = 5usize.checked_add(len).filter(|&e| e <= msg.len()).ok_or(WireError::Truncated)?;
+    let header = serde_json::from_slice(&msg[5..end]).map_err(|e| WireError::Header(e.to_string()))?;
+    Ok((header, msg.slice(end..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip_with_their_body() {
+        let h = Header::Fwd {
+            node: u64::MAX,
+            room: "a.b *>".into(),
+            user: "bob".into(),
+            text: "hi \"there\"".into(),
+            broadcast: false,
+            reply: Some(ReplyRef::Conn { shard: 1, conn: 1 << 40, reference: "r1".into() }),
+        };
+        let m = encode(&h, b"body");
+        let (back, body) = decode(&m).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(&body[..], b"body");
+        assert_eq!(back.node(), u64::MAX);
+    }
+
+    #[test]
+    fn damaged_or_foreign_messages_are_refused() {
+        let m = encode(&Header::Bye { node: 1 }, b"");
+        assert_eq!(decode(&Bytes::new()), Err(WireError::Truncated));
+        assert_eq!(decode(&m.slice(..m.len() - 1)), Err(WireError::Truncated));
+        let mut v = m.to_vec();
+        v[0] = 2;
+        assert_eq!(decode(&Bytes::from(v)), Err(WireError::Version(2)));
+        let bad = [&[1u8, 0, 0, 0, 2][..], b"{}"].concat();
+        assert!(matches!(decode(&Bytes::from(bad)), Err(WireError::Header(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode(&Bytes::from(bytes));
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Who is in a room, cluster-wide: the users with connections on this node, plus the
+//! users other nodes reported, with the size of the union kept current so that `members`
+//! counts and event thresholds cost nothing to read.
+//!
+//! A user present on several nodes (or with several connections) counts once. Join and
+//! leave events follow the union: a user "arrives" when the first connection anywhere
+//! appears and "leaves" when the last one anywhere is gone (or its node died).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+/// The users of one room.
+#[derive(Debug, Default)]
+pub struct Users {
+    /// Users with connections on this node → their connection count.
+    local: BTreeMap<Arc<str>, u32>,
+    /// Users reported by other nodes → how many nodes reported them.
+    remote: BTreeMap<Arc<str>, u32>,
+    /// What each other node reported.
+    by_node: FxHashMap<u64, BTreeSet<Arc<str>>>,
+    /// Size of the union of `local` and `remote`.
+    present: u32,
+}
+
+/// What adding a local connection changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The user's first (or last) connection on this node: other nodes must hear of it.
+    pub local: bool,
+    /// The user's first (or last) appearance anywhere: members get a presence event.
+    pub cluster: bool,
+}
+
+impl Users {
+    /// Distinct users present anywhere.
+    pub fn count(&self) -> u32 {
+        self.present
+    }
+
+    /// Whether `user` is present anywhere.
+    pub fn contains(&self, user: &str) -> bool {
+        self.local.contains_key(user) || self.remote.contains_key(user)
+    }
+
+    /// Users with connections on this node.
+    pub fn local(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.local.keys()
+    }
+
+    /// Whether this node has any user.
+    pub fn has_local(&self) -> bool {
+        !self.local.is_empty()
+    }
+
+    /// One more connection of `user` on this node.
+    pub fn add_local(&mut self, user: &Arc<str>) -> Change {
+        let n = self.local.entry(user.clone()).or_insert(0);
+        *n += 1;
+        let local = *n == 1;
+        let cluster = local && !self.remote.contains_key(user);
+        if cluster {
+            self.present += 1;
+        }
+        Change { local, cluster }
+    }
+
+    /// One connection fewer of `user` on this node (no effect for an unknown user).
+    pub fn remove_local(&mut self, user: &str) -> Change {
+        let Some(n) = self.local.get_mut(user) else { return Change { local: false, cluster: false } };
+        *n -= 1;
+        if *n > 0 {
+            return Change { local: false, cluster: false };
+        }
+        self.local.remove(user);
+        let cluster = !self.remote.contains_key(user);
+        if cluster {
+            self.present -= 1;
+        }
+        Change { local: true, cluster }
+    }
+
+    /// Node `node` reports `user`; true when the user is new anywhere.
+    pub fn add_remote(&mut self, node: u64, user: &Arc<str>) -> bool {
+        if !self.by_node.entry(node).or_default().insert(user.clone()) {
+            return false;
+        }
+        let n = self.remote.entry(user.clone()).or_insert(0);
+        *n += 1;
+        let new = *n == 1 && !self.local.contains_key(user);
+        if new {
+            self.present += 1;
+        }
+        new
+    }
+
+    /// Node `node` no longer has `user`; true when the user is gone everywhere.
+    pub fn remove_remote(&mut self, node: u64, user: &str) -> bool {
+        let Some(set) = self.by_node.get_mut(&node) else { return false };
+        if !set.remove(user) {
+            return false;
+        }
+        if set.is_empty() {
+            self.by_node.remove(&node);
+        }
+        let Some(n) = self.remote.get_mut(user) else { return false };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.remote.remove(user);
+        let gone = !self.local.contains_key(user);
+        if gone {
+            self.present -= 1;
+        }
+        gone
+    }
+
+    /// Replaces what node `node` reported with `users`; returns the users that arrived
+    /// and left anywhere as a result.
+    pub fn set_remote(&mut self, node: u64, users: &[Arc<str>]) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let new: BTreeSet<Arc<str>> = users.iter().cloned().collect();
+        let old = self.by_node.get(&node).cloned().unwrap_or_default();
+        let left: Vec<Arc<str>> = old.difference(&new).filter(|u| self.remove_remote(node, u)).cloned().collect();
+        let arrived: Vec<Arc<str>> = new.difference(&old).filter(|u| self.add_remote(node, u)).cloned().collect();
+        (arrived, left)
+    }
+
+    /// Forgets node `node` (dead); returns the users gone everywhere as a result.
+    pub fn drop_node(&mut self, node: u64) -> Vec<Arc<str>> {
+        self.set_remote(node, &[]).1
+    }
+
+    /// Up to `limit` users after `after` (all of them, sorted, each once), and the
+    /// cursor for the next page when more remain.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<Arc<str>>, Option<Arc<str>>) {
+        let from = || match after {
+            Some(a) => (Bound::Excluded(a), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let mut a = self.local.range::<str, _>(from()).map(|(u, _)| u).peekable();
+        let mut b = self.remote.range::<str, _>(from()).map(|(u, _)| u).peekable();
+        let mut users = Vec::with_capacity(limit.min(1024) + 1);
+        while users.len() <= limit {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x == y => {
+                    b.next();
+                    a.next()
+                }
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => None,
+            };
+            match next {
+                Some(u) => users.push(u.clone()),
+                None => break,
+            }
+        }
+        let next = (users.len() > limit).then(|| {
+            users.pop();
+            users.last().cloned().unwrap_or_else(|| Arc::from(""))
+        });
+        (users, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn the_union_counts_each_user_once() {
+        let mut u = Users::default();
+        assert_eq!(u.add_local(&a("alice")), Change { local: true, cluster: true });
+        assert_eq!(u.add_local(&a("alice")), Change { local: false, cluster: false });
+        assert!(!u.add_remote(7, &a("alice")), "already here");
+        assert!(u.add_remote(7, &a("bob")));
+        assert!(!u.add_remote(8, &a("bob")));
+        assert_eq!(u.count(), 2);
+        assert_eq!(u.remove_local("alice"), Change { local: false, cluster: false });
+        assert_eq!(u.remove_local("alice"), Change { local: true, cluster: false }, "still on node 7");
+        assert!(!u.remove_remote(7, "bob"), "still on node 8");
+        assert_eq!(u.drop_node(8), vec![a("bob")]);
+        assert_eq!(u.drop_node(7), vec![a("alice")]);
+        assert_eq!(u.count(), 0);
+        assert_eq!(u.remove_local("nobody"), Change { local: false, cluster: false });
+    }
+
+    #[test]
+    fn snapshots_replace_a_nodes_users() {
+        let mut u = Users::default();
+        u.add_local(&a("carol"));
+        let (arrived, left) = u.set_remote(3, &[a("x"), a("y"), a("carol")]);
+        assert_eq!((arrived, left), (vec![a("x"), a("y")], vec![]));
+        let (arrived, left) = u.set_remote(3, &[a("y"), a("z")]);
+        assert_eq!((arrived, left), (vec![a("z")], vec![a("x")]));
+        assert_eq!(u.count(), 3);
+    }
+
+    #[test]
+    fn pages_merge_local_and_remote_users_in_order() {
+        let mut u = Users::default();
+        for n in ["b", "d", "e"] {
+            u.add_local(&a(n));
+        }
+        for n in ["a", "d", "f"] {
+            u.add_remote(1, &a(n));
+        }
+        let (p1, next) = u.page(None, 3);
+        assert_eq!((p1, next.clone()), (vec![a("a"), a("b"), a("d")], Some(a("d"))));
+        let (p2, next) = u.page(next.as_deref(), 3);
+        assert_eq!((p2, next), (vec![a("e"), a("f")], None));
+    }
+}

@@ -1,0 +1,453 @@
+//! The cluster over NATS: a real `nats-server` on an ephemeral port and several corecast
+//! nodes (in this process, or as subprocesses where a test kills one with SIGKILL).
+//!
+//! `nats-server` must be on PATH (Debian package `nats-server`); without it every test
+//! prints `skipped: nats-server not on PATH` and passes, unless
+//! `CORECAST_REQUIRE_EXTERNAL=1` (CI), which turns the skip into a failure.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corecast::cluster::ClusterConfig;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+use crate::support::{Client, Http, TestServer};
+
+const KEY: &str = "cluster-test-api-key-0123";
+
+/// The documented bound (docs/CLUSTER.md) for a dead node's users to disappear: the node
+/// timeout (3 s) plus 1 s.
+const PRESENCE_BOUND: Duration = Duration::from_secs(4);
+
+/// `nats-server` from PATH, or `None` after printing the skip line (panics instead when
+/// `CORECAST_REQUIRE_EXTERNAL=1`).
+fn nats_binary(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let line = "skipped: nats-server not on PATH (Debian: apt-get install nats-server)";
+        assert!(
+            std::env::var("CORECAST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "CORECAST_REQUIRE_EXTERNAL=1, so the cluster tests may not skip: {line}"
+        );
+        let _ = writeln!(std::io::stderr(), "cluster::{test} {line}");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `nats-server` child process on a fixed port (so it can be restarted on it).
+struct Nats {
+    bin: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start(bin: PathBuf) -> Nats {
+        let mut n = Nats { bin, port: free_port(), child: None };
+        n.restart();
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cluster_cfg(url: &str, name: &str) -> ClusterConfig {
+    let mut c = ClusterConfig::new(url);
+    c.node_name = name.to_owned();
+    c
+}
+
+/// An in-process node of the cluster at `url`.
+fn node(url: &str, name: &str) -> TestServer {
+    let cfg = cluster_cfg(url, name);
+    TestServer::with(move |c| {
+        c.cluster = Some(cfg);
+        c.api_key = Some(KEY.into());
+    })
+}
+
+/// A node as a child process (so that it can be killed with SIGKILL).
+struct ChildNode {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildNode {
+    fn start(url: &str, name: &str) -> ChildNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin", "--log", "info"])
+            .args(["--nats-url", url, "--node-name", name, "--api-key", KEY])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start corecast");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("the node prints its address").unwrap();
+            if let Some(rest) = line.split("ws://").nth(1) {
+                break rest.split('/').next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        ChildNode { child, addr }
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn health(addr: SocketAddr) -> Value {
+    Http::new(addr).get("/health").json()
+}
+
+/// Waits until every node is connected and sees `n` live nodes.
+fn wait_for_cluster(addrs: &[SocketAddr], n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for &a in addrs {
+        loop {
+            let h = health(a);
+            if h["bus"] == "connected" && h["nodes"] == n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {a} never saw {n} nodes: {h}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The next frame satisfying `want` within `within`, skipping others; `None` on timeout.
+fn wait_for(c: &mut Client, within: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            c.ws.get_ref().set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+            return None;
+        }
+        c.ws.get_ref().set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match c.ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if want(&v) {
+                    c.ws.get_ref().set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+                    return Some(v);
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("connection lost: {e}"),
+        }
+    }
+}
+
+/// Asks for presence until the room shows exactly `users` (sorted), or fails.
+fn wait_presence(c: &mut Client, room: &str, users: &[&str], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        c.send(json!({"type":"presence","room":room}));
+        if let Some(p) = wait_for(c, Duration::from_secs(2), |v| v["type"] == "presence") {
+            let got: Vec<&str> = p["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+            if got == users {
+                return;
+            }
+            last = p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} never saw presence {users:?} in {room}; last {last}", c.user);
+}
+
+#[test]
+fn members_on_three_nodes_see_one_order_and_one_presence() {
+    let Some(bin) = nats_binary("members_on_three_nodes_see_one_order_and_one_presence") else { return };
+    let nats = Nats::start(bin);
+    let nodes: Vec<TestServer> = (0..3).map(|i| node(&nats.url(), &format!("n{i}"))).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    wait_for_cluster(&addrs, 3);
+
+    let room = "order";
+    let mut clients: Vec<Client> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut c = Client::connect(n, &format!("u{i}{j}"));
+            c.join(room);
+            clients.push(c);
+        }
+    }
+    let mut names: Vec<String> = clients.iter().map(|c| c.user.clone()).collect();
+    names.sort();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Presence is cluster-wide (this also proves every node receives the room).
+    for c in clients.iter_mut() {
+        wait_presence(c, room, &names, Duration::from_secs(10));
+    }
+
+    // Everyone talks at once; messages from all three nodes interleave.
+    const EACH: usize = 8;
+    for k in 0..EACH {
+        for c in clients.iter_mut() {
+            let user = c.user.clone();
+            c.send(json!({"type":"message","room":room,"text":format!("{user}-{k}")}));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let total = EACH * clients.len();
+    let mut streams: Vec<Vec<(u64, String, String)>> = Vec::new();
+    for c in clients.iter_mut() {
+        let mut got = Vec::new();
+        while got.len() < total {
+            let Some(m) = wait_for(c, Duration::from_secs(10), |v| v["type"] == "message") else {
+                panic!("{} received {} of {total} messages: {got:?}", c.user, got.len());
+            };
+            got.push((
+                m["seq"].as_u64().unwrap(),
+                m["user"].as_str().unwrap().to_owned(),
+                m["text"].as_str().unwrap().to_owned(),
+            ));
+        }
+        c.expect_silence(Duration::from_millis(300));
+        streams.push(got);
+    }
+    let first = &streams[0];
+    let seqs: Vec<u64> = first.iter().map(|m| m.0).collect();
+    let start = seqs[0];
+    assert_eq!(seqs, (start..start + total as u64).collect::<Vec<_>>(), "consecutive seq, no gap, no duplicate");
+    for (i, s) in streams.iter().enumerate() {
+        assert_eq!(s, first, "client {i} saw the same messages, in the same order, with the same seq");
+    }
+    // Each sender's own messages keep their order.
+    for name in &names {
+        let mine: Vec<&str> = first.iter().filter(|m| m.1 == *name).map(|m| m.2.as_str()).collect();
+        let expected: Vec<String> = (0..EACH).map(|k| format!("{name}-{k}")).collect();
+        assert_eq!(mine, expected);
+    }
+
+    // A newcomer on node 2 is announced to a member on node 0.
+    let mut late = Client::connect(&nodes[2], "late");
+    late.join(room);
+    let ev = wait_for(&mut clients[0], Duration::from_secs(5), |v| v["type"] == "join" && v["user"] == "late");
+    assert!(ev.is_some(), "join event crossed nodes");
+    drop(late);
+    let ev = wait_for(&mut clients[0], Duration::from_secs(5), |v| v["type"] == "leave" && v["user"] == "late");
+    assert!(ev.is_some(), "leave event crossed nodes");
+
+    // Stats and metrics show the bus.
+    let stats = nodes[0].http().get("/stats").json();
+    assert_eq!(stats["bus"]["state"], "connected", "{stats}");
+    assert_eq!(stats["bus"]["nodes"], 3);
+    assert!(stats["bus"]["relayed_out"].as_u64().unwrap() > 0);
+    let metrics = nodes[1].http().get("/metrics").body;
+    assert!(metrics.contains("corecast_bus_relay_dropped_total"), "{metrics}");
+    assert!(metrics.contains("corecast_cluster_nodes 3"), "{metrics}");
+}
+
+#[test]
+fn api_publish_and_personal_rooms_reach_every_node() {
+    let Some(bin) = nats_binary("api_publish_and_personal_rooms_reach_every_node") else { return };
+    let nats = Nats::start(bin);
+    let nodes: Vec<TestServer> = (0..3).map(|i| node(&nats.url(), &format!("p{i}"))).collect();
+    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), 3);
+
+    let mut a = Client::connect(&nodes[0], "ann");
+    let mut b = Client::connect(&nodes[1], "ben");
+    let mut d = Client::connect(&nodes[2], "dora");
+    a.join("news");
+    b.join("news");
+    wait_presence(&mut a, "news", &["ann", "ben"], Duration::from_secs(10));
+    wait_presence(&mut b, "news", &["ann", "ben"], Duration::from_secs(10));
+
+    // A room publish on node 2 (no member there) reaches members on nodes 0 and 1.
+    let r = nodes[2].http().post("/api/publish", Some(KEY), &json!({"room":"news","text":"extra"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["seq"].as_u64().is_some(), "{}", r.body);
+    for c in [&mut a, &mut b] {
+        let m = wait_for(c, Duration::from_secs(5), |v| v["type"] == "message").expect("room publish crossed nodes");
+        assert_eq!(
+            (m["room"].as_str(), m["text"].as_str(), m["user"].as_str()),
+            (Some("news"), Some("extra"), Some("server"))
+        );
+    }
+
+    // A push to one user, on another node, reaches the personal room there.
+    let r = nodes[0].http().post("/api/publish", Some(KEY), &json!({"users":["dora"],"text":"psst"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = wait_for(&mut d, Duration::from_secs(5), |v| v["type"] == "message").expect("user push crossed nodes");
+    assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@user:dora"), Some("psst")));
+
+    // A broadcast from node 1 reaches everyone, on every node, once.
+    let r = nodes[1].http().post("/api/publish", Some(KEY), &json!({"broadcast":true,"text":"all"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for c in [&mut a, &mut b, &mut d] {
+        let m = wait_for(c, Duration::from_secs(5), |v| v["type"] == "message").expect("broadcast crossed nodes");
+        assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@all"), Some("all")));
+        c.expect_silence(Duration::from_millis(200));
+    }
+
+    // The HTTP presence of a room is cluster-wide on a node with members.
+    let p = nodes[0].http().get("/api/rooms/news/presence").json();
+    assert_eq!(p["users"], json!(["ann", "ben"]), "{p}");
+}
+
+#[test]
+fn a_killed_node_leaves_presence_within_the_bound_and_the_rest_keep_serving() {
+    let Some(bin) = nats_binary("a_killed_node_leaves_presence_within_the_bound_and_the_rest_keep_serving") else {
+        return;
+    };
+    let nats = Nats::start(bin);
+    let a = node(&nats.url(), "ka");
+    let b = node(&nats.url(), "kb");
+    let c = ChildNode::start(&nats.url(), "kc");
+    wait_for_cluster(&[a.addr, b.addr, c.addr], 3);
+
+    let room = "fate";
+    let mut alice = Client::connect(&a, "alice");
+    let mut bob = Client::connect(&b, "bob");
+    let mut carol = Client::connect_to(c.addr, "carol");
+    for cl in [&mut alice, &mut bob, &mut carol] {
+        cl.join(room);
+    }
+    for cl in [&mut alice, &mut bob] {
+        wait_presence(cl, room, &["alice", "bob", "carol"], Duration::from_secs(10));
+    }
+
+    let mut c = c;
+    let killed = Instant::now();
+    c.child.kill().unwrap(); // SIGKILL: no goodbye
+    let _ = c.child.wait();
+    let ev = wait_for(&mut alice, Duration::from_secs(10), |v| v["type"] == "leave" && v["user"] == "carol")
+        .expect("carol's node died: she leaves");
+    let took = killed.elapsed();
+    let _ = writeln!(std::io::stderr(), "cluster: presence expiry after kill -9 took {took:?}");
+    assert_eq!(ev["room"], room);
+    assert!(took <= PRESENCE_BOUND + Duration::from_millis(750), "expiry took {took:?}, bound {PRESENCE_BOUND:?}");
+    wait_presence(&mut bob, room, &["alice", "bob"], Duration::from_secs(2));
+    wait_for_cluster(&[a.addr, b.addr], 2);
+
+    // The survivors keep serving, across nodes.
+    alice.say(room, "still here");
+    let m = wait_for(&mut bob, Duration::from_secs(5), |v| v["type"] == "message").expect("a→b still works");
+    assert_eq!(m["text"], "still here");
+    let m = wait_for(&mut alice, Duration::from_secs(5), |v| v["type"] == "message").expect("a gets its own");
+    assert_eq!(m["text"], "still here");
+}
+
+#[test]
+fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
+    let Some(bin) = nats_binary("nats_restart_local_delivery_continues_and_the_cluster_heals") else { return };
+    let mut nats = Nats::start(bin);
+    let a = node(&nats.url(), "ra");
+    let b = node(&nats.url(), "rb");
+    wait_for_cluster(&[a.addr, b.addr], 2);
+    let room = "storm";
+    let mut alice = Client::connect(&a, "alice");
+    let mut amy = Client::connect(&a, "amy");
+    let mut bob = Client::connect(&b, "bob");
+    for cl in [&mut alice, &mut amy, &mut bob] {
+        cl.join(room);
+    }
+    wait_presence(&mut bob, room, &["alice", "amy", "bob"], Duration::from_secs(10));
+
+    nats.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(a.addr)["bus"] != "disconnected" || health(b.addr)["bus"] != "disconnected" {
+        assert!(Instant::now() < deadline, "the nodes never noticed NATS went away");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(health(a.addr)["status"], "ok", "a node without its bus still serves");
+    let dropped_before = a.http().get("/stats").json()["bus"]["relay_dropped"].as_u64().unwrap();
+    // Local delivery keeps working while the bus is down.
+    alice.say(room, "during outage");
+    for cl in [&mut alice, &mut amy] {
+        let m = wait_for(cl, Duration::from_secs(5), |v| v["type"] == "message").expect("local delivery in an outage");
+        assert_eq!(m["text"], "during outage");
+    }
+    // What could not cross is counted, not silently lost.
+    let stats = a.http().get("/stats").json();
+    assert_eq!(stats["bus"]["state"], "disconnected");
+    assert!(stats["bus"]["relay_dropped"].as_u64().unwrap() > dropped_before, "{}", stats["bus"]);
+    let metrics = a.http().get("/metrics").body;
+    assert!(metrics.contains("corecast_bus_connected 0"), "{metrics}");
+
+    // Long enough for the nodes to declare each other dead: each side's users leave the
+    // other's presence, and must come back after the restart.
+    wait_presence(&mut bob, room, &["bob"], PRESENCE_BOUND + Duration::from_secs(3));
+    let restarted = Instant::now();
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(a.addr)["bus"] != "connected" || health(b.addr)["bus"] != "connected" {
+        assert!(Instant::now() < deadline, "the nodes never reconnected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reconnect = restarted.elapsed();
+    let _ = writeln!(std::io::stderr(), "cluster: reconnect after nats-server restart took {reconnect:?}");
+    assert!(a.http().get("/stats").json()["bus"]["reconnects"].as_u64().unwrap() >= 1);
+    wait_for_cluster(&[a.addr, b.addr], 2);
+
+    // Cross-node delivery resumes (the first probes may race the resubscription).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        alice.say(room, &format!("probe {n}"));
+        let text = format!("probe {n}");
+        if wait_for(&mut bob, Duration::from_millis(500), |v| v["type"] == "message" && v["text"] == text.as_str())
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cross-node delivery never resumed");
+    }
+    let healed = restarted.elapsed();
+    let _ = writeln!(std::io::stderr(), "cluster: cross-node delivery resumed {healed:?} after the restart");
+    // And presence is whole again.
+    wait_presence(&mut bob, room, &["alice", "amy", "bob"], Duration::from_secs(10));
+}
