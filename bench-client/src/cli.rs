@@ -41,6 +41,9 @@ pub enum Cmd {
     Run(RunArgs),
     /// Start a corecast server, run every scenario of a folder against it, stop it.
     Suite(SuiteArgs),
+    /// The ceiling probe: a minimal broadcast server speaking just enough of the protocol
+    /// for bench-client, to measure what this host can do at all. Runs until killed.
+    Ceiling(CeilingArgs),
     /// Internal: a worker process, driven by a coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -200,6 +203,17 @@ pub struct SuiteArgs {
     /// Folder under which run folders are written.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+}
+
+/// `ceiling` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CeilingArgs {
+    /// Address to listen on (port 0: any free port, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Event-loop threads, each with its own SO_REUSEPORT listener; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// A validated run: the spec for the coordinator and where to write.

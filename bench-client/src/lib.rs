@@ -11,6 +11,7 @@
 //!
 //! | module | concern |
 //! |---|---|
+//! | [`ceiling`] | the ceiling probe: a minimal broadcast server for the same client |
 //! | [`cli`] | flags of every mode → validated [`coord::RunSpec`] |
 //! | [`scenario`] | scenario TOML files = saved command lines |
 //! | [`suite`] | start corecast, run the standard scenarios, stop it |
@@ -34,6 +35,7 @@
 //! Frames are encoded and parsed with corecast's own [`corecast::ws::frame`] and
 //! [`corecast::ws::reader`], in the client role.
 
+pub mod ceiling;
 pub mod cli;
 pub mod conn;
 pub mod coord;

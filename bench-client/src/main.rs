@@ -1,6 +1,7 @@
 //! `bench-client`: command line → run, scenario, suite or worker (anyhow only here).
 
 use anyhow::{bail, Context as _};
+use bench_client::ceiling::Ceiling;
 use bench_client::cli::{Cli, Cmd};
 use bench_client::report::RunContext;
 use bench_client::run::execute;
@@ -13,6 +14,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Cmd::Worker => worker::child_main().context("worker process"),
+        Cmd::Ceiling(args) => {
+            let threads = match args.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let probe = Ceiling::start(args.listen, threads).context("starting the ceiling probe")?;
+            println!("ceiling probe listening on {} ({threads} threads)", probe.addr);
+            probe.wait().context("ceiling probe")
+        }
         Cmd::Run(run) => {
             let scenario = Scenario::load(&run.file)?;
             let mut args = vec!["bench-client".to_owned()];
