@@ -16,6 +16,7 @@
 //! | [`scenario`] | scenario TOML files = saved command lines |
 //! | [`suite`] | start corecast, run the standard scenarios, stop it |
 //! | [`run`] | one run end to end: coordinator → run folder → console summary |
+//! | [`compare`] | corecast vs the ceiling probe on the issue-8 targets: compare.md/json |
 //! | [`coord`] | phases of a run, progress line, CPU/RSS sampling, results |
 //! | [`worker`] | worker processes (or threads) and the JSON-lines control protocol |
 //! | [`engine`] | one thread's mio event loop over a slab of connections |
@@ -37,6 +38,7 @@
 
 pub mod ceiling;
 pub mod cli;
+pub mod compare;
 pub mod conn;
 pub mod coord;
 pub mod engine;

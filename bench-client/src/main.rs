@@ -6,7 +6,7 @@ use bench_client::cli::{Cli, Cmd};
 use bench_client::report::RunContext;
 use bench_client::run::execute;
 use bench_client::scenario::Scenario;
-use bench_client::{suite, worker};
+use bench_client::{compare, suite, worker};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
@@ -14,6 +14,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Cmd::Worker => worker::child_main().context("worker process"),
+        Cmd::Compare(args) => {
+            let c = compare::run_compare(args, &shell_line(&argv))?;
+            println!("\n== comparison ({})", c.dir.join("compare.md").display());
+            for r in &c.rows {
+                println!(
+                    "{}: corecast {} | ceiling {} | ratio {} | {:?}",
+                    r.target,
+                    r.corecast.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.ceiling.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.judgement
+                );
+            }
+            Ok(())
+        }
         Cmd::Ceiling(args) => {
             let threads = match args.threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
