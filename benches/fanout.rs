@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corecast::protocol::server;
 use corecast::outbox::{Caps, Outbox, Pushed};
+use corecast::protocol::server;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Counts every allocation (and reallocation) made through the global allocator.

@@ -41,6 +41,12 @@ pub enum Cmd {
     Run(RunArgs),
     /// Start a corecast server, run every scenario of a folder against it, stop it.
     Suite(SuiteArgs),
+    /// Run the issue-8 target shapes against corecast and against the ceiling probe, and
+    /// write compare.md/compare.json (corecast vs ceiling, ratio, pass/miss, client CPU).
+    Compare(CompareArgs),
+    /// The ceiling probe: a minimal broadcast server speaking just enough of the protocol
+    /// for bench-client, to measure what this host can do at all. Runs until killed.
+    Ceiling(CeilingArgs),
     /// Internal: a worker process, driven by a coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -236,6 +242,38 @@ pub struct SuiteArgs {
     /// Folder under which run folders are written.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+}
+
+/// `compare` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// corecast server binary (e.g. target/release/corecast).
+    #[arg(long)]
+    pub server_bin: PathBuf,
+    /// corecast shards; the ceiling probe gets as many threads.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Extra corecast arguments (repeatable), e.g. `--server-arg=--no-pin`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Run only these shapes (repeatable): idle-15k, one-room-10k, rooms-100x100,
+    /// latency-100x100-50k, latency-one-room-100k, cpu-1k, cpu-15k.
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Folder under which run folders and the comparison folder are written.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+/// `ceiling` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CeilingArgs {
+    /// Address to listen on (port 0: any free port, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Event-loop threads, each with its own SO_REUSEPORT listener; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// A validated run: the spec for the coordinator and where to write.

@@ -11,10 +11,12 @@
 //!
 //! | module | concern |
 //! |---|---|
+//! | [`ceiling`] | the ceiling probe: a minimal broadcast server for the same client |
 //! | [`cli`] | flags of every mode → validated [`coord::RunSpec`] |
 //! | [`scenario`] | scenario TOML files = saved command lines |
 //! | [`suite`] | start corecast, run the standard scenarios, stop it |
 //! | [`run`] | one run end to end: coordinator → run folder → console summary |
+//! | [`compare`] | corecast vs the ceiling probe on the issue-8 targets: compare.md/json |
 //! | [`coord`] | phases of a run, progress line, CPU/RSS sampling, results |
 //! | [`worker`] | worker processes (or threads) and the JSON-lines control protocol |
 //! | [`engine`] | one thread's mio event loop over a slab of connections |
@@ -35,7 +37,9 @@
 //! Frames are encoded and parsed with corecast's own [`corecast::ws::frame`] and
 //! [`corecast::ws::reader`], in the client role.
 
+pub mod ceiling;
 pub mod cli;
+pub mod compare;
 pub mod conn;
 pub mod coord;
 pub mod engine;

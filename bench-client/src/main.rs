@@ -1,11 +1,12 @@
 //! `bench-client`: command line → run, scenario, suite or worker (anyhow only here).
 
 use anyhow::{bail, Context as _};
+use bench_client::ceiling::Ceiling;
 use bench_client::cli::{Cli, Cmd};
 use bench_client::report::RunContext;
 use bench_client::run::execute;
 use bench_client::scenario::Scenario;
-use bench_client::{suite, worker};
+use bench_client::{compare, suite, worker};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
@@ -13,6 +14,30 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Cmd::Worker => worker::child_main().context("worker process"),
+        Cmd::Compare(args) => {
+            let c = compare::run_compare(args, &shell_line(&argv))?;
+            println!("\n== comparison ({})", c.dir.join("compare.md").display());
+            for r in &c.rows {
+                println!(
+                    "{}: corecast {} | ceiling {} | ratio {} | {:?}",
+                    r.target,
+                    r.corecast.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.ceiling.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.judgement
+                );
+            }
+            Ok(())
+        }
+        Cmd::Ceiling(args) => {
+            let threads = match args.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let probe = Ceiling::start(args.listen, threads).context("starting the ceiling probe")?;
+            println!("ceiling probe listening on {} ({threads} threads)", probe.addr);
+            probe.wait().context("ceiling probe")
+        }
         Cmd::Run(run) => {
             let scenario = Scenario::load(&run.file)?;
             let mut args = vec!["bench-client".to_owned()];

@@ -317,7 +317,7 @@ fn tuning_check() -> String {
 }
 
 /// (ISO 8601 UTC time, compact `YYYYMMDD-HHMMSS` stamp) for now.
-fn utc_now() -> (String, String) {
+pub fn utc_now() -> (String, String) {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let (hh, mm, ss) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);

@@ -30,14 +30,20 @@ pub struct Server {
 impl Server {
     /// Starts `bin` on a free loopback port and waits until `/health` answers.
     pub fn start(bin: &Path, shards: usize, extra: &[String], log: PathBuf) -> Result<Server, BenchError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_addr()?;
         let mut args = vec![format!("--listen={addr}"), format!("--shards={shards}"), "--log=warn".to_owned()];
         // The abuse limits are per client and per source address; a load generator is one
         // client opening thousands of connections from a few addresses, so it lifts them.
         // Flags in `extra` come later and win (clap keeps the last value).
         args.extend(BENCH_LIMITS.iter().map(|s| (*s).to_owned()));
         args.extend(extra.iter().cloned());
+        Server::launch(bin, args, addr, log)
+    }
+
+    /// Starts `bin args…` (which must listen on `addr` and answer `GET /health` with 200,
+    /// as corecast and `bench-client ceiling` do), its output going to `log`, and waits
+    /// until it is healthy (10 s at most).
+    pub fn launch(bin: &Path, args: Vec<String>, addr: SocketAddr, log: PathBuf) -> Result<Server, BenchError> {
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .args(&args)
@@ -86,6 +92,12 @@ impl Drop for Server {
             self.stop();
         }
     }
+}
+
+/// A loopback address with a port that was free a moment ago (the kernel's pick for port 0).
+pub fn free_addr() -> Result<SocketAddr, BenchError> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// Server flags the suite always passes: no per-connection rate limit, no per-IP cap.

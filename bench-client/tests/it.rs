@@ -40,11 +40,18 @@ impl Drop for Server {
     }
 }
 
-fn spec(server: &Server, mode: Mode, connections: u64, rooms: u32, publishers: u32, processes: u32) -> RunSpec {
+fn spec(
+    target: std::net::SocketAddr,
+    mode: Mode,
+    connections: u64,
+    rooms: u32,
+    publishers: u32,
+    processes: u32,
+) -> RunSpec {
     RunSpec {
         mode,
         plan: Plan {
-            targets: vec![server.addr()],
+            targets: vec![target],
             connections,
             rooms,
             room_dist: RoomDist::Uniform,
@@ -94,7 +101,7 @@ fn assert_clean(r: &RunResult, connections: u64) {
 #[test]
 fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
     let server = Server::start();
-    let mut spec = spec(&server, Mode::Fanout, 60, 4, 4, 1);
+    let mut spec = spec(server.addr(), Mode::Fanout, 60, 4, 4, 1);
     spec.worker_exe = None;
     let r = run(&spec).expect("run completes");
     assert_clean(&r, 60);
@@ -108,7 +115,7 @@ fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
 #[test]
 fn fanout_over_two_worker_processes_is_just_as_exact() {
     let server = Server::start();
-    let spec = spec(&server, Mode::Fanout, 90, 3, 3, 2);
+    let spec = spec(server.addr(), Mode::Fanout, 90, 3, 3, 2);
     let r = run(&spec).expect("run completes");
     assert_eq!(r.processes, 2);
     assert_clean(&r, 90);
@@ -119,7 +126,7 @@ fn fanout_over_two_worker_processes_is_just_as_exact() {
 #[test]
 fn ramp_runs_every_step_while_they_pass() {
     let server = Server::start();
-    let mut spec = spec(&server, Mode::Ramp, 20, 1, 1, 1);
+    let mut spec = spec(server.addr(), Mode::Ramp, 20, 1, 1, 1);
     spec.steps = vec![StepSpec { rate: 50.0, duration_secs: 0.5 }, StepSpec { rate: 100.0, duration_secs: 0.5 }];
     let r = run(&spec).expect("run completes");
     assert_eq!(r.steps.len(), 2);
@@ -130,7 +137,7 @@ fn ramp_runs_every_step_while_they_pass() {
 #[test]
 fn connect_holds_idle_connections_and_measures_memory() {
     let server = Server::start();
-    let r = run(&spec(&server, Mode::Connect, 200, 1, 0, 1)).expect("run completes");
+    let r = run(&spec(server.addr(), Mode::Connect, 200, 1, 0, 1)).expect("run completes");
     assert_eq!(r.connect.held, 200);
     assert_eq!(r.hold.as_ref().map(|h| h.held_at_end), Some(200));
     assert!(r.memory.client_conn_struct_bytes <= 200, "{}", r.memory.client_conn_struct_bytes);
@@ -142,7 +149,7 @@ fn refused_connections_are_counted_not_fatal() {
     // A port nobody listens on: every connect is refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let server = Server::start();
-    let mut spec = spec(&server, Mode::Connect, 20, 1, 0, 1);
+    let mut spec = spec(server.addr(), Mode::Connect, 20, 1, 0, 1);
     spec.plan.targets = vec![format!("127.0.0.1:{port}").parse().unwrap()];
     spec.server_pids = Vec::new();
     let r = run(&spec).expect("run completes");
@@ -155,7 +162,7 @@ fn fanout_with_churn_recovers_every_closed_connection_without_loss() {
     // Two shards: rooms are owned by one shard while members sit on both, so a rejoin's
     // replay crosses cores. Receivers are closed abruptly at 40/s while 4 publishers send.
     let server = Server::start();
-    let mut spec = spec(&server, Mode::Fanout, 200, 4, 4, 1);
+    let mut spec = spec(server.addr(), Mode::Fanout, 200, 4, 4, 1);
     spec.worker_exe = None;
     spec.plan.churn_per_sec = 40.0;
     spec.steps = vec![StepSpec { rate: 400.0, duration_secs: 2.0 }];
@@ -184,7 +191,7 @@ fn connections_are_spread_over_the_targets() {
     let server = Server::start();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let refused: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut spec = spec(&server, Mode::Connect, 40, 4, 0, 1);
+    let mut spec = spec(server.addr(), Mode::Connect, 40, 4, 0, 1);
     spec.worker_exe = None;
     spec.plan.targets = vec![server.addr(), refused];
     spec.server_pids = vec![std::process::id(), std::process::id()];
@@ -194,4 +201,19 @@ fn connections_are_spread_over_the_targets() {
     assert_eq!(r.connect.stats.failed.get("ECONNREFUSED"), Some(&20), "{:?}", r.connect.stats.failed);
     assert_eq!(r.memory.servers.len(), 2);
     assert_eq!(r.connect.cpu.servers.len(), 2);
+}
+
+#[test]
+fn the_ceiling_probe_serves_the_same_client_exactly() {
+    let probe = bench_client::ceiling::Ceiling::start("127.0.0.1:0".parse().unwrap(), 2).expect("probe starts");
+    // Rooms spread over both probe threads, members of each room on both threads: every
+    // message crosses threads, and seq must still be exact.
+    let mut spec = spec(probe.addr, Mode::Ramp, 90, 3, 3, 1);
+    spec.worker_exe = None;
+    spec.steps = vec![StepSpec { rate: 200.0, duration_secs: 1.0 }, StepSpec { rate: 400.0, duration_secs: 1.0 }];
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 90);
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(r.steps[1].verdict.expected, 400 * 30);
+    probe.stop().expect("probe stops");
 }

@@ -1,0 +1,186 @@
+//! `bench-client compare`: corecast and the ceiling probe, the same client and the same
+//! shapes, one after the other, and a table of how close corecast comes.
+//!
+//! For each shape of [`shapes::all`]: start corecast (as the suite does, abuse limits
+//! lifted), run the shape, stop it; start `bench-client ceiling` (this executable, as a
+//! child process, with as many threads as corecast has shards), run the identical shape,
+//! stop it. Throughput shapes are a coarse ×2 ramp followed by a fine ×2^(1/4) ramp from
+//! the best coarse rate, each on a fresh server. Every run leaves its usual run folder
+//! (`<date>-<host>-<shape>-<server>`); the comparison itself goes to
+//! `<date>-<host>-compare/compare.md` and `compare.json` ([`table`]).
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`shapes`] | the command lines of the targets |
+//! | [`table`] | rows, ratios, thresholds, client-bound flags; compare.md/json |
+
+pub mod shapes;
+pub mod table;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::cli::{Cli, CompareArgs};
+use crate::error::BenchError;
+use crate::report::{self, RunContext};
+use crate::run::execute;
+use crate::suite::{free_addr, Server};
+use shapes::Shape;
+use table::{Header, Row, Runs, ServerKind, ShapeRuns};
+
+/// What a comparison left behind.
+pub struct Comparison {
+    /// The folder holding compare.md and compare.json.
+    pub dir: PathBuf,
+    /// The rows.
+    pub rows: Vec<Row>,
+}
+
+/// How the figures are obtained, for compare.md.
+fn method() -> Vec<String> {
+    vec![
+        "Both servers run on this host with the same number of threads (corecast `--shards N`, ceiling \
+         `--threads N`), started fresh for every run; bench-client runs with 2 engine threads and 100-byte payloads."
+            .into(),
+        "Max sustained deliveries/s: `ramp` with 3 s steps, ×2 per step from a low start (5 msg/s in one room, \
+         500 msg/s over 100 rooms) until a step loses, duplicates or reorders anything, or its corrected p99 \
+         exceeds 1000 ms; then a second ramp from the best rate ×2^(1/4) (3 steps of ×2^(1/4)). The figure is \
+         the deliveries/s of the highest clean step of either ramp (resolution ~19 %)."
+            .into(),
+        "Latency: `fanout` for 8 s at the fixed rate; the figure is the corrected p99 (from the intended send \
+         time, coordinated-omission-safe), only when the run was clean."
+            .into(),
+        "Idle memory: `connect` of 15,000 connections (unpaced), held 5 s; server RSS growth ÷ connections. \
+         The connect rate is that run's: joined connections ÷ time until all joined."
+            .into(),
+        "CPU per delivery: server CPU seconds over the step (publish window + drain) ÷ deliveries, at 50,000 \
+         deliveries/s in rooms of 100, with 1,000 and with 15,000 connections."
+            .into(),
+        "Client CPU: bench-client's CPU (% of one core) and µs per delivery in the step the figure comes from \
+         (for a ramp: the step where it stopped). **client-bound** = the client used > 90 % of a core or more \
+         than the server: the figure may be bench-client's limit rather than the server's."
+            .into(),
+    ]
+}
+
+/// Runs the comparison; prints a summary line per run, returns the rows.
+pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, BenchError> {
+    let started = Instant::now();
+    let started_utc = report::utc_now().0;
+    std::fs::create_dir_all(&args.results)?;
+    let exe = std::env::current_exe()?;
+    let mut runs = Runs::new();
+    let mut commands = (String::new(), String::new());
+    for shape in shapes::all() {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == shape.name) {
+            continue;
+        }
+        for kind in [ServerKind::Corecast, ServerKind::Ceiling] {
+            let out = measure(args, &exe, &shape, kind, invoked_as, &mut commands);
+            runs.insert((shape.name.to_owned(), kind), out);
+        }
+    }
+    let rows = table::rows(&runs);
+    let ctx = RunContext::gather("compare", invoked_as.to_owned(), None);
+    let header = Header {
+        started_utc,
+        duration_secs: started.elapsed().as_secs_f64(),
+        command: invoked_as.to_owned(),
+        corecast_command: commands.0,
+        ceiling_command: commands.1,
+        host: format!("{} ({}, {} cores, {})", ctx.host.hostname, ctx.host.cpu_model, ctx.host.cores, ctx.host.kernel),
+        git_commit: ctx.git_commit.clone(),
+        method: method(),
+    };
+    let dir = report::run_dir(&args.results, &ctx.host.hostname, "compare");
+    table::write(&dir, &header, &rows)?;
+    Ok(Comparison { dir, rows })
+}
+
+/// One shape against one server: the run (and, for a ramp, the fine ramp).
+fn measure(
+    args: &CompareArgs,
+    exe: &std::path::Path,
+    shape: &Shape,
+    kind: ServerKind,
+    invoked_as: &str,
+    commands: &mut (String, String),
+) -> ShapeRuns {
+    let mut out = ShapeRuns::default();
+    let name = format!("{}-{}", shape.name, kind.name());
+    eprintln!("bench-client compare: {name}");
+    match run_one(args, exe, &shape.args, &name, kind, invoked_as, commands) {
+        Ok((dir, result)) => {
+            out.dirs.push(dir);
+            out.main = Some(result);
+        }
+        Err(e) => {
+            eprintln!("bench-client compare: {name} failed: {e}");
+            out.error = Some(e.to_string());
+            return out;
+        }
+    }
+    let best =
+        out.main.as_ref().and_then(|r| r.steps.iter().filter(|s| s.passed).map(|s| s.spec.rate).reduce(f64::max));
+    if let (true, Some(best)) = (shape.refine, best) {
+        let fine = format!("{name}-fine");
+        eprintln!("bench-client compare: {fine}");
+        match run_one(args, exe, &shapes::fine(shape, best), &fine, kind, invoked_as, commands) {
+            Ok((dir, result)) => {
+                out.dirs.push(dir);
+                out.fine = Some(result);
+            }
+            Err(e) => out.error = Some(format!("fine ramp: {e}")),
+        }
+    }
+    out
+}
+
+/// Starts the server, runs `shape_args` against it as run `name`, stops it.
+fn run_one(
+    args: &CompareArgs,
+    exe: &std::path::Path,
+    shape_args: &[String],
+    name: &str,
+    kind: ServerKind,
+    invoked_as: &str,
+    commands: &mut (String, String),
+) -> Result<(PathBuf, crate::coord::RunResult), BenchError> {
+    let log = args.results.join(format!(".server-{name}.log"));
+    let mut server = match kind {
+        ServerKind::Corecast => Server::start(&args.server_bin, args.shards, &args.server_args, log.clone())?,
+        ServerKind::Ceiling => {
+            let addr = free_addr()?;
+            let probe = vec!["ceiling".to_owned(), format!("--listen={addr}"), format!("--threads={}", args.shards)];
+            Server::launch(exe, probe, addr, log.clone())?
+        }
+    };
+    let slot = if kind == ServerKind::Corecast { &mut commands.0 } else { &mut commands.1 };
+    if slot.is_empty() {
+        *slot = server.command.clone();
+    }
+    let extra = [
+        format!("--target={}", server.addr),
+        format!("--server-pid={}", server.pid()),
+        format!("--results={}", args.results.display()),
+        format!("--scenario={name}"),
+    ];
+    let argv: Vec<String> =
+        std::iter::once("bench-client".to_owned()).chain(shape_args.iter().cloned()).chain(extra.clone()).collect();
+    let result = (|| {
+        let cli = Cli::try_parse_from(&argv).map_err(|e| BenchError::Config(format!("{name}: {e}")))?;
+        let prepared = cli.command.prepare().ok_or_else(|| BenchError::Config("not a run mode".into()))??;
+        let command = format!("bench-client {}   # from: {invoked_as}", argv[1..].join(" "));
+        let mut ctx = RunContext::gather(name, command, None);
+        ctx.server_command = Some(server.command.clone());
+        execute(&prepared, &ctx)
+    })();
+    server.stop();
+    if let Ok(o) = &result {
+        let _ = std::fs::copy(&log, o.dir.join("server.log"));
+    }
+    let _ = std::fs::remove_file(&log);
+    result.map(|o| (o.dir, o.result))
+}
