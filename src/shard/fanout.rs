@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::conns::ConnId;
 use super::outbox::MAX_IOV;
@@ -26,9 +28,10 @@ use super::Shard;
 use crate::metrics::add;
 use crate::rt;
 
-/// Most frames a batch collects before it is delivered (bounds the latency a long inbox
-/// adds to its first frame, and the iovec arrays).
-pub const MAX_FRAMES: usize = 4 * MAX_IOV;
+/// Most frames a batch collects before it is delivered. A batch only grows while the
+/// inbox is backed up, and then a larger one is what catches up: with many rooms, each
+/// member's share of the batch is what one `sendmsg` carries.
+pub const MAX_FRAMES: usize = 4096;
 
 /// Members handled between checks whether the executor wants the core back (a
 /// million-member room must not stall heartbeats and reads for a whole sweep).
@@ -50,6 +53,10 @@ pub struct Batch {
     /// Groups in use (`groups[..used]`).
     used: usize,
     frames: usize,
+    /// Group of each room in use.
+    index: FxHashMap<Arc<str>, usize>,
+    /// Group of the everyone-broadcast, if in use.
+    all: Option<usize>,
     /// Snapshot of a large room's members.
     ids: Vec<ConnId>,
 }
@@ -58,26 +65,30 @@ impl Batch {
     /// Adds a frame for `room` (`None`: every open connection).
     pub fn push(&mut self, room: Option<Arc<str>>, frame: Bytes, sent_at: Instant) {
         self.frames += 1;
-        let same = |g: &Group| match (&g.room, &room) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
+        let slot = match &room {
+            Some(name) => self.index.get(name).copied(),
+            None => self.all,
         };
-        // Few rooms are active in one batch; search the most recent first.
-        let group = match self.groups[..self.used].iter().rposition(same) {
-            Some(i) => &mut self.groups[i],
+        let g = match slot {
+            Some(i) => i,
             None => {
                 if self.used == self.groups.len() {
                     self.groups.push(Group { room: None, frames: Vec::new(), sent_at: Vec::new() });
                 }
-                let g = &mut self.groups[self.used];
+                let i = self.used;
                 self.used += 1;
-                g.room = room;
-                g
+                match &room {
+                    Some(name) => {
+                        self.index.insert(name.clone(), i);
+                    }
+                    None => self.all = Some(i),
+                }
+                self.groups[i].room = room;
+                i
             }
         };
-        group.frames.push(frame);
-        group.sent_at.push(sent_at);
+        self.groups[g].frames.push(frame);
+        self.groups[g].sent_at.push(sent_at);
     }
 
     /// Whether the batch should be delivered before taking more.
@@ -109,12 +120,15 @@ impl Shard {
         }
         batch.used = 0;
         batch.frames = 0;
+        batch.index.clear();
+        batch.all = None;
     }
 
     async fn deliver_group(self: &Rc<Self>, room: Option<&str>, frames: &[Bytes], ids: &mut Vec<ConnId>) {
-        let mut iov = [IoSlice::new(&[]); MAX_FRAMES];
-        let n = iov.iter_mut().zip(frames).map(|(slot, f)| *slot = IoSlice::new(f)).count();
-        let iov = &iov[..n];
+        // Inline for the usual few frames per room; a backed-up room's larger group pays
+        // one allocation per batch (never per delivery).
+        let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = frames.iter().map(|f| IoSlice::new(f)).collect();
+        let iov = &iov[..];
         ids.clear();
         {
             let members = self.members.borrow();
@@ -187,6 +201,8 @@ mod tests {
         }
         b.used = 0;
         b.frames = 0;
+        b.index.clear();
+        b.all = None;
         b.push(Some("c".into()), Bytes::from_static(b"5"), now);
         assert_eq!((b.used, b.groups.len()), (1, 3));
         assert_eq!(room(&b, 0), Some("c"));

@@ -528,8 +528,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
 }
 
 /// Processes the inbox in arrival order, parking when it is empty. Deliveries are
-/// corked into a [`Batch`] while more messages are waiting (see [`fanout`]); any other
-/// message first delivers the batch, so relative order is kept.
+/// corked into a [`Batch`] while more messages are waiting (see [`fanout`]); a message
+/// that is not pure owner work ([`ShardMsg::is_owner_work`]) first delivers the batch,
+/// so frames keep their order against acks, replies and membership changes.
 async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
     let mut batch = Batch::default();
     loop {
@@ -538,6 +539,10 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
             match msg {
                 ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
                 ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
+                owner if owner.is_owner_work() => {
+                    shard.handle(owner).await;
+                    rt::yield_if_needed().await;
+                }
                 other => {
                     if !batch.is_empty() {
                         shard.deliver(&mut batch).await;

@@ -107,6 +107,29 @@ pub enum ShardMsg {
     Shutdown,
 }
 
+impl ShardMsg {
+    /// Whether this is a room owner's work (sequencing, membership counts, queries),
+    /// which touches no local connection directly: whatever it produces for this shard
+    /// comes back through the inbox, behind every frame already waiting. The fan-out may
+    /// therefore keep corking frames across it. Everything else (acks, replies, frames
+    /// to one connection, bus input, shutdown) is ordered against the frames, so the
+    /// waiting batch is delivered first.
+    pub fn is_owner_work(&self) -> bool {
+        matches!(
+            self,
+            ShardMsg::Join(_)
+                | ShardMsg::Leave { .. }
+                | ShardMsg::Delete(_)
+                | ShardMsg::Publish(_)
+                | ShardMsg::Broadcast(_)
+                | ShardMsg::Presence(_)
+                | ShardMsg::History(_)
+                | ShardMsg::Query { .. }
+                | ShardMsg::Ip { .. }
+        )
+    }
+}
+
 /// The sink destination that means "the cluster bridge" rather than a shard (see
 /// [`ShardMsg::ToBus`]). Keeps the owner's room code pure: it only ever emits
 /// `(destination, message)` pairs.

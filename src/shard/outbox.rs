@@ -29,8 +29,8 @@ use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 use crate::rt::TcpStream;
 
-/// Most frames gathered into one `sendmsg`.
-pub const MAX_IOV: usize = 64;
+/// Most frames gathered into one `sendmsg` (Linux accepts up to 1,024 iovecs).
+pub const MAX_IOV: usize = 256;
 
 const FLAGS: SendFlags = SendFlags::DONTWAIT.union(SendFlags::NOSIGNAL);
 
