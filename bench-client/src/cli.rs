@@ -224,15 +224,9 @@ pub struct RunArgs {
 /// `suite` flags.
 #[derive(Debug, Clone, Args)]
 pub struct SuiteArgs {
-    /// corecast server binary (e.g. target/release/corecast).
-    #[arg(long)]
-    pub server_bin: PathBuf,
-    /// Server shards.
-    #[arg(long, default_value_t = 2)]
-    pub shards: usize,
-    /// Extra server arguments (repeatable), e.g. `--server-arg=--no-pin`.
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    pub server_args: Vec<String>,
+    /// The corecast server to start.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Folder of scenario files.
     #[arg(long, default_value = "bench-client/scenarios")]
     pub scenarios: PathBuf,
@@ -244,18 +238,26 @@ pub struct SuiteArgs {
     pub results: PathBuf,
 }
 
-/// `compare` flags.
+/// How `suite` and `compare` start corecast.
 #[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
+pub struct ServerArgs {
     /// corecast server binary (e.g. target/release/corecast).
     #[arg(long)]
     pub server_bin: PathBuf,
-    /// corecast shards; the ceiling probe gets as many threads.
+    /// Server shards.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
-    /// Extra corecast arguments (repeatable), e.g. `--server-arg=--no-pin`.
+    /// Extra server arguments (repeatable), e.g. `--server-arg=--no-pin`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+}
+
+/// `compare` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The corecast server to start (the ceiling probe gets as many threads as it has shards).
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Run only these shapes (repeatable): idle-15k, one-room-10k, rooms-100x100,
     /// latency-100x100-50k, latency-one-room-100k, cpu-1k, cpu-15k.
     #[arg(long)]

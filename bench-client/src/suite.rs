@@ -150,7 +150,7 @@ pub fn run_suite(args: &SuiteArgs, invoked_as: &str) -> Result<SuiteResults, Ben
 fn run_one(args: &SuiteArgs, scenario: &Scenario, file: &Path, invoked_as: &str) -> Result<Outcome, BenchError> {
     std::fs::create_dir_all(&args.results)?;
     let log = args.results.join(format!(".server-{}.log", scenario.name));
-    let mut server = Server::start(&args.server_bin, args.shards, &args.server_args, log.clone())?;
+    let mut server = Server::start(&args.server.server_bin, args.server.shards, &args.server.server_args, log.clone())?;
     let extra = [
         format!("--target={}", server.addr),
         format!("--server-pid={}", server.pid()),

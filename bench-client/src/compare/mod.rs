@@ -150,10 +150,13 @@ fn run_one(
 ) -> Result<(PathBuf, crate::coord::RunResult), BenchError> {
     let log = args.results.join(format!(".server-{name}.log"));
     let mut server = match kind {
-        ServerKind::Corecast => Server::start(&args.server_bin, args.shards, &args.server_args, log.clone())?,
+        ServerKind::Corecast => {
+            Server::start(&args.server.server_bin, args.server.shards, &args.server.server_args, log.clone())?
+        }
         ServerKind::Ceiling => {
             let addr = free_addr()?;
-            let probe = vec!["ceiling".to_owned(), format!("--listen={addr}"), format!("--threads={}", args.shards)];
+            let probe =
+                vec!["ceiling".to_owned(), format!("--listen={addr}"), format!("--threads={}", args.server.shards)];
             Server::launch(exe, probe, addr, log.clone())?
         }
     };
