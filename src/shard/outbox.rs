@@ -124,31 +124,10 @@ impl Outbox {
     }
 
     /// Sends `frame` now if nothing is waiting and the kernel takes it, else queues it
-    /// within `caps`.
+    /// within `caps`: [`Outbox::push_batch`] with one frame.
     pub fn push(&mut self, fd: BorrowedFd<'_>, frame: Bytes, caps: Caps) -> Pushed {
-        if let Some(q) = self.queue.as_mut() {
-            if q.sealed {
-                return Pushed::Sealed;
-            }
-            if !q.frames.is_empty() {
-                let over_bytes = q.bytes + frame.len() > caps.bytes + q.replay_bytes;
-                if over_bytes || q.frames.len() >= caps.frames + q.replay_frames {
-                    return Pushed::Full;
-                }
-                q.enqueue(frame);
-                return Pushed::Queued;
-            }
-        }
-        let (rest, started) = match rustix::net::send(fd, &frame, FLAGS) {
-            Ok(n) if n == frame.len() => return Pushed::Sent,
-            Ok(n) => (frame.slice(n..), n > 0),
-            Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => (frame, false),
-            Err(_) => return Pushed::Broken,
-        };
-        let q = self.queue.get_or_insert_with(Box::default);
-        q.front_started = started;
-        q.enqueue(rest);
-        Pushed::QueuedWake
+        let iov = [IoSlice::new(&frame)];
+        self.push_batch(fd, std::slice::from_ref(&frame), &iov, caps)
     }
 
     /// Sends `frames` (whose iovecs are `iov`, built once by the caller and shared by
