@@ -106,22 +106,19 @@ impl Shard {
     /// Delivers and empties `batch`: each group's frames go to each of its local
     /// members in one vectored send (or behind what the member already has queued).
     pub(super) async fn deliver(self: &Rc<Self>, batch: &mut Batch) {
-        for g in 0..batch.used {
-            let room = batch.groups[g].room.take();
-            let frames = std::mem::take(&mut batch.groups[g].frames);
-            self.deliver_group(room.as_deref(), &frames, &mut batch.ids).await;
-            for at in batch.groups[g].sent_at.drain(..) {
+        let Batch { groups, used, frames, index, all, ids } = batch;
+        // Groups are emptied, not dropped, so their vectors' capacity is reused.
+        for group in &mut groups[..*used] {
+            self.deliver_group(group.room.take().as_deref(), &group.frames, ids).await;
+            for at in group.sent_at.drain(..) {
                 self.stats.record_fanout(at.elapsed());
             }
-            // Hand the vector back, emptied, so its capacity is reused.
-            let group = &mut batch.groups[g];
-            group.frames = frames;
             group.frames.clear();
         }
-        batch.used = 0;
-        batch.frames = 0;
-        batch.index.clear();
-        batch.all = None;
+        *used = 0;
+        *frames = 0;
+        index.clear();
+        *all = None;
     }
 
     async fn deliver_group(self: &Rc<Self>, room: Option<&str>, frames: &[Bytes], ids: &mut Vec<ConnId>) {

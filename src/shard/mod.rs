@@ -341,8 +341,9 @@ impl Shard {
         conn.wake();
     }
 
-    /// Handles one inbox message, in arrival order.
-    async fn handle(self: &Rc<Self>, msg: ShardMsg) {
+    /// Handles one inbox message, in arrival order. Frames for local members go into
+    /// `batch`, which the inbox loop delivers (see [`fanout`]).
+    async fn handle(self: &Rc<Self>, msg: ShardMsg, batch: &mut Batch) {
         let sink = &mut |to: usize, m: ShardMsg| self.route(to, m);
         match msg {
             ShardMsg::Join(req) => {
@@ -380,18 +381,8 @@ impl Shard {
             ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
             ShardMsg::History(q) => self.owned.borrow().history(*q, sink),
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
-            // The inbox loop batches these (see `fanout`); one that reaches here is
-            // delivered on its own.
-            ShardMsg::Deliver { room, frame, sent_at } => {
-                let mut batch = Batch::default();
-                batch.push(Some(room), frame, sent_at);
-                self.deliver(&mut batch).await;
-            }
-            ShardMsg::DeliverAll { frame, sent_at } => {
-                let mut batch = Batch::default();
-                batch.push(None, frame, sent_at);
-                self.deliver(&mut batch).await;
-            }
+            ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
+            ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
             ShardMsg::ToConn { conn, frame } => {
                 if let Some(c) = self.conns.borrow_mut().get_mut(conn) {
                     self.push(c, frame);
@@ -536,20 +527,14 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
     loop {
         let mut next = Some(poll_fn(|cx| inbox.poll_recv(cx)).await);
         while let Some(msg) = next {
-            match msg {
-                ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
-                ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
-                owner if owner.is_owner_work() => {
-                    shard.handle(owner).await;
-                    rt::yield_if_needed().await;
-                }
-                other => {
-                    if !batch.is_empty() {
-                        shard.deliver(&mut batch).await;
-                    }
-                    shard.handle(other).await;
-                    rt::yield_if_needed().await;
-                }
+            let delivery = msg.is_delivery();
+            // Frames keep their order against anything that touches local connections.
+            if !delivery && !msg.is_owner_work() && !batch.is_empty() {
+                shard.deliver(&mut batch).await;
+            }
+            shard.handle(msg, &mut batch).await;
+            if !delivery {
+                rt::yield_if_needed().await;
             }
             if batch.is_full() {
                 shard.deliver(&mut batch).await;

@@ -108,6 +108,11 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
+    /// Whether this hands a frame to local members (corked by the inbox loop).
+    pub fn is_delivery(&self) -> bool {
+        matches!(self, ShardMsg::Deliver { .. } | ShardMsg::DeliverAll { .. })
+    }
+
     /// Whether this is a room owner's work (sequencing, membership counts, queries),
     /// which touches no local connection directly: whatever it produces for this shard
     /// comes back through the inbox, behind every frame already waiting. The fan-out may
