@@ -112,9 +112,11 @@ pub fn parse<'a>(input: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Resul
         .map_err(|e| ClientError { reference: id.map(Cow::into_owned), ..e })
 }
 
-/// Everything any request may carry. Unknown fields are ignored (forward compatibility).
+/// Everything any request may carry, as it arrives (before [`parse`] validates it).
+/// Unknown fields are ignored (forward compatibility). Public so `benches/hot_paths.rs`
+/// compares JSON parsers on exactly this shape; its fields stay private.
 #[derive(Deserialize)]
-struct Raw<'a> {
+pub struct Raw<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
