@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::conns::{Conn, ConnId};
 use super::http::Step;
 use super::msg::{IpOp, JoinKind, JoinReq, Reply, ShardMsg};
-use super::route::{ip_owner, owner};
+use super::route::ip_owner;
 use super::Shard;
 use crate::auth::grants::{self, Pattern};
 use crate::auth::{password, token_from_protocols, AuthError, Identity};
@@ -211,7 +211,7 @@ impl Shard {
                 .ask(1, |reply| shard.mesh.send(to, ShardMsg::Ip { ip, op: IpOp::PasswordAttempt { limit, reply } }))
                 .await;
             if matches!(replies.first(), Some(Reply::Admit(true))) {
-                shard.mesh.send(owner(&req.room, shard.mesh.len()), ShardMsg::Join(Box::new(req)));
+                shard.mesh.send(shard.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
             } else if let Some(conn) = shard.conns.borrow_mut().get_mut(id) {
                 shard.drop_pending(conn, &req, "too many password attempts from this address; wait a minute");
             }
@@ -225,7 +225,7 @@ impl Shard {
             match password::hash(password).await {
                 Some(hash) => {
                     req.kind = JoinKind::Create { password_hash: Some(Arc::from(hash)) };
-                    shard.mesh.send(owner(&req.room, shard.mesh.len()), ShardMsg::Join(Box::new(req)));
+                    shard.mesh.send(shard.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
                 }
                 None => {
                     if let Some(conn) = shard.conns.borrow_mut().get_mut(req.origin.conn) {

@@ -17,7 +17,6 @@ use futures_lite::io::AsyncRead;
 
 use super::conns::{Conn, ConnId, Membership, Phase};
 use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg, Since};
-use super::route::owner;
 use super::Shard;
 use crate::auth::{password, Identity};
 use crate::metrics::inc;
@@ -108,7 +107,7 @@ impl Shard {
             members.remove(&m.room, id);
             let leave =
                 ShardMsg::Leave { room: m.room.clone(), user: conn.user.clone(), from: self.id, epoch: m.epoch };
-            self.mesh.send(owner(&m.room, self.mesh.len()), leave);
+            self.mesh.send(self.mesh.owner_of(&m.room), leave);
         }
     }
 
@@ -256,7 +255,7 @@ impl Shard {
                 protocol::validate_room(&room)?;
                 let room: Arc<str> = Arc::from(&*room);
                 let req = DeleteReq { room: room.clone(), user: conn.user.clone(), origin };
-                self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Delete(Box::new(req)));
+                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Delete(Box::new(req)));
             }
             ClientMsg::Leave { room } => {
                 let i = member_index(conn, &room)?;
@@ -273,7 +272,7 @@ impl Shard {
                         from: self.id,
                         epoch: m.epoch,
                     };
-                    self.mesh.send(owner(&m.room, self.mesh.len()), leave);
+                    self.mesh.send(self.mesh.owner_of(&m.room), leave);
                 }
                 self.push(conn, server::left(&m.room));
             }
@@ -286,7 +285,7 @@ impl Shard {
                 let room = conn.rooms[member_index(conn, &room)?].room.clone();
                 let from = Requester::Conn(origin);
                 let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), from };
-                self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Publish(Box::new(publish)));
+                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(publish)));
             }
             ClientMsg::Presence { room, after, limit } => {
                 let room = conn.rooms[member_index(conn, &room)?].room.clone();
@@ -296,7 +295,7 @@ impl Shard {
                     limit: limit.unwrap_or(PRESENCE_PAGE).min(client::MAX_PAGE),
                     from: Requester::Conn(origin),
                 };
-                self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::Presence(Box::new(req)));
+                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Presence(Box::new(req)));
             }
             ClientMsg::Refresh { token } => {
                 let frame = self.refresh(id, conn, &token)?;
@@ -310,7 +309,7 @@ impl Shard {
                 }
                 let room = conn.rooms[member_index(conn, &room)?].room.clone();
                 let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Conn(origin) };
-                self.mesh.send(owner(&room, self.mesh.len()), ShardMsg::History(Box::new(req)));
+                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::History(Box::new(req)));
             }
         }
         Ok(())
@@ -357,7 +356,7 @@ impl Shard {
 
     /// Asks the room's owner to sequence a join.
     fn send_join(&self, req: JoinReq) {
-        self.mesh.send(owner(&req.room, self.mesh.len()), ShardMsg::Join(Box::new(req)));
+        self.mesh.send(self.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
     }
 }
 

@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use super::conns::{Conn, ConnId, Phase};
 use super::msg::{HistoryReq, PresenceReq, Publish, Query, Reply, Requester, ShardMsg};
-use super::route::owner;
 use super::Shard;
 use crate::http::publish::{self, PublishRequest, Target};
 use crate::http::request::{self, Request, MAX_HEADERS};
@@ -369,11 +368,13 @@ impl Shard {
                 let from = Requester::Api(reply);
                 let msg = |room: Arc<str>| Publish { room, user: user.clone(), text: text.clone(), from: from.clone() };
                 if p.target == Target::Everyone {
-                    let to = owner(BROADCAST_ROOM, shards);
-                    self.mesh.send(to, ShardMsg::Broadcast(Box::new(msg(Arc::from(BROADCAST_ROOM)))));
+                    self.mesh.send(
+                        self.mesh.owner_of(BROADCAST_ROOM),
+                        ShardMsg::Broadcast(Box::new(msg(Arc::from(BROADCAST_ROOM)))),
+                    );
                 }
                 for room in rooms {
-                    self.mesh.send(owner(&room, shards), ShardMsg::Publish(Box::new(msg(room))));
+                    self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(msg(room))));
                 }
             })
             .await;
@@ -404,11 +405,10 @@ impl Shard {
     /// A page of a room's history. Private rooms need the API key.
     async fn history(&self, room: String, before: Option<u64>, limit: u32, key_ok: bool) -> Answer {
         let room: Arc<str> = Arc::from(room);
-        let to = owner(&room, self.mesh.len());
         let replies = self
             .ask(1, |reply| {
                 let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Api(reply) };
-                self.mesh.send(to, ShardMsg::History(Box::new(req)));
+                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::History(Box::new(req)));
             })
             .await;
         match replies.into_iter().next() {
@@ -430,12 +430,11 @@ impl Shard {
             next: Option<&'a str>,
         }
         let room: Arc<str> = Arc::from(room);
-        let to = owner(&room, self.mesh.len());
         let replies = self
             .ask(1, |reply| {
                 let req =
                     PresenceReq { room: room.clone(), after: after.map(Box::from), limit, from: Requester::Api(reply) };
-                self.mesh.send(to, ShardMsg::Presence(Box::new(req)));
+                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Presence(Box::new(req)));
             })
             .await;
         match replies.into_iter().next() {

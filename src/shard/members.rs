@@ -11,7 +11,6 @@ use smallvec::SmallVec;
 use super::conns::ConnId;
 use super::msg::{ConnRef, JoinAck, JoinRefused, ShardMsg};
 use super::outbox::Pushed;
-use super::route::owner;
 use super::Shard;
 
 /// Local members per room. Only rooms with at least one local member are present.
@@ -133,7 +132,7 @@ impl Shard {
         });
         let Some((conn, i)) = wanted else {
             let undo = ShardMsg::Leave { room: ack.room.clone(), user: ack.user, from: self.id, epoch: ack.epoch };
-            self.mesh.send(owner(&ack.room, self.mesh.len()), undo);
+            self.mesh.send(self.mesh.owner_of(&ack.room), undo);
             return;
         };
         let m = &mut conn.rooms[i];

@@ -18,6 +18,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::msg::ShardMsg;
+use super::route::owner;
 
 /// Inbox depth above which shards stop reading client input destined for that shard.
 pub const HIGH_WATER: usize = 64 * 1024;
@@ -68,6 +69,11 @@ impl Mesh {
                 peer.waker.wake();
             }
         }
+    }
+
+    /// The shard that owns `room` in this mesh (see [`owner`]).
+    pub fn owner_of(&self, room: &str) -> usize {
+        owner(room, self.peers.len())
     }
 
     /// Queues a clone of `msg` for every shard.
