@@ -101,14 +101,17 @@ impl Shard {
             self.ws_open.set(self.ws_open.get().saturating_sub(1));
             self.release_slot(conn.peer, self.cfg.max_connections_per_ip > 0);
         }
-        let mut members = self.members.borrow_mut();
         // Joined rooms are left; pending joins are undone when their ack arrives.
         for m in conn.rooms.iter().filter(|m| m.joined()) {
-            members.remove(&m.room, id);
-            let leave =
-                ShardMsg::Leave { room: m.room.clone(), user: conn.user.clone(), from: self.id, epoch: m.epoch };
-            self.mesh.send(self.mesh.owner_of(&m.room), leave);
+            self.leave_joined(id, &conn.user, m);
         }
+    }
+
+    /// Leaves a joined room: drops the local membership and tells the room's owner.
+    fn leave_joined(&self, id: ConnId, user: &Arc<str>, m: &Membership) {
+        self.members.borrow_mut().remove(&m.room, id);
+        let leave = ShardMsg::Leave { room: m.room.clone(), user: user.clone(), from: self.id, epoch: m.epoch };
+        self.mesh.send(self.mesh.owner_of(&m.room), leave);
     }
 
     fn on_input(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
@@ -265,14 +268,7 @@ impl Shard {
                 let m = conn.rooms.remove(i);
                 // A pending join is undone when its ack arrives (see `on_join_ack`).
                 if m.joined() {
-                    self.members.borrow_mut().remove(&m.room, id);
-                    let leave = ShardMsg::Leave {
-                        room: m.room.clone(),
-                        user: conn.user.clone(),
-                        from: self.id,
-                        epoch: m.epoch,
-                    };
-                    self.mesh.send(self.mesh.owner_of(&m.room), leave);
+                    self.leave_joined(id, &conn.user, &m);
                 }
                 self.push(conn, server::left(&m.room));
             }
@@ -282,13 +278,13 @@ impl Shard {
                     return Err(ClientError::new(ErrorCode::TextTooLong, msg));
                 }
                 // A join still waiting for its ack counts: the owner sees the join first.
-                let room = conn.rooms[member_index(conn, &room)?].room.clone();
+                let room = member_room(conn, &room)?;
                 let from = Requester::Conn(origin);
                 let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), from };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(publish)));
             }
             ClientMsg::Presence { room, after, limit } => {
-                let room = conn.rooms[member_index(conn, &room)?].room.clone();
+                let room = member_room(conn, &room)?;
                 let req = PresenceReq {
                     room: room.clone(),
                     after: after.map(|a| Box::from(&*a)),
@@ -307,7 +303,7 @@ impl Shard {
                     let msg = format!("`limit` must be at most {HISTORY_PAGE_MAX} for history");
                     return Err(ClientError::new(ErrorCode::InvalidField, msg));
                 }
-                let room = conn.rooms[member_index(conn, &room)?].room.clone();
+                let room = member_room(conn, &room)?;
                 let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Conn(origin) };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::History(Box::new(req)));
             }
@@ -373,4 +369,9 @@ fn check_password_len(pw: &str) -> Result<(), ClientError> {
 
 fn member_index(conn: &Conn, room: &str) -> Result<usize, ClientError> {
     conn.membership(room).ok_or_else(|| ClientError::new(ErrorCode::NotMember, "join the room first"))
+}
+
+/// The connection's own (shared) name of a room it is in or joining.
+fn member_room(conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
+    Ok(conn.rooms[member_index(conn, room)?].room.clone())
 }
