@@ -279,9 +279,7 @@ impl Shard {
         let shards = self.mesh.len();
         let replies = self
             .ask(shards, |reply| {
-                for s in 0..shards {
-                    self.mesh.send(s, ShardMsg::Query { reply, query: Query::Stats { room: room.clone(), limit } });
-                }
+                self.mesh.send_all(|| ShardMsg::Query { reply, query: Query::Stats { room: room.clone(), limit } })
             })
             .await;
         let mut snaps: Vec<Snapshot> = replies
