@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use corecast::ws::frame::pong_frame;
 use corecast::ws::reader::Message;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
@@ -317,12 +318,7 @@ impl Shard {
                     let item = Item::Publish { room, user: conn.user.to_vec(), text };
                     self.send_to_owner(item);
                 }
-                Action::Pong(payload) => {
-                    let mut out = Vec::with_capacity(payload.len() + 2);
-                    wire::frame_header(0xA, payload.len(), &mut out);
-                    out.extend_from_slice(&payload);
-                    conn.send_own(&out);
-                }
+                Action::Pong(payload) => conn.send_own(&pong_frame(&payload)),
                 Action::Close(code) => {
                     let mut out = Vec::with_capacity(4);
                     wire::close(code, &mut out);
