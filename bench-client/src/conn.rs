@@ -11,7 +11,7 @@
 //! incomplete (the [`MessageReader`] frees it once it drains) and a send buffer only while
 //! the kernel refuses bytes. Reads go through the engine thread's scratch buffer.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::ControlFlow;
 
@@ -22,10 +22,12 @@ use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+use crate::ceiling::wire::head_end;
 use crate::epoch::{Epochs, NO_EPOCH};
 use crate::payload::Stamp;
 use crate::record::{ConnStats, Recovery, StepRecord};
 use crate::scan::scan;
+use crate::sys::write_some;
 use crate::track::SeqTrack;
 
 /// Largest server message bench-client accepts (the server's own default cap is 64 KiB).
@@ -364,31 +366,13 @@ impl Conn {
             self.buf.extend_from_slice(bytes);
             return self.flush();
         }
-        let mut sent = 0;
-        while sent < bytes.len() {
-            match self.stream.write(&bytes[sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let sent = write_some(&mut self.stream, bytes)?;
         self.buf.extend_from_slice(&bytes[sent..]);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < self.buf.len() {
-            match self.stream.write(&self.buf[sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let sent = write_some(&mut self.stream, &self.buf)?;
         self.buf.drain(..sent);
         if self.buf.is_empty() {
             self.buf = Vec::new();
@@ -503,11 +487,6 @@ fn bind_address_no_port(socket: &Socket) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-}
-
-/// Index just past the blank line ending an HTTP head.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// The upgrade succeeded: status 101 and the accept key matching our key.

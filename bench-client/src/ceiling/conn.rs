@@ -15,6 +15,8 @@ use corecast::ws::frame::Role;
 use corecast::ws::reader::MessageReader;
 use mio::net::TcpStream;
 
+use crate::sys::write_some;
+
 /// Largest client message the probe accepts.
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Chunks handed to one `writev`.
@@ -191,20 +193,4 @@ impl Conn {
             self.out = VecDeque::new();
         }
     }
-}
-
-/// Writes until everything is taken or the kernel refuses more (`WouldBlock`, so that a
-/// writable edge follows); returns the bytes written.
-fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match stream.write(&bytes[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(sent)
 }
