@@ -323,12 +323,14 @@ impl Conn {
         self.reader.buffered() + self.buf.capacity()
     }
 
-    /// The socket became writable: finish the connect (naming the guest `user()`, called
-    /// only then), or flush the send remainder. With edge-triggered polling every
-    /// delivery also reports "writable", so this path must cost nothing when idle.
-    pub fn on_writable(&mut self, target: SocketAddr, user: impl FnOnce() -> String) -> Result<(), End> {
+    /// The socket became writable: finish the connect (sending the upgrade request to the
+    /// target and guest name that `request()` gives, called only then), or flush the send
+    /// remainder. With edge-triggered polling every delivery also reports "writable", so
+    /// this path must cost nothing when idle.
+    pub fn on_writable(&mut self, request: impl FnOnce() -> (SocketAddr, String)) -> Result<(), End> {
         if self.session.state == State::Connecting {
-            return self.finish_connect(target, &user());
+            let (target, user) = request();
+            return self.finish_connect(target, &user);
         }
         if self.buf.is_empty() {
             return Ok(());
