@@ -51,8 +51,9 @@ const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 /// Random probes for a churn victim before giving up for this tick.
 const CHURN_PROBES: usize = 64;
 
-/// What a worker asks an engine to do.
-#[derive(Debug, Clone, Copy)]
+/// What a worker asks an engine to do: the coordinator's commands, relayed as they are
+/// (they travel between processes as [`crate::worker::Down`] lines).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Publish this step's schedule and record its deliveries.
     Step(Schedule),
