@@ -542,17 +542,22 @@ mod tests {
             }
         }
 
-        /// Feeds server frames (as the server would send them) to `s`.
-        fn feed(&mut self, s: &mut Session, frames: &[&str]) -> (Vec<u8>, Option<End>) {
-            let mut ctx = Ctx {
-                now_ns: 5_000_000,
+        /// A context over the harness's records, at receive time `now_ns`.
+        fn ctx(&mut self, now_ns: u64) -> Ctx<'_> {
+            Ctx {
+                now_ns,
                 open_step: 0,
                 tag: "t",
                 record: &mut self.record,
                 interval: &mut self.interval,
                 stats: &mut self.stats,
                 epochs: &mut self.epochs,
-            };
+            }
+        }
+
+        /// Feeds server frames (as the server would send them) to `s`.
+        fn feed(&mut self, s: &mut Session, frames: &[&str]) -> (Vec<u8>, Option<End>) {
+            let mut ctx = self.ctx(5_000_000);
             let mut reader = MessageReader::new(Role::Client, MAX_MESSAGE);
             let mut wire: Vec<u8> = frames.iter().flat_map(|f| text_frame(f.as_bytes()).to_vec()).collect();
             let mut out = Vec::new();
@@ -584,16 +589,7 @@ mod tests {
         let (out, end) = h.feed(&mut s, &[r#"{"type":"welcome","user":"u","conn":"c","shard":0}"#]);
         assert_eq!(end, None);
         assert_eq!(s.state, State::Joining);
-        let mut server = MessageReader::new(Role::Server, 1024);
-        let mut join = String::new();
-        server
-            .feed(&mut out.clone(), |m| {
-                if let Message::Text(t) = m {
-                    join = String::from_utf8(t.to_vec()).unwrap();
-                }
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let join = sent_texts(&out).pop().unwrap_or_default();
         assert_eq!(join, r#"{"type":"join","room":"t-3"}"#);
         h.feed(&mut s, &[r#"{"type":"joined","room":"t-3","members":1,"seq":41,"epoch":"e"}"#]);
         assert_eq!(s.state, State::Joined);
@@ -736,15 +732,7 @@ mod tests {
         let mut s = Session::new(0);
         s.state = State::Joined;
         let mut reader = MessageReader::new(Role::Client, 1024);
-        let mut ctx = Ctx {
-            now_ns: 0,
-            open_step: 0,
-            tag: "t",
-            record: &mut h.record,
-            interval: &mut h.interval,
-            stats: &mut h.stats,
-            epochs: &mut h.epochs,
-        };
+        let mut ctx = h.ctx(0);
         let mut wire = corecast::ws::frame::close_frame(1013, "slow").to_vec();
         let mut out = Vec::new();
         let mut end = None;
