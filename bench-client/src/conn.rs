@@ -11,7 +11,7 @@
 //! incomplete (the [`MessageReader`] frees it once it drains) and a send buffer only while
 //! the kernel refuses bytes. Reads go through the engine thread's scratch buffer.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::ControlFlow;
 
@@ -22,10 +22,12 @@ use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+use crate::ceiling::wire::head_end;
 use crate::epoch::{Epochs, NO_EPOCH};
 use crate::payload::Stamp;
 use crate::record::{ConnStats, Recovery, StepRecord};
 use crate::scan::scan;
+use crate::sys::write_some;
 use crate::track::SeqTrack;
 
 /// Largest server message bench-client accepts (the server's own default cap is 64 KiB).
@@ -321,12 +323,14 @@ impl Conn {
         self.reader.buffered() + self.buf.capacity()
     }
 
-    /// The socket became writable: finish the connect (naming the guest `user()`, called
-    /// only then), or flush the send remainder. With edge-triggered polling every
-    /// delivery also reports "writable", so this path must cost nothing when idle.
-    pub fn on_writable(&mut self, target: SocketAddr, user: impl FnOnce() -> String) -> Result<(), End> {
+    /// The socket became writable: finish the connect (sending the upgrade request to the
+    /// target and guest name that `request()` gives, called only then), or flush the send
+    /// remainder. With edge-triggered polling every delivery also reports "writable", so
+    /// this path must cost nothing when idle.
+    pub fn on_writable(&mut self, request: impl FnOnce() -> (SocketAddr, String)) -> Result<(), End> {
         if self.session.state == State::Connecting {
-            return self.finish_connect(target, &user());
+            let (target, user) = request();
+            return self.finish_connect(target, &user);
         }
         if self.buf.is_empty() {
             return Ok(());
@@ -364,31 +368,13 @@ impl Conn {
             self.buf.extend_from_slice(bytes);
             return self.flush();
         }
-        let mut sent = 0;
-        while sent < bytes.len() {
-            match self.stream.write(&bytes[sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let sent = write_some(&mut self.stream, bytes)?;
         self.buf.extend_from_slice(&bytes[sent..]);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < self.buf.len() {
-            match self.stream.write(&self.buf[sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let sent = write_some(&mut self.stream, &self.buf)?;
         self.buf.drain(..sent);
         if self.buf.is_empty() {
             self.buf = Vec::new();
@@ -505,11 +491,6 @@ fn bind_address_no_port(socket: &Socket) {
     }
 }
 
-/// Index just past the blank line ending an HTTP head.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
 /// The upgrade succeeded: status 101 and the accept key matching our key.
 fn check_head(head: &[u8]) -> Result<(), End> {
     let ok = head.starts_with(b"HTTP/1.1 101") && head.windows(WS_ACCEPT.len()).any(|w| w == WS_ACCEPT);
@@ -561,17 +542,22 @@ mod tests {
             }
         }
 
-        /// Feeds server frames (as the server would send them) to `s`.
-        fn feed(&mut self, s: &mut Session, frames: &[&str]) -> (Vec<u8>, Option<End>) {
-            let mut ctx = Ctx {
-                now_ns: 5_000_000,
+        /// A context over the harness's records, at receive time `now_ns`.
+        fn ctx(&mut self, now_ns: u64) -> Ctx<'_> {
+            Ctx {
+                now_ns,
                 open_step: 0,
                 tag: "t",
                 record: &mut self.record,
                 interval: &mut self.interval,
                 stats: &mut self.stats,
                 epochs: &mut self.epochs,
-            };
+            }
+        }
+
+        /// Feeds server frames (as the server would send them) to `s`.
+        fn feed(&mut self, s: &mut Session, frames: &[&str]) -> (Vec<u8>, Option<End>) {
+            let mut ctx = self.ctx(5_000_000);
             let mut reader = MessageReader::new(Role::Client, MAX_MESSAGE);
             let mut wire: Vec<u8> = frames.iter().flat_map(|f| text_frame(f.as_bytes()).to_vec()).collect();
             let mut out = Vec::new();
@@ -603,16 +589,7 @@ mod tests {
         let (out, end) = h.feed(&mut s, &[r#"{"type":"welcome","user":"u","conn":"c","shard":0}"#]);
         assert_eq!(end, None);
         assert_eq!(s.state, State::Joining);
-        let mut server = MessageReader::new(Role::Server, 1024);
-        let mut join = String::new();
-        server
-            .feed(&mut out.clone(), |m| {
-                if let Message::Text(t) = m {
-                    join = String::from_utf8(t.to_vec()).unwrap();
-                }
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let join = sent_texts(&out).pop().unwrap_or_default();
         assert_eq!(join, r#"{"type":"join","room":"t-3"}"#);
         h.feed(&mut s, &[r#"{"type":"joined","room":"t-3","members":1,"seq":41,"epoch":"e"}"#]);
         assert_eq!(s.state, State::Joined);
@@ -755,15 +732,7 @@ mod tests {
         let mut s = Session::new(0);
         s.state = State::Joined;
         let mut reader = MessageReader::new(Role::Client, 1024);
-        let mut ctx = Ctx {
-            now_ns: 0,
-            open_step: 0,
-            tag: "t",
-            record: &mut h.record,
-            interval: &mut h.interval,
-            stats: &mut h.stats,
-            epochs: &mut h.epochs,
-        };
+        let mut ctx = h.ctx(0);
         let mut wire = corecast::ws::frame::close_frame(1013, "slow").to_vec();
         let mut out = Vec::new();
         let mut end = None;

@@ -51,8 +51,9 @@ const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 /// Random probes for a churn victim before giving up for this tick.
 const CHURN_PROBES: usize = 64;
 
-/// What a worker asks an engine to do.
-#[derive(Debug, Clone, Copy)]
+/// What a worker asks an engine to do: the coordinator's commands, relayed as they are
+/// (they travel between processes as [`crate::worker::Down`] lines).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Publish this step's schedule and record its deliveries.
     Step(Schedule),
@@ -367,7 +368,7 @@ impl Engine {
         let mut result = Ok(());
         if writable {
             let (plan, index) = (&self.plan, u64::from(conn.index));
-            result = conn.on_writable(plan.target_of(index), || plan.user_name(index));
+            result = conn.on_writable(|| (plan.target_of(index), plan.user_name(index)));
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {

@@ -275,18 +275,20 @@ fn setup_md(ctx: &RunContext, plan: &Plan, result: &RunResult) -> String {
     s
 }
 
+/// Trimmed stdout of `git <args>`, when it ran and succeeded.
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
 fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    match run(&["rev-parse", "HEAD"]) {
+    match git(&["rev-parse", "HEAD"]) {
         Some(sha) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{sha} (with uncommitted changes)")
             } else {
@@ -299,13 +301,7 @@ fn git_commit() -> String {
 
 /// Runs `tuning/check` from the repository root, if the repository has it.
 fn tuning_check() -> String {
-    let root = Command::new("git")
-        .args(["rev-parse", "--show-toplevel"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let root = git(&["rev-parse", "--show-toplevel"]).map_or_else(|| PathBuf::from("."), PathBuf::from);
     let check = root.join("tuning/check");
     if !check.is_file() {
         return "tuning/check not found".into();

@@ -3,6 +3,7 @@
 //! Everything here is a thin, documented wrapper over one system call or one `/proc` file,
 //! so the rest of the crate never touches `libc` directly (except the engine's timerfd).
 
+use std::io::{self, Write};
 use std::path::Path;
 
 /// Nanoseconds on CLOCK_MONOTONIC. Comparable across processes on one host, which is what
@@ -12,6 +13,22 @@ pub fn now_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Writes `bytes` to a non-blocking socket until everything is taken or the kernel refuses
+/// more (`WouldBlock`, so that a writable edge follows); returns how many bytes it took.
+pub fn write_some(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match w.write(&bytes[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 /// CPU time used so far, split into user space and kernel, in nanoseconds. The split

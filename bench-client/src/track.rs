@@ -62,11 +62,9 @@ impl SeqTrack {
     /// Classifies `seq` and updates the state.
     pub fn observe(&mut self, seq: u64) -> Seen {
         if seq >= self.next {
-            let jump = seq - self.next;
-            let shift = jump + 1;
-            self.window = if shift >= 64 { 0 } else { self.window << shift };
+            // Everything before `seq` that is still missing stays unseen in the window.
+            let jump = self.skip_to(seq) - 1;
             self.window |= 1;
-            self.next = seq + 1;
             return if jump == 0 { Seen::InOrder } else { Seen::Gap(jump) };
         }
         let back = self.next - 1 - seq;

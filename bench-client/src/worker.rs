@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Command, Engine, Event, PublishReport};
+use crate::engine::{Engine, Event, PublishReport};
 use crate::error::BenchError;
 use crate::plan::Plan;
 use crate::record::{merge_into, new_hist, ConnStats, SerHist, StepRecord, WireStep};
-use crate::schedule::Schedule;
 use crate::sys;
 
 /// First line a child worker reads: the plan and which process of it this is.
@@ -32,16 +31,9 @@ pub struct Hello {
     pub process: u32,
 }
 
-/// Coordinator → worker.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub enum Down {
-    /// Start a publish step.
-    Step(Schedule),
-    /// Close the step and report its record.
-    EndStep(u32),
-    /// Close all connections, report, exit.
-    Finish,
-}
+/// Coordinator → worker: the engines' own [`Command`]s, which every worker relays to each
+/// of its engines unchanged.
+pub use crate::engine::Command as Down;
 
 /// Worker → coordinator. CPU and RSS of child workers are read by the coordinator from
 /// `/proc/<pid>`, so they need no messages of their own.
@@ -144,12 +136,7 @@ pub fn run_worker(hello: Hello, own_process: bool, inputs: (Sender<Input>, Recei
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
         match input {
-            Some(Input::Down(down)) => {
-                let cmd = match down {
-                    Down::Step(s) => Command::Step(s),
-                    Down::EndStep(s) => Command::EndStep(s),
-                    Down::Finish => Command::Finish,
-                };
+            Some(Input::Down(cmd)) => {
                 for (cmd_tx, waker) in &engines {
                     let _ = cmd_tx.send(cmd);
                     let _ = waker.wake();

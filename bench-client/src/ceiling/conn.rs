@@ -15,6 +15,8 @@ use corecast::ws::frame::Role;
 use corecast::ws::reader::MessageReader;
 use mio::net::TcpStream;
 
+use crate::sys::write_some;
+
 /// Largest client message the probe accepts.
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Chunks handed to one `writev`.
@@ -116,38 +118,38 @@ impl Conn {
         }
     }
 
-    /// Writes bytes that only this connection gets (a handshake answer, `joined`).
+    /// Writes bytes that only this connection gets (a handshake answer, `joined`); what the
+    /// kernel refuses is queued as a copy.
     pub fn send_own(&mut self, bytes: &[u8]) {
-        if let Err(()) = self.send_with(bytes, |b| Rc::from(b)) {
-            self.phase = Phase::Dead;
+        if let Some(sent) = self.write_now(bytes) {
+            if sent < bytes.len() {
+                self.queue(Rc::from(&bytes[sent..]), 0);
+            }
         }
     }
 
     /// Writes `shared.bytes`, or queues them (by reference) behind an existing backlog.
     pub fn send_shared(&mut self, shared: &mut Shared) {
-        if !self.out.is_empty() {
-            self.queue(shared.rc(), 0);
-            return;
-        }
-        let sent = match write_some(&mut self.stream, &shared.bytes) {
-            Ok(n) => n,
-            Err(_) => return self.phase = Phase::Dead,
-        };
-        if sent < shared.bytes.len() {
-            self.queue(shared.rc(), sent);
+        if let Some(sent) = self.write_now(&shared.bytes) {
+            if sent < shared.bytes.len() {
+                self.queue(shared.rc(), sent);
+            }
         }
     }
 
-    fn send_with(&mut self, bytes: &[u8], copy: impl FnOnce(&[u8]) -> Rc<[u8]>) -> Result<(), ()> {
+    /// Writes what the socket takes of `bytes` unless a backlog must go first (0 then);
+    /// `None` when the socket failed (the connection is then dead).
+    fn write_now(&mut self, bytes: &[u8]) -> Option<usize> {
         if !self.out.is_empty() {
-            self.queue(copy(bytes), 0);
-            return Ok(());
+            return Some(0);
         }
-        let sent = write_some(&mut self.stream, bytes).map_err(drop)?;
-        if sent < bytes.len() {
-            self.queue(copy(&bytes[sent..]), 0);
+        match write_some(&mut self.stream, bytes) {
+            Ok(sent) => Some(sent),
+            Err(_) => {
+                self.phase = Phase::Dead;
+                None
+            }
         }
-        Ok(())
     }
 
     fn queue(&mut self, buf: Rc<[u8]>, off: usize) {
@@ -191,20 +193,4 @@ impl Conn {
             self.out = VecDeque::new();
         }
     }
-}
-
-/// Writes until everything is taken or the kernel refuses more (`WouldBlock`, so that a
-/// writable edge follows); returns the bytes written.
-fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match stream.write(&bytes[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(sent)
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use corecast::ws::frame::pong_frame;
 use corecast::ws::reader::Message;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
@@ -317,12 +318,7 @@ impl Shard {
                     let item = Item::Publish { room, user: conn.user.to_vec(), text };
                     self.send_to_owner(item);
                 }
-                Action::Pong(payload) => {
-                    let mut out = Vec::with_capacity(payload.len() + 2);
-                    wire::frame_header(0xA, payload.len(), &mut out);
-                    out.extend_from_slice(&payload);
-                    conn.send_own(&out);
-                }
+                Action::Pong(payload) => conn.send_own(&pong_frame(&payload)),
                 Action::Close(code) => {
                     let mut out = Vec::with_capacity(4);
                     wire::close(code, &mut out);
@@ -346,11 +342,7 @@ impl Shard {
             _ => return,
         };
         let owner = self.owner_of(room);
-        if owner == self.index {
-            self.on_item(item);
-        } else {
-            self.bundles[owner].push(item);
-        }
+        self.send_to_thread(owner, item);
     }
 
     fn send_to_thread(&mut self, thread: usize, item: Item) {
@@ -416,37 +408,27 @@ impl Shard {
                 let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 let (seq, name) = (o.seq, o.name.clone());
                 let remote: Vec<usize> = (0..o.per_thread.len()).filter(|&t| t != me && o.per_thread[t] > 0).collect();
-                let r = &mut self.rooms[idx as usize];
-                if remote.is_empty() {
-                    if !r.members.is_empty() {
-                        if r.batch.bytes.is_empty() {
-                            self.dirty.push(idx);
-                        }
-                        wire::message(&room, seq, &user, &text, ts, &mut r.batch.bytes);
+                // Written once: straight into the local batch when the room has members
+                // here, else into a buffer of its own; remote threads share a copy.
+                let mut own = Vec::new();
+                let buf = match self.batch(idx) {
+                    Some(batch) => batch,
+                    None if !remote.is_empty() => &mut own,
+                    None => return,
+                };
+                let start = buf.len();
+                wire::message(&room, seq, &user, &text, ts, buf);
+                if !remote.is_empty() {
+                    let frame: Arc<[u8]> = buf[start..].into();
+                    for t in remote {
+                        self.bundles[t].push(Item::Frame { room: name.clone(), frame: frame.clone() });
                     }
-                    return;
-                }
-                let mut frame = Vec::with_capacity(96 + room.len() + user.len() + text.len());
-                wire::message(&room, seq, &user, &text, ts, &mut frame);
-                if !r.members.is_empty() {
-                    if r.batch.bytes.is_empty() {
-                        self.dirty.push(idx);
-                    }
-                    r.batch.bytes.extend_from_slice(&frame);
-                }
-                let frame: Arc<[u8]> = frame.into();
-                for t in remote {
-                    self.bundles[t].push(Item::Frame { room: name.clone(), frame: frame.clone() });
                 }
             }
             Item::Frame { room, frame } => {
                 let Some(&idx) = self.room_index.get(&room[..]) else { return };
-                let r = &mut self.rooms[idx as usize];
-                if !r.members.is_empty() {
-                    if r.batch.bytes.is_empty() {
-                        self.dirty.push(idx);
-                    }
-                    r.batch.bytes.extend_from_slice(&frame);
+                if let Some(batch) = self.batch(idx) {
+                    batch.extend_from_slice(&frame);
                 }
             }
             Item::Leave { room, from } => {
@@ -456,6 +438,19 @@ impl Shard {
                 o.per_thread[from] = o.per_thread[from].saturating_sub(1);
             }
         }
+    }
+
+    /// The batch of room `idx` to append frames to, marking the room dirty on its first
+    /// frame of the iteration; `None` when the room has no member on this thread.
+    fn batch(&mut self, idx: u32) -> Option<&mut Vec<u8>> {
+        let r = self.rooms.get_mut(idx as usize)?;
+        if r.members.is_empty() {
+            return None;
+        }
+        if r.batch.bytes.is_empty() {
+            self.dirty.push(idx);
+        }
+        Some(&mut r.batch.bytes)
     }
 
     /// Writes a room's batch to its local members (one write each) and empties it.

@@ -9,6 +9,13 @@
 
 use std::io::Write as _;
 
+use corecast::ws::frame::{close_frame, encode_header};
+use corecast::ws::handshake::{accept_response, Upgrade};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// Opcode of every data frame the probe sends.
+const TEXT: OpCode = OpCode::Data(Data::Text);
+
 /// Largest HTTP request head the probe accepts.
 pub const MAX_HEAD: usize = 8 * 1024;
 
@@ -56,12 +63,10 @@ pub fn parse_request(head: &[u8]) -> Request {
     }
 }
 
-/// The 101 response for `accept`.
+/// The 101 response for `accept` (corecast's own [`accept_response`], no subprotocol).
 pub fn upgrade_response(accept: &str, out: &mut Vec<u8>) {
-    let _ = write!(
-        out,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
+    let upgrade = Upgrade { accept: accept.to_owned(), protocols: Vec::new() };
+    out.extend_from_slice(&accept_response(&upgrade, None));
 }
 
 /// The `/health` answer (the connection is closed after it).
@@ -69,21 +74,6 @@ pub const HEALTH_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCon
 
 /// The answer to a request the probe does not serve.
 pub const BAD_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-
-/// Appends an unmasked, final frame header for a payload of `len` bytes with `opcode`
-/// (0x1 text, 0x8 close).
-pub fn frame_header(opcode: u8, len: usize, out: &mut Vec<u8>) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
 
 /// Appends a text frame whose JSON payload `fill` writes straight into `out`: the header
 /// length is guessed from `hint` and the payload moved only when the guess was wrong.
@@ -93,12 +83,11 @@ fn text_frame(out: &mut Vec<u8>, hint: usize, fill: impl FnOnce(&mut Vec<u8>)) {
     out.resize(start + guess, 0);
     fill(out);
     let len = out.len() - start - guess;
-    let mut header = Vec::with_capacity(10);
-    frame_header(0x1, len, &mut header);
-    if header.len() != guess {
-        out.splice(start..start + guess, header);
+    let (header, used) = encode_header(TEXT, len);
+    if used != guess {
+        out.splice(start..start + guess, header[..used].iter().copied());
     } else {
-        out[start..start + guess].copy_from_slice(&header);
+        out[start..start + guess].copy_from_slice(&header[..used]);
     }
 }
 
@@ -140,10 +129,9 @@ pub fn message(room: &[u8], seq: u64, user: &[u8], text: &[u8], ts_ms: u64, out:
     });
 }
 
-/// Appends a close frame carrying `code`.
+/// Appends a close frame carrying `code` (corecast's own [`close_frame`], no reason).
 pub fn close(code: u16, out: &mut Vec<u8>) {
-    frame_header(0x8, 2, out);
-    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(&close_frame(code, ""));
 }
 
 /// A client request, as far as the probe cares.
