@@ -145,11 +145,6 @@ impl Plan {
         Ipv4Addr::new(127, (mid >> 8) as u8, mid as u8, host as u8)
     }
 
-    /// Name of room `r`.
-    pub fn room_name(&self, r: u32) -> String {
-        format!("{}-{r}", self.tag)
-    }
-
     /// Guest name of connection `c`.
     pub fn user_name(&self, c: u64) -> String {
         format!("{}-u{c}", self.tag)
