@@ -714,8 +714,8 @@ impl OwnedRooms {
     /// room to everyone (`to` none: a node appeared, or this one reconnected).
     pub fn announce(&self, room: Option<&str>, to: Option<u64>, sink: &mut Sink<'_>) {
         let one = |r: &OwnedRoom, sink: &mut Sink<'_>| {
-            if let Some(u) = r.users().filter(|u| u.has_local()) {
-                let users = u.local().cloned().collect();
+            let users: Vec<Arc<str>> = r.users().into_iter().flat_map(Users::local).cloned().collect();
+            if !users.is_empty() {
                 sink(BUS, to_bus(BusOut::Users { room: r.name.clone(), users, to }));
             }
         };
