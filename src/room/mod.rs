@@ -152,11 +152,8 @@ impl OwnedRoom {
         }
     }
 
-    /// Appends a delivered frame to the history (when history is on).
+    /// Appends a delivered frame to the history (callers check that history is on).
     fn remember(&mut self, frame: Bytes, caps: Caps, budget: &mut Budget) {
-        if caps.messages == 0 {
-            return;
-        }
         let len = frame.len();
         let (bytes, count) = self.history.get_or_insert_with(Box::default).push(self.seq, frame, caps);
         budget.pushed(&self.name, self.stream, self.seq, len, bytes, count);
@@ -611,18 +608,14 @@ impl OwnedRooms {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
-        let Some(room) = self.rooms.get(&msg.room) else { return };
         match &msg.from {
             Requester::Conn(c) => {
                 if let Some(reference) = &c.reference {
-                    sink(
-                        c.shard,
-                        ShardMsg::ToConn { conn: c.conn, frame: server::ack(reference, &room.name, room.seq) },
-                    );
+                    sink(c.shard, ShardMsg::ToConn { conn: c.conn, frame: server::ack(reference, &msg.room, seq) });
                 }
             }
-            Requester::Api(r) => reply(r, Reply::Published { seq: Some(room.seq), shards }, sink),
-            Requester::Remote(r) => reply_remote(r, Some(room.seq), &room.name, sink),
+            Requester::Api(r) => reply(r, Reply::Published { seq: Some(seq), shards }, sink),
+            Requester::Remote(r) => reply_remote(r, Some(seq), &msg.room, sink),
         }
     }
 
@@ -631,9 +624,8 @@ impl OwnedRooms {
     /// TTL, if longer) after its last message.
     fn relay_room(&mut self, name: &str, now_ms: u64) {
         let name: Arc<str> = Arc::from(name);
-        let room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
+        let mut room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
         let epoch = room.epoch;
-        let mut room = room;
         room.emptied_ms = now_ms;
         self.rooms.insert(name.clone(), Box::new(room));
         self.lingering.push_back((name, epoch, now_ms, self.ttl_ms.max(RELAY_LINGER_MS)));
