@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectOptions, Event, Subject};
 use futures_lite::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -138,6 +138,14 @@ async fn connect(cfg: &ClusterConfig, events: mpsc::UnboundedSender<Event>) -> R
     opts.connect(urls).await.map_err(|e| ClusterError::Connect(e.to_string()))
 }
 
+/// A room this node receives: its subject, encoded once when subscribing rather than
+/// for every message published to it, and the task feeding its messages to the loop
+/// (aborting it unsubscribes).
+struct RoomSub {
+    subject: Subject,
+    task: JoinHandle<()>,
+}
+
 struct Bridge {
     cfg: ClusterConfig,
     client: Client,
@@ -145,9 +153,12 @@ struct Bridge {
     me: u64,
     mesh: Mesh,
     subjects: Subjects,
+    /// The heartbeat and broadcast subjects, built once.
+    hb_subject: Subject,
+    all_subject: Subject,
     nodes: Nodes,
-    /// Room subscriptions: the forwarding task of each (aborting it unsubscribes).
-    rooms: HashMap<Arc<str>, JoinHandle<()>>,
+    /// Room subscriptions.
+    rooms: HashMap<Arc<str>, RoomSub>,
     inbound_tx: mpsc::Sender<async_nats::Message>,
     inbound: mpsc::Receiver<async_nats::Message>,
     /// Fixed subscriptions (heartbeats, this node, broadcasts), kept for the lifetime.
@@ -158,9 +169,13 @@ struct Bridge {
 impl Bridge {
     fn new(cfg: ClusterConfig, client: Client, bus: Bus, mesh: Mesh) -> Bridge {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND);
+        let subjects = Subjects::new(&cfg.subject_prefix);
+        let (hb_subject, all_subject) = (subjects.heartbeat().into(), subjects.all().into());
         Bridge {
             me: bus.node,
-            subjects: Subjects::new(&cfg.subject_prefix),
+            subjects,
+            hb_subject,
+            all_subject,
             nodes: Nodes::new(bus.node, cfg.node_timeout),
             cfg,
             client,
@@ -176,7 +191,8 @@ impl Bridge {
 
     async fn run(mut self, outbox: Outbox, mut events: mpsc::UnboundedReceiver<Event>) {
         tracing::info!(node = format!("{:016x}", self.me), name = %self.cfg.node_name, url = %self.cfg.url, "cluster bridge started");
-        for subject in [self.subjects.heartbeat(), self.subjects.node(self.me), self.subjects.all()] {
+        let fixed = [self.hb_subject.clone(), self.subjects.node(self.me).into(), self.all_subject.clone()];
+        for subject in fixed {
             match self.subscribe(subject.clone()).await {
                 Some(task) => self.fixed.push(task),
                 None => tracing::error!(%subject, "cannot subscribe; the cluster will not work"),
@@ -197,16 +213,16 @@ impl Bridge {
                 _ = sweep.tick() => self.sweep(),
             }
         }
-        self.publish(self.subjects.heartbeat(), &Header::Bye { node: self.me }, &[]).await;
+        self.publish(self.hb_subject.clone(), &Header::Bye { node: self.me }, &[]).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
-        for task in self.fixed.drain(..).chain(self.rooms.drain().map(|(_, t)| t)) {
+        for task in self.fixed.drain(..).chain(self.rooms.drain().map(|(_, r)| r.task)) {
             task.abort();
         }
         tracing::info!("cluster bridge stopped");
     }
 
     /// Subscribes to `subject` and starts the task that feeds its messages to the loop.
-    async fn subscribe(&self, subject: String) -> Option<JoinHandle<()>> {
+    async fn subscribe(&self, subject: Subject) -> Option<JoinHandle<()>> {
         match self.client.subscribe(subject.clone()).await {
             Ok(mut sub) => {
                 let tx = self.inbound_tx.clone();
@@ -226,7 +242,7 @@ impl Bridge {
     }
 
     /// Publishes one bus message if connected; otherwise (or on error) drops and counts it.
-    async fn publish(&self, subject: String, header: &Header, body: &[u8]) -> bool {
+    async fn publish(&self, subject: Subject, header: &Header, body: &[u8]) -> bool {
         if !self.bus.connected() {
             self.bus.count(|s| &s.relay_dropped);
             return false;
@@ -247,7 +263,7 @@ impl Bridge {
     async fn heartbeat(&self) {
         if self.bus.connected() {
             let hb = Header::Hb { node: self.me, name: self.cfg.node_name.clone() };
-            let _ = self.client.publish(self.subjects.heartbeat(), wire::encode(&hb, &[])).await;
+            let _ = self.client.publish(self.hb_subject.clone(), wire::encode(&hb, &[])).await;
         }
     }
 
@@ -300,10 +316,9 @@ impl Bridge {
                 self.heartbeat().await;
                 // Others may have declared this node dead meanwhile, and this node may
                 // have missed their presence changes: exchange snapshots again.
-                let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-                for room in rooms {
+                for (room, sub) in &self.rooms {
                     let req = Header::SyncReq { node: self.me, room: room.to_string() };
-                    self.publish(self.subjects.room(&room), &req, &[]).await;
+                    self.publish(sub.subject.clone(), &req, &[]).await;
                 }
                 self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Resync)));
             }
@@ -323,23 +338,24 @@ impl Bridge {
                 if self.rooms.contains_key(&room) {
                     return;
                 }
-                if let Some(task) = self.subscribe(self.subjects.room(&room)).await {
-                    self.rooms.insert(room.clone(), task);
+                let subject: Subject = self.subjects.room(&room).into();
+                if let Some(task) = self.subscribe(subject.clone()).await {
+                    self.rooms.insert(room.clone(), RoomSub { subject: subject.clone(), task });
                     let req = Header::SyncReq { node: me, room: room.to_string() };
-                    self.publish(self.subjects.room(&room), &req, &[]).await;
+                    self.publish(subject, &req, &[]).await;
                 }
             }
             BusOut::Unsubscribe(room) => {
-                if let Some(task) = self.rooms.remove(&room) {
-                    task.abort();
+                if let Some(sub) = self.rooms.remove(&room) {
+                    sub.task.abort();
                 }
             }
             BusOut::Frame { room, epoch, seq, frame } => {
                 let h = Header::Frame { node: me, room: room.to_string(), epoch, seq };
-                self.publish(self.subjects.room(&room), &h, &frame).await;
+                self.publish(self.room_subject(&room), &h, &frame).await;
             }
             BusOut::Broadcast { seq, frame } => {
-                self.publish(self.subjects.all(), &Header::Bcast { node: me, seq }, &frame).await;
+                self.publish(self.all_subject.clone(), &Header::Bcast { node: me, seq }, &frame).await;
             }
             BusOut::Forward { to, room, user, text, broadcast, reply } => {
                 let h = Header::Fwd {
@@ -350,16 +366,16 @@ impl Bridge {
                     broadcast,
                     reply,
                 };
-                if self.publish(self.subjects.node(to), &h, &[]).await {
+                if self.publish(self.subjects.node(to).into(), &h, &[]).await {
                     self.bus.count(|s| &s.forwarded);
                 }
             }
             BusOut::Presence { room, user, present } => {
                 let h = Header::Presence { node: me, room: room.to_string(), user: user.to_string(), present };
-                self.publish(self.subjects.room(&room), &h, &[]).await;
+                self.publish(self.room_subject(&room), &h, &[]).await;
             }
             BusOut::Users { room, users, to } => {
-                let subject = to.map_or_else(|| self.subjects.room(&room), |n| self.subjects.node(n));
+                let subject = to.map_or_else(|| self.room_subject(&room), |n| self.subjects.node(n).into());
                 let h = Header::Users {
                     node: me,
                     room: room.to_string(),
@@ -368,13 +384,21 @@ impl Bridge {
                 self.publish(subject, &h, &[]).await;
             }
             BusOut::ToConn { node, shard, conn, frame } => {
-                self.publish(self.subjects.node(node), &Header::ToConn { node: me, shard, conn }, &frame).await;
+                let h = Header::ToConn { node: me, shard, conn };
+                self.publish(self.subjects.node(node).into(), &h, &frame).await;
             }
             BusOut::Published { node, shard, req, seq } => {
-                self.publish(self.subjects.node(node), &Header::Published { node: me, shard, req, seq }, &[]).await;
+                let h = Header::Published { node: me, shard, req, seq };
+                self.publish(self.subjects.node(node).into(), &h, &[]).await;
             }
             BusOut::Shutdown => {}
         }
+    }
+
+    /// The subject of `room`: the one kept with its subscription, or (a room sequenced
+    /// here only for other nodes' members, which this node does not receive) built now.
+    fn room_subject(&self, room: &str) -> Subject {
+        self.rooms.get(room).map_or_else(|| self.subjects.room(room).into(), |r| r.subject.clone())
     }
 
     /// Hands a message to shard `to`, unless its inbox is over the high-water mark (then

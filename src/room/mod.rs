@@ -59,8 +59,6 @@ pub struct OwnedRoom {
     seq: u64,
     /// Connections per shard (joined or joining): the interest map for fan-out.
     shard_members: Box<[u32]>,
-    /// Sum of `shard_members`.
-    connections: u32,
     /// Users and creation time; `None` for server-managed rooms (`@user:…`), which have
     /// no presence and send no `joined` frames.
     presence: Option<Box<Presence>>,
@@ -123,9 +121,9 @@ impl OwnedRoom {
     pub fn user_count(&self) -> u32 {
         self.presence.as_ref().map_or(0, |p| p.users.count())
     }
-    /// Connections that joined.
+    /// Connections that joined (summed over the few shards rather than kept beside them).
     pub fn connections(&self) -> u32 {
-        self.connections
+        self.shard_members.iter().sum()
     }
     /// Creation time, ms since the Unix epoch (0 for server-managed rooms).
     pub fn created_ms(&self) -> u64 {
@@ -154,11 +152,8 @@ impl OwnedRoom {
         }
     }
 
-    /// Appends a delivered frame to the history (when history is on).
+    /// Appends a delivered frame to the history (callers check that history is on).
     fn remember(&mut self, frame: Bytes, caps: Caps, budget: &mut Budget) {
-        if caps.messages == 0 {
-            return;
-        }
         let len = frame.len();
         let (bytes, count) = self.history.get_or_insert_with(Box::default).push(self.seq, frame, caps);
         budget.pushed(&self.name, self.stream, self.seq, len, bytes, count);
@@ -184,7 +179,6 @@ impl OwnedRoom {
             subscribed: false,
             seq: 0,
             shard_members: vec![0; shards].into_boxed_slice(),
-            connections: 0,
             history: None,
             emptied_ms: 0,
         }
@@ -207,7 +201,7 @@ impl OwnedRoom {
         RoomSummary {
             room: self.name.to_string(),
             members: self.user_count(),
-            connections: self.connections,
+            connections: self.connections(),
             messages: self.seq,
             created_ms: self.created_ms(),
         }
@@ -431,7 +425,6 @@ impl OwnedRooms {
         if let Some(n) = room.shard_members.get_mut(req.origin.shard) {
             *n += 1;
         }
-        room.connections += 1;
         let change = room.presence.as_mut().map(|p| p.users.add_local(&req.user));
         if node != 0 {
             if !room.subscribed {
@@ -474,14 +467,13 @@ impl OwnedRooms {
             // A leave without a matching join would corrupt the counts: ignore it.
             _ => return,
         }
-        room.connections -= 1;
         let change = room.presence.as_mut().map(|p| p.users.remove_local(user));
         let gone = change.is_some_and(|c| c.cluster);
         if self.node != 0 && change.is_some_and(|c| c.local) {
             let out = BusOut::Presence { room: room.name.clone(), user: Arc::from(user), present: false };
             sink(BUS, to_bus(out));
         }
-        if room.connections == 0 {
+        if room.connections() == 0 {
             if room.history_len() > 0 && self.ttl_ms > 0 {
                 // Keep the history a while: a brief gap must not lose it.
                 room.emptied_ms = now_ms;
@@ -546,7 +538,7 @@ impl OwnedRooms {
                 break;
             }
             self.lingering.pop_front();
-            let Some(r) = self.rooms.get(&name).filter(|r| r.epoch == epoch && r.connections == 0) else { continue };
+            let Some(r) = self.rooms.get(&name).filter(|r| r.epoch == epoch && r.connections() == 0) else { continue };
             if r.emptied_ms == since {
                 self.drop_room(&name, sink);
             } else if r.emptied_ms > since {
@@ -601,7 +593,7 @@ impl OwnedRooms {
             room.new_stream(fastrand::u64(..), node, &mut self.budget);
             self.epoch_changes += 1;
         }
-        if room.connections == 0 && room.emptied_ms != 0 {
+        if room.emptied_ms != 0 && room.connections() == 0 {
             room.emptied_ms = now_ms;
         }
         room.seq += 1;
@@ -616,18 +608,14 @@ impl OwnedRooms {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
-        let Some(room) = self.rooms.get(&msg.room) else { return };
         match &msg.from {
             Requester::Conn(c) => {
                 if let Some(reference) = &c.reference {
-                    sink(
-                        c.shard,
-                        ShardMsg::ToConn { conn: c.conn, frame: server::ack(reference, &room.name, room.seq) },
-                    );
+                    sink(c.shard, ShardMsg::ToConn { conn: c.conn, frame: server::ack(reference, &msg.room, seq) });
                 }
             }
-            Requester::Api(r) => reply(r, Reply::Published { seq: Some(room.seq), shards }, sink),
-            Requester::Remote(r) => reply_remote(r, Some(room.seq), &room.name, sink),
+            Requester::Api(r) => reply(r, Reply::Published { seq: Some(seq), shards }, sink),
+            Requester::Remote(r) => reply_remote(r, Some(seq), &msg.room, sink),
         }
     }
 
@@ -636,9 +624,8 @@ impl OwnedRooms {
     /// TTL, if longer) after its last message.
     fn relay_room(&mut self, name: &str, now_ms: u64) {
         let name: Arc<str> = Arc::from(name);
-        let room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
+        let mut room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
         let epoch = room.epoch;
-        let mut room = room;
         room.emptied_ms = now_ms;
         self.rooms.insert(name.clone(), Box::new(room));
         self.lingering.push_back((name, epoch, now_ms, self.ttl_ms.max(RELAY_LINGER_MS)));
@@ -714,8 +701,8 @@ impl OwnedRooms {
     /// room to everyone (`to` none: a node appeared, or this one reconnected).
     pub fn announce(&self, room: Option<&str>, to: Option<u64>, sink: &mut Sink<'_>) {
         let one = |r: &OwnedRoom, sink: &mut Sink<'_>| {
-            if let Some(u) = r.users().filter(|u| u.has_local()) {
-                let users = u.local().cloned().collect();
+            let users: Vec<Arc<str>> = r.users().into_iter().flat_map(Users::local).cloned().collect();
+            if !users.is_empty() {
                 sink(BUS, to_bus(BusOut::Users { room: r.name.clone(), users, to }));
             }
         };

@@ -1,28 +1,34 @@
 //! Who is in a room, cluster-wide: the users with connections on this node, plus the
-//! users other nodes reported, with the size of the union kept current so that `members`
-//! counts and event thresholds cost nothing to read.
+//! users other nodes reported, in one map keyed by user, so that `members` counts and
+//! event thresholds cost nothing to read (the map's length is the count).
 //!
 //! A user present on several nodes (or with several connections) counts once. Join and
 //! leave events follow the union: a user "arrives" when the first connection anywhere
 //! appears and "leaves" when the last one anywhere is gone (or its node died).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+/// Where one user is present: an entry exists while either count is nonzero.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// Connections on this node.
+    local: u32,
+    /// Other nodes that reported the user.
+    nodes: u32,
+}
+
 /// The users of one room.
 #[derive(Debug, Default)]
 pub struct Users {
-    /// Users with connections on this node → their connection count.
-    local: BTreeMap<Arc<str>, u32>,
-    /// Users reported by other nodes → how many nodes reported them.
-    remote: BTreeMap<Arc<str>, u32>,
+    /// Every user present anywhere.
+    all: BTreeMap<Arc<str>, Seen>,
     /// What each other node reported.
     by_node: FxHashMap<u64, BTreeSet<Arc<str>>>,
-    /// Size of the union of `local` and `remote`.
-    present: u32,
 }
 
 /// What adding a local connection changed.
@@ -37,47 +43,40 @@ pub struct Change {
 impl Users {
     /// Distinct users present anywhere.
     pub fn count(&self) -> u32 {
-        self.present
+        self.all.len() as u32
     }
 
     /// Whether `user` is present anywhere.
     pub fn contains(&self, user: &str) -> bool {
-        self.local.contains_key(user) || self.remote.contains_key(user)
+        self.all.contains_key(user)
     }
 
     /// Users with connections on this node.
     pub fn local(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.local.keys()
-    }
-
-    /// Whether this node has any user.
-    pub fn has_local(&self) -> bool {
-        !self.local.is_empty()
+        self.all.iter().filter(|(_, s)| s.local > 0).map(|(u, _)| u)
     }
 
     /// One more connection of `user` on this node.
     pub fn add_local(&mut self, user: &Arc<str>) -> Change {
-        let n = self.local.entry(user.clone()).or_insert(0);
-        *n += 1;
-        let local = *n == 1;
-        let cluster = local && !self.remote.contains_key(user);
-        if cluster {
-            self.present += 1;
-        }
-        Change { local, cluster }
+        let (seen, cluster) = match self.all.entry(user.clone()) {
+            Entry::Occupied(e) => (e.into_mut(), false),
+            Entry::Vacant(e) => (e.insert(Seen::default()), true),
+        };
+        seen.local += 1;
+        Change { local: seen.local == 1, cluster }
     }
 
     /// One connection fewer of `user` on this node (no effect for an unknown user).
     pub fn remove_local(&mut self, user: &str) -> Change {
-        let Some(n) = self.local.get_mut(user) else { return Change { local: false, cluster: false } };
-        *n -= 1;
-        if *n > 0 {
-            return Change { local: false, cluster: false };
+        let unchanged = Change { local: false, cluster: false };
+        let Some(seen) = self.all.get_mut(user).filter(|s| s.local > 0) else { return unchanged };
+        seen.local -= 1;
+        if seen.local > 0 {
+            return unchanged;
         }
-        self.local.remove(user);
-        let cluster = !self.remote.contains_key(user);
+        let cluster = seen.nodes == 0;
         if cluster {
-            self.present -= 1;
+            self.all.remove(user);
         }
         Change { local: true, cluster }
     }
@@ -87,12 +86,11 @@ impl Users {
         if !self.by_node.entry(node).or_default().insert(user.clone()) {
             return false;
         }
-        let n = self.remote.entry(user.clone()).or_insert(0);
-        *n += 1;
-        let new = *n == 1 && !self.local.contains_key(user);
-        if new {
-            self.present += 1;
-        }
+        let (seen, new) = match self.all.entry(user.clone()) {
+            Entry::Occupied(e) => (e.into_mut(), false),
+            Entry::Vacant(e) => (e.insert(Seen::default()), true),
+        };
+        seen.nodes += 1;
         new
     }
 
@@ -105,15 +103,11 @@ impl Users {
         if set.is_empty() {
             self.by_node.remove(&node);
         }
-        let Some(n) = self.remote.get_mut(user) else { return false };
-        *n -= 1;
-        if *n > 0 {
-            return false;
-        }
-        self.remote.remove(user);
-        let gone = !self.local.contains_key(user);
+        let Some(seen) = self.all.get_mut(user).filter(|s| s.nodes > 0) else { return false };
+        seen.nodes -= 1;
+        let gone = seen.nodes == 0 && seen.local == 0;
         if gone {
-            self.present -= 1;
+            self.all.remove(user);
         }
         gone
     }
@@ -136,30 +130,13 @@ impl Users {
     /// Up to `limit` users after `after` (all of them, sorted, each once), and the
     /// cursor for the next page when more remain.
     pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<Arc<str>>, Option<Arc<str>>) {
-        let from = || match after {
-            Some(a) => (Bound::Excluded(a), Bound::Unbounded),
-            None => (Bound::Unbounded, Bound::Unbounded),
-        };
-        let mut a = self.local.range::<str, _>(from()).map(|(u, _)| u).peekable();
-        let mut b = self.remote.range::<str, _>(from()).map(|(u, _)| u).peekable();
-        let mut users = Vec::with_capacity(limit.min(1024) + 1);
-        while users.len() <= limit {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x == y => {
-                    b.next();
-                    a.next()
-                }
-                (Some(x), Some(y)) if x < y => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => None,
-            };
-            match next {
-                Some(u) => users.push(u.clone()),
-                None => break,
-            }
-        }
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut users: Vec<Arc<str>> = self
+            .all
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(u, _)| u.clone())
+            .collect();
         let next = (users.len() > limit).then(|| {
             users.pop();
             users.last().cloned().unwrap_or_else(|| Arc::from(""))

@@ -206,11 +206,8 @@ impl Shard {
             BusIn::NodeGone(node) => owned.node_gone(node, sink),
             BusIn::Resync => owned.announce(None, None, sink),
         }
-        let (gaps, epochs) = owned.take_counts();
-        if let Some(bus) = &self.shared.bus {
-            bus.stats.seq_gaps.fetch_add(gaps, std::sync::atomic::Ordering::Relaxed);
-            bus.stats.epoch_changes.fetch_add(epochs, std::sync::atomic::Ordering::Relaxed);
-        }
+        drop(owned);
+        self.count_cluster();
     }
 
     /// Shard clock in milliseconds (wraps after ~49 days; compare with `wrapping_sub`).
@@ -398,12 +395,17 @@ impl Shard {
         }
     }
 
-    /// Moves the owner's cluster counts (epoch changes on takeover) to the bus counters.
+    /// Moves the owner's cluster counts (sequence gaps, epoch changes) to the bus counters.
+    /// Runs after every publish in a cluster, and the counters are shared by every shard
+    /// and the bridge: they are only written when there is something to add (rarely).
     fn count_cluster(&self) {
         if let Some(bus) = &self.shared.bus {
             let (gaps, epochs) = self.owned.borrow_mut().take_counts();
-            bus.stats.seq_gaps.fetch_add(gaps, std::sync::atomic::Ordering::Relaxed);
-            bus.stats.epoch_changes.fetch_add(epochs, std::sync::atomic::Ordering::Relaxed);
+            for (counter, n) in [(&bus.stats.seq_gaps, gaps), (&bus.stats.epoch_changes, epochs)] {
+                if n > 0 {
+                    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
     }
 

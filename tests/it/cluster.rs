@@ -5,7 +5,7 @@
 //! prints `skipped: nats-server not on PATH` and passes, unless
 //! `CORECAST_REQUIRE_EXTERNAL=1` (CI), which turns the skip into a failure.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +15,7 @@ use corecast::cluster::ClusterConfig;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::support::{Client, Http, TestServer};
+use crate::support::{ChildServer, Client, Http, TestServer};
 
 const KEY: &str = "cluster-test-api-key-0123";
 
@@ -109,38 +109,8 @@ fn node(url: &str, name: &str) -> TestServer {
 }
 
 /// A node as a child process (so that it can be killed with SIGKILL).
-struct ChildNode {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChildNode {
-    fn start(url: &str, name: &str) -> ChildNode {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin", "--log", "info"])
-            .args(["--nats-url", url, "--node-name", name, "--api-key", KEY])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start corecast");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the node prints its address").unwrap();
-            if let Some(rest) = line.split("ws://").nth(1) {
-                break rest.split('/').next().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines.by_ref() {});
-        ChildNode { child, addr }
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn child_node(url: &str, name: &str) -> ChildServer {
+    ChildServer::spawn(ChildServer::command().args(["--nats-url", url, "--node-name", name, "--api-key", KEY]))
 }
 
 fn health(addr: SocketAddr) -> Value {
@@ -345,7 +315,7 @@ fn a_killed_node_leaves_presence_within_the_bound_and_the_rest_keep_serving() {
     let nats = Nats::start(bin);
     let a = node(&nats.url(), "ka");
     let b = node(&nats.url(), "kb");
-    let c = ChildNode::start(&nats.url(), "kc");
+    let c = child_node(&nats.url(), "kc");
     wait_for_cluster(&[a.addr, b.addr, c.addr], 3);
 
     let room = "fate";

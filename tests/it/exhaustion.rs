@@ -2,36 +2,19 @@
 //! past it, keeps serving its existing clients, does not spin, and accepts again when
 //! clients leave.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, PATIENCE};
+use crate::support::{ChildServer, Client, PATIENCE};
 
 /// Descriptors the server may hold: an idle one-shard server uses 12 (three io_uring
 /// rings, an eventfd, the listener, the signal socket pair, stdio).
 const NOFILE: u64 = 32;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_limited() -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
-    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin", "--log", "info"])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+fn start_limited() -> ChildServer {
+    let mut cmd = ChildServer::command();
     // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
     // touches no memory of the parent.
     unsafe {
@@ -40,18 +23,7 @@ fn start_limited() -> Server {
             rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(std::io::Error::from)
         });
     }
-    let mut child = cmd.spawn().expect("start corecast");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server prints its address").unwrap();
-        if let Some(rest) = line.split("ws://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Server { child, addr }
+    ChildServer::spawn(&mut cmd)
 }
 
 /// Sends an upgrade request; true if the 101 arrives within `wait`.

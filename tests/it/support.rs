@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,48 @@ impl Drop for TestServer {
             h.shutdown();
             let _ = h.join();
         }
+    }
+}
+
+/// The `corecast` binary as a separate process (for tests that kill it or limit its
+/// resources); killed and reaped on drop.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// The binary with one unpinned shard on port 0, logging to a piped stdout; add
+    /// flags, then [`ChildServer::spawn`] it.
+    pub fn command() -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
+        cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin", "--log", "info"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Starts `cmd` (from [`ChildServer::command`]) and waits for the address it prints.
+    pub fn spawn(cmd: &mut Command) -> ChildServer {
+        let mut child = cmd.spawn().expect("start corecast");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("the server prints its address").unwrap();
+            if let Some(rest) = line.split("ws://").nth(1) {
+                break rest.split('/').next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        ChildServer { child, addr }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
