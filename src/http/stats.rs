@@ -173,7 +173,7 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
         counters: &c,
         room_list: rooms,
         room_list_limit: ctx.limit,
-        bus: ctx.bus.map_or(Bus::Off { state: "off" }, Bus::On),
+        bus: ctx.bus.map_or(Bus::Off { state: crate::cluster::BusState::Off.as_str() }, Bus::On),
     };
     simd_json::to_vec(&stats).unwrap_or_default()
 }

@@ -71,22 +71,22 @@ pub fn joined(room: &str, members: u32, seq: u64, epoch: &str, recovered: Option
 /// `{"type":"deleted","room":…}`: the room was deleted by its creator; the connection is
 /// no longer a member.
 pub fn deleted(room: &str) -> Bytes {
-    #[derive(Serialize)]
-    struct Deleted<'a> {
-        r#type: &'static str,
-        room: &'a str,
-    }
-    json_frame(&Deleted { r#type: "deleted", room }, 32 + room.len())
+    room_notice("deleted", room)
 }
 
 /// `{"type":"left","room":…}`: answers a `leave`.
 pub fn left(room: &str) -> Bytes {
+    room_notice("left", room)
+}
+
+/// `{"type":<kind>,"room":…}`: the notices that carry nothing but the room.
+fn room_notice(kind: &'static str, room: &str) -> Bytes {
     #[derive(Serialize)]
-    struct Left<'a> {
+    struct Notice<'a> {
         r#type: &'static str,
         room: &'a str,
     }
-    json_frame(&Left { r#type: "left", room }, 32 + room.len())
+    json_frame(&Notice { r#type: kind, room }, 32 + room.len())
 }
 
 /// A room message as delivered to every member.
