@@ -62,9 +62,14 @@ impl Shard {
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(())) => match conn.phase {
                     Phase::Done => return Poll::Ready(()),
-                    Phase::Closing | Phase::ClosingDiscard => conn.shutdown_write(),
+                    // All we owe the peer is written: send our FIN behind it, and keep
+                    // reading so that closing never meets unread input (see `Phase`).
+                    phase if phase.is_lingering() => conn.shutdown_write(),
                     _ => {}
                 },
+                // Finished but the peer does not take our last bytes: wait for
+                // writability (the sweep's close timeout bounds the wait).
+                Poll::Pending if conn.phase == Phase::Done => return Poll::Pending,
                 Poll::Pending => {}
             }
             if let Some(h) = conn.http_mut() {
@@ -81,7 +86,14 @@ impl Shard {
             let mut scratch = self.scratch.borrow_mut();
             let n = match Pin::new(&mut conn.stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(0)) if conn.phase.is_lingering() => {
+                    // The peer ended its stream while we close: nothing unread can be
+                    // left behind now, so finish writing what is queued and close.
+                    conn.enter(Phase::Done, self.now());
+                    continue;
+                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => n,
             };
             conn.last_seen = self.now();
@@ -118,8 +130,9 @@ impl Shard {
         match conn.phase {
             Phase::Http => self.on_http_bytes(id, conn, data),
             Phase::Open | Phase::Closing => self.on_ws_bytes(id, conn, data),
-            // After a protocol error, or once closed, input is read and dropped.
-            Phase::ClosingDiscard | Phase::Done => {}
+            // After a protocol error, while lingering, or once closed, input is read
+            // and dropped.
+            Phase::ClosingDiscard | Phase::Linger | Phase::Done => {}
         }
     }
 
@@ -177,11 +190,16 @@ impl Shard {
             Message::Pong(_) => ControlFlow::Continue(()),
             Message::Close(status) => {
                 if conn.is_open() {
-                    // Echo the peer's code, then close the TCP connection ourselves.
+                    // The peer closes: echo its code, then linger until it has read the
+                    // echo and ended its stream (or the close timeout passes).
                     let code = status.map_or(close::NORMAL, |(c, _)| c);
                     conn.out.seal(frame::close_frame(code, ""), false);
+                    conn.enter(Phase::Linger, self.now());
+                } else {
+                    // The answer to our close frame: the peer has read everything we
+                    // sent, so the socket may close as soon as our queue is flushed.
+                    conn.enter(Phase::Done, self.now());
                 }
-                conn.enter(Phase::Done, self.now());
                 ControlFlow::Break(())
             }
         }

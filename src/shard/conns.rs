@@ -50,18 +50,42 @@ impl ConnId {
 }
 
 /// Lifecycle of a connection (one byte; the HTTP state lives in `Conn::http`).
+///
+/// Every way the server ends a connection passes through a lingering phase
+/// (`Closing`, `ClosingDiscard` or `Linger`): the last thing it owes the peer (a close
+/// frame, an HTTP answer) is flushed, the write side is shut down, and input is read
+/// and dropped until the peer closes or the close timeout passes. Only then is the
+/// socket closed. Closing a socket with unread input makes the kernel send a reset
+/// instead of a FIN, and a reset destroys whatever the peer had not read yet: the
+/// close frame that says why (docs/PROTOCOL.md, "When the server closes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Speaking HTTP/1.1 (keep-alive) until a request upgrades to WebSocket.
     Http,
     /// Upgraded: exchanging WebSocket messages.
     Open,
-    /// We sent a close frame and wait for the peer's (or for the close timeout).
+    /// We sent a close frame and wait for the peer's (or for its end of stream, or the
+    /// close timeout); input is parsed only to find that close frame.
     Closing,
     /// Like `Closing`, after a protocol error: input is discarded unread.
     ClosingDiscard,
+    /// Our last bytes are queued (an HTTP answer without keep-alive, the echo of the
+    /// peer's close frame): flush them, shut down writing, discard input until the
+    /// peer's end of stream or the close timeout.
+    Linger,
     /// Finished: flush what is queued, then the task ends and the socket is closed.
+    /// Entered only when nothing the peer still needs can be destroyed by closing: the
+    /// close handshake completed, the peer ended its stream, the socket broke, or the
+    /// close timeout passed.
     Done,
+}
+
+impl Phase {
+    /// Whether the server is ending the connection and waits for the peer to finish
+    /// (the write side is shut down once the queue is flushed).
+    pub fn is_lingering(self) -> bool {
+        matches!(self, Phase::Closing | Phase::ClosingDiscard | Phase::Linger)
+    }
 }
 
 /// HTTP state of a connection.

@@ -180,7 +180,9 @@ impl Shard {
             conn.phase_since = self.now();
             Step::Served(used)
         } else {
-            conn.enter(Phase::Done, self.now());
+            // The answer must reach the client even if it sent more (a body we did not
+            // read, pipelined requests): linger rather than close (see `Phase`).
+            conn.enter(Phase::Linger, self.now());
             Step::Closed
         }
     }
@@ -225,7 +227,7 @@ impl Shard {
                     h.reparse = true;
                     conn.phase_since = now;
                 }
-                _ => conn.enter(Phase::Done, now),
+                _ => conn.enter(Phase::Linger, now),
             }
             conn.wake();
         });

@@ -332,8 +332,10 @@ impl Shard {
                 conn.out.seal(frame::close_frame(code, reason), discard);
                 conn.enter(Phase::Closing, self.now());
             }
-            Phase::Http => conn.enter(Phase::Done, self.now()),
-            Phase::Closing | Phase::ClosingDiscard | Phase::Done => return,
+            // An HTTP connection may still have an answer in flight: linger, so that
+            // unread input cannot turn our FIN into a reset that destroys it.
+            Phase::Http => conn.enter(Phase::Linger, self.now()),
+            Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done => return,
         }
         conn.wake();
     }

@@ -1,15 +1,17 @@
 //! Heartbeats and timeouts, by one periodic sweep per shard instead of one timer per
-//! connection (DESIGN.md §8: a timer is ~200 B and slows every reactor pass at 1M).
+//! connection (a timer costs memory per connection and slows every reactor pass when
+//! there are a million of them).
 //!
 //! Each tick walks the connection table once: pings connections silent for one interval
 //! (so pings are spread by when each connection last spoke, not sent in one burst, and
 //! busy connections are never pinged), closes connections silent for two intervals, and
-//! enforces the handshake and close timeouts.
+//! enforces the handshake and close timeouts. What to do with one connection is decided
+//! by [`decide`], a pure function of the connection's clocks.
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::conns::Phase;
+use super::conns::{Conn, Phase};
 use super::Shard;
 use crate::http::response::Answer;
 use crate::metrics::inc;
@@ -27,51 +29,204 @@ pub(super) async fn run(shard: Rc<Shard>) {
     }
 }
 
+/// The sweep's limits, in shard milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Silence after which a connection is pinged; twice this closes it.
+    pub ping: u32,
+    /// Longest an HTTP connection may sit idle or with a partial request.
+    pub handshake: u32,
+    /// Longest the server lingers in a closing phase.
+    pub close: u32,
+}
+
+/// What a connection needs from one sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Nothing.
+    Keep,
+    /// Silent for one interval: ping it.
+    Ping,
+    /// Silent for two intervals: close it with 1001.
+    HeartbeatClose,
+    /// An HTTP connection over the handshake timeout; `partial` when it has sent part
+    /// of a request (it is told 408).
+    HandshakeTimeout {
+        /// A partial request is buffered.
+        partial: bool,
+    },
+    /// Lingered for the whole close timeout: drop what is queued and close.
+    CloseTimeout,
+}
+
+/// The clocks and flags of a connection that [`decide`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clocks {
+    /// Current phase.
+    pub phase: Phase,
+    /// Shard time the phase began.
+    pub phase_since: u32,
+    /// Shard time of the last byte received.
+    pub last_seen: u32,
+    /// A ping is outstanding.
+    pub pinged: bool,
+    /// HTTP: an answer is being computed (the handshake clock is stopped).
+    pub http_busy: bool,
+    /// HTTP: part of a request is buffered.
+    pub http_partial: bool,
+}
+
+impl Clocks {
+    fn of(conn: &Conn) -> Clocks {
+        Clocks {
+            phase: conn.phase,
+            phase_since: conn.phase_since,
+            last_seen: conn.last_seen,
+            pinged: conn.pinged,
+            http_busy: conn.http.as_ref().is_some_and(|h| h.busy),
+            http_partial: conn.http.as_ref().is_some_and(|h| !h.buf.is_empty()),
+        }
+    }
+}
+
+/// Time from `since` to `now` on the shard clock. A `since` later than `now` (set after
+/// the sweep read its clock: the sweep closes connections itself, e.g. on token expiry,
+/// before walking the table) is no time at all, not a wrapped-around eternity.
+fn elapsed(now: u32, since: u32) -> u32 {
+    let d = now.wrapping_sub(since);
+    if d > u32::MAX / 2 {
+        0
+    } else {
+        d
+    }
+}
+
+/// Decides what one sweep does to a connection at shard time `now`.
+pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
+    let in_phase = elapsed(now, c.phase_since);
+    let silent = elapsed(now, c.last_seen);
+    match c.phase {
+        Phase::Http if in_phase >= limits.handshake && !c.http_busy => {
+            Action::HandshakeTimeout { partial: c.http_partial }
+        }
+        Phase::Open if silent >= 2 * limits.ping => Action::HeartbeatClose,
+        Phase::Open if !c.pinged && silent >= limits.ping => Action::Ping,
+        Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done if in_phase >= limits.close => {
+            Action::CloseTimeout
+        }
+        _ => Action::Keep,
+    }
+}
+
 impl Shard {
     fn sweep(&self) {
-        let now = self.now();
-        let ping = self.cfg.ping_interval.as_millis() as u32;
-        let handshake = self.cfg.handshake_timeout.as_millis() as u32;
-        let closing = self.cfg.close_timeout.as_millis() as u32;
+        let limits = Limits {
+            ping: self.cfg.ping_interval.as_millis() as u32,
+            handshake: self.cfg.handshake_timeout.as_millis() as u32,
+            close: self.cfg.close_timeout.as_millis() as u32,
+        };
         self.expire_sessions();
+        let now = self.now();
         self.owned.borrow_mut().expire(Self::wall_ms(), &mut |to, m| self.route(to, m));
         if now / crate::limits::Window::MS != self.last_prune.get() {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);
         }
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
-            let in_phase = now.wrapping_sub(conn.phase_since);
-            match conn.phase {
-                Phase::Http if in_phase >= handshake && !conn.http.as_ref().is_some_and(|h| h.busy) => {
+            match decide(Clocks::of(conn), now, limits) {
+                Action::Keep => {}
+                Action::HandshakeTimeout { partial } => {
                     // An idle keep-alive connection just goes; a partial request is told.
-                    if conn.http.as_ref().is_some_and(|h| !h.buf.is_empty()) {
+                    if partial {
                         inc(&self.stats.handshake_timeouts);
                         let answer = Answer::error(408, "timeout", "request not received in time");
                         conn.push(answer.render(false, false), self.caps);
                     }
-                    conn.enter(Phase::Done, now);
+                    conn.enter(Phase::Linger, now);
                     conn.wake();
                 }
-                Phase::Open if now.wrapping_sub(conn.last_seen) >= 2 * ping => {
-                    // Silent for two intervals: the peer is gone or wedged. Say why, but
-                    // do not wait for an answer that is not coming.
+                Action::HeartbeatClose => {
+                    // Silent for two intervals: the peer is gone or wedged. Say why (its
+                    // backlog is not owed any more), and linger as for any close.
                     inc(&self.stats.heartbeat_closes);
                     self.close(conn, close::GOING_AWAY, "heartbeat timeout", true);
-                    conn.enter(Phase::Done, now);
                 }
-                Phase::Open if !conn.pinged && now.wrapping_sub(conn.last_seen) >= ping => {
+                Action::Ping => {
                     conn.pinged = true;
                     let frame = self.ping.clone();
                     self.push(conn, frame);
                 }
-                Phase::Closing | Phase::ClosingDiscard | Phase::Done if in_phase >= closing => {
+                Action::CloseTimeout => {
                     // The peer did not complete the close (or does not read): drop it.
                     conn.out.clear();
                     conn.enter(Phase::Done, now);
                     conn.wake();
                 }
-                _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { ping: 30_000, handshake: 10_000, close: 2_000 };
+
+    fn clocks(phase: Phase, phase_since: u32) -> Clocks {
+        Clocks { phase, phase_since, last_seen: phase_since, pinged: false, http_busy: false, http_partial: false }
+    }
+
+    /// The bug behind `abuse::an_expiring_token_closes_with_1008_unless_refreshed`
+    /// failing on a loaded host: the sweep read its clock, then closed an expired
+    /// session (which stamps the phase with a fresh, later clock), and the unsigned
+    /// difference wrapped to ~49 days, so the same sweep "timed out" the close at once,
+    /// dropped the unsent close frame and closed the socket: the client saw the stream
+    /// end without a close frame.
+    #[test]
+    fn regression_close_stamped_after_the_sweep_clock_is_not_timed_out() {
+        for phase in [Phase::Closing, Phase::ClosingDiscard, Phase::Linger, Phase::Done] {
+            assert_eq!(decide(clocks(phase, 1_001), 1_000, LIMITS), Action::Keep, "{phase:?}");
+        }
+        assert_eq!(decide(clocks(Phase::Open, 1_001), 1_000, LIMITS), Action::Keep);
+        assert_eq!(decide(clocks(Phase::Http, 1_001), 1_000, LIMITS), Action::Keep);
+    }
+
+    #[test]
+    fn every_closing_phase_times_out_after_the_close_timeout() {
+        for phase in [Phase::Closing, Phase::ClosingDiscard, Phase::Linger, Phase::Done] {
+            assert_eq!(decide(clocks(phase, 5_000), 6_999, LIMITS), Action::Keep, "{phase:?}");
+            assert_eq!(decide(clocks(phase, 5_000), 7_000, LIMITS), Action::CloseTimeout, "{phase:?}");
+        }
+        assert_eq!(decide(clocks(Phase::Open, 5_000), 7_000, LIMITS), Action::Keep);
+    }
+
+    #[test]
+    fn heartbeat_pings_once_after_one_interval_and_closes_after_two() {
+        let mut c = clocks(Phase::Open, 0);
+        c.last_seen = 1_000;
+        assert_eq!(decide(c, 30_999, LIMITS), Action::Keep);
+        assert_eq!(decide(c, 31_000, LIMITS), Action::Ping);
+        c.pinged = true;
+        assert_eq!(decide(c, 31_000, LIMITS), Action::Keep, "one ping per silence");
+        assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose);
+    }
+
+    #[test]
+    fn handshake_timeout_waits_for_a_busy_answer_and_tells_a_partial_request() {
+        let mut c = clocks(Phase::Http, 0);
+        assert_eq!(decide(c, 9_999, LIMITS), Action::Keep);
+        assert_eq!(decide(c, 10_000, LIMITS), Action::HandshakeTimeout { partial: false });
+        c.http_partial = true;
+        assert_eq!(decide(c, 10_000, LIMITS), Action::HandshakeTimeout { partial: true });
+        c.http_busy = true;
+        assert_eq!(decide(c, 50_000, LIMITS), Action::Keep, "an answer is being computed");
+    }
+
+    #[test]
+    fn clocks_wrapping_past_u32_still_measure_forward() {
+        let start = u32::MAX - 500;
+        assert_eq!(decide(clocks(Phase::Closing, start), start.wrapping_add(1_999), LIMITS), Action::Keep);
+        assert_eq!(decide(clocks(Phase::Closing, start), start.wrapping_add(2_000), LIMITS), Action::CloseTimeout);
     }
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod abuse;
 mod browser;
+mod close;
 mod cluster;
 mod core;
 mod exhaustion;

@@ -90,6 +90,11 @@ impl TestServer {
         Self::launch(|_| {}, Turn::take(true))
     }
 
+    /// [`TestServer::start_alone`] with settings changed by `tweak`.
+    pub fn start_alone_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::launch(tweak, Turn::take(true))
+    }
+
     fn launch(tweak: impl FnOnce(&mut Config), turn: Turn) -> TestServer {
         let mut cfg = Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 2, pin: false, ..Config::default() };
         tweak(&mut cfg);
@@ -138,8 +143,13 @@ impl ChildServer {
     /// The binary with one unpinned shard on port 0, logging to a piped stdout; add
     /// flags, then [`ChildServer::spawn`] it.
     pub fn command() -> Command {
+        Self::command_with_shards(1)
+    }
+
+    /// [`ChildServer::command`] with `shards` shards.
+    pub fn command_with_shards(shards: usize) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
-        cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin", "--log", "info"])
+        cmd.args(["--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--no-pin", "--log", "info"])
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -577,4 +587,10 @@ impl Flow {
         let expected: Vec<String> = (1..=sent).map(|n| format!("calm {n}")).collect();
         assert_eq!(calm, expected, "every message of the well-behaved sender, in order");
     }
+}
+
+/// The machine to oneself, for a heavy test whose server is a child process: no test
+/// server of this process runs until the returned guard drops.
+pub fn alone() -> impl Drop {
+    Turn::take(true)
 }
