@@ -11,7 +11,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use crate::support::{alone, ChildServer, TestServer, PATIENCE};
+use crate::support::{alone, ChildServer, Raw, TestServer, PATIENCE};
 
 const SECRET: &str = "close-storm-test-hs256-secret-0123456789";
 const STORM: usize = 1000;
@@ -337,5 +337,33 @@ fn a_refused_upgrade_with_unread_input_still_gets_its_answer() {
             Err(e) => panic!("the refusal was destroyed ({e}); got {:?}", String::from_utf8_lossy(&answer)),
         }
         assert!(answer.starts_with(b"HTTP/1.1 401"), "{:?}", String::from_utf8_lossy(&answer[..answer.len().min(80)]));
+    }
+}
+
+/// A protocol violation followed by more input than the server will read: the 1002
+/// close frame still arrives, then the end of the stream, not a reset.
+#[test]
+fn a_protocol_error_with_unread_input_still_gets_its_close_frame() {
+    let server = TestServer::start();
+    for i in 0..10 {
+        let mut raw = Raw::upgraded(&server, &format!("violator-{i}"));
+        // An unmasked client frame (1002), then a flood the server discards.
+        let mut bytes = vec![0x81, 0x02, b'h', b'i'];
+        bytes.extend(std::iter::repeat_n(0x81u8, 256 * 1024));
+        let writer = {
+            let mut s = raw.stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = s.write_all(&bytes);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let mut all = Vec::new();
+        match raw.stream.read_to_end(&mut all) {
+            Ok(_) => {}
+            Err(e) => panic!("the close frame was destroyed ({e}); got {} bytes", all.len()),
+        }
+        writer.join().unwrap();
+        assert_eq!(all.first(), Some(&0x88), "a close frame: {all:?}");
+        assert_eq!(u16::from_be_bytes([all[2], all[3]]), 1002);
     }
 }
