@@ -207,7 +207,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Ref<'a> {
     }
 }
 
-/// `since` is either a bare seq (DESIGN.md §3) or `{"epoch":"…","seq":n}`.
+/// `since` is either a bare seq (matches any epoch, docs/PROTOCOL.md) or `{"epoch":"…","seq":n}`.
 impl<'de: 'a, 'a> Deserialize<'de> for Since<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
