@@ -3,6 +3,14 @@
 
 pub mod request;
 
+/// Index just past the blank line that ends an HTTP head, once it is complete: where a
+/// body, or the first WebSocket frame after a `101`, starts. For peers that only need
+/// the boundary (bench-client reading the server's `101`, the ceiling probe reading an
+/// upgrade); the server parses the whole head with [`request::parse`].
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
 /// Why a request could not be served; each maps to one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
