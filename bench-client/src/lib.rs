@@ -28,8 +28,7 @@
 //! | [`scan`] | reading `type`/`seq`/`text` from server JSON without parsing it all |
 //! | [`track`] | per-connection `seq` checking: gaps, duplicates, reorders |
 //! | [`record`] | histograms and counters, merged and shipped between processes |
-//! | [`report`] | the run folder: summary.json, .hgrm, SETUP.md |
-//! | [`plot`] | the latency-by-percentile SVG |
+//! | [`report`] | the run folder: summary.json, .hgrm ([`report::hgrm`]), SETUP.md, the SVG ([`report::plot`]); reads engine results, never imported by the engine |
 //! | [`sys`] | CLOCK_MONOTONIC, /proc CPU and RSS, RLIMIT_NOFILE |
 //! | [`error`] | typed errors |
 //!
@@ -47,7 +46,6 @@ pub mod epoch;
 pub mod error;
 pub mod payload;
 pub mod plan;
-pub mod plot;
 pub mod record;
 pub mod report;
 pub mod run;
