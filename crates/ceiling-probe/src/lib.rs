@@ -1,5 +1,5 @@
-//! The ceiling probe (`corecast-ceiling`, also run as `bench-client ceiling`), a deliberately minimal broadcast server that
-//! speaks just enough of corecast's protocol for bench-client (upgrade, `welcome`, `join` →
+//! The ceiling probe (`corecast-ceiling`, also run as `bench-client ceiling`): a
+//! deliberately minimal broadcast server that speaks just enough of corecast's protocol for bench-client (upgrade, `welcome`, `join` →
 //! `joined`, `message` → the room's `message` frames) and writes pre-built frames to every
 //! member with the best batching it can. It answers "how close is corecast to what this
 //! host can do at all?": the same client, the same shapes, against both.
