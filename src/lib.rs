@@ -19,9 +19,9 @@
 //! | `shard::route` | room → owner shard |
 //! | `shard::outbox` | per-connection write queue: direct send, batched flush, caps |
 //! | [`room`] | owner side of rooms: `seq`, `ts`, presence, fan-out targets |
-//! | [`ws`] | RFC 6455: [`ws::frame`], [`ws::reader`], [`ws::handshake`] (pure) |
-//! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames |
-//! | [`http`] | HTTP/1.1 heads (httparse) and responses |
+//! | [`ws`] | RFC 6455: [`ws::frame`], [`ws::reader`], [`ws::handshake`] (pure; crate `corecast-wire`) |
+//! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames (crate `corecast-wire`) |
+//! | [`http`] | HTTP/1.1 responses and endpoints; request heads from crate `corecast-wire` |
 //! | [`metrics`] | per-shard counters |
 //! | [`cluster`] | optional NATS bus between nodes: bridge thread, subjects, sequencer choice, wire format |
 //!
@@ -37,11 +37,14 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod protocol;
 pub mod room;
 pub mod rt;
 pub(crate) mod shard;
-pub mod ws;
+
+// The pure wire layer lives in its own crate (crates/wire) so that bench-client can
+// share it without linking the server; re-exported here under the old paths, so
+// `crate::ws::…` and `crate::protocol::…` resolve as before.
+pub use corecast_wire::{protocol, ws};
 
 /// The per-connection write queue, public so that `benches/fanout.rs` can measure the
 /// fan-out's per-delivery path (allocations, syscalls) outside a running shard.

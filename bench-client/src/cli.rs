@@ -46,6 +46,7 @@ pub enum Cmd {
     Compare(CompareArgs),
     /// The ceiling probe: a minimal broadcast server speaking just enough of the protocol
     /// for bench-client, to measure what this host can do at all. Runs until killed.
+    /// (Runs the `corecast-ceiling` executable beside this one, with these flags.)
     Ceiling(CeilingArgs),
     /// Internal: a worker process, driven by a coordinator over stdin/stdout.
     #[command(hide = true)]

@@ -15,20 +15,20 @@ use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::ControlFlow;
 
-use corecast::ws::frame::{client_frame, Role};
-use corecast::ws::reader::{Message, MessageReader};
+use corecast_wire::ws::frame::{client_frame, Role};
+use corecast_wire::ws::reader::{Message, MessageReader};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use crate::ceiling::wire::head_end;
 use crate::epoch::{Epochs, NO_EPOCH};
 use crate::payload::Stamp;
 use crate::record::{ConnStats, Recovery, StepRecord};
 use crate::scan::scan;
 use crate::sys::write_some;
 use crate::track::SeqTrack;
+use corecast_wire::http::head_end;
 
 /// Largest server message bench-client accepts (the server's own default cap is 64 KiB).
 const MAX_MESSAGE: usize = 1 << 20;
@@ -523,7 +523,7 @@ pub fn errno_name(e: &io::Error) -> &'static str {
 mod tests {
     use super::*;
     use crate::record::new_hist;
-    use corecast::ws::frame::text_frame;
+    use corecast_wire::ws::frame::text_frame;
 
     struct Harness {
         record: StepRecord,
@@ -733,7 +733,7 @@ mod tests {
         s.state = State::Joined;
         let mut reader = MessageReader::new(Role::Client, 1024);
         let mut ctx = h.ctx(0);
-        let mut wire = corecast::ws::frame::close_frame(1013, "slow").to_vec();
+        let mut wire = corecast_wire::ws::frame::close_frame(1013, "slow").to_vec();
         let mut out = Vec::new();
         let mut end = None;
         reader

@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corecast::ws::frame::client_frame;
+use corecast_wire::ws::frame::client_frame;
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;

@@ -11,7 +11,6 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`ceiling`] | the ceiling probe: a minimal broadcast server for the same client |
 //! | [`cli`] | flags of every mode → validated [`coord::RunSpec`] |
 //! | [`scenario`] | scenario TOML files = saved command lines |
 //! | [`suite`] | start corecast, run the standard scenarios, stop it |
@@ -29,15 +28,15 @@
 //! | [`scan`] | reading `type`/`seq`/`text` from server JSON without parsing it all |
 //! | [`track`] | per-connection `seq` checking: gaps, duplicates, reorders |
 //! | [`record`] | histograms and counters, merged and shipped between processes |
-//! | [`report`] | the run folder: summary.json, .hgrm, SETUP.md |
-//! | [`plot`] | the latency-by-percentile SVG |
+//! | [`report`] | the run folder: summary.json, .hgrm ([`report::hgrm`]), SETUP.md, the SVG ([`report::plot`]); reads engine results, never imported by the engine |
 //! | [`sys`] | CLOCK_MONOTONIC, /proc CPU and RSS, RLIMIT_NOFILE |
 //! | [`error`] | typed errors |
 //!
-//! Frames are encoded and parsed with corecast's own [`corecast::ws::frame`] and
-//! [`corecast::ws::reader`], in the client role.
+//! Frames are encoded and parsed with corecast's own [`corecast_wire::ws::frame`] and
+//! [`corecast_wire::ws::reader`], in the client role: bench-client depends on corecast's
+//! wire crate, never on the server. The ceiling probe is its own binary
+//! (`corecast-ceiling`, crates/ceiling-probe), which `compare` and `ceiling` start.
 
-pub mod ceiling;
 pub mod cli;
 pub mod compare;
 pub mod conn;
@@ -47,7 +46,6 @@ pub mod epoch;
 pub mod error;
 pub mod payload;
 pub mod plan;
-pub mod plot;
 pub mod record;
 pub mod report;
 pub mod run;

@@ -1,7 +1,6 @@
 //! `bench-client`: command line → run, scenario, suite or worker (anyhow only here).
 
 use anyhow::{bail, Context as _};
-use bench_client::ceiling::Ceiling;
 use bench_client::cli::{Cli, Cmd};
 use bench_client::report::RunContext;
 use bench_client::run::execute;
@@ -30,13 +29,15 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Ceiling(args) => {
-            let threads = match args.threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
-            let probe = Ceiling::start(args.listen, threads).context("starting the ceiling probe")?;
-            println!("ceiling probe listening on {} ({threads} threads)", probe.addr);
-            probe.wait().context("ceiling probe")
+            // The probe is its own executable; this subcommand stays as its documented
+            // entry point and becomes it (exec), so signals and output are the probe's own.
+            use std::os::unix::process::CommandExt as _;
+            let probe = compare::probe_exe()?;
+            let err = std::process::Command::new(&probe)
+                .arg(format!("--listen={}", args.listen))
+                .arg(format!("--threads={}", args.threads))
+                .exec();
+            Err(err).with_context(|| format!("starting {}", probe.display()))
         }
         Cmd::Run(run) => {
             let scenario = Scenario::load(&run.file)?;

@@ -41,7 +41,7 @@ impl Server {
     }
 
     /// Starts `bin args…` (which must listen on `addr` and answer `GET /health` with 200,
-    /// as corecast and `bench-client ceiling` do), its output going to `log`, and waits
+    /// as corecast and the ceiling probe do), its output going to `log`, and waits
     /// until it is healthy (10 s at most).
     pub fn launch(bin: &Path, args: Vec<String>, addr: SocketAddr, log: PathBuf) -> Result<Server, BenchError> {
         let out = std::fs::File::create(&log)?;

@@ -205,7 +205,7 @@ fn connections_are_spread_over_the_targets() {
 
 #[test]
 fn the_ceiling_probe_serves_the_same_client_exactly() {
-    let probe = bench_client::ceiling::Ceiling::start("127.0.0.1:0".parse().unwrap(), 2).expect("probe starts");
+    let probe = corecast_ceiling::Ceiling::start("127.0.0.1:0".parse().unwrap(), 2).expect("probe starts");
     // Rooms spread over both probe threads, members of each room on both threads: every
     // message crosses threads, and seq must still be exact.
     let mut spec = spec(probe.addr, Mode::Ramp, 90, 3, 3, 1);

@@ -7,9 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = data.to_vec();
-    let _ = corecast::protocol::client::parse(&mut buf, &mut simd_json_buffers());
+    let _ = corecast_wire::protocol::client::parse(&mut buf, &mut simd_json_buffers());
 });
 
-fn simd_json_buffers() -> corecast::protocol::client::Buffers {
-    corecast::protocol::client::Buffers::default()
+fn simd_json_buffers() -> corecast_wire::protocol::client::Buffers {
+    corecast_wire::protocol::client::Buffers::default()
 }

@@ -6,8 +6,8 @@
 
 use std::ops::ControlFlow;
 
-use corecast::ws::frame::Role;
-use corecast::ws::reader::{Message, MessageReader};
+use corecast_wire::ws::frame::Role;
+use corecast_wire::ws::reader::{Message, MessageReader};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 4096;

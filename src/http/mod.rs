@@ -6,46 +6,11 @@
 pub mod assets;
 pub mod prometheus;
 pub mod publish;
-pub mod request;
 pub mod response;
 pub mod router;
 pub mod stats;
 
-/// Why a request could not be served; each maps to one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HttpError {
-    /// Not a valid HTTP/1.x request head.
-    #[error("malformed HTTP request")]
-    Malformed,
-    /// Head longer than the limit or too many headers.
-    #[error("request head too large")]
-    HeadTooLarge,
-    /// `Transfer-Encoding` bodies are not accepted.
-    #[error("transfer-encoding is not supported; send Content-Length")]
-    UnsupportedEncoding,
-    /// Body over the limit.
-    #[error("request body too large")]
-    BodyTooLarge,
-}
-
-impl HttpError {
-    /// The status code answering this error.
-    pub fn status(self) -> u16 {
-        match self {
-            HttpError::Malformed => 400,
-            HttpError::HeadTooLarge => 431,
-            HttpError::UnsupportedEncoding => 501,
-            HttpError::BodyTooLarge => 413,
-        }
-    }
-
-    /// Machine-readable error code used in the JSON body.
-    pub fn code(self) -> &'static str {
-        match self {
-            HttpError::Malformed => "bad_request",
-            HttpError::HeadTooLarge => "head_too_large",
-            HttpError::UnsupportedEncoding => "unsupported_encoding",
-            HttpError::BodyTooLarge => "body_too_large",
-        }
-    }
-}
+/// Request heads: parsed in the wire crate, which the WebSocket handshake shares.
+pub use corecast_wire::http::request;
+/// Why a request could not be served (defined with the request parser in the wire crate).
+pub use corecast_wire::http::HttpError;

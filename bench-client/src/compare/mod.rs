@@ -2,9 +2,9 @@
 //! shapes, one after the other, and a table of how close corecast comes.
 //!
 //! For each shape of [`shapes::all`]: start corecast (as the suite does, abuse limits
-//! lifted), run the shape, stop it; start `bench-client ceiling` (this executable, as a
-//! child process, with as many threads as corecast has shards), run the identical shape,
-//! stop it. Throughput shapes are a coarse ×2 ramp followed by a fine ×2^(1/4) ramp from
+//! lifted), run the shape, stop it; start the ceiling probe (the `corecast-ceiling`
+//! executable beside this one, see [`probe_exe`], with as many threads as corecast has
+//! shards), run the identical shape, stop it. Throughput shapes are a coarse ×2 ramp followed by a fine ×2^(1/4) ramp from
 //! the best coarse rate, each on a fresh server. Every run leaves its usual run folder
 //! (`<date>-<host>-<shape>-<server>`); the comparison itself goes to
 //! `<date>-<host>-compare/compare.md` and `compare.json` ([`table`]).
@@ -70,7 +70,7 @@ pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, B
     let started = Instant::now();
     let started_utc = report::utc_now().0;
     std::fs::create_dir_all(&args.results)?;
-    let exe = std::env::current_exe()?;
+    let probe_bin = probe_exe()?;
     let mut runs = Runs::new();
     let mut commands = (String::new(), String::new());
     for shape in shapes::all() {
@@ -78,7 +78,7 @@ pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, B
             continue;
         }
         for kind in [ServerKind::Corecast, ServerKind::Ceiling] {
-            let out = measure(args, &exe, &shape, kind, invoked_as, &mut commands);
+            let out = measure(args, &probe_bin, &shape, kind, invoked_as, &mut commands);
             runs.insert((shape.name.to_owned(), kind), out);
         }
     }
@@ -102,7 +102,7 @@ pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, B
 /// One shape against one server: the run (and, for a ramp, the fine ramp).
 fn measure(
     args: &CompareArgs,
-    exe: &std::path::Path,
+    probe_bin: &std::path::Path,
     shape: &Shape,
     kind: ServerKind,
     invoked_as: &str,
@@ -111,7 +111,7 @@ fn measure(
     let mut out = ShapeRuns::default();
     let name = format!("{}-{}", shape.name, kind.name());
     eprintln!("bench-client compare: {name}");
-    match run_one(args, exe, &shape.args, &name, kind, invoked_as, commands) {
+    match run_one(args, probe_bin, &shape.args, &name, kind, invoked_as, commands) {
         Ok((dir, result)) => {
             out.dirs.push(dir);
             out.main = Some(result);
@@ -127,7 +127,7 @@ fn measure(
     if let (true, Some(best)) = (shape.refine, best) {
         let fine = format!("{name}-fine");
         eprintln!("bench-client compare: {fine}");
-        match run_one(args, exe, &shapes::fine(shape, best), &fine, kind, invoked_as, commands) {
+        match run_one(args, probe_bin, &shapes::fine(shape, best), &fine, kind, invoked_as, commands) {
             Ok((dir, result)) => {
                 out.dirs.push(dir);
                 out.fine = Some(result);
@@ -138,10 +138,28 @@ fn measure(
     out
 }
 
+/// File name of the ceiling probe's executable.
+pub const PROBE_NAME: &str = "corecast-ceiling";
+
+/// The ceiling probe's executable: `corecast-ceiling` in the folder of the running
+/// bench-client (where `cargo build --release --workspace` puts both), or one folder up
+/// when bench-client runs from cargo's `deps/` (a test binary).
+pub fn probe_exe() -> Result<PathBuf, BenchError> {
+    let exe = std::env::current_exe()?;
+    let here = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let candidates = [Some(here.join(PROBE_NAME)), here.parent().map(|p| p.join(PROBE_NAME))];
+    candidates.into_iter().flatten().find(|p| p.is_file()).ok_or_else(|| {
+        BenchError::Server(format!(
+            "{PROBE_NAME} not found beside {}: build it with `cargo build --release --workspace`",
+            exe.display()
+        ))
+    })
+}
+
 /// Starts the server, runs `shape_args` against it as run `name`, stops it.
 fn run_one(
     args: &CompareArgs,
-    exe: &std::path::Path,
+    probe_bin: &std::path::Path,
     shape_args: &[String],
     name: &str,
     kind: ServerKind,
@@ -155,9 +173,8 @@ fn run_one(
         }
         ServerKind::Ceiling => {
             let addr = free_addr()?;
-            let probe =
-                vec!["ceiling".to_owned(), format!("--listen={addr}"), format!("--threads={}", args.server.shards)];
-            Server::launch(exe, probe, addr, log.clone())?
+            let probe = vec![format!("--listen={addr}"), format!("--threads={}", args.server.shards)];
+            Server::launch(probe_bin, probe, addr, log.clone())?
         }
     };
     let slot = if kind == ServerKind::Corecast { &mut commands.0 } else { &mut commands.1 };

@@ -19,7 +19,7 @@ use crate::report::Percentiles;
 pub enum ServerKind {
     /// The corecast server under test.
     Corecast,
-    /// `bench-client ceiling`.
+    /// The ceiling probe (`corecast-ceiling`).
     Ceiling,
 }
 

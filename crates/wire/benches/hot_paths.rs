@@ -10,9 +10,9 @@
 use std::hint::black_box;
 use std::ops::ControlFlow;
 
-use corecast::protocol::{client, server};
-use corecast::ws::frame::{self, Role};
-use corecast::ws::reader::MessageReader;
+use corecast_wire::protocol::{client, server};
+use corecast_wire::ws::frame::{self, Role};
+use corecast_wire::ws::reader::MessageReader;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::rc::Rc;
 
-use corecast::ws::frame::Role;
-use corecast::ws::reader::MessageReader;
+use corecast_wire::ws::frame::Role;
+use corecast_wire::ws::reader::MessageReader;
 use mio::net::TcpStream;
 
 use crate::sys::write_some;

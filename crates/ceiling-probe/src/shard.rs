@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use corecast::ws::frame::pong_frame;
-use corecast::ws::reader::Message;
+use corecast_wire::ws::frame::pong_frame;
+use corecast_wire::ws::reader::Message;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};

@@ -9,8 +9,8 @@
 
 use std::io::Write as _;
 
-use corecast::ws::frame::{close_frame, encode_header};
-use corecast::ws::handshake::{accept_response, Upgrade};
+use corecast_wire::ws::frame::{close_frame, encode_header};
+use corecast_wire::ws::handshake::{accept_response, Upgrade};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// Opcode of every data frame the probe sends.
@@ -35,10 +35,9 @@ pub enum Request {
     Bad,
 }
 
-/// Index just past the blank line that ends an HTTP head, once it is complete.
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
+/// Index just past the blank line that ends an HTTP head (shared with bench-client,
+/// which reads the server's 101 with it).
+pub use corecast_wire::http::head_end;
 
 /// Reads a complete request head (as found by [`head_end`]).
 pub fn parse_request(head: &[u8]) -> Request {
@@ -195,54 +194,6 @@ fn find(hay: &[u8], b: u8) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::scan;
-    use corecast::ws::reader::{Message, MessageReader};
-    use std::ops::ControlFlow;
-
-    /// Decodes server frames as bench-client does, returning the text payloads.
-    fn texts(mut wire: Vec<u8>) -> Vec<String> {
-        let mut reader = MessageReader::new(corecast::ws::frame::Role::Client, 1 << 20);
-        let mut out = Vec::new();
-        reader
-            .feed(&mut wire, |m| {
-                match m {
-                    Message::Text(t) => out.push(String::from_utf8(t.to_vec()).unwrap()),
-                    Message::Close(c) => out.push(format!("close {}", c.unwrap().0)),
-                    _ => panic!("unexpected frame"),
-                }
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-        assert_eq!(reader.buffered(), 0);
-        out
-    }
-
-    #[test]
-    fn frames_have_corecasts_shapes_and_scan_like_corecasts() {
-        let mut wire = Vec::new();
-        welcome("t-u1", "c0-1", 1, &mut wire);
-        joined(b"t-3", 12, 118, "a3f0c2d4e5b61789", &mut wire);
-        let text = "b:0:1:2:3:4:".to_owned() + &"x".repeat(300);
-        message(b"t-3", 119, b"t-u1", text.as_bytes(), 1_763_800_000_123, &mut wire);
-        close(1000, &mut wire);
-        let t = texts(wire);
-        assert_eq!(t[0], r#"{"type":"welcome","user":"t-u1","conn":"c0-1","shard":1}"#);
-        assert_eq!(t[1], r#"{"type":"joined","room":"t-3","members":12,"seq":118,"epoch":"a3f0c2d4e5b61789"}"#);
-        assert_eq!(
-            t[2],
-            format!(r#"{{"type":"message","room":"t-3","seq":119,"user":"t-u1","text":"{text}","ts":1763800000123}}"#)
-        );
-        assert_eq!(t[3], "close 1000");
-        assert_eq!(scan(t[0].as_bytes()).unwrap().kind, b"welcome");
-        let j = scan(t[1].as_bytes()).unwrap();
-        assert_eq!((j.kind, j.seq), (&b"joined"[..], Some(118)));
-        let m = scan(t[2].as_bytes()).unwrap();
-        assert_eq!((m.kind, m.seq, m.text), (&b"message"[..], Some(119), text.as_bytes()));
-        // The same frame as corecast's own builder, byte for byte.
-        let mut ours = Vec::new();
-        message(b"r", 7, b"u", b"hi", 5, &mut ours);
-        assert_eq!(ours, corecast::protocol::server::message("r", 7, "u", "hi", 5).to_vec());
-    }
 
     #[test]
     fn headers_fit_every_length() {
@@ -250,7 +201,7 @@ mod tests {
             let mut out = Vec::new();
             text_frame(&mut out, 0, |b| b.resize(b.len() + len, b'a'));
             assert_eq!(out.len(), len + header_len(len));
-            let (h, used) = corecast::ws::frame::encode_header(
+            let (h, used) = corecast_wire::ws::frame::encode_header(
                 tungstenite::protocol::frame::coding::OpCode::Data(tungstenite::protocol::frame::coding::Data::Text),
                 len,
             );

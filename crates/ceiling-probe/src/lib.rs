@@ -1,5 +1,5 @@
-//! `bench-client ceiling`: the ceiling probe, a deliberately minimal broadcast server that
-//! speaks just enough of corecast's protocol for bench-client (upgrade, `welcome`, `join` →
+//! The ceiling probe (`corecast-ceiling`, also run as `bench-client ceiling`): a
+//! deliberately minimal broadcast server that speaks just enough of corecast's protocol for bench-client (upgrade, `welcome`, `join` →
 //! `joined`, `message` → the room's `message` frames) and writes pre-built frames to every
 //! member with the best batching it can. It answers "how close is corecast to what this
 //! host can do at all?": the same client, the same shapes, against both.
@@ -15,9 +15,14 @@
 //! | [`wire`] | HTTP upgrade, server frames in corecast's shapes, client frame byte scans (pure) |
 //! | [`conn`] | one connection: socket, phase, reassembly, shared-chunk backlog, `writev` |
 //! | [`shard`] | one thread: listener, mio loop, owned rooms, batches, hand-offs |
+//! | [`sys`] | non-blocking writes, `RLIMIT_NOFILE` |
+//!
+//! Frames are encoded and decoded with corecast's own wire crate (`corecast-wire`), so
+//! the probe's bytes are corecast's bytes; it shares no code with the server's runtime.
 
 pub mod conn;
 pub mod shard;
+pub mod sys;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -27,8 +32,21 @@ use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
 
-use crate::error::BenchError;
 use shard::{reuseport_listener, Mesh, Shard, WAKER};
+
+/// Why the probe could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Binding, polling or spawning a thread failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// `threads` was 0.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An event-loop thread panicked.
+    #[error("server: {0}")]
+    Server(String),
+}
 
 /// A running probe: `threads` event loops on one port.
 pub struct Ceiling {
@@ -42,9 +60,9 @@ pub struct Ceiling {
 impl Ceiling {
     /// Binds `threads` `SO_REUSEPORT` listeners on `addr` and starts a loop on each.
     /// Raises `RLIMIT_NOFILE` to its hard limit first (every connection is a descriptor).
-    pub fn start(addr: SocketAddr, threads: usize) -> Result<Ceiling, BenchError> {
+    pub fn start(addr: SocketAddr, threads: usize) -> Result<Ceiling, ProbeError> {
         if threads == 0 {
-            return Err(BenchError::Config("--threads must be positive".into()));
+            return Err(ProbeError::Config("--threads must be positive".into()));
         }
         crate::sys::raise_nofile();
         let first = reuseport_listener(addr)?;
@@ -80,12 +98,12 @@ impl Ceiling {
 
     /// Blocks until every loop has ended (they end only when stopped, or on a poll error,
     /// which is returned).
-    pub fn wait(mut self) -> Result<(), BenchError> {
+    pub fn wait(mut self) -> Result<(), ProbeError> {
         self.join()
     }
 
     /// Stops every loop and waits for them; connections are dropped (no close frames).
-    pub fn stop(mut self) -> Result<(), BenchError> {
+    pub fn stop(mut self) -> Result<(), ProbeError> {
         self.stop.store(true, Ordering::Relaxed);
         for w in &self.wakers {
             let _ = w.wake();
@@ -93,11 +111,11 @@ impl Ceiling {
         self.join()
     }
 
-    fn join(&mut self) -> Result<(), BenchError> {
+    fn join(&mut self) -> Result<(), ProbeError> {
         for h in self.threads.drain(..) {
             match h.join() {
                 Ok(r) => r?,
-                Err(_) => return Err(BenchError::Server("a ceiling thread panicked".into())),
+                Err(_) => return Err(ProbeError::Server("a ceiling thread panicked".into())),
             }
         }
         Ok(())

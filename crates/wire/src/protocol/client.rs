@@ -113,7 +113,7 @@ pub fn parse<'a>(input: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Resul
 }
 
 /// Everything any request may carry, as it arrives (before [`parse`] validates it).
-/// Unknown fields are ignored (forward compatibility). Public so `benches/hot_paths.rs`
+/// Unknown fields are ignored (forward compatibility). Public so `crates/wire/benches/hot_paths.rs`
 /// compares JSON parsers on exactly this shape; its fields stay private.
 #[derive(Deserialize)]
 pub struct Raw<'a> {
@@ -207,7 +207,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Ref<'a> {
     }
 }
 
-/// `since` is either a bare seq (DESIGN.md §3) or `{"epoch":"…","seq":n}`.
+/// `since` is either a bare seq (matches any epoch, docs/PROTOCOL.md) or `{"epoch":"…","seq":n}`.
 impl<'de: 'a, 'a> Deserialize<'de> for Since<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;

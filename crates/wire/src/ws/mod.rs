@@ -4,7 +4,8 @@
 //! * [`reader`]: message assembly (fragments, control frames, UTF-8), pure;
 //! * [`handshake`]: the HTTP upgrade, pure;
 //!
-//! and the one place that does I/O with them, `shard::conn`.
+//! No I/O here: the server's connection code (`shard::conn` in the `corecast` crate) and
+//! bench-client's connections feed them bytes.
 
 pub mod frame;
 pub mod handshake;

@@ -1,6 +1,20 @@
 //! The run folder `results/<date>-<host>-<scenario>/`: `summary.json`, `latency.hgrm` and
 //! `latency-uncorrected.hgrm` (HdrHistogram's percentile-distribution text format),
 //! `latency.svg`, and `SETUP.md` (host, tuning, commit, exact command).
+//!
+//! The report side of bench-client: it reads the load engine's results
+//! ([`crate::coord::RunResult`]) and writes files; the engine (`coord`, `worker`, `engine`,
+//! `conn`, `record`, …) never imports it, so measuring does not depend on presenting
+//! (`bench/check-deps.sh` checks that).
+//!
+//! | module | concern |
+//! |---|---|
+//! | this one | run folder, summary.json, SETUP.md, problems, dates |
+//! | [`hgrm`] | HdrHistogram percentile-distribution text (`.hgrm`) |
+//! | [`plot`] | the latency-by-percentile SVG |
+
+pub mod hgrm;
+pub mod plot;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,8 +27,9 @@ use serde::Serialize;
 use crate::coord::{Mode, RunResult, StepResult};
 use crate::error::BenchError;
 use crate::plan::Plan;
-use crate::plot::{latency_svg, Curve};
 use crate::sys::HostInfo;
+pub use hgrm::hgrm;
+use plot::{latency_svg, Curve};
 
 /// Where and how a run was made: what SETUP.md and summary.json describe besides results.
 #[derive(Debug, Clone, Serialize)]
@@ -215,29 +230,6 @@ pub fn write_run(dir: &Path, ctx: &RunContext, plan: &Plan, result: &RunResult) 
     Ok(dir.to_owned())
 }
 
-/// HdrHistogram's percentile distribution text (`outputPercentileDistribution`, 5 ticks
-/// per half distance), values divided by `scale` (1000: microseconds → milliseconds).
-pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
-    let mut total = 0u64;
-    for v in h.iter_quantiles(5) {
-        total += v.count_since_last_iteration();
-        let value = v.value_iterated_to() as f64 / scale;
-        let q = v.quantile_iterated_to();
-        if q < 1.0 {
-            let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
-        } else {
-            let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
-        }
-    }
-    let _ = writeln!(out, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / scale, h.stdev() / scale);
-    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / scale, h.len());
-    let sub_buckets = (2.0 * 10f64.powi(i32::from(h.sigfig()))).log2().ceil().exp2() as u64;
-    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), sub_buckets);
-    out
-}
-
 fn setup_md(ctx: &RunContext, plan: &Plan, result: &RunResult) -> String {
     let h = &ctx.host;
     let mut s = String::new();
@@ -336,28 +328,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::new_hist;
-
-    #[test]
-    fn hgrm_has_the_hdrhistogram_layout() {
-        let mut h = new_hist();
-        for v in 1..=1000u64 {
-            h.record(v).unwrap();
-        }
-        let text = hgrm(&h, 1000.0);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[0].split_whitespace().collect::<Vec<_>>(),
-            ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
-        );
-        assert_eq!(lines[1], "");
-        let first: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(first, ["0.001", "0.000000000000", "1", "1.00"]);
-        let last_data = lines.iter().rev().find(|l| !l.starts_with('#')).unwrap();
-        assert!(last_data.contains("1.000000000000") && last_data.trim_end().ends_with("1000"), "{last_data}");
-        assert!(text.contains("#[Max     =        1.000, Total count    =         1000]"), "{text}");
-        assert!(text.contains("SubBuckets     =         2048]"));
-    }
 
     #[test]
     fn dates_are_civil() {
