@@ -34,7 +34,7 @@ impl Shard {
         let handshake = self.cfg.handshake_timeout.as_millis() as u32;
         let closing = self.cfg.close_timeout.as_millis() as u32;
         self.expire_sessions();
-        self.owned.borrow_mut().expire(Self::wall_ms(), &mut |to, m| self.route(to, m));
+        self.owned.borrow_mut().expire(Self::wall_ms(), &mut |out| self.route(out));
         if now / crate::limits::Window::MS != self.last_prune.get() {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);
