@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::history::Caps;
 use super::request::{
-    ConnId, ConnRef, DeleteReq, JoinKind, PresenceReq, Publish, Remote, ReplyRef, ReplyTo, Requester,
+    ConnId, ConnRef, DeleteReq, HistoryReq, JoinKind, PresenceReq, Publish, Remote, Reply, ReplyRef, ReplyTo, Requester,
 };
 use super::*;
 use crate::protocol::server;
@@ -314,4 +314,167 @@ fn presence_pages_are_sorted_and_chained() {
     let p2 = page(Some("carol"));
     assert_eq!(p2["users"], serde_json::json!(["dave"]));
     assert!(p2.get("next").is_none());
+}
+
+/// Join and leave of the N-th user are both announced, those of the (N+1)-th both not.
+#[test]
+fn presence_events_are_symmetric_at_the_threshold() {
+    let mut r = rooms(2, 2);
+    join(&mut r, "r", "a", 0, 1);
+    let e = epoch(&r, "r");
+    let b_joins = delivered(&join(&mut r, "r", "b", 0, 2));
+    assert_eq!(b_joins.len(), 1, "the 2nd user's join: 2 users with b");
+    assert!(delivered(&join(&mut r, "r", "c", 1, 3)).is_empty(), "the 3rd user's join: 3 users with c");
+    let mut out = Vec::new();
+    r.leave("r", "c", 1, e, 0, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "the 3rd user's leave: 3 users with c");
+    let mut out = Vec::new();
+    r.leave("r", "b", 0, e, 0, &mut |o| out.push(o));
+    assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}), "2 users with b");
+    // Zero turns events off altogether.
+    let mut off = rooms(1, 0);
+    join(&mut off, "r", "a", 0, 1);
+    assert!(delivered(&join(&mut off, "r", "b", 0, 2)).is_empty());
+    assert!((0..=3).all(|n| !announced(n + 1, 0)) && announced(2, 2) && !announced(3, 2));
+}
+
+/// Users reported by other nodes follow the same rule as local ones, one by one and in
+/// snapshots (a snapshot's arrivals counted after it, its departures before it).
+#[test]
+fn remote_presence_follows_the_same_threshold() {
+    let mut r = rooms(1, 2).with_cluster(1);
+    join(&mut r, "r", "a", 0, 1);
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "b".into(), true, &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1, "2nd user arriving elsewhere");
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "c".into(), true, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "3rd user");
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "c".into(), false, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "3rd user leaving");
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "b".into(), false, &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1, "2nd user leaving");
+    // A snapshot bringing the room to exactly 2 users is announced (it was not before
+    // the rule was written once: snapshots compared the count after with `<`).
+    let mut out = Vec::new();
+    r.remote_users("r", 8, &["b".into()], &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1);
+    // A node dying takes b with it: the room had 2 users, b included.
+    let mut out = Vec::new();
+    r.node_gone(8, &mut |o| out.push(o));
+    assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+    // Three users from one snapshot: 4 in the room, no events either way.
+    let mut out = Vec::new();
+    r.remote_users("r", 9, &["x".into(), "y".into(), "z".into()], &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty());
+    let mut out = Vec::new();
+    r.node_gone(9, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty());
+}
+
+#[test]
+fn history_pages_and_the_ttl_keep_an_empty_room_until_it_expires() {
+    let caps = Caps { messages: 3, bytes: 1 << 20 };
+    let mut r = OwnedRooms::new(1, 1000, HistoryConfig { caps, memory: 1 << 20, ttl_ms: 100 });
+    join(&mut r, "r", "a", 0, 1);
+    for i in 0..5 {
+        let from = Requester::Conn(origin(0, 1));
+        api_publish(&mut r, "r", &format!("m{i}"), from);
+    }
+    assert_eq!(r.get("r").unwrap().history_len(), 3, "capped per room");
+    let mut out = Vec::new();
+    let req = HistoryReq { room: "r".into(), before: None, limit: 2, from: Requester::Conn(origin(0, 1)) };
+    r.history(req, &mut |o| out.push(o));
+    let Some(RoomOut::Shard(0, ToShard::ToConn { frame, .. })) = out.pop() else { panic!("a page") };
+    let page = json(&frame);
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![5, 4], "newest first: {page}");
+    // The last member leaves at t=1000: the room lingers with its history until t=1100.
+    let e = epoch(&r, "r");
+    r.leave("r", "a", 0, e, 1000, &mut |_| {});
+    r.expire(1099, &mut |_| {});
+    assert_eq!(r.get("r").unwrap().history_len(), 3);
+    r.expire(1100, &mut |_| {});
+    assert!(r.get("r").is_none());
+    assert_eq!(r.history_usage(), (0, 0), "its history went back to the budget");
+}
+
+#[test]
+fn the_history_budget_evicts_the_oldest_messages_across_rooms() {
+    let caps = Caps { messages: 100, bytes: 1 << 20 };
+    let one = server::message("a", 1, "srv", "x", 7).len();
+    let mut r = OwnedRooms::new(1, 1000, HistoryConfig { caps, memory: one * 3, ttl_ms: 0 });
+    join(&mut r, "a", "u", 0, 1);
+    join(&mut r, "b", "u", 0, 2);
+    for room in ["a", "b", "a", "b"] {
+        api_publish(&mut r, room, "x", Requester::Conn(origin(0, 1)));
+    }
+    assert_eq!(r.history_usage().1, 3, "one message evicted");
+    assert_eq!((r.get("a").unwrap().history_len(), r.get("b").unwrap().history_len()), (1, 2), "a's oldest went");
+}
+
+#[test]
+fn remote_history_and_presence_requests_are_answered_or_counted() {
+    let mut r = rooms(1, 1000).with_cluster(1);
+    join(&mut r, "r", "a", 0, 1);
+    let conn = Requester::Remote(Box::new(Remote {
+        node: 4,
+        reply: Some(ReplyRef::Conn { shard: 1, conn: 9, reference: "q".into() }),
+    }));
+    let mut out = Vec::new();
+    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, from: conn.clone() }, &mut |o| out.push(o));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::ToConn { node: 4, shard: 1, conn: 9, .. }]));
+    let mut out = Vec::new();
+    r.history(HistoryReq { room: "nope".into(), before: None, limit: 10, from: conn }, &mut |o| out.push(o));
+    let [ClusterOut::ToConn { frame, .. }] = &to_bus(&out)[..] else { panic!("an error frame") };
+    assert_eq!(json(frame)["code"], "no_such_room");
+    assert_eq!(r.take_unanswered(), 0);
+    // Nobody named to answer: counted, not dropped without a trace.
+    let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None }));
+    r.history(HistoryReq { room: "r".into(), before: None, limit: 10, from: nobody.clone() }, &mut |_| {});
+    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, from: nobody }, &mut |_| {});
+    assert_eq!(r.take_unanswered(), 2);
+    assert_eq!(r.take_unanswered(), 0);
+}
+
+#[test]
+fn deleting_drops_the_history_and_unsubscribes() {
+    let mut r = rooms(2, 1000).with_cluster(1);
+    run(&mut r, req("t", "owner", 0, 1, JoinKind::Create { password_hash: None }));
+    api_publish(&mut r, "t", "x", Requester::Conn(origin(0, 1)));
+    assert_eq!(r.history_usage().1, 1);
+    let mut out = Vec::new();
+    r.delete(DeleteReq { room: "t".into(), user: "owner".into(), origin: origin(0, 1) }, &mut |o| out.push(o));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::Unsubscribe(_)]));
+    assert_eq!(r.history_usage(), (0, 0));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn broadcasts_go_to_every_shard_once_with_their_own_sequence() {
+    let mut r = rooms(3, 1000);
+    for expected in 1..=2u64 {
+        let mut out = Vec::new();
+        let msg = Publish {
+            room: "".into(),
+            user: "srv".into(),
+            text: "all".into(),
+            from: Requester::Api(ReplyTo { shard: 2, req: 5 }),
+        };
+        r.broadcast(msg, 1, &mut |o| out.push(o));
+        let shards: Vec<usize> = out
+            .iter()
+            .filter_map(|o| match o {
+                RoomOut::Shard(s, ToShard::DeliverAll { .. }) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shards, vec![0, 1, 2]);
+        let Some(RoomOut::Shard(2, ToShard::Reply { req: 5, reply: Reply::Published { seq, .. } })) = out.last() else {
+            panic!("the API caller hears back")
+        };
+        assert_eq!(*seq, Some(expected));
+    }
 }
