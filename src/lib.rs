@@ -18,7 +18,7 @@
 //! | `shard::mesh` | lock-free inter-shard inboxes with park/wake |
 //! | `shard::route` | room → owner shard |
 //! | `shard::outbox` | per-connection write queue: direct send, batched flush, caps |
-//! | [`room`] | owner side of rooms: `seq`, `ts`, presence, fan-out targets |
+//! | [`room`] | owner side of rooms (pure core, emits [`room::RoomOut`]): `seq`, `ts`, presence, history |
 //! | [`ws`] | RFC 6455: [`ws::frame`], [`ws::reader`], [`ws::handshake`] (pure; crate `corecast-wire`) |
 //! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames (crate `corecast-wire`) |
 //! | [`http`] | HTTP/1.1 responses and endpoints; request heads from crate `corecast-wire` |

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::room::RoomSummary;
-
 macro_rules! counters {
     ($( #[doc = $doc:literal] $name:ident ),* $(,)?) => {
         /// Live counters of one shard, monotonic since start.
@@ -93,6 +91,8 @@ counters! {
     auth_rejections,
     /// Accepts that failed for lack of file descriptors.
     accept_fd_exhausted,
+    /// History or presence requests from another node that named nobody to answer.
+    remote_requests_unanswered,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.
@@ -147,6 +147,22 @@ pub struct Snapshot {
     pub history_bytes: u64,
     /// Messages of room history held.
     pub history_messages: u64,
+}
+
+/// A room's figures for `/stats` (kept here, beside the snapshot that carries them, so
+/// that the counters depend on nothing above them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomSummary {
+    /// Room name.
+    pub room: String,
+    /// Distinct users present.
+    pub members: u32,
+    /// Connections joined.
+    pub connections: u32,
+    /// Messages sequenced since the room was created.
+    pub messages: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
 }
 
 #[cfg(test)]

@@ -23,11 +23,8 @@ use super::nodes::{Change, Nodes};
 use super::subject::Subjects;
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
+use crate::room::request::{ConnId, Publish, Remote, Reply, Requester};
 use crate::room::BROADCAST_ROOM;
-use crate::shard::conns::ConnId;
-use crate::shard::mesh::{Mesh, HIGH_WATER};
-use crate::shard::msg::{Publish, Remote, Reply, Requester, ShardMsg};
-use crate::shard::route::owner;
 
 /// Messages from NATS waiting for the loop; beyond this the subscription tasks wait and
 /// async-nats reports a slow consumer (counted as dropped).
@@ -35,6 +32,52 @@ const INBOUND: usize = 16 * 1024;
 
 /// How often dead nodes are looked for.
 const SWEEP: Duration = Duration::from_millis(250);
+
+/// What the bridge hands one shard: bus input for the rooms it owns, or a request or
+/// answer another node sent. The runtime turns it into its own inbox message.
+pub(crate) enum Inbound {
+    /// Bus input (see [`BusIn`]).
+    Bus(BusIn),
+    /// A broadcast frame for every open connection.
+    DeliverAll {
+        /// The frame, as the sequencer node built it.
+        frame: bytes::Bytes,
+        /// When the bridge handed it off.
+        sent_at: Instant,
+    },
+    /// A publish forwarded here because this node sequences the room.
+    Publish(Box<Publish>),
+    /// A broadcast forwarded here because this node sequences `@all`.
+    Broadcast(Box<Publish>),
+    /// A frame for one connection (an ack for a publish this client sent elsewhere).
+    ToConn {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: bytes::Bytes,
+    },
+    /// The answer to a pending HTTP API request.
+    Reply {
+        /// Its request id.
+        req: u64,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// The shards, as the bridge reaches them. The runtime implements this over its
+/// inter-shard mesh, so the bridge needs none of the runtime's types.
+pub(crate) trait Shards: Send + 'static {
+    /// Number of shards.
+    fn count(&self) -> usize;
+    /// The shard that owns (sequences) `room`.
+    fn owner(&self, room: &str) -> usize;
+    /// Whether `shard`'s inbox is over its high-water mark (the bridge then drops rather
+    /// than grow it without bound).
+    fn congested(&self, shard: usize) -> bool;
+    /// Queues `msg` for `shard`; never blocks.
+    fn send(&self, shard: usize, msg: Inbound);
+}
 
 /// The running bridge thread.
 pub(crate) struct BridgeThread {
@@ -48,10 +91,11 @@ impl BridgeThread {
     }
 }
 
-/// Starts the bridge thread for `shards` shards reachable through `mesh`. Returns once
+/// Starts the bridge thread for the shards reachable through `shards`. Returns once
 /// the client is configured (NATS itself may still be unreachable: the bridge keeps
 /// trying in the background, and the node serves locally meanwhile).
-pub(crate) fn start(cfg: &ClusterConfig, mesh: Mesh) -> Result<(Bus, BridgeThread), ClusterError> {
+pub(crate) fn start(cfg: &ClusterConfig, shards: impl Shards) -> Result<(Bus, BridgeThread), ClusterError> {
+    let shards: Box<dyn Shards> = Box::new(shards);
     let node = fastrand::u64(1..);
     let (bus, outbox) = super::queue(node);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -76,7 +120,7 @@ pub(crate) fn start(cfg: &ClusterConfig, mesh: Mesh) -> Result<(Bus, BridgeThrea
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let bridge = Bridge::new(cfg, client, thread_bus, mesh);
+                let bridge = Bridge::new(cfg, client, thread_bus, shards);
                 bridge.run(outbox, events).await;
             });
         })
@@ -151,7 +195,7 @@ struct Bridge {
     client: Client,
     bus: Bus,
     me: u64,
-    mesh: Mesh,
+    shards: Box<dyn Shards>,
     subjects: Subjects,
     /// The heartbeat and broadcast subjects, built once.
     hb_subject: Subject,
@@ -167,7 +211,7 @@ struct Bridge {
 }
 
 impl Bridge {
-    fn new(cfg: ClusterConfig, client: Client, bus: Bus, mesh: Mesh) -> Bridge {
+    fn new(cfg: ClusterConfig, client: Client, bus: Bus, shards: Box<dyn Shards>) -> Bridge {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND);
         let subjects = Subjects::new(&cfg.subject_prefix);
         let (hb_subject, all_subject) = (subjects.heartbeat().into(), subjects.all().into());
@@ -180,7 +224,7 @@ impl Bridge {
             cfg,
             client,
             bus,
-            mesh,
+            shards,
             rooms: HashMap::new(),
             inbound_tx,
             inbound,
@@ -286,20 +330,20 @@ impl Bridge {
                 }
                 Change::Left(n) => {
                     tracing::info!(node = format!("{n:016x}"), "cluster node left");
-                    self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::NodeGone(n))));
+                    self.to_all(|| BusIn::NodeGone(n));
                 }
             }
         }
         self.publish_nodes();
         if joined {
-            self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Resync)));
+            self.to_all(|| BusIn::Resync);
         }
     }
 
     fn publish_nodes(&self) {
         let live: Arc<[u64]> = self.nodes.live().into();
         self.bus.stats.nodes.store(live.len() as u64, Ordering::Relaxed);
-        self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Nodes(live.clone()))));
+        self.to_all(|| BusIn::Nodes(live.clone()));
     }
 
     async fn on_event(&mut self, event: Event) {
@@ -320,7 +364,7 @@ impl Bridge {
                     let req = Header::SyncReq { node: self.me, room: room.to_string() };
                     self.publish(sub.subject.clone(), &req, &[]).await;
                 }
-                self.mesh.send_all(|| ShardMsg::Bus(Box::new(BusIn::Resync)));
+                self.to_all(|| BusIn::Resync);
             }
             Event::Disconnected => {
                 self.bus.set_state(BusState::Disconnected);
@@ -403,13 +447,20 @@ impl Bridge {
 
     /// Hands a message to shard `to`, unless its inbox is over the high-water mark (then
     /// it is dropped and counted: the bus must not grow a shard's inbox without bound).
-    fn deliver(&self, to: usize, msg: ShardMsg) {
-        if self.mesh.depth(to) > HIGH_WATER {
+    fn deliver(&self, to: usize, msg: Inbound) {
+        if self.shards.congested(to) {
             self.bus.count(|s| &s.relay_dropped);
             return;
         }
         self.bus.count(|s| &s.relayed_in);
-        self.mesh.send(to, msg);
+        self.shards.send(to, msg);
+    }
+
+    /// Hands every shard its own copy of a bus message (node changes: never dropped).
+    fn to_all(&self, msg: impl Fn() -> BusIn) {
+        for shard in 0..self.shards.count() {
+            self.shards.send(shard, Inbound::Bus(msg()));
+        }
     }
 
     async fn on_inbound(&mut self, msg: async_nats::Message) {
@@ -424,8 +475,8 @@ impl Bridge {
         if header.node() == self.me {
             return;
         }
-        let shards = self.mesh.len();
-        let room_msg = |room: &str, m: BusIn| (owner(room, shards), ShardMsg::Bus(Box::new(m)));
+        let shards = self.shards.count();
+        let room_msg = |room: &str, m: BusIn| (self.shards.owner(room), Inbound::Bus(m));
         match header {
             Header::Hb { node, name } => {
                 let change = self.nodes.heard(node, Instant::now());
@@ -448,7 +499,7 @@ impl Bridge {
             Header::Bcast { .. } => {
                 let sent_at = Instant::now();
                 for shard in 0..shards {
-                    self.deliver(shard, ShardMsg::DeliverAll { frame: body.clone(), sent_at });
+                    self.deliver(shard, Inbound::DeliverAll { frame: body.clone(), sent_at });
                 }
             }
             Header::Fwd { node, room, user, text, broadcast, reply } => {
@@ -459,9 +510,9 @@ impl Bridge {
                     from: Requester::Remote(Box::new(Remote { node, reply })),
                 });
                 if broadcast {
-                    self.deliver(owner(BROADCAST_ROOM, shards), ShardMsg::Broadcast(publish));
+                    self.deliver(self.shards.owner(BROADCAST_ROOM), Inbound::Broadcast(publish));
                 } else {
-                    self.deliver(owner(&room, shards), ShardMsg::Publish(publish));
+                    self.deliver(self.shards.owner(&room), Inbound::Publish(publish));
                 }
             }
             Header::Presence { node, room, user, present } => {
@@ -481,11 +532,11 @@ impl Bridge {
                 self.deliver(to, m);
             }
             Header::ToConn { shard, conn, .. } => {
-                self.deliver(usize::from(shard), ShardMsg::ToConn { conn: ConnId::from_u64(conn), frame: body });
+                self.deliver(usize::from(shard), Inbound::ToConn { conn: ConnId::from_u64(conn), frame: body });
             }
             Header::Published { shard, req, seq, .. } => {
                 let reply = Reply::Published { seq, shards: Vec::new() };
-                self.deliver(usize::from(shard), ShardMsg::Reply { req, reply });
+                self.deliver(usize::from(shard), Inbound::Reply { req, reply });
             }
         }
     }

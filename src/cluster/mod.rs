@@ -35,6 +35,8 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
+use crate::room::ClusterOut;
+
 /// How to reach NATS and how this node takes part in the cluster. Its `Debug` output
 /// hides the password and the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -284,6 +286,22 @@ pub enum BusOut {
     },
     /// Say goodbye and stop (server shutdown).
     Shutdown,
+}
+
+impl From<ClusterOut> for BusOut {
+    /// A room owner's output for the other nodes, as a bridge queue message.
+    fn from(out: ClusterOut) -> BusOut {
+        match out {
+            ClusterOut::Subscribe(room) => BusOut::Subscribe(room),
+            ClusterOut::Unsubscribe(room) => BusOut::Unsubscribe(room),
+            ClusterOut::Frame { room, epoch, seq, frame } => BusOut::Frame { room, epoch, seq, frame },
+            ClusterOut::Broadcast { seq, frame } => BusOut::Broadcast { seq, frame },
+            ClusterOut::Presence { room, user, present } => BusOut::Presence { room, user, present },
+            ClusterOut::Users { room, users, to } => BusOut::Users { room, users, to },
+            ClusterOut::ToConn { node, shard, conn, frame } => BusOut::ToConn { node, shard, conn, frame },
+            ClusterOut::Published { node, shard, req, seq } => BusOut::Published { node, shard, req, seq },
+        }
+    }
 }
 
 /// What the bridge hands a shard.

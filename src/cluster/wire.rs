@@ -13,27 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The version this build writes and reads.
 pub const VERSION: u8 = 1;
 
-/// Who gets the answer to a forwarded publish.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "to", rename_all = "snake_case")]
-pub enum ReplyRef {
-    /// A client connection that asked for an `ack` (it sent an `id`).
-    Conn {
-        /// Its shard on the origin node.
-        shard: u16,
-        /// Its connection id there.
-        conn: u64,
-        /// The client's `id`, echoed in the ack.
-        reference: String,
-    },
-    /// A pending `POST /api/publish` on the origin node.
-    Api {
-        /// The shard serving the request.
-        shard: u16,
-        /// The request id there.
-        req: u64,
-    },
-}
+pub use crate::room::request::ReplyRef;
 
 /// The header of a bus message. Every variant names the node that sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -112,14 +112,25 @@ pub trait Rings {
     fn ring(&mut self, room: &str, epoch: u64) -> Option<&mut Ring>;
 }
 
+/// One message in the budget's push order.
+#[derive(Debug)]
+struct Stored {
+    /// Its room.
+    room: Arc<str>,
+    /// The room's stream epoch when it was pushed (a later stream's ring is not its own).
+    epoch: u64,
+    /// Its sequence number.
+    seq: u64,
+}
+
 /// The shard-wide history budget: total bytes across rooms, and the order messages were
 /// added in, so the oldest anywhere can be evicted first.
 #[derive(Debug)]
 pub struct Budget {
-    /// Push order: (room, room instance epoch, seq, bytes). Entries whose message is gone
-    /// already (evicted by its room's own caps, or the room dropped) are stale and
-    /// skipped; they are compacted away when they outnumber live ones.
-    order: VecDeque<(Arc<str>, u64, u64, u32)>,
+    /// Push order. Entries whose message is gone already (evicted by its room's own
+    /// caps, or the room dropped) are stale and skipped; they are compacted away when
+    /// they outnumber live ones.
+    order: VecDeque<Stored>,
     /// Bytes held by all live rings.
     bytes: usize,
     /// Messages held by all live rings.
@@ -154,7 +165,7 @@ impl Budget {
         evicted_bytes: usize,
         evicted_count: usize,
     ) {
-        self.order.push_back((room.clone(), epoch, seq, len as u32));
+        self.order.push_back(Stored { room: room.clone(), epoch, seq });
         self.bytes = self.bytes + len - evicted_bytes;
         self.live = self.live + 1 - evicted_count;
     }
@@ -168,9 +179,9 @@ impl Budget {
     /// Evicts the oldest messages anywhere until under the cap.
     pub fn enforce(&mut self, rings: &mut impl Rings) {
         while self.bytes > self.cap {
-            let Some((room, epoch, seq, _)) = self.order.pop_front() else { break };
-            if let Some(r) = rings.ring(&room, epoch) {
-                let freed = r.evict_if_front(seq);
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(r) = rings.ring(&oldest.room, oldest.epoch) {
+                let freed = r.evict_if_front(oldest.seq);
                 if freed > 0 {
                     self.bytes -= freed;
                     self.live -= 1;
@@ -178,7 +189,7 @@ impl Budget {
             }
         }
         if self.order.len() > 2 * self.live + 1024 {
-            self.order.retain(|(room, epoch, seq, _)| rings.ring(room, *epoch).is_some_and(|r| r.holds(*seq)));
+            self.order.retain(|m| rings.ring(&m.room, m.epoch).is_some_and(|r| r.holds(m.seq)));
         }
     }
 }

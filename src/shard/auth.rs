@@ -259,7 +259,7 @@ impl Shard {
                 req.kind = JoinKind::Join { password: None, verified: Some(epoch), since };
                 shard.mesh.send(shard.id, ShardMsg::Join(Box::new(req)));
             } else {
-                room::refuse(&req, ErrorCode::WrongPassword, "wrong password", &mut |to, m| shard.mesh.send(to, m));
+                room::refuse(&req, ErrorCode::WrongPassword, "wrong password", &mut |out| shard.route(out));
             }
         });
     }

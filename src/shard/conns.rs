@@ -22,32 +22,7 @@ use super::outbox::{Caps, Outbox, Pushed};
 use crate::rt::TcpStream;
 use crate::ws::reader::MessageReader;
 
-/// Identifies a connection within its shard. Copyable, comparable, never reused while
-/// anything might still refer to the previous holder of the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    index: u32,
-    generation: u32,
-}
-
-impl ConnId {
-    /// Packs the id into one integer (for the `conn` string in `welcome`).
-    pub fn as_u64(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.index)
-    }
-
-    /// The id packed by [`ConnId::as_u64`] (from another node's ack address). An id
-    /// that names no live connection simply finds none.
-    pub fn from_u64(v: u64) -> ConnId {
-        ConnId { index: v as u32, generation: (v >> 32) as u32 }
-    }
-
-    /// An arbitrary id for unit tests of code that only passes ids around.
-    #[cfg(test)]
-    pub fn for_test(n: u32) -> ConnId {
-        ConnId { index: n, generation: 0 }
-    }
-}
+pub use crate::room::request::ConnId;
 
 /// Lifecycle of a connection (one byte; the HTTP state lives in `Conn::http`).
 ///

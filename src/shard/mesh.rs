@@ -113,6 +113,35 @@ impl Inbox {
     }
 }
 
+/// The bridge reaches the shards through their mesh: bus input goes to the inboxes as
+/// inbox messages, and a shard over [`HIGH_WATER`] counts as congested.
+impl crate::cluster::bridge::Shards for Mesh {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn owner(&self, room: &str) -> usize {
+        self.owner_of(room)
+    }
+
+    fn congested(&self, shard: usize) -> bool {
+        self.depth(shard) > HIGH_WATER
+    }
+
+    fn send(&self, shard: usize, msg: crate::cluster::bridge::Inbound) {
+        use crate::cluster::bridge::Inbound;
+        let msg = match msg {
+            Inbound::Bus(m) => ShardMsg::Bus(Box::new(m)),
+            Inbound::DeliverAll { frame, sent_at } => ShardMsg::DeliverAll { frame, sent_at },
+            Inbound::Publish(p) => ShardMsg::Publish(p),
+            Inbound::Broadcast(p) => ShardMsg::Broadcast(p),
+            Inbound::ToConn { conn, frame } => ShardMsg::ToConn { conn, frame },
+            Inbound::Reply { req, reply } => ShardMsg::Reply { req, reply },
+        };
+        Mesh::send(self, shard, msg);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,14 +37,15 @@ use self::conns::{Conn, ConnId, Conns, Phase};
 use self::fanout::Batch;
 use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
-use self::msg::{Query, Reply, Requester, ShardMsg};
+use self::msg::{Class, Query, Reply, Requester, ShardMsg};
 use self::outbox::{Caps, Pushed};
 use crate::cluster::BusIn;
 use crate::config::Config;
 use crate::limits::{IpTable, Rate};
-use crate::metrics::{inc, ShardStats, Snapshot};
+use crate::metrics::{add, inc, ShardStats, Snapshot};
+use crate::room::request::ReplyRef;
 use crate::room::OwnedRooms;
-use crate::room::{HistoryConfig, JoinStep, BROADCAST_ROOM};
+use crate::room::{HistoryConfig, JoinStep, RoomOut, BROADCAST_ROOM};
 use crate::rt;
 use crate::ws::frame;
 use crate::Shared;
@@ -121,7 +122,7 @@ impl Shard {
             last_prune: Cell::new(0),
             caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
             owned: RefCell::new(
-                OwnedRooms::new(shards, cfg.presence_events_max_members, HistoryConfig::from_config(&cfg, shards))
+                OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
                     .with_cluster(shared.bus.as_ref().map_or(0, |b| b.node)),
             ),
             nodes: RefCell::new(Arc::from([shared.bus.as_ref().map_or(0, |b| b.node)])),
@@ -148,13 +149,16 @@ impl Shard {
         }
     }
 
-    /// Sends an owner's output on: to a shard's inbox, or (destination [`msg::BUS`]) to
-    /// the cluster bridge's queue.
-    pub fn route(&self, to: usize, m: ShardMsg) {
-        if to != msg::BUS {
-            self.mesh.send(to, m);
-        } else if let (ShardMsg::ToBus(out), Some(bus)) = (m, &self.shared.bus) {
-            bus.send(*out);
+    /// Sends a room owner's output on: to a shard's inbox, or (cluster-bound) to the
+    /// bridge's queue. This is the one place room outputs become runtime messages.
+    pub fn route(&self, out: RoomOut) {
+        match out {
+            RoomOut::Shard(to, m) => self.mesh.send(to, m.into()),
+            RoomOut::Cluster(c) => {
+                if let Some(bus) = &self.shared.bus {
+                    bus.send(c.into());
+                }
+            }
         }
     }
 
@@ -174,12 +178,12 @@ impl Shard {
     fn forward(&self, to: u64, p: msg::Publish, broadcast: bool) {
         let Some(bus) = &self.shared.bus else { return };
         let reply = match &p.from {
-            Requester::Conn(c) => c.reference.as_ref().map(|r| crate::cluster::wire::ReplyRef::Conn {
+            Requester::Conn(c) => c.reference.as_ref().map(|r| ReplyRef::Conn {
                 shard: c.shard as u16,
                 conn: c.conn.as_u64(),
                 reference: r.to_string(),
             }),
-            Requester::Api(r) => Some(crate::cluster::wire::ReplyRef::Api { shard: r.shard as u16, req: r.req }),
+            Requester::Api(r) => Some(ReplyRef::Api { shard: r.shard as u16, req: r.req }),
             Requester::Remote(_) => None,
         };
         let out = crate::cluster::BusOut::Forward { to, room: p.room, user: p.user, text: p.text, broadcast, reply };
@@ -195,7 +199,7 @@ impl Shard {
 
     /// Handles what the cluster bridge relayed from other nodes.
     fn on_bus(&self, m: BusIn) {
-        let sink = &mut |to: usize, m: ShardMsg| self.route(to, m);
+        let sink = &mut |out: RoomOut| self.route(out);
         let mut owned = self.owned.borrow_mut();
         match m {
             BusIn::Frame { room, epoch, seq, node, frame } => owned.remote_frame(&room, epoch, seq, node, frame, sink),
@@ -343,7 +347,7 @@ impl Shard {
     /// Handles one inbox message, in arrival order. Frames for local members go into
     /// `batch`, which the inbox loop delivers (see [`fanout`]).
     async fn handle(self: &Rc<Self>, msg: ShardMsg, batch: &mut Batch) {
-        let sink = &mut |to: usize, m: ShardMsg| self.route(to, m);
+        let sink = &mut |out: RoomOut| self.route(out);
         match msg {
             ShardMsg::Join(req) => {
                 let step = self.owned.borrow_mut().join(*req, Self::wall_ms(), sink);
@@ -376,9 +380,14 @@ impl Shard {
                 }
             },
             ShardMsg::Bus(m) => self.on_bus(*m),
-            ShardMsg::ToBus(out) => self.route(msg::BUS, ShardMsg::ToBus(out)),
-            ShardMsg::Presence(q) => self.owned.borrow().presence(*q, sink),
-            ShardMsg::History(q) => self.owned.borrow().history(*q, sink),
+            ShardMsg::Presence(q) => {
+                self.owned.borrow_mut().presence(*q, sink);
+                self.count_unanswered();
+            }
+            ShardMsg::History(q) => {
+                self.owned.borrow_mut().history(*q, sink);
+                self.count_unanswered();
+            }
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
             ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
             ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
@@ -408,6 +417,15 @@ impl Shard {
                     counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// Moves the owner's count of requests from other nodes it could not answer to the
+    /// shard's counters.
+    fn count_unanswered(&self) {
+        let n = self.owned.borrow_mut().take_unanswered();
+        if n > 0 {
+            add(&self.stats.remote_requests_unanswered, n);
         }
     }
 
@@ -476,6 +494,12 @@ impl Shard {
     }
 }
 
+/// A shard's history settings from the server's.
+fn history_config(cfg: &Config, shards: usize) -> HistoryConfig {
+    let caps = crate::room::history::Caps { messages: cfg.history_messages, bytes: cfg.history_bytes };
+    HistoryConfig::split(caps, cfg.history_memory, cfg.history_ttl, shards)
+}
+
 /// Runs shard `id` until it has shut down: adopts its listener and starts its tasks.
 pub(crate) async fn run(
     id: usize,
@@ -524,16 +548,17 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
 
 /// Processes the inbox in arrival order, parking when it is empty. Deliveries are
 /// corked into a [`Batch`] while more messages are waiting (see [`fanout`]); a message
-/// that is not pure owner work ([`ShardMsg::is_owner_work`]) first delivers the batch,
-/// so frames keep their order against acks, replies and membership changes.
+/// that is not pure owner work ([`msg::Class::Ordered`]) first delivers the batch, so
+/// frames keep their order against acks, replies and membership changes.
 async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
     let mut batch = Batch::default();
     loop {
         let mut next = Some(poll_fn(|cx| inbox.poll_recv(cx)).await);
         while let Some(msg) = next {
-            let delivery = msg.is_delivery();
+            let class = msg.class();
+            let delivery = class == Class::Delivery;
             // Frames keep their order against anything that touches local connections.
-            if !delivery && !msg.is_owner_work() && !batch.is_empty() {
+            if class == Class::Ordered && !batch.is_empty() {
                 shard.deliver(&mut batch).await;
             }
             shard.handle(msg, &mut batch).await;

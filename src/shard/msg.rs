@@ -8,9 +8,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conns::ConnId;
-use crate::cluster::{wire::ReplyRef, BusIn, BusOut};
-use crate::metrics::Snapshot;
-use crate::room::PresencePage;
+use crate::cluster::BusIn;
+use crate::room::ToShard;
+
+// The requests and answers rooms deal in are core types; the runtime names them here
+// too, where they travel inside `ShardMsg`.
+pub use crate::room::request::{
+    ConnRef, DeleteReq, HistoryReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply, ReplyTo,
+    Requester, Since,
+};
 
 /// A message for one shard's inbox.
 pub enum ShardMsg {
@@ -100,45 +106,67 @@ pub enum ShardMsg {
     },
     /// From the cluster bridge: something another node said (see [`BusIn`]).
     Bus(Box<BusIn>),
-    /// For the cluster bridge: only ever passed to a room owner's sink with destination
-    /// [`BUS`], which hands it to the bridge's queue instead of a shard's inbox.
-    ToBus(Box<BusOut>),
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
 }
 
-impl ShardMsg {
-    /// Whether this hands a frame to local members (corked by the inbox loop).
-    pub fn is_delivery(&self) -> bool {
-        matches!(self, ShardMsg::Deliver { .. } | ShardMsg::DeliverAll { .. })
-    }
+/// How the inbox loop treats a message against the frames it is corking (see
+/// [`ShardMsg::class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Hands a frame to local members: corked into the fan-out batch.
+    Delivery,
+    /// A room owner's (or IP owner's) work: sequencing, membership counts, queries. It
+    /// touches no local connection directly: whatever it produces for this shard comes
+    /// back through the inbox, behind every frame already waiting, so the fan-out may
+    /// keep corking frames across it.
+    OwnerWork,
+    /// Touches local connections (acks, replies, frames to one connection, bus input,
+    /// shutdown): ordered against the frames, so the waiting batch is delivered first.
+    Ordered,
+}
 
-    /// Whether this is a room owner's work (sequencing, membership counts, queries),
-    /// which touches no local connection directly: whatever it produces for this shard
-    /// comes back through the inbox, behind every frame already waiting. The fan-out may
-    /// therefore keep corking frames across it. Everything else (acks, replies, frames
-    /// to one connection, bus input, shutdown) is ordered against the frames, so the
-    /// waiting batch is delivered first.
-    pub fn is_owner_work(&self) -> bool {
-        matches!(
-            self,
+impl ShardMsg {
+    /// This message's [`Class`]. The match names every variant (no `_` arm) so that a new
+    /// variant cannot be classified by being forgotten: the compiler asks for a decision.
+    pub fn class(&self) -> Class {
+        match self {
+            ShardMsg::Deliver { .. } | ShardMsg::DeliverAll { .. } => Class::Delivery,
             ShardMsg::Join(_)
-                | ShardMsg::Leave { .. }
-                | ShardMsg::Delete(_)
-                | ShardMsg::Publish(_)
-                | ShardMsg::Broadcast(_)
-                | ShardMsg::Presence(_)
-                | ShardMsg::History(_)
-                | ShardMsg::Query { .. }
-                | ShardMsg::Ip { .. }
-        )
+            | ShardMsg::Leave { .. }
+            | ShardMsg::Delete(_)
+            | ShardMsg::Publish(_)
+            | ShardMsg::Broadcast(_)
+            | ShardMsg::Presence(_)
+            | ShardMsg::History(_)
+            | ShardMsg::Query { .. }
+            | ShardMsg::Ip { .. } => Class::OwnerWork,
+            ShardMsg::JoinAck(_)
+            | ShardMsg::JoinRefused(_)
+            | ShardMsg::RoomDeleted { .. }
+            | ShardMsg::ToConn { .. }
+            | ShardMsg::Reply { .. }
+            | ShardMsg::Bus(_)
+            | ShardMsg::Shutdown => Class::Ordered,
+        }
     }
 }
 
-/// The sink destination that means "the cluster bridge" rather than a shard (see
-/// [`ShardMsg::ToBus`]). Keeps the owner's room code pure: it only ever emits
-/// `(destination, message)` pairs.
-pub const BUS: usize = usize::MAX;
+impl From<ToShard> for ShardMsg {
+    /// A room's output for a shard, as that shard's inbox message (moves only: the frame's
+    /// `Bytes` is handed on, not copied).
+    fn from(m: ToShard) -> ShardMsg {
+        match m {
+            ToShard::Deliver { room, frame, sent_at } => ShardMsg::Deliver { room, frame, sent_at },
+            ToShard::DeliverAll { frame, sent_at } => ShardMsg::DeliverAll { frame, sent_at },
+            ToShard::JoinAck(ack) => ShardMsg::JoinAck(ack),
+            ToShard::JoinRefused(r) => ShardMsg::JoinRefused(r),
+            ToShard::RoomDeleted { room, epoch, frame, by } => ShardMsg::RoomDeleted { room, epoch, frame, by },
+            ToShard::ToConn { conn, frame } => ShardMsg::ToConn { conn, frame },
+            ToShard::Reply { req, reply } => ShardMsg::Reply { req, reply },
+        }
+    }
+}
 
 /// Operations on an IP owner's table (`limits::IpTable`).
 #[derive(Debug, Clone, Copy)]
@@ -160,170 +188,6 @@ pub enum IpOp {
         reply: ReplyTo,
     },
 }
-
-/// A connection, as seen from another shard.
-#[derive(Debug, Clone)]
-pub struct ConnRef {
-    /// The connection's shard.
-    pub shard: usize,
-    /// The connection.
-    pub conn: ConnId,
-    /// The request's client reference (`id`), for `ack`/`error`.
-    pub reference: Option<Box<str>>,
-}
-
-/// Where an answer to an HTTP API request goes: a pending request on some shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyTo {
-    /// The shard serving the HTTP request.
-    pub shard: usize,
-    /// Its request id there.
-    pub req: u64,
-}
-
-/// Who asked for something the owner answers.
-#[derive(Debug, Clone)]
-pub enum Requester {
-    /// A WebSocket client: answered with frames (`ack`, `error`, `presence`).
-    Conn(ConnRef),
-    /// The HTTP API: answered with a [`ShardMsg::Reply`].
-    Api(ReplyTo),
-    /// A client or API request on another node, forwarded to this node because it is
-    /// the room's sequencer: answered over the bus.
-    Remote(Box<Remote>),
-}
-
-/// A requester on another node.
-#[derive(Debug, Clone)]
-pub struct Remote {
-    /// The origin node.
-    pub node: u64,
-    /// Who there hears the outcome (none: nobody asked).
-    pub reply: Option<ReplyRef>,
-}
-
-/// What a join asks for.
-#[derive(Debug, Clone)]
-pub enum JoinKind {
-    /// Join (creating a public room if none exists).
-    Join {
-        /// Password for a private room.
-        password: Option<Box<str>>,
-        /// Set by the owner after checking the password of this room instance (epoch).
-        verified: Option<u64>,
-        /// Recover what was missed after this position.
-        since: Option<Since>,
-    },
-    /// Create the room (refused if it exists) and join it; private with a password.
-    Create {
-        /// argon2 hash of the password (computed by the creator's shard, off its loop).
-        password_hash: Option<Arc<str>>,
-    },
-}
-
-/// A recovery position from the client: the stream epoch it saw (none for a bare seq,
-/// which matches any epoch) and the last seq it received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Since {
-    /// Epoch as the client sent it (16 hex digits when it came from `joined`).
-    pub epoch: Option<Box<str>>,
-    /// Last seq received.
-    pub seq: u64,
-}
-
-/// A request for a page of a room's history.
-pub struct HistoryReq {
-    /// Room name.
-    pub room: Arc<str>,
-    /// Only messages with `seq < before`.
-    pub before: Option<u64>,
-    /// Page size (1..=100).
-    pub limit: u32,
-    /// Who asked.
-    pub from: Requester,
-}
-
-/// A join request.
-pub struct JoinReq {
-    /// Room name.
-    pub room: Arc<str>,
-    /// Joining user.
-    pub user: Arc<str>,
-    /// Joining connection.
-    pub origin: ConnRef,
-    /// Matches the ack to this request (a connection may leave and re-join before the
-    /// first ack arrives).
-    pub token: u32,
-    /// Implicit join of a server-managed room: no `joined` frame, no presence.
-    pub silent: bool,
-    /// Join or create.
-    pub kind: JoinKind,
-}
-
-/// A delete request.
-pub struct DeleteReq {
-    /// Room name.
-    pub room: Arc<str>,
-    /// Who asks (must be the room's creator).
-    pub user: Arc<str>,
-    /// Asking connection.
-    pub origin: ConnRef,
-}
-
-/// A message to publish.
-pub struct Publish {
-    /// Room name (ignored for broadcasts).
-    pub room: Arc<str>,
-    /// Sender shown to receivers.
-    pub user: Arc<str>,
-    /// Message text.
-    pub text: Box<str>,
-    /// Who asked (for the ack or the API reply).
-    pub from: Requester,
-}
-
-/// A presence page request.
-pub struct PresenceReq {
-    /// Room name.
-    pub room: Arc<str>,
-    /// Names after this cursor.
-    pub after: Option<Box<str>>,
-    /// Page size.
-    pub limit: u32,
-    /// Who asked.
-    pub from: Requester,
-}
-
-/// The owner's answer to a join.
-pub struct JoinAck {
-    /// Room name.
-    pub room: Arc<str>,
-    /// Joining connection.
-    pub conn: ConnId,
-    /// The token of the join this answers.
-    pub token: u32,
-    /// Low 32 bits of the room instance's epoch.
-    pub epoch: u32,
-    /// The joining user (to undo the join if the connection no longer wants it).
-    pub user: Arc<str>,
-    /// Missed messages to deliver before `frame` (recovery), oldest first.
-    pub replay: Vec<Bytes>,
-    /// The `joined` frame (none for silent joins).
-    pub frame: Option<Bytes>,
-}
-
-/// The owner's refusal of a join.
-pub struct JoinRefused {
-    /// Room name.
-    pub room: Arc<str>,
-    /// Joining connection.
-    pub conn: ConnId,
-    /// The token of the join this answers.
-    pub token: u32,
-    /// The `error` frame to send.
-    pub frame: Bytes,
-}
-
 /// What a shard is asked to report.
 #[derive(Debug, Clone)]
 pub enum Query {
@@ -335,25 +199,4 @@ pub enum Query {
         /// Most rooms to list.
         limit: usize,
     },
-}
-
-/// An answer to an HTTP API request.
-pub enum Reply {
-    /// A shard's snapshot.
-    Stats(Box<Snapshot>),
-    /// A publish was sequenced (`seq` none: the room did not exist), and handed to these
-    /// shards.
-    Published {
-        /// The message's sequence number.
-        seq: Option<u64>,
-        /// Shards it was handed to.
-        shards: Vec<u16>,
-    },
-    /// A presence page (none: no such room).
-    Presence(Option<PresencePage>),
-    /// An IP owner's yes or no.
-    Admit(bool),
-    /// A history page as the JSON body of a `history` message (none: no such room), and
-    /// whether the room is private (the HTTP API then needs its key).
-    History(Option<(Vec<u8>, bool)>),
 }

@@ -127,7 +127,7 @@ impl Shard {
         };
         self.expire_sessions();
         let now = self.now();
-        self.owned.borrow_mut().expire(Self::wall_ms(), &mut |to, m| self.route(to, m));
+        self.owned.borrow_mut().expire(Self::wall_ms(), &mut |out| self.route(out));
         if now / crate::limits::Window::MS != self.last_prune.get() {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);

@@ -137,6 +137,40 @@ fn presence_events_query_leave_disconnect_and_empty_rooms() {
 }
 
 #[test]
+fn presence_events_announce_the_nth_users_join_and_leave_but_not_the_next_ones() {
+    // N = 2: the room counting the user has at most 2 users → announced (docs/PROTOCOL.md).
+    let server = TestServer::with(|c| c.presence_events_max_members = 2);
+    let mut cs = clients_on_both_shards(&server, "edge", 3);
+    let (second, third) = (cs[1].user.clone(), cs[2].user.clone());
+    cs[0].join("edge");
+    cs[1].join("edge");
+    assert_eq!(cs[0].expect("join")["user"], second.as_str(), "the 2nd user's join is announced");
+    // The 3rd user's join is not: its own message is the next thing the others see.
+    assert_eq!(cs[2].join("edge")["members"], 3);
+    cs[2].say("edge", "third");
+    for c in cs.iter_mut() {
+        assert_eq!(c.expect("message")["user"], third.as_str());
+    }
+    // The 3rd user's leave is not announced either: ask for presence until the owner has
+    // sequenced the leave; a `leave` event would arrive before that answer.
+    cs[2].send(json!({"type":"leave","room":"edge"}));
+    cs[2].expect("left");
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        cs[0].send(json!({"type":"presence","room":"edge"}));
+        if cs[0].expect("presence")["count"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the leave was never sequenced");
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The 2nd user's leave is announced, as its join was.
+    cs[1].send(json!({"type":"leave","room":"edge"}));
+    cs[1].expect("left");
+    assert_eq!(cs[0].expect("leave")["user"], second.as_str());
+}
+
+#[test]
 fn a_user_with_two_connections_is_one_presence_and_one_personal_room() {
     let server = TestServer::start();
     let mut watcher = Client::connect(&server, "watcher");

@@ -1,0 +1,205 @@
+//! What rooms emit, and the reply routing: every answer an owner gives goes out as a
+//! [`RoomOut`], addressed to a shard (by index) or to the cluster. The runtime turns
+//! these into inbox messages and bridge sends; rooms know neither.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::request::{ConnId, ConnRef, JoinAck, JoinRefused, JoinReq, Remote, Reply, ReplyRef, ReplyTo, Requester};
+use crate::protocol::{server, ErrorCode};
+
+/// One output of a room owner.
+pub enum RoomOut {
+    /// To shard `.0` (a member shard, or the shard of the connection or HTTP request
+    /// being answered).
+    Shard(usize, ToShard),
+    /// To the cluster bus (cluster mode only: rooms emit none without a node id).
+    Cluster(ClusterOut),
+}
+
+/// What a room owner hands one shard.
+pub enum ToShard {
+    /// Hand `frame` to every local member of `room`.
+    Deliver {
+        /// Room name.
+        room: Arc<str>,
+        /// The serialized-once frame, shared by all receivers.
+        frame: Bytes,
+        /// When the owner handed it off (for the fan-out latency histogram).
+        sent_at: Instant,
+    },
+    /// Hand `frame` to every open connection (a broadcast).
+    DeliverAll {
+        /// The serialized-once frame.
+        frame: Bytes,
+        /// When the owner handed it off.
+        sent_at: Instant,
+    },
+    /// A join is sequenced.
+    JoinAck(Box<JoinAck>),
+    /// A join is refused (nothing was counted).
+    JoinRefused(Box<JoinRefused>),
+    /// The room instance is gone: drop its memberships and tell the members with `frame`.
+    RoomDeleted {
+        /// Room name.
+        room: Arc<str>,
+        /// Low 32 bits of the deleted instance's epoch.
+        epoch: u32,
+        /// The `deleted` frame.
+        frame: Bytes,
+        /// Who deleted it (already told directly).
+        by: ConnRef,
+    },
+    /// Send `frame` to one connection (an ack, an error, a query's answer).
+    ToConn {
+        /// Receiving connection.
+        conn: ConnId,
+        /// Complete frame.
+        frame: Bytes,
+    },
+    /// The answer to a pending HTTP API request.
+    Reply {
+        /// The request it answers (see [`ReplyTo::req`]).
+        req: u64,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// What a room owner tells the other nodes (through the bridge).
+#[derive(Debug)]
+pub enum ClusterOut {
+    /// Start receiving room `.0` (its first local member arrived).
+    Subscribe(Arc<str>),
+    /// Stop receiving room `.0` (it is gone from this node).
+    Unsubscribe(Arc<str>),
+    /// Publish a sequenced room frame.
+    Frame {
+        /// Room name.
+        room: Arc<str>,
+        /// Stream epoch.
+        epoch: u64,
+        /// Sequence number.
+        seq: u64,
+        /// The finished frame.
+        frame: Bytes,
+    },
+    /// Publish a sequenced broadcast frame.
+    Broadcast {
+        /// Broadcast sequence number.
+        seq: u64,
+        /// The finished frame.
+        frame: Bytes,
+    },
+    /// A user's first local connection joined, or its last one left, room `room`.
+    Presence {
+        /// Room name.
+        room: Arc<str>,
+        /// The user.
+        user: Arc<str>,
+        /// Arrived or left.
+        present: bool,
+    },
+    /// This node's users of `room` (to node `to`, or to everyone on the room subject).
+    Users {
+        /// Room name.
+        room: Arc<str>,
+        /// The users.
+        users: Vec<Arc<str>>,
+        /// The node that asked, if one did.
+        to: Option<u64>,
+    },
+    /// A frame for one connection on another node (an answer to a forwarded request).
+    ToConn {
+        /// The node.
+        node: u64,
+        /// The connection's shard there.
+        shard: u16,
+        /// The connection id.
+        conn: u64,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// The outcome of a forwarded API publish.
+    Published {
+        /// The origin node.
+        node: u64,
+        /// The shard serving the request.
+        shard: u16,
+        /// Its request id.
+        req: u64,
+        /// The sequence number (none: not sequenced).
+        seq: Option<u64>,
+    },
+}
+
+/// Where a room owner's outputs go.
+pub type Sink<'a> = dyn FnMut(RoomOut) + 'a;
+
+/// Sends `frame` to one connection.
+pub(super) fn to_conn(c: &ConnRef, frame: Bytes, sink: &mut Sink<'_>) {
+    sink(RoomOut::Shard(c.shard, ToShard::ToConn { conn: c.conn, frame }));
+}
+
+/// Answers a pending HTTP API request.
+pub(super) fn reply(to: &ReplyTo, reply: Reply, sink: &mut Sink<'_>) {
+    sink(RoomOut::Shard(to.shard, ToShard::Reply { req: to.req, reply }));
+}
+
+/// Sends an `error` frame (with the request's reference) to a connection.
+pub(super) fn reply_error(origin: &ConnRef, code: ErrorCode, message: &str, sink: &mut Sink<'_>) {
+    to_conn(origin, server::error(code, message, origin.reference.as_deref()), sink);
+}
+
+/// Refuses a join: the joiner's shard drops the pending membership and sends `error`.
+pub fn refuse(req: &JoinReq, code: ErrorCode, message: &str, sink: &mut Sink<'_>) {
+    let frame = server::error(code, message, req.origin.reference.as_deref());
+    let refused = JoinRefused { room: req.room.clone(), conn: req.origin.conn, token: req.token, frame };
+    sink(RoomOut::Shard(req.origin.shard, ToShard::JoinRefused(Box::new(refused))));
+}
+
+/// Answers the outcome of a publish to a requester on another node over the bus: an
+/// `ack` to a client that asked for one, or the outcome to a pending API request.
+pub(super) fn reply_remote(r: &Remote, seq: Option<u64>, room: &str, sink: &mut Sink<'_>) {
+    let out = match &r.reply {
+        None => return,
+        Some(ReplyRef::Conn { shard, conn, reference }) => match seq {
+            Some(seq) => ClusterOut::ToConn {
+                node: r.node,
+                shard: *shard,
+                conn: *conn,
+                frame: server::ack(reference, room, seq),
+            },
+            None => return,
+        },
+        Some(ReplyRef::Api { shard, req }) => ClusterOut::Published { node: r.node, shard: *shard, req: *req, seq },
+    };
+    sink(RoomOut::Cluster(out));
+}
+
+/// Sends a query's answer `frame` to a client on another node. Returns false when the
+/// requester cannot take a frame (nobody to answer, or an API request: the bus carries
+/// no API answers but a publish's outcome), so the caller counts it as unanswered.
+pub(super) fn answer_remote(r: &Remote, frame: Bytes, sink: &mut Sink<'_>) -> bool {
+    match &r.reply {
+        Some(ReplyRef::Conn { shard, conn, .. }) => {
+            sink(RoomOut::Cluster(ClusterOut::ToConn { node: r.node, shard: *shard, conn: *conn, frame }));
+            true
+        }
+        Some(ReplyRef::Api { .. }) | None => false,
+    }
+}
+
+/// The client reference of a requester, for an `error` frame sent to it.
+pub(super) fn reference(from: &Requester) -> Option<&str> {
+    match from {
+        Requester::Conn(c) => c.reference.as_deref(),
+        Requester::Remote(r) => match &r.reply {
+            Some(ReplyRef::Conn { reference, .. }) => Some(reference),
+            _ => None,
+        },
+        Requester::Api(_) => None,
+    }
+}

@@ -1,0 +1,249 @@
+//! What rooms are asked and what they answer: the requests an owner receives, the
+//! addresses of whoever asked (a connection on some shard, a pending HTTP request, a
+//! requester on another node), and the answers.
+//!
+//! These types belong to the core because both the runtime (which builds requests from
+//! client input) and the cluster bridge (which builds them from other nodes' messages)
+//! hand them to rooms; neither needs the other to do so.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::PresencePage;
+use crate::metrics::Snapshot;
+
+/// Identifies a connection within its shard. Copyable, comparable, never reused while
+/// anything might still refer to the previous holder of the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    /// Slot in the shard's connection table (the runtime's business).
+    pub(crate) index: u32,
+    /// The slot's use count when the connection took it.
+    pub(crate) generation: u32,
+}
+
+impl ConnId {
+    /// Packs the id into one integer (for the `conn` string in `welcome`).
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// The id packed by [`ConnId::as_u64`] (from another node's ack address). An id
+    /// that names no live connection simply finds none.
+    pub fn from_u64(v: u64) -> ConnId {
+        ConnId { index: v as u32, generation: (v >> 32) as u32 }
+    }
+
+    /// An arbitrary id for unit tests of code that only passes ids around.
+    #[cfg(test)]
+    pub fn for_test(n: u32) -> ConnId {
+        ConnId { index: n, generation: 0 }
+    }
+}
+
+/// Who gets the answer to a forwarded publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+pub enum ReplyRef {
+    /// A client connection that asked for an `ack` (it sent an `id`).
+    Conn {
+        /// Its shard on the origin node.
+        shard: u16,
+        /// Its connection id there.
+        conn: u64,
+        /// The client's `id`, echoed in the ack.
+        reference: String,
+    },
+    /// A pending `POST /api/publish` on the origin node.
+    Api {
+        /// The shard serving the request.
+        shard: u16,
+        /// The request id there.
+        req: u64,
+    },
+}
+
+/// A connection, as seen from another shard.
+#[derive(Debug, Clone)]
+pub struct ConnRef {
+    /// The connection's shard.
+    pub shard: usize,
+    /// The connection.
+    pub conn: ConnId,
+    /// The request's client reference (`id`), for `ack`/`error`.
+    pub reference: Option<Box<str>>,
+}
+
+/// Where an answer to an HTTP API request goes: a pending request on some shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The shard serving the HTTP request.
+    pub shard: usize,
+    /// Its request id there.
+    pub req: u64,
+}
+
+/// Who asked for something the owner answers.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// A WebSocket client: answered with frames (`ack`, `error`, `presence`).
+    Conn(ConnRef),
+    /// The HTTP API: answered with a [`ShardMsg::Reply`].
+    Api(ReplyTo),
+    /// A client or API request on another node, forwarded to this node because it is
+    /// the room's sequencer: answered over the bus.
+    Remote(Box<Remote>),
+}
+
+/// A requester on another node.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The origin node.
+    pub node: u64,
+    /// Who there hears the outcome (none: nobody asked).
+    pub reply: Option<ReplyRef>,
+}
+
+/// What a join asks for.
+#[derive(Debug, Clone)]
+pub enum JoinKind {
+    /// Join (creating a public room if none exists).
+    Join {
+        /// Password for a private room.
+        password: Option<Box<str>>,
+        /// Set by the owner after checking the password of this room instance (epoch).
+        verified: Option<u64>,
+        /// Recover what was missed after this position.
+        since: Option<Since>,
+    },
+    /// Create the room (refused if it exists) and join it; private with a password.
+    Create {
+        /// argon2 hash of the password (computed by the creator's shard, off its loop).
+        password_hash: Option<Arc<str>>,
+    },
+}
+
+/// A recovery position from the client: the stream epoch it saw (none for a bare seq,
+/// which matches any epoch) and the last seq it received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// Epoch as the client sent it (16 hex digits when it came from `joined`).
+    pub epoch: Option<Box<str>>,
+    /// Last seq received.
+    pub seq: u64,
+}
+
+/// A request for a page of a room's history.
+pub struct HistoryReq {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Only messages with `seq < before`.
+    pub before: Option<u64>,
+    /// Page size (1..=100).
+    pub limit: u32,
+    /// Who asked.
+    pub from: Requester,
+}
+
+/// A join request.
+pub struct JoinReq {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Joining user.
+    pub user: Arc<str>,
+    /// Joining connection.
+    pub origin: ConnRef,
+    /// Matches the ack to this request (a connection may leave and re-join before the
+    /// first ack arrives).
+    pub token: u32,
+    /// Implicit join of a server-managed room: no `joined` frame, no presence.
+    pub silent: bool,
+    /// Join or create.
+    pub kind: JoinKind,
+}
+
+/// A delete request.
+pub struct DeleteReq {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Who asks (must be the room's creator).
+    pub user: Arc<str>,
+    /// Asking connection.
+    pub origin: ConnRef,
+}
+
+/// A message to publish.
+pub struct Publish {
+    /// Room name (ignored for broadcasts).
+    pub room: Arc<str>,
+    /// Sender shown to receivers.
+    pub user: Arc<str>,
+    /// Message text.
+    pub text: Box<str>,
+    /// Who asked (for the ack or the API reply).
+    pub from: Requester,
+}
+
+/// A presence page request.
+pub struct PresenceReq {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Names after this cursor.
+    pub after: Option<Box<str>>,
+    /// Page size.
+    pub limit: u32,
+    /// Who asked.
+    pub from: Requester,
+}
+
+/// The owner's answer to a join.
+pub struct JoinAck {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Joining connection.
+    pub conn: ConnId,
+    /// The token of the join this answers.
+    pub token: u32,
+    /// Low 32 bits of the room instance's epoch.
+    pub epoch: u32,
+    /// The joining user (to undo the join if the connection no longer wants it).
+    pub user: Arc<str>,
+    /// Missed messages to deliver before `frame` (recovery), oldest first.
+    pub replay: Vec<Bytes>,
+    /// The `joined` frame (none for silent joins).
+    pub frame: Option<Bytes>,
+}
+
+/// The owner's refusal of a join.
+pub struct JoinRefused {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Joining connection.
+    pub conn: ConnId,
+    /// The token of the join this answers.
+    pub token: u32,
+    /// The `error` frame to send.
+    pub frame: Bytes,
+}
+/// An answer to an HTTP API request.
+pub enum Reply {
+    /// A shard's snapshot.
+    Stats(Box<Snapshot>),
+    /// A publish was sequenced (`seq` none: the room did not exist), and handed to these
+    /// shards.
+    Published {
+        /// The message's sequence number.
+        seq: Option<u64>,
+        /// Shards it was handed to.
+        shards: Vec<u16>,
+    },
+    /// A presence page (none: no such room).
+    Presence(Option<PresencePage>),
+    /// An IP owner's yes or no.
+    Admit(bool),
+    /// A history page as the JSON body of a `history` message (none: no such room), and
+    /// whether the room is private (the HTTP API then needs its key).
+    History(Option<(Vec<u8>, bool)>),
+}

@@ -1,0 +1,235 @@
+//! Sequencing: joins, leaves, deletions, publishes and broadcasts, in the order the
+//! owner receives them. Each builds its frame once and hands it to the member shards.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::out::{refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, RoomOut, Sink, ToShard};
+use super::request::{DeleteReq, JoinAck, JoinKind, JoinReq, Publish, Reply, Requester};
+use super::retention::Lingering;
+use super::{announced, JoinStep, OwnedRoom, OwnedRooms, RingsOf, BROADCAST_ROOM};
+use crate::protocol::{server, ErrorCode};
+
+impl OwnedRooms {
+    /// Sequences a join or create: counts the connection, announces a user's first
+    /// connection to the room, and acks the joiner with the room instance's epoch. The
+    /// ack is sent after the announcement, and the joiner becomes a local member only when
+    /// the ack arrives, so it receives exactly the frames sequenced after `joined.seq`.
+    ///
+    /// A join of a private room without a verified password is not sequenced: the owner
+    /// either refuses it (nothing is counted, so nothing needs undoing) or hands back a
+    /// [`JoinStep::CheckPassword`] for the shard to verify off its event loop and resubmit.
+    pub fn join(&mut self, mut req: JoinReq, now_ms: u64, sink: &mut Sink<'_>) -> JoinStep {
+        let exists = self.rooms.get(&req.room).map(|r| (r.epoch, r.password().cloned()));
+        match (&mut req.kind, exists) {
+            (JoinKind::Create { .. }, Some(_)) => {
+                refuse(&req, ErrorCode::RoomExists, "a room of that name exists", sink);
+                return JoinStep::Done;
+            }
+            (JoinKind::Join { password, verified, .. }, Some((epoch, Some(hash)))) => match (verified, password.take())
+            {
+                (Some(v), _) if *v == epoch => {}
+                (Some(_), _) => {
+                    refuse(&req, ErrorCode::NoSuchRoom, "the room was deleted", sink);
+                    return JoinStep::Done;
+                }
+                (None, None) => {
+                    refuse(&req, ErrorCode::PasswordRequired, "this room is private: join with its password", sink);
+                    return JoinStep::Done;
+                }
+                (None, Some(password)) => return JoinStep::CheckPassword { req, hash, password, epoch },
+            },
+            _ => {}
+        }
+        let shards = self.shards;
+        let (creator, password) = match &req.kind {
+            JoinKind::Create { password_hash } => (Some(req.user.clone()), password_hash.clone()),
+            JoinKind::Join { .. } => (None, None),
+        };
+        let node = self.node;
+        let room = self
+            .rooms
+            .entry(req.room.clone())
+            .or_insert_with(|| Box::new(OwnedRoom::new(req.room.clone(), shards, node, now_ms, creator, password)));
+        // A lingering room comes back to life (its expiry entry no longer matches).
+        room.emptied_ms = 0;
+        let first = !room.is_system() && !room.users().is_some_and(|u| u.contains(&req.user));
+        // Announce before counting the joiner: it is not a local member until its ack
+        // arrives, so its shard only needs the event if others there are members.
+        if first && announced(room.user_count().saturating_add(1), self.presence_events_max) {
+            room.fan_out(&server::presence_event(true, &room.name, &req.user), sink);
+        }
+        if let Some(n) = room.shard_members.get_mut(req.origin.shard) {
+            *n += 1;
+        }
+        let change = room.presence.as_mut().map(|p| p.users.add_local(&req.user));
+        if node != 0 {
+            if !room.subscribed {
+                room.subscribed = true;
+                sink(RoomOut::Cluster(ClusterOut::Subscribe(room.name.clone())));
+            }
+            if change.is_some_and(|c| c.local) {
+                let out = ClusterOut::Presence { room: room.name.clone(), user: req.user.clone(), present: true };
+                sink(RoomOut::Cluster(out));
+            }
+        }
+        let private = room.password().is_some();
+        let since = match &req.kind {
+            JoinKind::Join { since, .. } => since.as_ref(),
+            JoinKind::Create { .. } => None,
+        };
+        let (replay, recovered) = room.recover(since);
+        let frame = (!req.silent)
+            .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), recovered, private));
+        let ack = JoinAck {
+            room: room.name.clone(),
+            conn: req.origin.conn,
+            token: req.token,
+            epoch: room.epoch as u32,
+            user: req.user.clone(),
+            replay,
+            frame,
+        };
+        sink(RoomOut::Shard(req.origin.shard, ToShard::JoinAck(Box::new(ack))));
+        JoinStep::Done
+    }
+
+    /// Sequences a leave of room instance `epoch`. A user's last connection leaving is
+    /// announced; a room with no connections left is dropped. Leaves for another instance
+    /// (the room was deleted and re-created since) are ignored.
+    pub fn leave(&mut self, room_name: &str, user: &str, from: usize, epoch: u32, now_ms: u64, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(room_name).filter(|r| r.epoch as u32 == epoch) else { return };
+        match room.shard_members.get_mut(from) {
+            Some(n) if *n > 0 => *n -= 1,
+            // A leave without a matching join would corrupt the counts: ignore it.
+            _ => return,
+        }
+        let change = room.presence.as_mut().map(|p| p.users.remove_local(user));
+        let gone = change.is_some_and(|c| c.cluster);
+        if self.node != 0 && change.is_some_and(|c| c.local) {
+            let out = ClusterOut::Presence { room: room.name.clone(), user: Arc::from(user), present: false };
+            sink(RoomOut::Cluster(out));
+        }
+        if room.connections() == 0 {
+            if room.history_len() > 0 && self.ttl_ms > 0 {
+                // Keep the history a while: a brief gap must not lose it.
+                room.emptied_ms = now_ms;
+                self.lingering.push_back(Lingering {
+                    room: room.name.clone(),
+                    epoch: room.epoch,
+                    since_ms: now_ms,
+                    linger_ms: self.ttl_ms,
+                });
+            } else {
+                self.drop_room(room_name, sink);
+            }
+            return;
+        }
+        let room = &self.rooms[room_name];
+        // The room had `user_count() + 1` users, the leaver included.
+        if gone && announced(room.user_count().saturating_add(1), self.presence_events_max) {
+            room.fan_out(&server::presence_event(false, &room.name, user), sink);
+        }
+    }
+
+    /// Deletes a room at its creator's request: every member shard drops the instance's
+    /// memberships and tells its members; the requester is told directly.
+    pub fn delete(&mut self, req: DeleteReq, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get(&req.room) else {
+            reply_error(&req.origin, ErrorCode::NoSuchRoom, "no room of that name exists", sink);
+            return;
+        };
+        if room.creator() != Some(&req.user) {
+            reply_error(&req.origin, ErrorCode::Forbidden, "only the room's creator can delete it", sink);
+            return;
+        }
+        let frame = server::deleted(&room.name);
+        for (shard, &n) in room.shard_members.iter().enumerate() {
+            if n > 0 {
+                let msg = ToShard::RoomDeleted {
+                    room: room.name.clone(),
+                    epoch: room.epoch as u32,
+                    frame: frame.clone(),
+                    by: req.origin.clone(),
+                };
+                sink(RoomOut::Shard(shard, msg));
+            }
+        }
+        to_conn(&req.origin, frame, sink);
+        self.drop_room(&req.room, sink);
+    }
+
+    /// Sequences a message: next `seq`, `ts` = `now_ms`, one frame, one hand-off per
+    /// member shard. A client sender with an `id` gets an `ack`; an API caller gets the
+    /// seq and the shards reached.
+    ///
+    /// In a cluster this runs on the room's sequencer node only. Then the frame also goes
+    /// to the bus, a room without local members is created to carry the stream (other
+    /// nodes may have members), and taking over a stream another node sequenced starts a
+    /// new epoch (the old sequencer's last messages may not have reached us).
+    pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
+        let node = self.node;
+        if node != 0 && !self.rooms.contains_key(&msg.room) && !matches!(msg.from, Requester::Conn(_)) {
+            self.relay_room(&msg.room, now_ms);
+        }
+        let Some(room) = self.rooms.get_mut(&msg.room) else {
+            match &msg.from {
+                // The sender's membership ended before its message arrived here.
+                Requester::Conn(c) => reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink),
+                Requester::Api(r) => reply(r, Reply::Published { seq: None, shards: Vec::new() }, sink),
+                Requester::Remote(r) => reply_remote(r, None, &msg.room, sink),
+            }
+            return;
+        };
+        if node != 0 && room.sequencer != node {
+            room.new_stream(fastrand::u64(..), node, &mut self.budget);
+            self.epoch_changes += 1;
+        }
+        if room.emptied_ms != 0 && room.connections() == 0 {
+            room.emptied_ms = now_ms;
+        }
+        room.seq += 1;
+        let frame = server::message(&room.name, room.seq, &msg.user, &msg.text, now_ms);
+        let shards = room.fan_out(&frame, sink);
+        let seq = room.seq;
+        if node != 0 {
+            let out = ClusterOut::Frame { room: room.name.clone(), epoch: room.stream, seq, frame: frame.clone() };
+            sink(RoomOut::Cluster(out));
+        }
+        if self.history.messages > 0 {
+            room.remember(frame, self.history, &mut self.budget);
+            self.budget.enforce(&mut RingsOf(&mut self.rooms));
+        }
+        match &msg.from {
+            Requester::Conn(c) => {
+                if let Some(reference) = &c.reference {
+                    to_conn(c, server::ack(reference, &msg.room, seq), sink);
+                }
+            }
+            Requester::Api(r) => reply(r, Reply::Published { seq: Some(seq), shards }, sink),
+            Requester::Remote(r) => reply_remote(r, Some(seq), &msg.room, sink),
+        }
+    }
+
+    /// Sequences a message to everyone (the `@all` stream; only its owner shard calls
+    /// this) and hands the one frame to every shard.
+    pub fn broadcast(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
+        self.broadcast_seq += 1;
+        let frame = server::message(BROADCAST_ROOM, self.broadcast_seq, &msg.user, &msg.text, now_ms);
+        let sent_at = Instant::now();
+        for shard in 0..self.shards {
+            sink(RoomOut::Shard(shard, ToShard::DeliverAll { frame: frame.clone(), sent_at }));
+        }
+        if self.node != 0 {
+            sink(RoomOut::Cluster(ClusterOut::Broadcast { seq: self.broadcast_seq, frame }));
+        }
+        match &msg.from {
+            Requester::Api(r) => {
+                let shards = (0..self.shards as u16).collect();
+                reply(r, Reply::Published { seq: Some(self.broadcast_seq), shards }, sink);
+            }
+            Requester::Remote(r) => reply_remote(r, Some(self.broadcast_seq), BROADCAST_ROOM, sink),
+            Requester::Conn(_) => {}
+        }
+    }
+}

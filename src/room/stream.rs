@@ -1,0 +1,33 @@
+//! Adopting a cluster stream: on a node that does not sequence a room, the room follows
+//! the frames its sequencer node publishes — same epoch, same seq, same bytes.
+
+use bytes::Bytes;
+
+use super::out::Sink;
+use super::{OwnedRooms, RingsOf};
+
+impl OwnedRooms {
+    /// A frame the room's sequencer (another node) published: adopt its stream, keep the
+    /// history in step, and hand the frame to the local members. Frames of a room with no
+    /// local state (no local members left) are ignored; repeated ones are dropped.
+    pub fn remote_frame(&mut self, name: &str, stream: u64, seq: u64, node: u64, frame: Bytes, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(name) else { return };
+        if room.stream != stream {
+            room.new_stream(stream, node, &mut self.budget);
+            self.epoch_changes += 1;
+        } else if seq <= room.seq && room.sequencer == node {
+            return;
+        } else if seq != room.seq + 1 && room.seq != 0 {
+            // Messages in between were lost on the bus: the history cannot bridge them.
+            self.gaps += 1;
+            room.new_stream(stream, node, &mut self.budget);
+        }
+        room.sequencer = node;
+        room.seq = seq;
+        room.fan_out(&frame, sink);
+        if self.history.messages > 0 {
+            room.remember(frame, self.history, &mut self.budget);
+            self.budget.enforce(&mut RingsOf(&mut self.rooms));
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The rooms' rules, without a runtime: each test drives [`OwnedRooms`] directly and
+//! looks at the [`RoomOut`]s it emits.
+
+use std::sync::Arc;
+
+use super::history::Caps;
+use super::request::{
+    ConnId, ConnRef, DeleteReq, HistoryReq, JoinKind, PresenceReq, Publish, Remote, Reply, ReplyRef, ReplyTo, Requester,
+};
+use super::*;
+use crate::protocol::server;
+use crate::ws::frame::{parse_header, Role};
+
+fn rooms(shards: usize, presence_max: u32) -> OwnedRooms {
+    let history = HistoryConfig { caps: Caps { messages: 100, bytes: 1 << 20 }, memory: 1 << 20, ttl_ms: 0 };
+    OwnedRooms::new(shards, presence_max, history)
+}
+
+fn origin(shard: usize, n: u32) -> ConnRef {
+    ConnRef { shard, conn: ConnId::for_test(n), reference: None }
+}
+
+fn req(room: &str, user: &str, shard: usize, n: u32, kind: JoinKind) -> JoinReq {
+    JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, silent: false, kind }
+}
+
+const PLAIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
+
+fn join(r: &mut OwnedRooms, room: &str, user: &str, shard: usize, n: u32) -> Vec<RoomOut> {
+    run(r, req(room, user, shard, n, PLAIN))
+}
+
+fn run(r: &mut OwnedRooms, req: JoinReq) -> Vec<RoomOut> {
+    let mut out = Vec::new();
+    assert!(matches!(r.join(req, 1, &mut |o| out.push(o)), JoinStep::Done));
+    out
+}
+
+fn epoch(r: &OwnedRooms, room: &str) -> u32 {
+    r.get(room).unwrap().epoch as u32
+}
+
+fn refusal(out: &[RoomOut]) -> String {
+    match out.last() {
+        Some(RoomOut::Shard(_, ToShard::JoinRefused(f))) => json(&f.frame)["code"].as_str().unwrap().to_owned(),
+        _ => panic!("expected a refusal"),
+    }
+}
+
+fn json(frame: &bytes::Bytes) -> serde_json::Value {
+    let h = parse_header(frame, Role::Client, usize::MAX).unwrap().unwrap();
+    serde_json::from_slice(&frame[h.header_len..]).unwrap()
+}
+
+fn delivered(out: &[RoomOut]) -> Vec<(usize, serde_json::Value)> {
+    out.iter()
+        .filter_map(|o| match o {
+            RoomOut::Shard(s, ToShard::Deliver { frame, .. }) => Some((*s, json(frame))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_connection_of_a_user_is_announced_then_acked() {
+    let mut r = rooms(2, 1000);
+    let out = join(&mut r, "lobby", "alice", 0, 1);
+    assert!(delivered(&out).is_empty(), "nobody to tell yet");
+    let out = join(&mut r, "lobby", "bob", 1, 2);
+    let events = delivered(&out);
+    assert_eq!(events.len(), 1, "one hand-off, to the only shard with members: {events:?}");
+    assert_eq!((events[0].0, &events[0].1["type"]), (0, &serde_json::json!("join")));
+    let Some(RoomOut::Shard(1, ToShard::JoinAck(ack))) = out.last() else { panic!("ack last") };
+    assert_eq!(json(ack.frame.as_ref().unwrap())["members"], 2);
+    // A second connection of bob is not announced.
+    assert!(delivered(&join(&mut r, "lobby", "bob", 0, 3)).is_empty());
+}
+
+#[test]
+fn publish_sequences_and_fans_out_once_per_shard() {
+    let mut r = rooms(3, 1000);
+    join(&mut r, "r", "a", 0, 1);
+    join(&mut r, "r", "b", 0, 2);
+    join(&mut r, "r", "c", 2, 3);
+    for expected in 1..=3u64 {
+        let mut out = Vec::new();
+        let msg = Publish {
+            room: "r".into(),
+            user: "a".into(),
+            text: "hi".into(),
+            from: Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(0, 1) }),
+        };
+        r.publish(msg, 42, &mut |o| out.push(o));
+        let d = delivered(&out);
+        assert_eq!(d.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(d[0].1["seq"], expected);
+        assert_eq!(d[0].1["ts"], 42);
+        assert!(matches!(out.last(), Some(RoomOut::Shard(0, ToShard::ToConn { .. }))), "ack to the sender");
+    }
+}
+
+#[test]
+fn last_leave_announces_and_empty_rooms_vanish() {
+    let mut r = rooms(2, 1000);
+    join(&mut r, "r", "a", 0, 1);
+    join(&mut r, "r", "b", 1, 2);
+    let mut out = Vec::new();
+    let e = epoch(&r, "r");
+    r.leave("r", "b", 1, e, 0, &mut |o| out.push(o));
+    let d = delivered(&out);
+    assert_eq!(d.len(), 1, "only shard 0 still has members");
+    assert_eq!(d[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+    r.leave("r", "a", 0, e, 0, &mut |_| {});
+    assert!(r.is_empty());
+    // A stray leave is ignored rather than underflowing.
+    r.leave("r", "a", 0, e, 0, &mut |_| {});
+}
+
+#[test]
+fn private_rooms_need_a_verified_password_of_this_instance() {
+    let mut r = rooms(2, 1000);
+    let hash: Arc<str> = Arc::from("$argon2id$stand-in");
+    run(&mut r, req("vault", "owner", 0, 1, JoinKind::Create { password_hash: Some(hash.clone()) }));
+    let again = run(&mut r, req("vault", "x", 0, 2, JoinKind::Create { password_hash: None }));
+    assert_eq!(refusal(&again), "room_exists");
+    assert_eq!(refusal(&join(&mut r, "vault", "guest", 1, 3)), "password_required");
+    let with_pw =
+        req("vault", "guest", 1, 4, JoinKind::Join { password: Some("pw".into()), verified: None, since: None });
+    let JoinStep::CheckPassword { mut req, hash: h, password, epoch } = r.join(with_pw, 1, &mut |_| {}) else {
+        panic!("the owner asks for a password check")
+    };
+    assert_eq!((&*h, &*password), (&*hash, "pw"));
+    // Resubmitted after a successful check: sequenced like any join.
+    req.kind = JoinKind::Join { password: None, verified: Some(epoch), since: None };
+    let out = run(&mut r, req);
+    let Some(RoomOut::Shard(1, ToShard::JoinAck(ack))) = out.last() else { panic!("acked") };
+    assert_eq!(json(ack.frame.as_ref().unwrap())["private"], true);
+    assert_eq!(r.get("vault").unwrap().connections(), 2);
+    // A check done against another instance of the room does not count.
+    let stale = req_verified("vault", epoch.wrapping_add(1));
+    assert_eq!(refusal(&run(&mut r, stale)), "no_such_room");
+    assert_eq!(r.get("vault").unwrap().connections(), 2, "refusals count nothing");
+}
+
+fn req_verified(room: &str, epoch: u64) -> JoinReq {
+    req(room, "late", 1, 9, JoinKind::Join { password: None, verified: Some(epoch), since: None })
+}
+
+#[test]
+fn only_the_creator_deletes_and_stale_leaves_cannot_touch_a_new_instance() {
+    let mut r = rooms(2, 1000);
+    run(&mut r, req("t", "owner", 0, 1, JoinKind::Create { password_hash: None }));
+    join(&mut r, "t", "bob", 1, 2);
+    let old = epoch(&r, "t");
+    let del = |user: &str| DeleteReq { room: "t".into(), user: user.into(), origin: origin(1, 2) };
+    let mut out = Vec::new();
+    r.delete(del("bob"), &mut |o| out.push(o));
+    assert!(
+        matches!(out.last(), Some(RoomOut::Shard(1, ToShard::ToConn { .. }))) && r.get("t").is_some(),
+        "bob may not"
+    );
+    let mut out = Vec::new();
+    r.delete(del("owner"), &mut |o| out.push(o));
+    let notified: Vec<usize> = out
+        .iter()
+        .filter_map(|o| match o {
+            RoomOut::Shard(s, ToShard::RoomDeleted { .. }) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notified, vec![0, 1]);
+    assert!(r.get("t").is_none());
+    // Re-created by a new join; a leave still in flight for the old instance is ignored.
+    join(&mut r, "t", "carol", 1, 3);
+    r.leave("t", "bob", 1, old, 0, &mut |_| {});
+    assert_eq!(r.get("t").unwrap().connections(), 1);
+    // Rooms made by a plain join have no creator: nobody can delete them.
+    let mut out = Vec::new();
+    r.delete(DeleteReq { room: "t".into(), user: "carol".into(), origin: origin(1, 3) }, &mut |o| out.push(o));
+    assert!(r.get("t").is_some());
+}
+
+fn to_bus(out: &[RoomOut]) -> Vec<&ClusterOut> {
+    out.iter()
+        .filter_map(|o| match o {
+            RoomOut::Cluster(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn api_publish(r: &mut OwnedRooms, room: &str, text: &str, from: Requester) -> Vec<RoomOut> {
+    let mut out = Vec::new();
+    let msg = Publish { room: room.into(), user: "srv".into(), text: text.into(), from };
+    r.publish(msg, 7, &mut |o| out.push(o));
+    out
+}
+
+#[test]
+fn in_a_cluster_the_owner_subscribes_announces_and_publishes_frames() {
+    let mut r = rooms(2, 1000).with_cluster(1);
+    let out = join(&mut r, "r", "a", 0, 1);
+    let bus = to_bus(&out);
+    assert!(matches!(bus[0], ClusterOut::Subscribe(room) if &**room == "r"), "subscribe first");
+    assert!(matches!(bus[1], ClusterOut::Presence { present: true, .. }));
+    assert!(to_bus(&join(&mut r, "r", "a", 1, 2)).is_empty(), "a second connection of a is no news");
+    let out = api_publish(&mut r, "r", "hi", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let stream = r.get("r").unwrap().stream;
+    assert!(matches!(to_bus(&out)[0], ClusterOut::Frame { seq: 1, epoch, .. } if *epoch == stream));
+    let e = epoch(&r, "r");
+    r.leave("r", "a", 0, e, 0, &mut |_| {});
+    let mut out = Vec::new();
+    r.leave("r", "a", 1, e, 0, &mut |o| out.push(o));
+    // No history TTL here: the room goes at once, and so does the subscription.
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::Presence { present: false, .. }, ClusterOut::Unsubscribe(_)]));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn remote_frames_are_adopted_deduplicated_and_gaps_restart_the_history() {
+    let mut r = rooms(2, 1000).with_cluster(1);
+    join(&mut r, "r", "a", 1, 1);
+    let frame = |seq: u64| server::message("r", seq, "x", "t", 1);
+    let feed = |r: &mut OwnedRooms, stream: u64, seq: u64| {
+        let mut out = Vec::new();
+        r.remote_frame("r", stream, seq, 9, frame(seq), &mut |o| out.push(o));
+        delivered(&out).len()
+    };
+    assert_eq!(feed(&mut r, 0xabc, 57), 1, "adopts the sequencer's stream");
+    assert_eq!((r.get("r").unwrap().epoch(), r.get("r").unwrap().seq()), ("0000000000000abc".into(), 57));
+    assert_eq!(feed(&mut r, 0xabc, 58), 1);
+    assert_eq!(feed(&mut r, 0xabc, 58), 0, "a repeat is dropped");
+    assert_eq!(r.get("r").unwrap().history_len(), 2);
+    assert_eq!(feed(&mut r, 0xabc, 61), 1, "delivered after a gap");
+    assert_eq!(r.get("r").unwrap().history_len(), 1, "the history cannot bridge a gap");
+    assert_eq!(r.take_counts(), (1, 1));
+    assert_eq!(feed(&mut r, 0xdef, 1), 1, "a new sequencer's stream");
+    assert_eq!(r.take_counts(), (0, 1));
+    r.remote_frame("nope", 1, 1, 9, frame(1), &mut |_| panic!("no local room: nothing to do"));
+}
+
+#[test]
+fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
+    let mut r = rooms(1, 1000).with_cluster(1);
+    join(&mut r, "r", "a", 0, 1);
+    r.remote_frame("r", 0xabc, 5, 9, server::message("r", 5, "x", "t", 1), &mut |_| {});
+    r.take_counts();
+    let from = Requester::Remote(Box::new(Remote { node: 4, reply: Some(ReplyRef::Api { shard: 1, req: 77 }) }));
+    let out = api_publish(&mut r, "r", "mine now", from);
+    let room = r.get("r").unwrap();
+    assert_ne!(room.epoch(), "0000000000000abc", "a new stream");
+    assert_eq!(room.seq(), 6, "seq carries on");
+    assert_eq!(r.take_counts(), (0, 1));
+    assert!(matches!(
+        to_bus(&out)[..],
+        [ClusterOut::Frame { seq: 6, .. }, ClusterOut::Published { node: 4, req: 77, seq: Some(6), .. }]
+    ));
+    // A publish for a room with no local member creates a relay room on the sequencer.
+    let out = api_publish(&mut r, "elsewhere", "x", Requester::Remote(Box::new(Remote { node: 4, reply: None })));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::Frame { seq: 1, .. }]));
+    assert_eq!(r.get("elsewhere").unwrap().connections(), 0);
+}
+
+#[test]
+fn remote_users_count_once_and_leave_when_their_node_dies() {
+    let mut r = rooms(1, 1000).with_cluster(1);
+    join(&mut r, "r", "a", 0, 1);
+    let mut out = Vec::new();
+    r.remote_users("r", 7, &["b".into(), "a".into()], &mut |o| out.push(o));
+    let events = delivered(&out);
+    assert_eq!(events.len(), 1, "only b is news: {events:?}");
+    assert_eq!(events[0].1, serde_json::json!({"type":"join","room":"r","user":"b"}));
+    assert_eq!(r.get("r").unwrap().user_count(), 2);
+    let mut out = Vec::new();
+    r.node_gone(7, &mut |o| out.push(o));
+    assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+    assert_eq!(r.get("r").unwrap().user_count(), 1, "a is still here");
+    let mut out = Vec::new();
+    r.announce(None, None, &mut |o| out.push(o));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::Users { users, to: None, .. }] if users.len() == 1));
+}
+
+#[test]
+fn presence_events_stop_at_the_threshold() {
+    let mut r = rooms(1, 2);
+    join(&mut r, "r", "a", 0, 1);
+    assert_eq!(delivered(&join(&mut r, "r", "b", 0, 2)).len(), 1);
+    assert!(delivered(&join(&mut r, "r", "c", 0, 3)).is_empty(), "room has 2 users: no more events");
+}
+
+#[test]
+fn presence_pages_are_sorted_and_chained() {
+    let mut r = rooms(1, 1000);
+    for (i, u) in ["dave", "alice", "carol", "bob"].iter().enumerate() {
+        join(&mut r, "r", u, 0, i as u32);
+    }
+    let mut page = |after: Option<&str>| {
+        let mut out = Vec::new();
+        let req = PresenceReq {
+            room: "r".into(),
+            after: after.map(Into::into),
+            limit: 3,
+            from: Requester::Conn(origin(0, 9)),
+        };
+        r.presence(req, &mut |o| out.push(o));
+        match out.pop() {
+            Some(RoomOut::Shard(_, ToShard::ToConn { frame, .. })) => json(&frame),
+            _ => panic!("no reply"),
+        }
+    };
+    let p1 = page(None);
+    assert_eq!(p1["users"], serde_json::json!(["alice", "bob", "carol"]));
+    assert_eq!((p1["count"].as_u64(), p1["next"].as_str()), (Some(4), Some("carol")));
+    let p2 = page(Some("carol"));
+    assert_eq!(p2["users"], serde_json::json!(["dave"]));
+    assert!(p2.get("next").is_none());
+}
+
+/// Join and leave of the N-th user are both announced, those of the (N+1)-th both not.
+#[test]
+fn presence_events_are_symmetric_at_the_threshold() {
+    let mut r = rooms(2, 2);
+    join(&mut r, "r", "a", 0, 1);
+    let e = epoch(&r, "r");
+    let b_joins = delivered(&join(&mut r, "r", "b", 0, 2));
+    assert_eq!(b_joins.len(), 1, "the 2nd user's join: 2 users with b");
+    assert!(delivered(&join(&mut r, "r", "c", 1, 3)).is_empty(), "the 3rd user's join: 3 users with c");
+    let mut out = Vec::new();
+    r.leave("r", "c", 1, e, 0, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "the 3rd user's leave: 3 users with c");
+    let mut out = Vec::new();
+    r.leave("r", "b", 0, e, 0, &mut |o| out.push(o));
+    assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}), "2 users with b");
+    // Zero turns events off altogether.
+    let mut off = rooms(1, 0);
+    join(&mut off, "r", "a", 0, 1);
+    assert!(delivered(&join(&mut off, "r", "b", 0, 2)).is_empty());
+    assert!((0..=3).all(|n| !announced(n + 1, 0)) && announced(2, 2) && !announced(3, 2));
+}
+
+/// Users reported by other nodes follow the same rule as local ones, one by one and in
+/// snapshots (a snapshot's arrivals counted after it, its departures before it).
+#[test]
+fn remote_presence_follows_the_same_threshold() {
+    let mut r = rooms(1, 2).with_cluster(1);
+    join(&mut r, "r", "a", 0, 1);
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "b".into(), true, &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1, "2nd user arriving elsewhere");
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "c".into(), true, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "3rd user");
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "c".into(), false, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "3rd user leaving");
+    let mut out = Vec::new();
+    r.remote_presence("r", 7, "b".into(), false, &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1, "2nd user leaving");
+    // A snapshot bringing the room to exactly 2 users is announced (it was not before
+    // the rule was written once: snapshots compared the count after with `<`).
+    let mut out = Vec::new();
+    r.remote_users("r", 8, &["b".into()], &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1);
+    // A node dying takes b with it: the room had 2 users, b included.
+    let mut out = Vec::new();
+    r.node_gone(8, &mut |o| out.push(o));
+    assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
+    // Three users from one snapshot: 4 in the room, no events either way.
+    let mut out = Vec::new();
+    r.remote_users("r", 9, &["x".into(), "y".into(), "z".into()], &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty());
+    let mut out = Vec::new();
+    r.node_gone(9, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty());
+}
+
+#[test]
+fn history_pages_and_the_ttl_keep_an_empty_room_until_it_expires() {
+    let caps = Caps { messages: 3, bytes: 1 << 20 };
+    let mut r = OwnedRooms::new(1, 1000, HistoryConfig { caps, memory: 1 << 20, ttl_ms: 100 });
+    join(&mut r, "r", "a", 0, 1);
+    for i in 0..5 {
+        let from = Requester::Conn(origin(0, 1));
+        api_publish(&mut r, "r", &format!("m{i}"), from);
+    }
+    assert_eq!(r.get("r").unwrap().history_len(), 3, "capped per room");
+    let mut out = Vec::new();
+    let req = HistoryReq { room: "r".into(), before: None, limit: 2, from: Requester::Conn(origin(0, 1)) };
+    r.history(req, &mut |o| out.push(o));
+    let Some(RoomOut::Shard(0, ToShard::ToConn { frame, .. })) = out.pop() else { panic!("a page") };
+    let page = json(&frame);
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![5, 4], "newest first: {page}");
+    // The last member leaves at t=1000: the room lingers with its history until t=1100.
+    let e = epoch(&r, "r");
+    r.leave("r", "a", 0, e, 1000, &mut |_| {});
+    r.expire(1099, &mut |_| {});
+    assert_eq!(r.get("r").unwrap().history_len(), 3);
+    r.expire(1100, &mut |_| {});
+    assert!(r.get("r").is_none());
+    assert_eq!(r.history_usage(), (0, 0), "its history went back to the budget");
+}
+
+#[test]
+fn the_history_budget_evicts_the_oldest_messages_across_rooms() {
+    let caps = Caps { messages: 100, bytes: 1 << 20 };
+    let one = server::message("a", 1, "srv", "x", 7).len();
+    let mut r = OwnedRooms::new(1, 1000, HistoryConfig { caps, memory: one * 3, ttl_ms: 0 });
+    join(&mut r, "a", "u", 0, 1);
+    join(&mut r, "b", "u", 0, 2);
+    for room in ["a", "b", "a", "b"] {
+        api_publish(&mut r, room, "x", Requester::Conn(origin(0, 1)));
+    }
+    assert_eq!(r.history_usage().1, 3, "one message evicted");
+    assert_eq!((r.get("a").unwrap().history_len(), r.get("b").unwrap().history_len()), (1, 2), "a's oldest went");
+}
+
+#[test]
+fn remote_history_and_presence_requests_are_answered_or_counted() {
+    let mut r = rooms(1, 1000).with_cluster(1);
+    join(&mut r, "r", "a", 0, 1);
+    let conn = Requester::Remote(Box::new(Remote {
+        node: 4,
+        reply: Some(ReplyRef::Conn { shard: 1, conn: 9, reference: "q".into() }),
+    }));
+    let mut out = Vec::new();
+    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, from: conn.clone() }, &mut |o| out.push(o));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::ToConn { node: 4, shard: 1, conn: 9, .. }]));
+    let mut out = Vec::new();
+    r.history(HistoryReq { room: "nope".into(), before: None, limit: 10, from: conn }, &mut |o| out.push(o));
+    let [ClusterOut::ToConn { frame, .. }] = &to_bus(&out)[..] else { panic!("an error frame") };
+    assert_eq!(json(frame)["code"], "no_such_room");
+    assert_eq!(r.take_unanswered(), 0);
+    // Nobody named to answer: counted, not dropped without a trace.
+    let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None }));
+    r.history(HistoryReq { room: "r".into(), before: None, limit: 10, from: nobody.clone() }, &mut |_| {});
+    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, from: nobody }, &mut |_| {});
+    assert_eq!(r.take_unanswered(), 2);
+    assert_eq!(r.take_unanswered(), 0);
+}
+
+#[test]
+fn deleting_drops_the_history_and_unsubscribes() {
+    let mut r = rooms(2, 1000).with_cluster(1);
+    run(&mut r, req("t", "owner", 0, 1, JoinKind::Create { password_hash: None }));
+    api_publish(&mut r, "t", "x", Requester::Conn(origin(0, 1)));
+    assert_eq!(r.history_usage().1, 1);
+    let mut out = Vec::new();
+    r.delete(DeleteReq { room: "t".into(), user: "owner".into(), origin: origin(0, 1) }, &mut |o| out.push(o));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::Unsubscribe(_)]));
+    assert_eq!(r.history_usage(), (0, 0));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn broadcasts_go_to_every_shard_once_with_their_own_sequence() {
+    let mut r = rooms(3, 1000);
+    for expected in 1..=2u64 {
+        let mut out = Vec::new();
+        let msg = Publish {
+            room: "".into(),
+            user: "srv".into(),
+            text: "all".into(),
+            from: Requester::Api(ReplyTo { shard: 2, req: 5 }),
+        };
+        r.broadcast(msg, 1, &mut |o| out.push(o));
+        let shards: Vec<usize> = out
+            .iter()
+            .filter_map(|o| match o {
+                RoomOut::Shard(s, ToShard::DeliverAll { .. }) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shards, vec![0, 1, 2]);
+        let Some(RoomOut::Shard(2, ToShard::Reply { req: 5, reply: Reply::Published { seq, .. } })) = out.last() else {
+            panic!("the API caller hears back")
+        };
+        assert_eq!(*seq, Some(expected));
+    }
+}
