@@ -223,7 +223,7 @@ pub struct ServerArgs {
     pub backlog: i32,
     /// Allow transparent huge pages. Off by default: a connection's few small allocations
     /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
-    /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
+    /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory per connection").
     #[arg(long, env = "CORECAST_ALLOW_THP")]
     pub allow_thp: bool,
 }

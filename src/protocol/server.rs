@@ -1,7 +1,7 @@
 //! Server → client messages, each built as one complete WebSocket text frame.
 //!
 //! A room message is serialized once by the room's owner shard and the resulting `Bytes`
-//! is shared by every receiver (DESIGN.md §1), so these builders are not per-receiver code.
+//! is shared by every receiver (built once, whatever the fan-out), so these builders are not per-receiver code.
 
 use bytes::Bytes;
 use serde::Serialize;

@@ -1,5 +1,5 @@
 //! Heartbeats and timeouts, by one periodic sweep per shard instead of one timer per
-//! connection (DESIGN.md §8: a timer is ~200 B and slows every reactor pass at 1M).
+//! connection (a timer is ~200 B and slows every reactor pass at a million connections).
 //!
 //! Each tick walks the connection table once: pings connections silent for one interval
 //! (so pings are spread by when each connection last spoke, not sent in one burst, and
