@@ -626,8 +626,8 @@ mod tests {
         ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Every flag with a value that is not its default, as a flag, a TOML value and an
-    /// environment value take it. Flags, `CORECAST_*` names and TOML keys are documented
+    /// Every flag, each with a value other than its default, written so that the flag, the
+    /// TOML key and the `CORECAST_*` variable all accept it. The names are documented
     /// (README.md, docs/): this list pins each of them.
     const EVERY_FLAG: &[(&str, &str)] = &[
         ("listen", "127.0.0.1:9"),
