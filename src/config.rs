@@ -1,6 +1,12 @@
 //! Configuration: command-line flags, `CORECAST_*` environment variables and an optional
 //! TOML file, merged in that order of precedence into one validated [`Config`].
 //!
+//! Each setting is declared once, as a field of one of the flag groups below ([`Cli`]
+//! flattens them): its flag name, environment variable, default and help text live in
+//! that one attribute and doc comment. [`Config::default`] is what parsing no arguments
+//! gives, and [`Cli::into_config`] is the one place that validates the flags and turns
+//! them into a [`Config`].
+//!
 //! The flag names are a contract (scripts and issues name them): add flags, don't rename.
 //! A TOML file uses the same names as the long flags (`queue-bytes = 262144` or
 //! `queue_bytes = 262144`).
@@ -10,139 +16,104 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
 /// Everything a running server needs to know, validated.
+///
+/// Each field holds the value of the flag of the same name; `corecast --help` (or the
+/// flag groups of [`Cli`]) says what it means and its default. Fields whose flag has a
+/// different name or unit say so.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address every shard's listener binds (`SO_REUSEPORT`).
+    /// `--listen`.
     pub listen: SocketAddr,
-    /// Number of shards (executor threads); 0 = one per online CPU.
+    /// `--shards` (0: one per allowed CPU, see [`Config::effective_shards`]).
     pub shards: usize,
-    /// Pin shard `i` to the i-th allowed CPU.
+    /// Pin shard `i` to the i-th allowed CPU: the opposite of `--no-pin`.
     pub pin: bool,
-    /// Server ping interval; a connection silent for two intervals is closed.
+    /// `--ping-interval`.
     pub ping_interval: Duration,
-    /// Largest frame payload or assembled message accepted from a client (1009 beyond).
+    /// `--max-message-bytes`.
     pub max_message_bytes: usize,
-    /// Per-connection write queue cap in bytes; beyond it the client is a slow consumer.
+    /// `--queue-bytes`.
     pub queue_bytes: usize,
-    /// Per-connection write queue cap in frames.
+    /// `--queue-frames`.
     pub queue_frames: usize,
-    /// Rooms with at least this many members send no join/leave events (0: never send).
+    /// `--presence-events-max-members`.
     pub presence_events_max_members: u32,
-    /// A socket must finish its HTTP request head within this time.
+    /// `--handshake-timeout`.
     pub handshake_timeout: Duration,
-    /// How long a closing connection may take to answer our close frame.
+    /// `--close-timeout`.
     pub close_timeout: Duration,
-    /// Graceful shutdown bound: after it, remaining connections are dropped.
+    /// `--shutdown-timeout`.
     pub shutdown_timeout: Duration,
-    /// Largest HTTP request head.
+    /// `--max-request-head`.
     pub max_request_head: usize,
-    /// Largest HTTP request body (`POST /api/publish`).
+    /// `--max-request-body`.
     pub max_request_body: usize,
-    /// Bearer key for the server-side API (`POST /api/publish`); `None` disables it.
+    /// `--api-key`; `None` disables `POST /api/publish`.
     pub api_key: Option<String>,
-    /// After SIGTERM, keep serving this long with `/health` answering 503 (so load
-    /// balancers stop sending traffic) before closing connections.
+    /// `--drain-grace`.
     pub drain_grace: Duration,
-    /// Most rooms `/stats` lists when the request does not say.
+    /// `--stats-rooms`.
     pub stats_rooms: usize,
-    /// HS256 secret for JWTs.
+    /// `--jwt-secret`.
     pub jwt_secret: Option<String>,
-    /// PEM file with an RS256 or ES256 public key for JWTs.
+    /// `--jwt-public-key`.
     pub jwt_public_key: Option<PathBuf>,
-    /// Required `iss` claim.
+    /// `--jwt-issuer`.
     pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
+    /// `--jwt-audience`.
     pub jwt_audience: Option<String>,
-    /// Clock skew tolerated on `exp`/`nbf`, seconds.
+    /// `--jwt-leeway`, seconds.
     pub jwt_leeway: u64,
-    /// Allow guests (`?name=`) even when a JWT key is configured.
+    /// `--allow-guests`.
     pub allow_guests: bool,
-    /// Per-connection message rate (messages per second; 0 turns the limit off).
+    /// `--rate-limit` (0 turns the limit off).
     pub rate_limit: u32,
-    /// Messages a connection may send in a burst above the rate.
+    /// `--rate-burst`, at least 1.
     pub rate_burst: u32,
-    /// Rate-limited messages after which the connection is closed (1008).
+    /// `--rate-limit-close-after`, at least 1.
     pub rate_limit_close_after: u32,
-    /// Longest `text` of a message, in bytes.
+    /// `--max-text-bytes`.
     pub max_text_bytes: usize,
-    /// Most rooms one connection may be in (its personal room not counted).
+    /// `--max-rooms-per-conn`.
     pub max_rooms_per_conn: usize,
-    /// Most WebSocket connections on the server (503 at upgrade beyond it).
+    /// `--max-connections`.
     pub max_connections: u64,
-    /// Most WebSocket connections from one IP address (503 at upgrade beyond it).
+    /// `--max-connections-per-ip`.
     pub max_connections_per_ip: u32,
-    /// Allowed `Origin` values for upgrades (empty: any). Requests without `Origin`
-    /// (non-browser clients) are not affected.
+    /// `--allowed-origins`, trimmed, empty entries dropped (empty: any origin).
     pub allowed_origins: Vec<String>,
-    /// Password attempts allowed per connection per minute.
+    /// `--password-attempts-per-conn`.
     pub password_attempts_per_conn: u32,
-    /// Password attempts allowed per IP address per minute.
+    /// `--password-attempts-per-ip`.
     pub password_attempts_per_ip: u32,
-    /// Messages of history kept per room (0: no history).
+    /// `--history-messages` (0: no history).
     pub history_messages: usize,
-    /// Bytes of history kept per room.
+    /// `--history-bytes`.
     pub history_bytes: usize,
-    /// Bytes of history kept on the whole server (oldest evicted first, across rooms).
+    /// `--history-memory`.
     pub history_memory: usize,
-    /// How long a room whose last member left keeps its history.
+    /// `--history-ttl`.
     pub history_ttl: Duration,
-    /// Listen backlog.
+    /// `--backlog`.
     pub backlog: i32,
-    /// Busy-poll this long before an idle shard parks (trades idle CPU for wake latency).
+    /// `--spin-before-park-us`, as a duration.
     pub spin_before_park: Duration,
-    /// io_uring submission queue depth per shard.
+    /// `--ring-depth`.
     pub ring_depth: usize,
-    /// Cluster bus (NATS); `None`: a single node, nothing external, no bridge thread.
+    /// The `--nats-*` and `--cluster-*` flags; `None` (no `--nats-url`): a single node,
+    /// nothing external, no bridge thread.
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
+    /// The configuration of `corecast` run with no flags, no `CORECAST_*` variables and no
+    /// file. It is parsed from the flag declarations, so no default is written twice.
+    #[allow(clippy::expect_used)] // constant input (no arguments, no environment), validated by a unit test
     fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            shards: 0,
-            pin: true,
-            ping_interval: Duration::from_secs(30),
-            max_message_bytes: 64 * 1024,
-            queue_bytes: 256 * 1024,
-            queue_frames: 4096,
-            presence_events_max_members: 1000,
-            handshake_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(2),
-            shutdown_timeout: Duration::from_secs(5),
-            max_request_head: 8 * 1024,
-            max_request_body: 64 * 1024,
-            api_key: None,
-            drain_grace: Duration::ZERO,
-            stats_rooms: 100,
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            jwt_leeway: 30,
-            allow_guests: false,
-            rate_limit: 20,
-            rate_burst: 40,
-            rate_limit_close_after: 100,
-            max_text_bytes: 4096,
-            max_rooms_per_conn: 100,
-            max_connections: 1_000_000,
-            max_connections_per_ip: 1000,
-            allowed_origins: Vec::new(),
-            password_attempts_per_conn: 5,
-            password_attempts_per_ip: 30,
-            history_messages: 1000,
-            history_bytes: 1 << 20,
-            history_memory: 256 << 20,
-            history_ttl: Duration::from_secs(300),
-            backlog: 65535,
-            spin_before_park: Duration::ZERO,
-            ring_depth: 1024,
-            cluster: None,
-        }
+        Cli::builtin().and_then(Cli::into_config).expect("the built-in defaults are valid")
     }
 }
 
@@ -188,16 +159,50 @@ fn secs(s: &str) -> Result<Duration, String> {
     if !(v.is_finite() && v >= 0.0) {
         return Err(format!("`{s}` is not a non-negative number of seconds"));
     }
-    Ok(Duration::from_secs_f64(v))
+    // `try_`: a huge value from a file or the environment is an error, not a panic.
+    Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` seconds is too long"))
 }
 
 /// corecast: a thread-per-core WebSocket broadcaster and chat engine.
+///
+/// Every setting is a field of one of the flattened groups; each one's doc comment is its
+/// `--help` text and its attribute holds its flag, `CORECAST_*` variable and default.
 #[derive(Debug, Parser)]
 #[command(name = "corecast", version, about, long_about = None)]
 pub struct Cli {
     /// TOML file with defaults for any of the flags below (flags and env win).
     #[arg(long, env = "CORECAST_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Listener, shards and executors.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Connection timeouts and send queues.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+    /// Plain HTTP: API key, request sizes, `/stats`.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Token validation.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Abuse limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Presence events and history.
+    #[command(flatten)]
+    pub rooms: RoomArgs,
+    /// The cluster bus.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub logging: LogArgs,
+}
+
+/// Listener, shards and executors.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerArgs {
     /// Address to listen on (HTTP and WebSocket share it).
     #[arg(long, env = "CORECAST_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -207,9 +212,42 @@ pub struct Cli {
     /// Do not pin shards to CPUs.
     #[arg(long, env = "CORECAST_NO_PIN")]
     pub no_pin: bool,
+    /// Microseconds an idle shard busy-polls before parking (0: park at once, ~0% idle CPU).
+    #[arg(long, env = "CORECAST_SPIN_BEFORE_PARK_US", default_value_t = 0, value_name = "US")]
+    pub spin_before_park_us: u64,
+    /// io_uring ring depth per shard.
+    #[arg(long, env = "CORECAST_RING_DEPTH", default_value_t = 1024, value_name = "N")]
+    pub ring_depth: usize,
+    /// Listen backlog of each shard's listener (the kernel clips it to net.core.somaxconn).
+    #[arg(long, env = "CORECAST_BACKLOG", default_value_t = 65535, value_name = "N")]
+    pub backlog: i32,
+    /// Allow transparent huge pages. Off by default: a connection's few small allocations
+    /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
+    /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory per connection").
+    #[arg(long, env = "CORECAST_ALLOW_THP")]
+    pub allow_thp: bool,
+}
+
+/// Connection timeouts and send queues.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connections")]
+pub struct ConnectionArgs {
     /// Seconds between server pings; silence for two intervals closes the connection.
     #[arg(long, env = "CORECAST_PING_INTERVAL", default_value = "30", value_parser = secs, value_name = "SECS")]
     pub ping_interval: Duration,
+    /// Seconds a client has to complete its HTTP request head.
+    #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = secs, value_name = "SECS")]
+    pub handshake_timeout: Duration,
+    /// Seconds the server lingers after sending a close frame, reading and discarding the
+    /// client's input until it closes too, before it closes the socket.
+    #[arg(long, env = "CORECAST_CLOSE_TIMEOUT", default_value = "2", value_parser = secs, value_name = "SECS")]
+    pub close_timeout: Duration,
+    /// Seconds to wait for all clients to close at shutdown.
+    #[arg(long, env = "CORECAST_SHUTDOWN_TIMEOUT", default_value = "5", value_parser = secs, value_name = "SECS")]
+    pub shutdown_timeout: Duration,
+    /// Seconds to keep serving after SIGTERM with /health answering 503, before closing.
+    #[arg(long, env = "CORECAST_DRAIN_GRACE", default_value = "0", value_parser = secs, value_name = "SECS")]
+    pub drain_grace: Duration,
     /// Largest client frame or message in bytes (close 1009 beyond).
     #[arg(long, env = "CORECAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_message_bytes: usize,
@@ -219,30 +257,30 @@ pub struct Cli {
     /// Per-connection write queue cap in frames.
     #[arg(long, env = "CORECAST_QUEUE_FRAMES", default_value_t = 4096, value_name = "N")]
     pub queue_frames: usize,
-    /// Rooms with this many members or more send no join/leave events (0: never).
-    #[arg(long, env = "CORECAST_PRESENCE_EVENTS_MAX_MEMBERS", default_value_t = 1000, value_name = "N")]
-    pub presence_events_max_members: u32,
-    /// Seconds a client has to complete its HTTP request head.
-    #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = secs, value_name = "SECS")]
-    pub handshake_timeout: Duration,
-    /// Seconds to wait for all clients to close at shutdown.
-    #[arg(long, env = "CORECAST_SHUTDOWN_TIMEOUT", default_value = "5", value_parser = secs, value_name = "SECS")]
-    pub shutdown_timeout: Duration,
-    /// Microseconds an idle shard busy-polls before parking (0: park at once, ~0% idle CPU).
-    #[arg(long, env = "CORECAST_SPIN_BEFORE_PARK_US", default_value_t = 0, value_name = "US")]
-    pub spin_before_park_us: u64,
-    /// io_uring ring depth per shard.
-    #[arg(long, env = "CORECAST_RING_DEPTH", default_value_t = 1024, value_name = "N")]
-    pub ring_depth: usize,
+}
+
+/// Plain HTTP: API key, request sizes, `/stats`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpArgs {
     /// Bearer key for `POST /api/publish` (without it the endpoint is disabled).
     #[arg(long, env = "CORECAST_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Largest HTTP request head in bytes (431 beyond).
+    #[arg(long, env = "CORECAST_MAX_REQUEST_HEAD", default_value_t = 8 * 1024, value_name = "BYTES")]
+    pub max_request_head: usize,
     /// Largest HTTP request body in bytes.
     #[arg(long, env = "CORECAST_MAX_REQUEST_BODY", default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_request_body: usize,
-    /// Seconds to keep serving after SIGTERM with /health answering 503, before closing.
-    #[arg(long, env = "CORECAST_DRAIN_GRACE", default_value = "0", value_parser = secs, value_name = "SECS")]
-    pub drain_grace: Duration,
+    /// Rooms /stats lists when the request gives no ?limit=.
+    #[arg(long, env = "CORECAST_STATS_ROOMS", default_value_t = 100, value_name = "N")]
+    pub stats_rooms: usize,
+}
+
+/// Token validation.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthArgs {
     /// HS256 secret for JWT validation (at least 32 bytes).
     #[arg(long, env = "CORECAST_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -261,6 +299,12 @@ pub struct Cli {
     /// Allow guests (?name=) even when a JWT key is configured.
     #[arg(long, env = "CORECAST_ALLOW_GUESTS")]
     pub allow_guests: bool,
+}
+
+/// Abuse limits.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
     /// Messages per second a connection may send (token bucket; 0: unlimited).
     #[arg(long, env = "CORECAST_RATE_LIMIT", default_value_t = 20, value_name = "MSGS")]
     pub rate_limit: u32,
@@ -291,6 +335,15 @@ pub struct Cli {
     /// Room password attempts per IP address per minute.
     #[arg(long, env = "CORECAST_PASSWORD_ATTEMPTS_PER_IP", default_value_t = 30, value_name = "N")]
     pub password_attempts_per_ip: u32,
+}
+
+/// Presence events and history.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Rooms")]
+pub struct RoomArgs {
+    /// Rooms with this many members or more send no join/leave events (0: never).
+    #[arg(long, env = "CORECAST_PRESENCE_EVENTS_MAX_MEMBERS", default_value_t = 1000, value_name = "N")]
+    pub presence_events_max_members: u32,
     /// Messages of history kept per room (0 turns history and recovery off).
     #[arg(long, env = "CORECAST_HISTORY_MESSAGES", default_value_t = 1000, value_name = "N")]
     pub history_messages: usize,
@@ -303,11 +356,12 @@ pub struct Cli {
     /// Seconds a room keeps its history after its last member left.
     #[arg(long, env = "CORECAST_HISTORY_TTL", default_value = "300", value_parser = secs, value_name = "SECS")]
     pub history_ttl: Duration,
-    /// Allow transparent huge pages. Off by default: a connection's few small allocations
-    /// then fault in whole 2 MiB pages, which costs hundreds of bytes per connection and
-    /// ~20 MB at start for no measurable gain (docs/DESIGN-NOTES.md, "Memory").
-    #[arg(long, env = "CORECAST_ALLOW_THP")]
-    pub allow_thp: bool,
+}
+
+/// The cluster bus (docs/CLUSTER.md).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterArgs {
     /// NATS server URL(s), comma-separated: turns clustering on (docs/CLUSTER.md).
     #[arg(long, env = "CORECAST_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
@@ -344,6 +398,12 @@ pub struct Cli {
     /// Seconds without a heartbeat after which a node is dead (its users leave).
     #[arg(long, env = "CORECAST_CLUSTER_NODE_TIMEOUT", default_value = "3", value_parser = secs, value_name = "SECS")]
     pub cluster_node_timeout: Duration,
+}
+
+/// Logging.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `corecast=debug`.
     #[arg(long, env = "CORECAST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,
@@ -376,85 +436,110 @@ impl Cli {
         Ok(Cli::from_arg_matches(&matches)?)
     }
 
-    /// Validates the merged settings into a [`Config`].
+    /// The flags' own defaults: no arguments, and the `CORECAST_*` environment ignored.
+    fn builtin() -> Result<Cli, ConfigError> {
+        let cmd = Cli::command().mut_args(|a| a.env(None::<&'static str>));
+        Ok(Cli::from_arg_matches(&cmd.try_get_matches_from(["corecast"])?)?)
+    }
+
+    /// Validates the merged settings into a [`Config`]: the one place where flags become
+    /// settings (inverted, clamped, converted or combined).
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.ping_interval < Duration::from_millis(100) {
+        let Cli { config: _, server, connections: c, http, auth, limits, rooms, cluster, logging: _ } = self;
+        if c.ping_interval < Duration::from_millis(100) {
             return invalid("--ping-interval must be at least 0.1 seconds");
         }
-        if self.max_message_bytes < 128 {
+        if c.max_message_bytes < 128 {
             return invalid("--max-message-bytes must be at least 128");
         }
-        if self.queue_bytes < self.max_message_bytes.min(64 * 1024) || self.queue_frames == 0 {
+        if c.queue_bytes < c.max_message_bytes.min(64 * 1024) || c.queue_frames == 0 {
             return invalid("--queue-bytes must hold at least one message, --queue-frames at least one frame");
         }
-        if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+        if http.api_key.as_deref().is_some_and(|k| k.len() < 16) {
             return invalid("--api-key must be at least 16 characters");
         }
-        if self.jwt_secret.as_deref().is_some_and(|k| k.len() < 32) {
+        if auth.jwt_secret.as_deref().is_some_and(|k| k.len() < 32) {
             return invalid("--jwt-secret must be at least 32 bytes (HS256 keys shorter than the hash are weak)");
         }
-        if self.rate_limit > 1000 {
+        if limits.rate_limit > 1000 {
             return invalid("--rate-limit is at most 1000 messages per second");
         }
-        if self.handshake_timeout.is_zero() {
+        if c.handshake_timeout.is_zero() {
             return invalid("--handshake-timeout must be positive");
         }
-        if !self.ring_depth.is_power_of_two() || !(64..=32768).contains(&self.ring_depth) {
+        // Zero would close the socket right after the close frame, with the client's
+        // input unread: the kernel then answers with a reset and the frame is lost.
+        if c.close_timeout.is_zero() {
+            return invalid("--close-timeout must be positive");
+        }
+        // A head must at least hold a WebSocket upgrade request; the ceiling keeps
+        // head + body (the bound on pipelined input) far from overflowing.
+        if !(1024..=1 << 20).contains(&http.max_request_head) {
+            return invalid("--max-request-head must be between 1024 and 1048576 bytes");
+        }
+        if server.backlog < 1 {
+            return invalid("--backlog must be at least 1");
+        }
+        if !server.ring_depth.is_power_of_two() || !(64..=32768).contains(&server.ring_depth) {
             return invalid("--ring-depth must be a power of two between 64 and 32768");
         }
-        let cluster = self.cluster_config()?;
+        let cluster = cluster.into_cluster_config(server.listen)?;
         Ok(Config {
             cluster,
-            listen: self.listen,
-            shards: self.shards,
-            pin: !self.no_pin,
-            ping_interval: self.ping_interval,
-            max_message_bytes: self.max_message_bytes,
-            queue_bytes: self.queue_bytes,
-            queue_frames: self.queue_frames,
-            presence_events_max_members: self.presence_events_max_members,
-            handshake_timeout: self.handshake_timeout,
-            shutdown_timeout: self.shutdown_timeout,
-            spin_before_park: Duration::from_micros(self.spin_before_park_us),
-            ring_depth: self.ring_depth,
-            api_key: self.api_key,
-            max_request_body: self.max_request_body,
-            drain_grace: self.drain_grace,
-            jwt_secret: self.jwt_secret,
-            jwt_public_key: self.jwt_public_key,
-            jwt_issuer: self.jwt_issuer,
-            jwt_audience: self.jwt_audience,
-            jwt_leeway: self.jwt_leeway,
-            allow_guests: self.allow_guests,
-            rate_limit: self.rate_limit,
-            rate_burst: self.rate_burst.max(1),
-            rate_limit_close_after: self.rate_limit_close_after.max(1),
-            max_text_bytes: self.max_text_bytes,
-            max_rooms_per_conn: self.max_rooms_per_conn,
-            max_connections: self.max_connections,
-            max_connections_per_ip: self.max_connections_per_ip,
-            allowed_origins: self
+            listen: server.listen,
+            shards: server.shards,
+            pin: !server.no_pin,
+            spin_before_park: Duration::from_micros(server.spin_before_park_us),
+            ring_depth: server.ring_depth,
+            backlog: server.backlog,
+            ping_interval: c.ping_interval,
+            handshake_timeout: c.handshake_timeout,
+            close_timeout: c.close_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+            drain_grace: c.drain_grace,
+            max_message_bytes: c.max_message_bytes,
+            queue_bytes: c.queue_bytes,
+            queue_frames: c.queue_frames,
+            api_key: http.api_key,
+            max_request_head: http.max_request_head,
+            max_request_body: http.max_request_body,
+            stats_rooms: http.stats_rooms,
+            jwt_secret: auth.jwt_secret,
+            jwt_public_key: auth.jwt_public_key,
+            jwt_issuer: auth.jwt_issuer,
+            jwt_audience: auth.jwt_audience,
+            jwt_leeway: auth.jwt_leeway,
+            allow_guests: auth.allow_guests,
+            rate_limit: limits.rate_limit,
+            rate_burst: limits.rate_burst.max(1),
+            rate_limit_close_after: limits.rate_limit_close_after.max(1),
+            max_text_bytes: limits.max_text_bytes,
+            max_rooms_per_conn: limits.max_rooms_per_conn,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            allowed_origins: limits
                 .allowed_origins
                 .into_iter()
                 .map(|o| o.trim().to_owned())
                 .filter(|o| !o.is_empty())
                 .collect(),
-            password_attempts_per_conn: self.password_attempts_per_conn,
-            password_attempts_per_ip: self.password_attempts_per_ip,
-            history_messages: self.history_messages,
-            history_bytes: self.history_bytes,
-            history_memory: self.history_memory,
-            history_ttl: self.history_ttl,
-            ..Config::default()
+            password_attempts_per_conn: limits.password_attempts_per_conn,
+            password_attempts_per_ip: limits.password_attempts_per_ip,
+            presence_events_max_members: rooms.presence_events_max_members,
+            history_messages: rooms.history_messages,
+            history_bytes: rooms.history_bytes,
+            history_memory: rooms.history_memory,
+            history_ttl: rooms.history_ttl,
         })
     }
 }
 
-impl Cli {
+impl ClusterArgs {
     /// The cluster settings: `None` without `--nats-url`; the other `--nats-*` flags
-    /// without it, or contradicting each other, are errors.
-    fn cluster_config(&self) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    /// without it, or contradicting each other, are errors. The node is named after
+    /// `listen` unless `--node-name` says otherwise.
+    fn into_cluster_config(self, listen: SocketAddr) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         let Some(url) = self.nats_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
             let any = self.nats_creds.is_some()
@@ -484,14 +569,14 @@ impl Cli {
             return invalid("--cluster-heartbeat must be at least 0.05 s and --cluster-node-timeout at least twice it");
         }
         let mut c = crate::cluster::ClusterConfig::new(url);
-        c.creds = self.nats_creds.clone();
-        c.user = self.nats_user.clone();
-        c.password = self.nats_password.clone();
-        c.token = self.nats_token.clone();
-        c.tls_ca = self.nats_tls_ca.clone();
-        c.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
-        c.node_name = self.node_name.clone().unwrap_or_else(|| self.listen.to_string());
-        c.subject_prefix = self.nats_subject_prefix.clone();
+        c.creds = self.nats_creds;
+        c.user = self.nats_user;
+        c.password = self.nats_password;
+        c.token = self.nats_token;
+        c.tls_ca = self.nats_tls_ca;
+        c.tls_client = self.nats_tls_cert.zip(self.nats_tls_key);
+        c.node_name = self.node_name.unwrap_or_else(|| listen.to_string());
+        c.subject_prefix = self.nats_subject_prefix;
         c.heartbeat = self.cluster_heartbeat;
         c.node_timeout = self.cluster_node_timeout;
         Ok(Some(c))
@@ -532,9 +617,219 @@ fn file_args(path: &std::path::Path, text: &str, matches: &ArgMatches) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// Parsing reads the process environment, which one test sets: every test that parses
+    /// holds this lock so none sees another's variables.
+    fn env_lock() -> MutexGuard<'static, ()> {
+        static ENV: Mutex<()> = Mutex::new(());
+        ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every flag, each with a value other than its default, written so that the flag, the
+    /// TOML key and the `CORECAST_*` variable all accept it. The names are documented
+    /// (README.md, docs/): this list pins each of them.
+    const EVERY_FLAG: &[(&str, &str)] = &[
+        ("listen", "127.0.0.1:9"),
+        ("shards", "3"),
+        ("no-pin", "true"),
+        ("spin-before-park-us", "50"),
+        ("ring-depth", "256"),
+        ("backlog", "128"),
+        ("allow-thp", "true"),
+        ("ping-interval", "1.5"),
+        ("handshake-timeout", "4"),
+        ("close-timeout", "0.5"),
+        ("shutdown-timeout", "7"),
+        ("drain-grace", "3"),
+        ("max-message-bytes", "1000"),
+        ("queue-bytes", "5000"),
+        ("queue-frames", "9"),
+        ("api-key", "0123456789abcdef"),
+        ("max-request-head", "4096"),
+        ("max-request-body", "1234"),
+        ("stats-rooms", "7"),
+        ("jwt-secret", "0123456789abcdef0123456789abcdef"),
+        ("jwt-public-key", "/k.pem"),
+        ("jwt-issuer", "iss"),
+        ("jwt-audience", "aud"),
+        ("jwt-leeway", "2"),
+        ("allow-guests", "true"),
+        ("rate-limit", "3"),
+        ("rate-burst", "4"),
+        ("rate-limit-close-after", "5"),
+        ("max-text-bytes", "6"),
+        ("max-rooms-per-conn", "7"),
+        ("max-connections", "8"),
+        ("max-connections-per-ip", "9"),
+        ("allowed-origins", "https://a.example,https://b.example"),
+        ("password-attempts-per-conn", "2"),
+        ("password-attempts-per-ip", "3"),
+        ("presence-events-max-members", "10"),
+        ("history-messages", "11"),
+        ("history-bytes", "12"),
+        ("history-memory", "13"),
+        ("history-ttl", "14"),
+        ("nats-url", "nats://127.0.0.1:4222"),
+        ("nats-creds", "/n.creds"),
+        ("nats-user", "u"),
+        ("nats-password", "p"),
+        ("nats-token", "t"),
+        ("nats-tls-ca", "/ca.pem"),
+        ("nats-tls-cert", "/c.pem"),
+        ("nats-tls-key", "/k.pem"),
+        ("nats-subject-prefix", "cc"),
+        ("node-name", "n1"),
+        ("cluster-heartbeat", "0.25"),
+        ("cluster-node-timeout", "2"),
+        ("log", "debug"),
+        ("log-json", "true"),
+    ];
+
+    fn env_name(long: &str) -> String {
+        format!("CORECAST_{}", long.to_uppercase().replace('-', "_"))
+    }
+
+    /// The flags of the command other than `--help`, `--version` and `--config`.
+    fn setting_args() -> Vec<clap::Arg> {
+        let cmd = Cli::command();
+        cmd.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version" | "config")).cloned().collect()
+    }
+
+    #[test]
+    fn every_flag_has_help_text_and_its_documented_variable() {
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+            let long = arg.get_long().unwrap_or_else(|| panic!("{} has no long flag", arg.get_id()));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.trim().len() > 10, "--{long} has no help text");
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(env, env_name(long), "--{long} reads the wrong variable");
+        }
+    }
+
+    #[test]
+    fn default_config_is_the_config_of_no_arguments() {
+        let _env = env_lock();
+        // The test process may run with settings exported; parse as on a clean host.
+        let saved: Vec<(String, std::ffi::OsString)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+            .filter(|(k, _)| k.starts_with("CORECAST_"))
+            .collect();
+        for (k, _) in &saved {
+            std::env::remove_var(k);
+        }
+        let parsed = Cli::load_from(["corecast"]).and_then(Cli::into_config);
+        for (k, v) in &saved {
+            std::env::set_var(k, v);
+        }
+        assert_eq!(format!("{:?}", Config::default()), format!("{:?}", parsed.unwrap()));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(
+            (c.shards, c.pin, c.spin_before_park, c.ring_depth, c.backlog),
+            (0, true, Duration::ZERO, 1024, 65535)
+        );
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.close_timeout, Duration::from_secs(2));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.drain_grace, Duration::ZERO);
+        assert_eq!((c.max_message_bytes, c.queue_bytes, c.queue_frames), (64 * 1024, 256 * 1024, 4096));
+        assert_eq!(
+            (c.api_key, c.max_request_head, c.max_request_body, c.stats_rooms),
+            (None, 8 * 1024, 64 * 1024, 100)
+        );
+        assert!(c.jwt_secret.is_none() && c.jwt_public_key.is_none() && c.jwt_issuer.is_none());
+        assert!(c.jwt_audience.is_none() && !c.allow_guests);
+        assert_eq!(c.jwt_leeway, 30);
+        assert_eq!((c.rate_limit, c.rate_burst, c.rate_limit_close_after), (20, 40, 100));
+        assert_eq!((c.max_text_bytes, c.max_rooms_per_conn), (4096, 100));
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (1_000_000, 1000));
+        assert!(c.allowed_origins.is_empty());
+        assert_eq!((c.password_attempts_per_conn, c.password_attempts_per_ip), (5, 30));
+        assert_eq!(c.presence_events_max_members, 1000);
+        assert_eq!((c.history_messages, c.history_bytes, c.history_memory), (1000, 1 << 20, 256 << 20));
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert!(c.cluster.is_none());
+    }
+
+    #[test]
+    fn every_documented_key_and_variable_parses() {
+        let _env = env_lock();
+        let mut listed: Vec<&str> = EVERY_FLAG.iter().map(|(k, _)| *k).collect();
+        let mut declared: Vec<String> = setting_args().iter().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+        listed.sort_unstable();
+        declared.sort_unstable();
+        assert_eq!(listed, declared, "a flag was added or renamed: list it here and document it");
+        let is_bool =
+            |long: &str| setting_args().iter().any(|a| a.get_long() == Some(long) && !a.get_action().takes_values());
+        let dir = std::env::temp_dir().join(format!("corecast-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let show = |cli: Cli| format!("{:?}", Cli { config: None, ..cli });
+
+        let mut args = vec!["corecast".to_owned()];
+        args.extend(EVERY_FLAG.iter().map(|(k, v)| if is_bool(k) { format!("--{k}") } else { format!("--{k}={v}") }));
+        let from_flags = show(Cli::load_from(&args).unwrap());
+        assert_ne!(from_flags, show(Cli::builtin().unwrap()));
+
+        for separator in ["_", "-"] {
+            let toml: String = EVERY_FLAG
+                .iter()
+                .map(|(k, v)| {
+                    let key = k.replace('-', separator);
+                    if is_bool(k) || v.parse::<f64>().is_ok() {
+                        format!("{key} = {v}\n")
+                    } else {
+                        format!("{key} = {v:?}\n")
+                    }
+                })
+                .collect();
+            let path = dir.join(format!("all{separator}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            let from_file = show(Cli::load_from(["corecast", "--config", path.to_str().unwrap()]).unwrap());
+            assert_eq!(from_file, from_flags, "TOML keys spelled with `{separator}`");
+        }
+
+        for (k, v) in EVERY_FLAG {
+            std::env::set_var(env_name(k), v);
+        }
+        let from_env = Cli::load_from(["corecast"]).map(show);
+        for (k, _) in EVERY_FLAG {
+            std::env::remove_var(env_name(k));
+        }
+        assert_eq!(from_env.unwrap(), from_flags, "CORECAST_* variables");
+    }
+
+    #[test]
+    fn new_settings_are_validated() {
+        let _env = env_lock();
+        let load = |args: &[&str]| Cli::load_from([&["corecast"], args].concat()).unwrap().into_config();
+        let c =
+            load(&["--close-timeout", "0.5", "--max-request-head", "4096", "--stats-rooms", "7", "--backlog", "128"]);
+        let c = c.unwrap();
+        assert_eq!(
+            (c.close_timeout, c.max_request_head, c.stats_rooms, c.backlog),
+            (Duration::from_millis(500), 4096, 7, 128)
+        );
+        for (bad, flag) in [
+            (&["--close-timeout", "0"][..], "--close-timeout"),
+            (&["--max-request-head", "100"], "--max-request-head"),
+            (&["--backlog", "0"], "--backlog"),
+        ] {
+            let err = load(bad).unwrap_err();
+            assert!(err.to_string().contains(flag), "{bad:?}: {err}");
+        }
+        assert!(Cli::load_from(["corecast", "--close-timeout", "1e300"]).is_err(), "too long is an error, not a panic");
+    }
 
     #[test]
     fn defaults_serve_on_localhost_8080() {
+        let _env = env_lock();
         let cfg = Cli::load_from(["corecast"]).unwrap().into_config().unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(cfg.ping_interval, Duration::from_secs(30));
@@ -543,6 +838,7 @@ mod tests {
 
     #[test]
     fn file_fills_only_what_flags_did_not_set() {
+        let _env = env_lock();
         let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
@@ -560,6 +856,7 @@ mod tests {
 
     #[test]
     fn cluster_flags_need_a_url_and_agree() {
+        let _env = env_lock();
         let load = |args: &[&str]| Cli::load_from([&["corecast"], args].concat()).unwrap().into_config();
         assert!(load(&[]).unwrap().cluster.is_none(), "single node by default");
         let c = load(&["--nats-url", "nats://127.0.0.1:4222", "--nats-token", "t"]).unwrap().cluster.unwrap();
@@ -578,6 +875,7 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
+        let _env = env_lock();
         let err = Cli::load_from(["corecast", "--ping-interval", "0.01"]).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("--ping-interval"));
         assert!(Cli::load_from(["corecast", "--ping-interval", "abc"]).is_err());

@@ -13,7 +13,7 @@
 //! | [`config`] | flags, `CORECAST_*` env, TOML file → validated [`Config`] |
 //! | [`auth`] | JWT validation, guests, room allow-lists, room passwords (argon2) |
 //! | [`limits`] | rate limit (GCRA token bucket), per-IP table |
-//! | [`rt`] | the only code that knows glommio: executors, pinning, listeners |
+//! | [`rt`] | the only code that calls glommio: executors, pinning, listeners, spawning, timers |
 //! | `shard` | a shard: accept loop, inbox, connections, local membership, sweep |
 //! | `shard::mesh` | lock-free inter-shard inboxes with park/wake |
 //! | `shard::route` | room → owner shard |

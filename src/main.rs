@@ -15,9 +15,9 @@ fn main() -> anyhow::Result<()> {
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    init_logging(&cli.log, cli.log_json)?;
+    init_logging(&cli.logging.log, cli.logging.log_json)?;
     raise_nofile_limit();
-    if !cli.allow_thp {
+    if !cli.server.allow_thp {
         if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
             tracing::warn!(error = %e, "could not disable transparent huge pages; memory per connection will be higher");
         }

@@ -1,7 +1,7 @@
 //! Per-shard counters and the fan-out latency histogram.
 //!
 //! Each shard owns its own (plain `Cell`s: no atomics, no sharing). A reader asks every
-//! shard for a [`Snapshot`] by message and sums them (STYLE.md habit 6), so serving
+//! shard for a [`Snapshot`] by message and sums them (cross-core state moves by message), so serving
 //! `/stats` or `/metrics` takes no lock anywhere.
 //!
 //! The counters are declared once, in [`counters!`]; the live cells, the plain copy that

@@ -1,6 +1,7 @@
-//! The runtime layer: the only module that names glommio.
+//! The runtime layer: the only module that calls glommio (elsewhere only the shard's
+//! accept-task handle type and comments name it; `git grep -n glommio src/` shows them).
 //!
-//! glommio's maintenance has slowed (DESIGN.md §8), so everything runtime-specific sits
+//! glommio's maintenance has slowed, so everything runtime-specific sits
 //! here: executor construction and pinning, listener sockets, the stream type, spawning,
 //! timers. Moving to a fork or to another thread-per-core runtime touches this file.
 
@@ -46,7 +47,7 @@ where
 /// the port and the others reuse it (this is how tests run on an ephemeral port).
 ///
 /// Built with socket2 rather than glommio's `bind` because that one sets no
-/// `SO_REUSEADDR` and fixes the backlog at 1024 (DESIGN.md §8).
+/// `SO_REUSEADDR` and fixes the backlog at 1024 (ours is `--backlog`).
 pub fn bind_listeners(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<Vec<Socket>> {
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
@@ -83,7 +84,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// Starts shard `index` on its own thread running a glommio executor, pinned to `cpu`
 /// when given, and runs `main` on it until it returns.
 ///
-/// Executor settings follow DESIGN.md §8: a small `io_memory` (the 10 MiB default is
+/// Executor settings: a small `io_memory` (the 10 MiB default is
 /// pinned memory a network server never uses), a bounded ring, a 10 ms preemption timer
 /// so long fan-outs yield, and an optional spin before parking.
 pub fn spawn_shard<G, F>(index: usize, cpu: Option<usize>, config: &Config, main: G) -> io::Result<ShardThread>

@@ -20,7 +20,7 @@ use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq,
 use super::Shard;
 use crate::auth::{password, Identity};
 use crate::metrics::inc;
-use crate::protocol::client::{self, ClientMsg};
+use crate::protocol::client::{self, ClientMsg, HISTORY_PAGE, HISTORY_PAGE_MAX, PRESENCE_PAGE};
 use crate::protocol::{self, server, ClientError, ErrorCode};
 use crate::rt;
 use crate::ws::reader::{Message, MessageReader};
@@ -28,13 +28,6 @@ use crate::ws::{close, frame};
 
 /// Reads per poll before the task yields to others (fairness under floods).
 const READS_PER_POLL: usize = 4;
-
-/// Default and maximum page of a `presence` reply.
-const PRESENCE_PAGE: u32 = 100;
-
-/// Default and maximum page of a `history` reply.
-pub(super) const HISTORY_PAGE: u32 = 50;
-pub(super) const HISTORY_PAGE_MAX: u32 = 100;
 
 impl Shard {
     /// Takes ownership of an accepted socket and starts its task.

@@ -285,7 +285,7 @@ impl Conns {
 
 #[cfg(test)]
 mod tests {
-    /// Per-connection memory is a product feature (DESIGN.md §2): this fails when
+    /// Per-connection memory is a product feature (docs/DESIGN-NOTES.md, "Memory per connection"): this fails when
     /// someone makes every connection bigger, so the cost is a conscious decision.
     #[test]
     fn connection_state_stays_small() {

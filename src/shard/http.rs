@@ -20,7 +20,8 @@ use crate::http::response::Answer;
 use crate::http::router::{self, Route};
 use crate::http::{assets, prometheus, stats, HttpError};
 use crate::metrics::{inc, Snapshot};
-use crate::protocol::{self, client::MAX_PAGE};
+use crate::protocol;
+use crate::protocol::client::{HISTORY_PAGE, HISTORY_PAGE_MAX, MAX_PAGE, PRESENCE_PAGE};
 use crate::room::BROADCAST_ROOM;
 use crate::rt;
 use crate::ws::handshake;
@@ -146,7 +147,8 @@ impl Shard {
             },
             Route::RoomPresence(room) => {
                 let after = req.query_param("after");
-                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(100u32).clamp(1, MAX_PAGE);
+                let limit =
+                    req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(PRESENCE_PAGE).clamp(1, MAX_PAGE);
                 let key_ok = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).is_ok();
                 let shard = self.clone();
                 return self.answer_later(id, conn, used, keep, head_only, async move {
@@ -155,8 +157,8 @@ impl Shard {
             }
             Route::RoomHistory(room) => {
                 let before = req.query_param("before").and_then(|b| b.parse().ok());
-                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(super::conn::HISTORY_PAGE);
-                let limit = limit.clamp(1, super::conn::HISTORY_PAGE_MAX);
+                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(HISTORY_PAGE);
+                let limit = limit.clamp(1, HISTORY_PAGE_MAX);
                 let key_ok = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).is_ok();
                 let shard = self.clone();
                 return self.answer_later(id, conn, used, keep, head_only, async move {

@@ -52,7 +52,7 @@ use crate::Shared;
 use rustc_hash::FxHashMap;
 
 /// Size of the shard's read scratch buffer: every connection reads into it in turn, so
-/// no connection owns a read buffer while idle (DESIGN.md §2, §8).
+/// no connection owns a read buffer while idle (docs/DESIGN-NOTES.md, "Reads through a per-shard scratch buffer").
 const SCRATCH: usize = 64 * 1024;
 
 /// State of one shard. Created on, and never leaves, its executor thread.

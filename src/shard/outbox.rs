@@ -1,7 +1,7 @@
 //! One connection's outgoing direction: a bounded queue of shared frames.
 //!
 //! The fast path has no queue at all: when nothing is waiting, a frame goes straight to
-//! the socket with one non-blocking `send` (DESIGN.md §8), so a broadcast to an idle,
+//! the socket with one non-blocking `send` (docs/DESIGN-NOTES.md, "The write path"), so a broadcast to an idle,
 //! keeping-up receiver is a single syscall with no task wake-up. Only what the kernel did
 //! not take is queued, and the connection's task then drains the queue with vectored
 //! `sendmsg` calls (up to [`MAX_IOV`] frames per syscall), waiting for writability

@@ -139,7 +139,7 @@ fn recovery_refuses_another_epoch_or_a_position_older_than_the_ring() {
     let replay: Vec<u64> = (0..5).map(|_| c.expect("message")["seq"].as_u64().unwrap()).collect();
     assert_eq!(replay, vec![16, 17, 18, 19, 20]);
     assert_eq!(c.expect("joined")["recovered"], true);
-    // A bare seq (DESIGN.md §3 form) matches any epoch.
+    // A bare seq (the original design's form) matches any epoch.
     let mut c = Client::connect(&server, "bare");
     c.send(json!({"type":"join","room":"r","since":19}));
     assert_eq!(c.expect("message")["seq"], 20);

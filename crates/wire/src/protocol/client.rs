@@ -16,8 +16,20 @@ use super::{ClientError, ErrorCode};
 /// simd-json's reusable parser buffers (one set per shard), as [`parse`] takes them.
 pub use simd_json::Buffers;
 
+// Page sizes of `presence` and `history` replies, over WebSocket and HTTP alike
+// (docs/PROTOCOL.md, docs/HTTP.md): every paging limit is written here, once.
+
 /// Largest `limit` a `presence` or `history` request may ask for.
 pub const MAX_PAGE: u32 = 1000;
+
+/// `presence` page when the request gives no `limit` (at most [`MAX_PAGE`]).
+pub const PRESENCE_PAGE: u32 = 100;
+
+/// `history` page when the request gives no `limit`.
+pub const HISTORY_PAGE: u32 = 50;
+
+/// Largest `history` page (below [`MAX_PAGE`]).
+pub const HISTORY_PAGE_MAX: u32 = 100;
 
 /// A parsed, validated client request.
 #[derive(Debug, PartialEq, Eq)]

@@ -4,8 +4,7 @@
 //! Pure (no I/O). The connection hands it whatever the socket produced, usually straight
 //! from the shard's scratch buffer; only an unfinished frame tail is copied into the
 //! reader's own buffer, which is freed again as soon as it drains, so an idle connection
-//! holds no buffer at all: with a million mostly idle connections, per-connection
-//! buffers would dominate memory.
+//! holds no buffer at all (docs/DESIGN-NOTES.md, "Memory per connection").
 
 use std::ops::ControlFlow;
 
