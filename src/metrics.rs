@@ -93,6 +93,8 @@ counters! {
     auth_rejections,
     /// Accepts that failed for lack of file descriptors.
     accept_fd_exhausted,
+    /// Accepts retried after a failed accept and a pause (50 ms when out of descriptors).
+    accept_retries,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.
