@@ -93,6 +93,8 @@ counters! {
     accept_fd_exhausted,
     /// History or presence requests from another node that named nobody to answer.
     remote_requests_unanswered,
+    /// Accepts retried after a failed accept and a pause (50 ms when out of descriptors).
+    accept_retries,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.

@@ -521,6 +521,10 @@ pub(crate) async fn run(
 /// off and retries, logging at most once per interval: existing connections keep being
 /// served, and accepting resumes by itself when descriptors free up.
 async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
+    // Each retry follows a pause of at least this long, so retries are bounded by
+    // elapsed time / pause + 1 (counted as `accept_retries`; tests/it/exhaustion.rs checks it).
+    const ACCEPT_PAUSE_EXHAUSTED: Duration = Duration::from_millis(50);
+    const ACCEPT_PAUSE_OTHER: Duration = Duration::from_millis(5);
     const LOG_EVERY: Duration = Duration::from_secs(5);
     let mut last_log: Option<Instant> = None;
     loop {
@@ -540,7 +544,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
                         tracing::warn!(shard = shard.id, error = %e, "accept failed");
                     }
                 }
-                rt::sleep(Duration::from_millis(if exhausted { 50 } else { 5 })).await;
+                rt::sleep(if exhausted { ACCEPT_PAUSE_EXHAUSTED } else { ACCEPT_PAUSE_OTHER }).await;
+                inc(&shard.stats.accept_retries);
             }
         }
     }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::TestServer;
 
-/// Bound on the whole browser run (each step in the script has its own 10 s bound).
-const TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on the whole browser run (each step in the script has its own 30 s bound);
+/// generous, so a loaded host passes: the run ends when the script does.
+const TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the script gets to close Chromium after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 const INSTALL_HINT: &str = "install: apt-get install chromium; npm ci --prefix tests/browser";

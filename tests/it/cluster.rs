@@ -15,7 +15,7 @@ use corecast::cluster::ClusterConfig;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::support::{ChildServer, Client, Http, TestServer};
+use crate::support::{ChildServer, Client, Http, TestServer, PATIENCE};
 
 const KEY: &str = "cluster-test-api-key-0123";
 
@@ -72,7 +72,7 @@ impl Nats {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start listening");
             std::thread::sleep(Duration::from_millis(20));
@@ -119,7 +119,7 @@ fn health(addr: SocketAddr) -> Value {
 
 /// Waits until every node is connected and sees `n` live nodes.
 fn wait_for_cluster(addrs: &[SocketAddr], n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + PATIENCE;
     for &a in addrs {
         loop {
             let h = health(a);
@@ -198,7 +198,7 @@ fn members_on_three_nodes_see_one_order_and_one_presence() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     // Presence is cluster-wide (this also proves every node receives the room).
     for c in clients.iter_mut() {
-        wait_presence(c, room, &names, Duration::from_secs(10));
+        wait_presence(c, room, &names, PATIENCE);
     }
 
     // Everyone talks at once; messages from all three nodes interleave.
@@ -215,7 +215,7 @@ fn members_on_three_nodes_see_one_order_and_one_presence() {
     for c in clients.iter_mut() {
         let mut got = Vec::new();
         while got.len() < total {
-            let Some(m) = wait_for(c, Duration::from_secs(10), |v| v["type"] == "message") else {
+            let Some(m) = wait_for(c, PATIENCE, |v| v["type"] == "message") else {
                 panic!("{} received {} of {total} messages: {got:?}", c.user, got.len());
             };
             got.push((
@@ -224,8 +224,14 @@ fn members_on_three_nodes_see_one_order_and_one_presence() {
                 m["text"].as_str().unwrap().to_owned(),
             ));
         }
-        c.expect_silence(Duration::from_millis(300));
         streams.push(got);
+    }
+    // Nothing more (no duplicate): a message sent now, sequenced after all of them, is the
+    // next one everyone receives.
+    clients[0].send(json!({"type":"message","room":room,"text":"marker"}));
+    for c in clients.iter_mut() {
+        let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("the marker arrives");
+        assert_eq!(m["text"], "marker", "{} received more than the {total} messages: {m}", c.user);
     }
     let first = &streams[0];
     let seqs: Vec<u64> = first.iter().map(|m| m.0).collect();
@@ -244,10 +250,10 @@ fn members_on_three_nodes_see_one_order_and_one_presence() {
     // A newcomer on node 2 is announced to a member on node 0.
     let mut late = Client::connect(&nodes[2], "late");
     late.join(room);
-    let ev = wait_for(&mut clients[0], Duration::from_secs(5), |v| v["type"] == "join" && v["user"] == "late");
+    let ev = wait_for(&mut clients[0], PATIENCE, |v| v["type"] == "join" && v["user"] == "late");
     assert!(ev.is_some(), "join event crossed nodes");
     drop(late);
-    let ev = wait_for(&mut clients[0], Duration::from_secs(5), |v| v["type"] == "leave" && v["user"] == "late");
+    let ev = wait_for(&mut clients[0], PATIENCE, |v| v["type"] == "leave" && v["user"] == "late");
     assert!(ev.is_some(), "leave event crossed nodes");
 
     // Stats and metrics show the bus.
@@ -272,15 +278,15 @@ fn api_publish_and_personal_rooms_reach_every_node() {
     let mut d = Client::connect(&nodes[2], "dora");
     a.join("news");
     b.join("news");
-    wait_presence(&mut a, "news", &["ann", "ben"], Duration::from_secs(10));
-    wait_presence(&mut b, "news", &["ann", "ben"], Duration::from_secs(10));
+    wait_presence(&mut a, "news", &["ann", "ben"], PATIENCE);
+    wait_presence(&mut b, "news", &["ann", "ben"], PATIENCE);
 
     // A room publish on node 2 (no member there) reaches members on nodes 0 and 1.
     let r = nodes[2].http().post("/api/publish", Some(KEY), &json!({"room":"news","text":"extra"}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json()["seq"].as_u64().is_some(), "{}", r.body);
     for c in [&mut a, &mut b] {
-        let m = wait_for(c, Duration::from_secs(5), |v| v["type"] == "message").expect("room publish crossed nodes");
+        let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("room publish crossed nodes");
         assert_eq!(
             (m["room"].as_str(), m["text"].as_str(), m["user"].as_str()),
             (Some("news"), Some("extra"), Some("server"))
@@ -290,16 +296,22 @@ fn api_publish_and_personal_rooms_reach_every_node() {
     // A push to one user, on another node, reaches the personal room there.
     let r = nodes[0].http().post("/api/publish", Some(KEY), &json!({"users":["dora"],"text":"psst"}));
     assert_eq!(r.status, 200, "{}", r.body);
-    let m = wait_for(&mut d, Duration::from_secs(5), |v| v["type"] == "message").expect("user push crossed nodes");
+    let m = wait_for(&mut d, PATIENCE, |v| v["type"] == "message").expect("user push crossed nodes");
     assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@user:dora"), Some("psst")));
 
     // A broadcast from node 1 reaches everyone, on every node, once.
     let r = nodes[1].http().post("/api/publish", Some(KEY), &json!({"broadcast":true,"text":"all"}));
     assert_eq!(r.status, 200, "{}", r.body);
     for c in [&mut a, &mut b, &mut d] {
-        let m = wait_for(c, Duration::from_secs(5), |v| v["type"] == "message").expect("broadcast crossed nodes");
+        let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("broadcast crossed nodes");
         assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@all"), Some("all")));
-        c.expect_silence(Duration::from_millis(200));
+    }
+    // Once: a second broadcast from the same node is the next message everyone receives.
+    let r = nodes[1].http().post("/api/publish", Some(KEY), &json!({"broadcast":true,"text":"marker"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for c in [&mut a, &mut b, &mut d] {
+        let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("the marker broadcast arrives");
+        assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@all"), Some("marker")), "{} got more", c.user);
     }
 
     // The HTTP presence of a room is cluster-wide on a node with members.
@@ -326,27 +338,27 @@ fn a_killed_node_leaves_presence_within_the_bound_and_the_rest_keep_serving() {
         cl.join(room);
     }
     for cl in [&mut alice, &mut bob] {
-        wait_presence(cl, room, &["alice", "bob", "carol"], Duration::from_secs(10));
+        wait_presence(cl, room, &["alice", "bob", "carol"], PATIENCE);
     }
 
     let mut c = c;
     let killed = Instant::now();
     c.child.kill().unwrap(); // SIGKILL: no goodbye
     let _ = c.child.wait();
-    let ev = wait_for(&mut alice, Duration::from_secs(10), |v| v["type"] == "leave" && v["user"] == "carol")
+    let ev = wait_for(&mut alice, PATIENCE, |v| v["type"] == "leave" && v["user"] == "carol")
         .expect("carol's node died: she leaves");
     let took = killed.elapsed();
     let _ = writeln!(std::io::stderr(), "cluster: presence expiry after kill -9 took {took:?}");
     assert_eq!(ev["room"], room);
     assert!(took <= PRESENCE_BOUND + Duration::from_millis(750), "expiry took {took:?}, bound {PRESENCE_BOUND:?}");
-    wait_presence(&mut bob, room, &["alice", "bob"], Duration::from_secs(2));
+    wait_presence(&mut bob, room, &["alice", "bob"], PATIENCE);
     wait_for_cluster(&[a.addr, b.addr], 2);
 
     // The survivors keep serving, across nodes.
     alice.say(room, "still here");
-    let m = wait_for(&mut bob, Duration::from_secs(5), |v| v["type"] == "message").expect("a→b still works");
+    let m = wait_for(&mut bob, PATIENCE, |v| v["type"] == "message").expect("a→b still works");
     assert_eq!(m["text"], "still here");
-    let m = wait_for(&mut alice, Duration::from_secs(5), |v| v["type"] == "message").expect("a gets its own");
+    let m = wait_for(&mut alice, PATIENCE, |v| v["type"] == "message").expect("a gets its own");
     assert_eq!(m["text"], "still here");
 }
 
@@ -364,10 +376,10 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
     for cl in [&mut alice, &mut amy, &mut bob] {
         cl.join(room);
     }
-    wait_presence(&mut bob, room, &["alice", "amy", "bob"], Duration::from_secs(10));
+    wait_presence(&mut bob, room, &["alice", "amy", "bob"], PATIENCE);
 
     nats.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while health(a.addr)["bus"] != "disconnected" || health(b.addr)["bus"] != "disconnected" {
         assert!(Instant::now() < deadline, "the nodes never noticed NATS went away");
         std::thread::sleep(Duration::from_millis(20));
@@ -377,7 +389,7 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
     // Local delivery keeps working while the bus is down.
     alice.say(room, "during outage");
     for cl in [&mut alice, &mut amy] {
-        let m = wait_for(cl, Duration::from_secs(5), |v| v["type"] == "message").expect("local delivery in an outage");
+        let m = wait_for(cl, PATIENCE, |v| v["type"] == "message").expect("local delivery in an outage");
         assert_eq!(m["text"], "during outage");
     }
     // What could not cross is counted, not silently lost.
@@ -389,10 +401,10 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
 
     // Long enough for the nodes to declare each other dead: each side's users leave the
     // other's presence, and must come back after the restart.
-    wait_presence(&mut bob, room, &["bob"], PRESENCE_BOUND + Duration::from_secs(3));
+    wait_presence(&mut bob, room, &["bob"], PRESENCE_BOUND + PATIENCE);
     let restarted = Instant::now();
     nats.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + PATIENCE;
     while health(a.addr)["bus"] != "connected" || health(b.addr)["bus"] != "connected" {
         assert!(Instant::now() < deadline, "the nodes never reconnected");
         std::thread::sleep(Duration::from_millis(20));
@@ -403,7 +415,7 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
     wait_for_cluster(&[a.addr, b.addr], 2);
 
     // Cross-node delivery resumes (the first probes may race the resubscription).
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     let mut n = 0;
     loop {
         n += 1;
@@ -419,5 +431,5 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
     let healed = restarted.elapsed();
     let _ = writeln!(std::io::stderr(), "cluster: cross-node delivery resumed {healed:?} after the restart");
     // And presence is whole again.
-    wait_presence(&mut bob, room, &["alice", "amy", "bob"], Duration::from_secs(10));
+    wait_presence(&mut bob, room, &["alice", "amy", "bob"], PATIENCE);
 }

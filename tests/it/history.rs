@@ -7,7 +7,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{clients_on_both_shards, Client, TestServer, PATIENCE};
+use crate::support::{clients_on_both_shards, Client, Http, Resp, TestServer, PATIENCE};
+
+/// Polls `GET path` until `done` holds for the answer (every 10 ms, failing after `within`).
+fn poll_until(http: &Http, path: &str, within: Duration, done: impl Fn(&Resp) -> bool) -> Resp {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = http.get(path);
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "GET {path} never got there within {within:?}: {} {}", r.status, r.body);
+        thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// What one reconnect observed: (seq, kind) in arrival order.
 fn rejoin_and_read(
@@ -71,6 +84,7 @@ fn reconnecting_with_since_recovers_exactly_the_missed_messages_then_live_ones()
         })
         .collect();
 
+    let http = server.http();
     let mut mobile = Client::connect(&server, "mobile");
     let joined = mobile.join("feed");
     let mut epoch = joined["epoch"].as_str().unwrap().to_owned();
@@ -92,6 +106,9 @@ fn reconnecting_with_since_recovers_exactly_the_missed_messages_then_live_ones()
         }
         drop(mobile);
         thread::sleep(Duration::from_millis(fastrand::u64(5..60)));
+        // Rejoin once the room has moved on, so that every round has something to replay
+        // however the host schedules the publishers.
+        poll_until(&http, "/stats?room=feed", PATIENCE, |r| r.json()["messages"].as_u64().is_some_and(|m| m > last));
         let (c, seqs, joined) = rejoin_and_read(&server, "mobile", "feed", &epoch, last, 3);
         assert_eq!(joined["recovered"], true, "round {round}: {joined}");
         assert_eq!(joined["epoch"], epoch.as_str());
@@ -245,22 +262,29 @@ fn history_never_grows_past_its_memory_caps() {
 
 #[test]
 fn an_empty_room_keeps_its_history_for_the_ttl() {
-    let server = TestServer::with(|c| c.history_ttl = Duration::from_millis(800));
+    // Long enough that the rejoin below lands within it on a loaded host; the test waits
+    // for it once.
+    const TTL: Duration = Duration::from_secs(5);
+    let server = TestServer::with(|c| c.history_ttl = TTL);
+    let http = server.http();
     let mut a = Client::connect(&server, "a");
     let epoch = a.join("brief")["epoch"].as_str().unwrap().to_owned();
     a.say("brief", "before the gap");
     a.expect("message");
     drop(a);
-    thread::sleep(Duration::from_millis(200));
+    // The room is empty once its owner has seen `a` go.
+    poll_until(&http, "/stats?room=brief", PATIENCE, |r| r.status == 200 && r.json()["members"] == 0);
     // Within the TTL: same stream, the message is recovered.
     let mut b = Client::connect(&server, "b");
     b.send(json!({"type":"join","room":"brief","since":{"epoch":epoch,"seq":0}}));
     assert_eq!(b.expect("message")["text"], "before the gap");
     let j = b.expect("joined");
     assert_eq!((j["recovered"].as_bool(), j["epoch"].as_str()), (Some(true), Some(epoch.as_str())));
+    let emptied = Instant::now();
     drop(b);
-    // After the TTL (and a sweep tick): the room is gone; a new stream starts.
-    thread::sleep(Duration::from_millis(2200));
+    // After the TTL (and a sweep tick): the room is gone, not before; a new stream starts.
+    poll_until(&http, "/stats?room=brief", TTL + PATIENCE, |r| r.status == 404);
+    assert!(emptied.elapsed() >= TTL, "the room went {:?} after it emptied, before its TTL", emptied.elapsed());
     let mut c = Client::connect(&server, "c");
     c.send(json!({"type":"join","room":"brief","since":{"epoch":epoch,"seq":1}}));
     let j = c.expect("joined");
@@ -268,8 +292,10 @@ fn an_empty_room_keeps_its_history_for_the_ttl() {
     assert_ne!(j["epoch"], epoch.as_str());
 }
 
+/// What a client does to catch up on its personal room after being offline: the room
+/// cannot be joined (not even with `since`), and `history` returns what was pushed.
 #[test]
-fn pushes_to_an_offline_user_are_recovered_on_reconnect() {
+fn a_personal_room_cannot_be_rejoined_and_offline_pushes_come_back_through_history() {
     let key = "offline-test-key-0123456789";
     let server = TestServer::with(|c| c.api_key = Some(key.into()));
     let http = server.http();
@@ -279,7 +305,8 @@ fn pushes_to_an_offline_user_are_recovered_on_reconnect() {
     let m = alice.expect("message");
     let seq = m["seq"].as_u64().unwrap();
     drop(alice);
-    thread::sleep(Duration::from_millis(100));
+    // Offline once the server has seen the connection go.
+    poll_until(&http, "/stats", PATIENCE, |r| r.json()["connections"]["websockets"] == 0);
     http.post("/api/publish", Some(key), &json!({"users":["alice"],"text":"while offline"}));
     let mut again = Client::connect(&server, "alice");
     again.send(json!({"type":"join","room":"@user:alice","since":seq}));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{clients_on_both_shards, Client, Raw, TestServer};
+use crate::support::{clients_on_both_shards, Client, Raw, TestServer, PATIENCE};
 
 const KEY: &str = "test-api-key-0123456789";
 
@@ -25,11 +25,20 @@ fn health_answers_ok_while_serving() {
 
 #[test]
 fn health_answers_503_while_draining_and_upgrades_are_refused() {
-    let server = TestServer::with(|c| c.drain_grace = Duration::from_millis(1500));
+    // The grace period must outlast the checks below on a slow host; it is what the
+    // test waits for at the end.
+    let server = TestServer::with(|c| c.drain_grace = Duration::from_secs(5));
     let mut client = Client::connect(&server, "stays");
     server.begin_shutdown();
-    std::thread::sleep(Duration::from_millis(100));
-    let r = server.http().get("/health");
+    // The shutdown reaches the shards by message: wait for /health to say so.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let r = loop {
+        let r = server.http().get("/health");
+        if r.status != 200 || std::time::Instant::now() >= deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["status"], "draining");
     let stream = std::net::TcpStream::connect(server.addr).unwrap();
@@ -97,6 +106,11 @@ fn metrics_are_valid_prometheus_exposition() {
     cs[0].join("r");
     cs[1].join("r");
     cs[0].say("r", "x");
+    // Published and fanned out once both members have it (the first one also gets the
+    // second one's join event first).
+    for c in &mut cs {
+        assert_eq!(c.expect_skipping("message")["text"], "x");
+    }
     let r = server.http().get("/metrics");
     assert_eq!(r.status, 200);
     assert!(r.content_type.starts_with("application/openmetrics-text"), "{}", r.content_type);
@@ -212,7 +226,10 @@ fn publish_to_users_reaches_only_their_connections() {
         );
     }
     assert_eq!(bob.expect("message")["room"], "@user:bob");
-    carol.expect_silence(Duration::from_millis(300));
+    // Carol got nothing: a push to her sent afterwards is the first thing she receives.
+    let r = server.http().post("/api/publish", Some(KEY), &json!({"users":["carol"],"text":"marker"}));
+    assert_eq!(r.json()["rooms"], 1);
+    assert_eq!(carol.expect("message")["text"], "marker", "carol received nothing before the marker");
 }
 
 #[test]
