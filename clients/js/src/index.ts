@@ -513,6 +513,7 @@ export class Corecast extends Emitter<ClientEvents> {
     clearTimeout(this.refreshTimer);
     const ws = this.ws;
     this.ws = null;
+    for (const room of this.rooms.values()) if (room.status === 'joined') room.hadSession = true;
     this.failAll('closed', 'the client was closed');
     this.setState('closed');
     if (!ws) return Promise.resolve();
