@@ -152,6 +152,8 @@ export interface BackoffOptions {
   baseMs?: number;
   /** Largest ceiling in ms (default 30000). */
   capMs?: number;
+  /** Floor of every jittered delay in ms (default 0: full jitter over [0, ceiling)). */
+  minMs?: number;
   /** A connection that lasted this long resets the backoff (default 10000). */
   stableMs?: number;
 }
@@ -554,6 +556,14 @@ export class Corecast extends Emitter<ClientEvents> {
     return this._request({ ...frame }, 'request', str(frame.room), opts.timeoutMs);
   }
 
+  /** Skips the wait of a scheduled reconnect (e.g. when the browser comes back online) and resets the backoff. */
+  retryNow(): void {
+    if (this._state !== 'reconnecting' || !this.wanted || this.ws) return;
+    clearTimeout(this.retryTimer);
+    this.attempt = 0;
+    void this.open();
+  }
+
   /** Fetches a new token with `getToken` now and sends it with `refresh`; resolves with the new `exp`. */
   async refreshToken(): Promise<number | undefined> {
     if (!this.opts.getToken) throw new CorecastError('invalid_token', 'no getToken option to refresh with');
@@ -659,7 +669,8 @@ export class Corecast extends Emitter<ClientEvents> {
     const base = this.opts.backoff?.baseMs ?? 500;
     const cap = this.opts.backoff?.capMs ?? 30_000;
     const ceiling = Math.min(cap, base * 2 ** this.attempt);
-    const wait = delay ?? Math.floor(Math.random() * ceiling); // full jitter
+    const min = Math.min(this.opts.backoff?.minMs ?? 0, ceiling);
+    const wait = delay ?? Math.floor(min + Math.random() * (ceiling - min)); // full jitter
     this.attempt = Math.min(this.attempt + 1, 30);
     this.setState('reconnecting');
     this.emit('reconnecting', { delay: wait, attempt: this.attempt });
