@@ -384,7 +384,7 @@ export class Corecast extends Emitter {
         }
         let ws;
         try {
-            ws = protocols ? new this.Ctor(url.href, protocols) : new this.Ctor(url.href);
+            ws = (protocols ? new this.Ctor(url.href, protocols) : new this.Ctor(url.href));
         }
         catch (err) {
             this.emit('error', new CorecastError('disconnected', `cannot open a WebSocket: ${String(err)}`));

@@ -143,8 +143,12 @@ export interface WebSocketLike {
   onerror: ((ev: any) => void) | null;
 }
 
-/** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from the `ws` package). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+/**
+ * A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from the `ws` package)
+ * whose instances behave as {@link WebSocketLike}. The instance type is left open because
+ * the `ws` package's overloaded declarations do not match the DOM's exactly.
+ */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown;
 
 /** Reconnect backoff: capped exponential with full jitter, reset after a stable connection. */
 export interface BackoffOptions {
@@ -607,7 +611,7 @@ export class Corecast extends Emitter<ClientEvents> {
     }
     let ws: WebSocketLike;
     try {
-      ws = protocols ? new this.Ctor(url.href, protocols) : new this.Ctor(url.href);
+      ws = (protocols ? new this.Ctor(url.href, protocols) : new this.Ctor(url.href)) as WebSocketLike;
     } catch (err) {
       this.emit('error', new CorecastError('disconnected', `cannot open a WebSocket: ${String(err)}`));
       this.scheduleReconnect();
