@@ -1,26 +1,29 @@
 // corecast web client: plain ES2020, no framework, no build step.
 //
-// Speaks protocol v1 (docs/PROTOCOL.md) over one WebSocket to the page's own origin.
+// Speaks protocol v1 (docs/PROTOCOL.md) over one WebSocket to the page's own origin,
+// through the corecast-client library (clients/js; its build is committed as
+// corecast-client.js): reconnect, recovery with `since`, acks and presence paging live
+// there, not here.
 // All user-supplied text reaches the DOM through textContent / text nodes only; nothing
 // here ever assigns innerHTML.
 //
 // Map of this file:
 //   config & helpers      constants, el() DOM builder, validation, formatting
 //   state                 the connection and the joined rooms (the single source of truth)
-//   connection            connect, welcome, disconnect, reconnect with capped backoff + jitter
-//   protocol handlers     one function per server message type
+//   connection            the library's client: connect, welcome, disconnect, reconnect state
+//   room events           one function per room event of the library
 //   rooms                 join / switch / leave, sidebar, unread counters
 //   messages              rendering, pending → acked → confirmed, notices, scrolling
 //   presence              paged presence query, join/leave events, the panel
 //   ui wiring             name form, composer, drawers, toasts, keyboard
-'use strict';
+import { Corecast } from '/corecast-client.js';
 
 (() => {
   // ───────────────────────── config & helpers ─────────────────────────
 
   const STORE = { name: 'corecast.name', rooms: 'corecast.rooms', current: 'corecast.current' };
   const DEFAULT_ROOM = 'lobby';
-  const BACKOFF = { baseMs: 500, capMs: 30000, stableMs: 10000 };
+  const BACKOFF = { baseMs: 500, capMs: 30000, stableMs: 10000, minMs: 250 };
   const MAX_MESSAGES_PER_ROOM = 500;
   const PRESENCE_PAGE = 200;
   const PRESENCE_MAX = 1000;
@@ -109,15 +112,13 @@
    * @property {string} name
    * @property {boolean} system          server-managed (`@user:…`): no join/leave/presence
    * @property {'joining'|'joined'} status
-   * @property {string|null} epoch       from `joined`; identifies the room's stream
-   * @property {number|null} lastSeq     highest message seq seen in this epoch
-   * @property {boolean} hadSession      joined before on an earlier connection
-   * @property {boolean} resumeAsked     the current join carried `since`
+   * @property {any} remote              the library's room (null for system rooms)
+   * @property {Array<() => void>} offs  unsubscribes the library's room events
+   * @property {object|null} presenceLoad  the presence load in flight (a newer one wins)
    * @property {number} unread
    * @property {number} count            distinct users in the room
    * @property {Set<string>} users       known members (from presence pages and events)
    * @property {Array<Pending>} pending  own messages sent but not yet seen back
-   * @property {Array<string|null>} presencePages  `after` of each presence query in flight
    * @property {HTMLOListElement} list   this room's message list
    * @property {HTMLLIElement} item      this room's sidebar entry
    * @property {number|null} scrollTop   saved scroll position while not shown
@@ -126,7 +127,6 @@
   /**
    * An own message on its way: pending → sent (acked, seq known) → confirmed (seen back).
    * @typedef {object} Pending
-   * @property {string} id
    * @property {Room} room
    * @property {string} text
    * @property {number|null} seq
@@ -138,118 +138,78 @@
     name: '',
     /** The name the server calls us (from `welcome`). */
     me: '',
-    /** @type {WebSocket|null} */
-    ws: null,
+    /** @type {Corecast|null} the library's client for the current name */
+    client: null,
     /** 'connecting' | 'online' | 'reconnecting' | 'offline' */
     conn: 'offline',
-    /** Failed attempts in a row: drives the backoff. */
-    attempt: 0,
-    onlineSince: 0,
     everOnline: false,
-    retryTimer: 0,
     countdownTimer: 0,
     retryAt: 0,
     /** @type {Map<string, Room>} in sidebar order */
     rooms: new Map(),
     /** @type {Room|null} */
     current: null,
-    nextId: 1,
-    /** Outstanding requests by `id`, to route `ack` / `error` / `presence` answers. */
-    requests: new Map(),
   };
 
   // ───────────────────────── connection ─────────────────────────
 
   function connect() {
-    clearTimeout(state.retryTimer);
     clearInterval(state.countdownTimer);
-    if (state.ws) return;
-    if (!navigator.onLine) {
-      setConn('offline');
-      return;
-    }
-    setConn(state.everOnline ? 'reconnecting' : 'connecting');
+    if (state.client) return;
     const url = new URL('/ws', location.href);
     url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    url.search = `?name=${encodeURIComponent(state.name)}`;
-    let ws;
-    try {
-      ws = new WebSocket(url.href);
-    } catch (err) {
-      toast(`Cannot connect: ${err.message}`);
-      scheduleReconnect();
-      return;
-    }
-    state.ws = ws;
-    ws.addEventListener('message', (event) => {
-      if (ws !== state.ws || typeof event.data !== 'string') return;
-      let msg;
-      try {
-        msg = JSON.parse(event.data);
-      } catch {
-        return;
+    const client = new Corecast(url.href, { name: state.name, backoff: BACKOFF });
+    state.client = client;
+    client.on('connecting', () => {
+      clearInterval(state.countdownTimer);
+      setConn(state.everOnline ? 'reconnecting' : 'connecting');
+    });
+    client.on('connected', (welcome) => onWelcome(welcome));
+    client.on('disconnected', ({ code, reason, willReconnect }) => {
+      onConnectionLost();
+      if (!willReconnect && state.client === client) {
+        state.client = null;
+        setConn('offline');
+        if (code !== 1000) toast(`Disconnected (${code}${reason ? `: ${reason}` : ''}).`);
       }
-      if (msg && typeof msg === 'object' && typeof msg.type === 'string') dispatch(msg);
     });
-    ws.addEventListener('close', () => {
-      if (ws !== state.ws) return;
-      state.ws = null;
-      onDisconnected();
+    client.on('reconnecting', ({ delay }) => {
+      state.retryAt = Date.now() + delay;
+      setConn('waiting');
+      clearInterval(state.countdownTimer);
+      state.countdownTimer = setInterval(() => setConn('waiting'), 1000);
     });
+    client.on('push', (m) => onSystemMessage(m));
+    client.on('broadcast', (m) => onSystemMessage(m));
+    client.on('error', (err) => toast(err.message));
+    for (const room of state.rooms.values()) if (!room.system) bindRoom(room);
+    client.connect().catch(() => {}); // a final close is reported by 'disconnected'
   }
 
   /** Closes on purpose (name change): no reconnect until `connect()` is called again. */
   function disconnect() {
-    const ws = state.ws;
-    state.ws = null;
-    if (ws) ws.close(1000, 'bye');
-    clearTimeout(state.retryTimer);
+    const client = state.client;
+    state.client = null;
     clearInterval(state.countdownTimer);
+    for (const room of state.rooms.values()) unbindRoom(room);
+    if (client) client.close(1000, 'bye');
     onConnectionLost();
     setConn('offline');
   }
 
-  function onDisconnected() {
-    onConnectionLost();
-    scheduleReconnect();
-  }
-
-  /** Everything tied to the old connection ends: requests, joins, pending messages. */
+  /** Everything tied to the old connection ends: joins and presence loads (the library fails unacked sends). */
   function onConnectionLost() {
-    if (Date.now() - state.onlineSince >= BACKOFF.stableMs && state.onlineSince) state.attempt = 0;
-    state.onlineSince = 0;
-    state.requests.clear();
     for (const room of state.rooms.values()) {
-      if (room.status === 'joined') room.hadSession = true;
-      room.presencePages = [];
+      room.presenceLoad = null;
       if (!room.system) room.status = 'joining';
-      for (const p of [...room.pending]) {
-        if (p.seq === null) markFailed(p, 'Not sent: connection lost');
-        else markSent(p); // sequenced; the message itself may still be recovered or missed
-      }
       renderRoomItem(room);
     }
     updateComposer();
   }
 
-  /** Exponential backoff with "equal jitter": wait in [d/2, d], d = min(cap, base·2^attempt). */
-  function scheduleReconnect() {
-    const ceiling = Math.min(BACKOFF.capMs, BACKOFF.baseMs * 2 ** state.attempt);
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-    state.attempt = Math.min(state.attempt + 1, 16);
-    if (!navigator.onLine) {
-      setConn('offline');
-      return;
-    }
-    state.retryAt = Date.now() + delay;
-    state.retryTimer = setTimeout(connect, delay);
-    setConn('waiting');
-    state.countdownTimer = setInterval(() => setConn('waiting'), 1000);
-  }
-
   function reconnectNow() {
-    state.attempt = 0;
-    connect();
+    if (state.client) state.client.retryNow();
+    else connect();
   }
 
   function setConn(kind) {
@@ -276,170 +236,111 @@
     // The live region announces state changes; the per-second countdown is aria-hidden.
     if ($('conn-text').textContent !== label) $('conn-text').textContent = label;
     $('conn-countdown').textContent = countdown;
-    retry.hidden = !(kind === 'waiting' || (stateName === 'offline' && state.name && !state.ws));
+    retry.hidden = !(kind === 'waiting' || (stateName === 'offline' && state.name && !state.client));
     updateComposer();
   }
 
-  function send(obj) {
-    const ws = state.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(JSON.stringify(obj));
-    return true;
+  // ───────────────────────── room events ─────────────────────────
+
+  function onWelcome(welcome) {
+    state.me = welcome.user || state.name;
+    clearInterval(state.countdownTimer);
+    const first = !state.everOnline;
+    state.everOnline = true;
+    setConn('online');
+    renderMe();
+    // A first visit starts in the lobby; someone who left every room stays roomless.
+    if (first && state.rooms.size === 0 && storageGet(STORE.rooms) === null) joinRoom(DEFAULT_ROOM, { focus: !NARROW.matches });
+    renderPresence();
   }
 
-  /**
-   * Sends a request with a fresh `id` and remembers what it was for, so that the `ack` or
-   * `error` echoing the id as `ref` finds its way back.
-   */
-  function request(obj, meta) {
-    const id = `c${state.nextId++}`;
-    if (!send({ ...obj, id })) return null;
-    if (meta) state.requests.set(id, meta);
-    return id;
+  /** Subscribes a sidebar room to the library's room and joins it (rejoined by the library after reconnects). */
+  function bindRoom(room) {
+    if (!state.client || room.system) return;
+    unbindRoom(room);
+    const remote = state.client.room(room.name);
+    room.remote = remote;
+    room.status = 'joining';
+    room.offs = [
+      remote.on('joined', (info) => onJoined(room, info)),
+      remote.on('message', (m) => onMessage(room, m)),
+      remote.on('join', ({ user }) => onPresenceJoin(room, user)),
+      remote.on('leave', ({ user }) => onPresenceLeave(room, user)),
+      remote.on('resync', () => addNotice(room, 'You may have missed messages while you were disconnected.', 'warn')),
+      remote.on('error', (err) => joinFailed(room, err)),
+    ];
+    remote.join().catch((err) => {
+      if (['closed', 'left', 'timeout', 'disconnected'].includes(err.code)) return;
+      joinFailed(room, err);
+    });
+    renderRoomItem(room);
   }
 
-  // ───────────────────────── protocol handlers ─────────────────────────
+  function unbindRoom(room) {
+    for (const off of room.offs) off();
+    room.offs = [];
+    room.remote = null;
+  }
 
-  const handlers = {
-    welcome(m) {
-      state.me = typeof m.user === 'string' ? m.user : state.name;
-      state.onlineSince = Date.now();
-      const first = !state.everOnline;
-      state.everOnline = true;
-      setConn('online');
-      renderMe();
-      for (const room of state.rooms.values()) {
-        if (!room.system) sendJoin(room);
-      }
-      // A first visit starts in the lobby; someone who left every room stays roomless.
-      if (first && state.rooms.size === 0 && storageGet(STORE.rooms) === null) joinRoom(DEFAULT_ROOM, { focus: !NARROW.matches });
+  function joinFailed(room, err) {
+    if (state.rooms.get(room.name) !== room) return;
+    unbindRoom(room);
+    removeRoom(room);
+    toast(`Could not join #${room.name}: ${err.message}`);
+  }
+
+  function onJoined(room, info) {
+    room.status = 'joined';
+    room.count = info.members;
+    room.users.add(state.me);
+    if (!info.rejoin) addNotice(room, 'You joined the room.');
+    requestPresence(room);
+    renderRoomItem(room);
+    if (room === state.current) {
       renderPresence();
-    },
+      updateComposer();
+    }
+  }
 
-    joined(m) {
-      const room = state.rooms.get(m.room);
-      if (!room) return; // left meanwhile; the server has our leave queued after the join
-      const seq = Number.isSafeInteger(m.seq) ? m.seq : null;
-      const sameStream = room.epoch !== null && room.epoch === m.epoch;
-      const recovered = m.recovered === true && sameStream;
-      if (room.hadSession && !recovered) {
-        addNotice(room, 'You may have missed messages while you were disconnected.', 'warn');
-      }
-      // When recovering, replayed messages (before or after this frame) continue from our
-      // own lastSeq; otherwise the stream restarts at the room's current seq.
-      if (!recovered) room.lastSeq = seq;
-      room.epoch = typeof m.epoch === 'string' ? m.epoch : null;
-      room.status = 'joined';
-      room.resumeAsked = false;
-      for (const [id, req] of state.requests) if (req.kind === 'join' && req.room === room.name) state.requests.delete(id);
-      if (Number.isSafeInteger(m.members)) room.count = m.members;
-      room.users.add(state.me);
-      if (!room.hadSession) addNotice(room, 'You joined the room.');
-      requestPresence(room);
-      renderRoomItem(room);
-      if (room === state.current) {
-        renderPresence();
-        updateComposer();
-      }
-    },
+  /** A personal push (`@user:…`) or broadcast (`@all`): shown in a read-only room. */
+  function onSystemMessage(m) {
+    const room = state.rooms.get(m.room) || addRoom(m.room, { system: true });
+    onMessage(room, m);
+  }
 
-    message(m) {
-      if (typeof m.room !== 'string' || typeof m.text !== 'string') return;
-      let room = state.rooms.get(m.room);
-      if (!room && m.room.startsWith('@')) room = addRoom(m.room, { system: true });
-      if (!room) return;
-      const seq = Number.isSafeInteger(m.seq) ? m.seq : null;
-      if (seq !== null && room.lastSeq !== null) {
-        if (seq <= room.lastSeq) return; // a replayed message we already have
-        if (seq > room.lastSeq + 1) {
-          const missed = seq - room.lastSeq - 1;
-          addNotice(room, `${missed} message${missed === 1 ? '' : 's'} missed.`, 'warn');
-        }
-      }
-      if (seq !== null) room.lastSeq = seq;
-      const user = typeof m.user === 'string' ? m.user : '?';
-      const own = user === state.me;
-      if (own) {
-        const p =
-          (seq !== null && room.pending.find((x) => x.seq === seq)) ||
-          room.pending.find((x) => x.seq === null && x.text === m.text);
-        if (p) {
-          confirm(p, m);
-          return;
-        }
-      }
-      appendMessage(room, { user, text: m.text, ts: m.ts, seq, own });
-      if (!own) bumpUnread(room);
-    },
-
-    ack(m) {
-      const req = state.requests.get(String(m.ref));
-      if (!req || req.kind !== 'message') return;
-      state.requests.delete(String(m.ref));
-      const p = req.pending;
-      if (!p.li.isConnected || !p.room.pending.includes(p)) return;
-      p.seq = Number.isSafeInteger(m.seq) ? m.seq : null;
-      markSent(p);
-    },
-
-    join(m) {
-      const room = state.rooms.get(m.room);
-      if (!room || typeof m.user !== 'string') return;
-      if (!room.users.has(m.user)) {
-        room.users.add(m.user);
-        room.count += 1;
-      }
-      addNotice(room, `${m.user} joined`);
-      renderRoomItem(room);
-      if (room === state.current) renderPresence();
-    },
-
-    leave(m) {
-      const room = state.rooms.get(m.room);
-      if (!room || typeof m.user !== 'string') return;
-      if (room.users.delete(m.user)) room.count = Math.max(room.users.size, room.count - 1);
-      addNotice(room, `${m.user} left`);
-      renderRoomItem(room);
-      if (room === state.current) renderPresence();
-    },
-
-    presence(m) {
-      const room = state.rooms.get(m.room);
-      if (!room || !Array.isArray(m.users)) return;
-      // Answers come in request order; a first page (no `after`) replaces the list.
-      const after = room.presencePages.length ? room.presencePages.shift() : null;
-      if (after === null) room.users = new Set([state.me]);
-      for (const u of m.users) if (typeof u === 'string') room.users.add(u);
-      if (Number.isSafeInteger(m.count)) room.count = m.count;
-      if (typeof m.next === 'string' && room.users.size < PRESENCE_MAX) requestPresence(room, m.next);
-      if (room === state.current) renderPresence();
-    },
-
-    left() {
-      // The room was removed locally when the user clicked Leave.
-    },
-
-    error(m) {
-      const ref = m.ref === undefined || m.ref === null ? null : String(m.ref);
-      const req = ref === null ? null : state.requests.get(ref);
-      if (ref !== null) state.requests.delete(ref);
-      const text = typeof m.message === 'string' && m.message ? m.message : String(m.code || 'error');
-      if (req && req.kind === 'message') {
-        markFailed(req.pending, `Not sent: ${text}`);
-      } else if (req && req.kind === 'join') {
-        if (m.code === 'already_joined') return;
-        const room = state.rooms.get(req.room);
-        if (room) removeRoom(room);
-        toast(`Could not join #${req.room}: ${text}`);
+  function onMessage(room, m) {
+    if (typeof m.text !== 'string') return;
+    const seq = Number.isSafeInteger(m.seq) ? m.seq : null;
+    const user = m.user || '?';
+    const own = user === state.me;
+    if (own) {
+      const p =
+        (seq !== null && room.pending.find((x) => x.seq === seq)) ||
+        room.pending.find((x) => x.seq === null && x.text === m.text);
+      if (p) {
+        confirm(p, m);
         return;
       }
-      toast(text);
-    },
-  };
+    }
+    appendMessage(room, { user, text: m.text, ts: m.ts, seq, own });
+    if (!own) bumpUnread(room);
+  }
 
-  function dispatch(msg) {
-    const handler = Object.prototype.hasOwnProperty.call(handlers, msg.type) ? handlers[msg.type] : null;
-    if (handler) handler(msg); // unknown types are ignored (the protocol only grows)
+  function onPresenceJoin(room, user) {
+    if (!room.users.has(user)) {
+      room.users.add(user);
+      room.count += 1;
+    }
+    addNotice(room, `${user} joined`);
+    renderRoomItem(room);
+    if (room === state.current) renderPresence();
+  }
+
+  function onPresenceLeave(room, user) {
+    if (room.users.delete(user)) room.count = Math.max(room.users.size, room.count - 1);
+    addNotice(room, `${user} left`);
+    renderRoomItem(room);
+    if (room === state.current) renderPresence();
   }
 
   // ───────────────────────── rooms ─────────────────────────
@@ -464,15 +365,13 @@
       name,
       system,
       status: system ? 'joined' : 'joining',
-      epoch: null,
-      lastSeq: null,
-      hadSession: false,
-      resumeAsked: false,
+      remote: null,
+      offs: [],
+      presenceLoad: null,
       unread: 0,
       count: 0,
       users: new Set(),
       pending: [],
-      presencePages: [],
       list,
       item: el('li', { class: 'room-item', dataset: { room: name } }),
       scrollTop: null,
@@ -485,23 +384,12 @@
     return room;
   }
 
-  function sendJoin(room) {
-    room.status = 'joining';
-    const msg = { type: 'join', room: room.name };
-    if (room.epoch !== null && room.lastSeq !== null) {
-      msg.since = { epoch: room.epoch, seq: room.lastSeq };
-      room.resumeAsked = true;
-    }
-    request(msg, { kind: 'join', room: room.name });
-    renderRoomItem(room);
-  }
-
   /** Joins (or just switches to, when already joined) the room the user named. */
   function joinRoom(name, { focus = true } = {}) {
     let room = state.rooms.get(name);
     if (!room) {
       room = addRoom(name);
-      if (state.conn === 'online') sendJoin(room);
+      bindRoom(room);
     }
     switchTo(room, { focus });
     return room;
@@ -542,7 +430,8 @@
   function leaveRoom(room) {
     if (room.system) return;
     const hadFocus = room.item.contains(document.activeElement);
-    request({ type: 'leave', room: room.name }, null);
+    if (room.remote) room.remote.leave().catch(() => {});
+    unbindRoom(room);
     removeRoom(room);
     if (hadFocus && document.activeElement === document.body) $('join-input').focus();
   }
@@ -732,7 +621,7 @@
       toast(`That message is too long (at most ${MAX_TEXT_BYTES / 1024} KiB).`);
       return false;
     }
-    if (state.conn !== 'online') {
+    if (state.conn !== 'online' || !room.remote) {
       toast('Not connected: the message was not sent.');
       return false;
     }
@@ -741,13 +630,20 @@
     li.classList.add('pending');
     li.querySelector('.status').textContent = 'Sending…';
     /** @type {Pending} */
-    const p = { id: '', room, text, seq: null, li };
-    const id = request({ type: 'message', room: room.name, text }, { kind: 'message', pending: p });
-    if (id === null) return false;
-    p.id = id;
-    li.dataset.id = id;
+    const p = { room, text, seq: null, li };
     room.pending.push(p);
     appendToRoom(room, li, { forceScroll: true });
+    room.remote.publish(text).then(
+      (seq) => {
+        if (!p.li.isConnected || !p.room.pending.includes(p)) return; // already seen back
+        p.seq = seq;
+        markSent(p);
+      },
+      (err) => {
+        if (!p.room.pending.includes(p)) return;
+        markFailed(p, err.code === 'disconnected' ? 'Not sent: connection lost' : `Not sent: ${err.message}`);
+      },
+    );
     return true;
   }
 
@@ -789,11 +685,29 @@
 
   // ───────────────────────── presence ─────────────────────────
 
-  function requestPresence(room, after) {
-    const msg = { type: 'presence', room: room.name, limit: PRESENCE_PAGE };
-    if (after) msg.after = after;
-    // `presence` answers carry no `ref`: remember which page each one is.
-    if (send(msg)) room.presencePages.push(after || null);
+  /** Loads the member list page by page (at most PRESENCE_MAX names); a newer load wins. */
+  async function requestPresence(room) {
+    if (!room.remote) return;
+    const load = {};
+    room.presenceLoad = load;
+    const users = new Set([state.me]);
+    let count = 0;
+    try {
+      for await (const page of room.remote.presencePages({ limit: PRESENCE_PAGE })) {
+        if (room.presenceLoad !== load) return;
+        for (const u of page.users) users.add(u);
+        count = page.count;
+        if (users.size >= PRESENCE_MAX) break;
+      }
+    } catch {
+      return; // the connection dropped: the rejoin loads it again
+    }
+    if (room.presenceLoad !== load) return;
+    room.presenceLoad = null;
+    room.users = users;
+    room.count = count;
+    renderRoomItem(room);
+    if (room === state.current) renderPresence();
   }
 
   function renderPresence() {
@@ -936,10 +850,7 @@
         $('name-input').focus();
         return;
       }
-      if (name !== state.name || !state.ws) {
-        disconnect();
-        state.attempt = 0;
-      }
+      if (name !== state.name || !state.client) disconnect();
       enterChat(name);
     });
 
@@ -1004,14 +915,7 @@
     MEDIUM.addEventListener('change', closeDrawers);
 
     window.addEventListener('online', () => {
-      if (!state.ws && state.name && !$('chat').hidden) reconnectNow();
-    });
-    window.addEventListener('offline', () => {
-      if (!state.ws) {
-        clearTimeout(state.retryTimer);
-        clearInterval(state.countdownTimer);
-        setConn('offline');
-      }
+      if (state.name && !$('chat').hidden) reconnectNow();
     });
     document.addEventListener('visibilitychange', () => {
       if (document.hidden || !state.current) return;

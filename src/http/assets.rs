@@ -15,6 +15,8 @@ pub fn get(path: &str) -> Option<Asset> {
     let (content_type, body): (&str, &[u8]) = match path {
         "/" | "/index.html" => ("text/html; charset=utf-8", include_bytes!("../../web/index.html")),
         "/app.js" => ("text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
+        // The corecast-client library's build (clients/js), imported by app.js.
+        "/corecast-client.js" => ("text/javascript; charset=utf-8", include_bytes!("../../web/corecast-client.js")),
         "/style.css" => ("text/css; charset=utf-8", include_bytes!("../../web/style.css")),
         _ => return None,
     };

@@ -69,6 +69,7 @@ fn canonical_asset(path: &str) -> &'static str {
     match path {
         "/" | "/index.html" => "/",
         "/app.js" => "/app.js",
+        "/corecast-client.js" => "/corecast-client.js",
         "/style.css" => "/style.css",
         _ => "/",
     }

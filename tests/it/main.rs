@@ -14,5 +14,6 @@ mod core;
 mod exhaustion;
 mod history;
 mod http;
+mod js_client;
 mod lifecycle;
 mod protocol_errors;
