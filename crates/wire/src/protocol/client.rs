@@ -117,11 +117,28 @@ pub fn parse<'a>(input: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Resul
     // (`bad_json`); deserializing from it checks the shape (`invalid_field`).
     let mut de = simd_json::Deserializer::from_slice_with_buffers(input, buffers)
         .map_err(|e| json_error(ErrorCode::BadJson, &e))?;
-    let raw = Raw::deserialize(&mut de).map_err(|e| json_error(ErrorCode::InvalidField, &e))?;
+    let raw = match Raw::deserialize(&mut de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // A field of the wrong shape: still echo the request's `id` (the protocol
+            // promises `ref` on every reply), read again from the same tape.
+            let error = json_error(ErrorCode::InvalidField, &e);
+            de.restart();
+            let id = IdOnly::deserialize(&mut de).ok().and_then(|i| i.id).map(|r| r.0.into_owned());
+            return Err(ClientError { reference: id, ..error });
+        }
+    };
     let id = raw.id.clone().map(|r| r.0);
     raw.validate()
         .map(|msg| Request { id: id.clone(), msg })
         .map_err(|e| ClientError { reference: id.map(Cow::into_owned), ..e })
+}
+
+/// Just the `id` of a request whose other fields did not deserialize.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<Ref<'a>>,
 }
 
 /// Everything any request may carry, as it arrives (before [`parse`] validates it).
@@ -257,6 +274,17 @@ mod tests {
     fn p(s: &str) -> Result<Request<'static>, ClientError> {
         let buf: &'static mut [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
         parse(buf, &mut simd_json::Buffers::default())
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_shape_still_echoes_the_id() {
+        let e = p(r#"{"type":"message","room":["not","a","string"],"text":"x","id":"c-9"}"#).unwrap_err();
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::InvalidField, Some("c-9")));
+        let e = p(r#"{"id":17,"type":"join","room":"r","limit":"ten"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("17"));
+        let e = p(r#"{"type":"join","room":5}"#).unwrap_err();
+        assert_eq!(e.reference, None, "no id, nothing to echo");
+        assert_eq!(p(r#"{"type":"join","#).unwrap_err().code, ErrorCode::BadJson);
     }
 
     #[test]
