@@ -299,3 +299,57 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::JwtError;
+
+    fn body(a: &Answer) -> serde_json::Value {
+        serde_json::from_slice(&a.body).expect("a JSON body")
+    }
+
+    #[test]
+    fn any_origin_may_connect_when_none_are_configured() {
+        assert!(origin_allowed(&[], Some("https://evil.example")));
+        assert!(origin_allowed(&[], None));
+    }
+
+    #[test]
+    fn configured_origins_are_matched_exactly_and_a_missing_header_passes() {
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(&allowed, Some("https://app.example")));
+        assert!(!origin_allowed(&allowed, Some("https://app.example.evil")));
+        assert!(!origin_allowed(&allowed, Some("http://app.example")));
+        assert!(origin_allowed(&allowed, None), "not a browser: no Origin to check");
+    }
+
+    #[test]
+    fn a_disallowed_origin_is_403() {
+        let a = Refusal::Origin.answer();
+        assert_eq!(a.status, 403);
+        assert_eq!(body(&a)["error"], "origin_not_allowed");
+        assert!(a.extra.is_empty());
+    }
+
+    #[test]
+    fn identity_refusals_are_401_with_the_scheme_except_a_bad_name() {
+        for e in [AuthError::TokenRequired, AuthError::NoKeyConfigured, AuthError::BadToken(JwtError::Expired)] {
+            let a = Refusal::Identity(e.clone()).answer();
+            assert_eq!(a.status, 401, "{e:?}");
+            assert_eq!(a.extra, "WWW-Authenticate: Bearer\r\n", "{e:?}");
+            assert_eq!(body(&a)["error"], e.code());
+        }
+        let a = Refusal::Identity(AuthError::BadName).answer();
+        assert_eq!(a.status, 400);
+        assert!(a.extra.is_empty(), "a bad guest name is not a credentials problem");
+    }
+
+    #[test]
+    fn connection_limits_are_503() {
+        let full = Refusal::ServerFull.answer();
+        assert_eq!((full.status, body(&full)["error"].as_str()), (503, Some("server_full")));
+        let ip = Refusal::TooManyFromIp.answer();
+        assert_eq!((ip.status, body(&ip)["error"].as_str()), (503, Some("too_many_connections")));
+    }
+}

@@ -451,3 +451,110 @@ fn member_index(rooms: &[Membership], room: &str) -> Result<usize, ClientError> 
 fn member_room(rooms: &[Membership], room: &str) -> Result<Arc<str>, ClientError> {
     Ok(rooms[member_index(rooms, room)?].room.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooms(names: &[&str]) -> Vec<Membership> {
+        names.iter().map(|n| Membership { room: Arc::from(*n), pending: 0, epoch: 0 }).collect()
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+        r.expect_err("refused").code
+    }
+
+    #[test]
+    fn join_needs_a_valid_name() {
+        assert_eq!(code(check_join(&[], "", 10, None)), ErrorCode::InvalidRoom);
+        assert_eq!(code(check_join(&[], "@alice", 10, None)), ErrorCode::InvalidRoom, "reserved prefix");
+        assert_eq!(check_join(&[], "lobby", 10, None), Ok(()));
+    }
+
+    #[test]
+    fn join_refuses_a_room_already_joined_or_joining() {
+        let mut rs = rooms(&["lobby"]);
+        assert_eq!(code(check_join(&rs, "lobby", 10, None)), ErrorCode::AlreadyJoined);
+        rs[0].pending = 7;
+        assert_eq!(code(check_join(&rs, "lobby", 10, None)), ErrorCode::AlreadyJoined, "a pending join counts");
+    }
+
+    #[test]
+    fn the_room_limit_does_not_count_server_managed_rooms() {
+        let rs = rooms(&["@u:alice", "a", "b"]);
+        assert_eq!(check_join(&rs, "c", 3, None), Ok(()));
+        let err = check_join(&rs, "c", 2, None).expect_err("over the limit");
+        assert_eq!(err.code, ErrorCode::TooManyRooms);
+        assert!(err.message.contains("at most 2 rooms"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_token_allow_list_limits_the_rooms() {
+        let allowed = [Pattern::new("team-*")];
+        assert_eq!(check_join(&[], "team-a", 10, Some(&allowed)), Ok(()));
+        assert_eq!(code(check_join(&[], "lobby", 10, Some(&allowed))), ErrorCode::Forbidden);
+        assert_eq!(code(check_join(&[], "lobby", 10, Some(&[]))), ErrorCode::Forbidden, "an empty list allows none");
+    }
+
+    #[test]
+    fn join_checks_come_in_order() {
+        // Already joined and over the limit and not allowed: the first reason wins.
+        let rs = rooms(&["x"]);
+        assert_eq!(code(check_join(&rs, "x", 0, Some(&[]))), ErrorCode::AlreadyJoined);
+        assert_eq!(code(check_join(&rs, "y", 0, Some(&[]))), ErrorCode::TooManyRooms);
+    }
+
+    #[test]
+    fn server_managed_rooms_cannot_be_left() {
+        assert_eq!(code(may_leave("@u:alice")), ErrorCode::Forbidden);
+        assert_eq!(may_leave("lobby"), Ok(()));
+    }
+
+    #[test]
+    fn membership_lookup_names_the_connections_room() {
+        let rs = rooms(&["a", "b"]);
+        assert_eq!(member_index(&rs, "b"), Ok(1));
+        assert_eq!(code(member_index(&rs, "c")), ErrorCode::NotMember);
+        assert!(Arc::ptr_eq(&member_room(&rs, "a").expect("member"), &rs[0].room), "the shared name is reused");
+    }
+
+    #[test]
+    fn text_length_is_bounded_inclusively() {
+        assert_eq!(check_text_len(100, 100), Ok(()));
+        let err = check_text_len(101, 100).expect_err("too long");
+        assert_eq!(err.code, ErrorCode::TextTooLong);
+        assert!(err.message.contains("100 bytes"));
+    }
+
+    #[test]
+    fn history_limit_defaults_and_refuses_above_the_maximum() {
+        assert_eq!(history_limit(None), Ok(HISTORY_PAGE));
+        assert_eq!(history_limit(Some(HISTORY_PAGE_MAX)), Ok(HISTORY_PAGE_MAX));
+        assert_eq!(history_limit(Some(0)), Ok(0), "only the maximum is checked here");
+        assert_eq!(code(history_limit(Some(HISTORY_PAGE_MAX + 1))), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn presence_limit_defaults_and_clamps_to_the_page_maximum() {
+        assert_eq!(presence_limit(None), PRESENCE_PAGE);
+        assert_eq!(presence_limit(Some(7)), 7);
+        assert_eq!(presence_limit(Some(client::MAX_PAGE)), client::MAX_PAGE);
+        assert_eq!(presence_limit(Some(u32::MAX)), client::MAX_PAGE);
+    }
+
+    #[test]
+    fn password_length_is_one_to_the_maximum() {
+        assert_eq!(code(check_password_len("")), ErrorCode::InvalidField);
+        assert_eq!(check_password_len("x"), Ok(()));
+        assert_eq!(check_password_len(&"x".repeat(password::MAX_PASSWORD)), Ok(()));
+        assert_eq!(code(check_password_len(&"x".repeat(password::MAX_PASSWORD + 1))), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn rate_limit_strikes_close_after_the_configured_count_capped_at_255() {
+        assert!(!struck_out(2, 3));
+        assert!(struck_out(3, 3));
+        assert!(struck_out(255, 1000), "the byte counter saturates at 255");
+        assert!(struck_out(0, 0));
+    }
+}

@@ -517,3 +517,96 @@ fn presence_answer(reply: Option<Reply>, key_ok: bool) -> Answer {
         _ => Answer::error(404, "no_such_room", "no room of that name has members"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::PresencePage;
+
+    fn body(a: &Answer) -> serde_json::Value {
+        serde_json::from_slice(&a.body).expect("a JSON body")
+    }
+
+    #[test]
+    fn keep_alive_when_asked_and_not_draining() {
+        assert!(keep_alive(true, false));
+        assert!(!keep_alive(false, false));
+        assert!(!keep_alive(true, true), "a draining shard closes after every answer");
+    }
+
+    #[test]
+    fn pipelined_input_is_bounded_by_one_request() {
+        assert!(!pipelined_overflow(8 + 16, 8, 16));
+        assert!(pipelined_overflow(8 + 16 + 1, 8, 16));
+    }
+
+    #[test]
+    fn page_limits_default_parse_and_clamp() {
+        assert_eq!(page_limit(None, 50, 100), 50);
+        assert_eq!(page_limit(Some("7".into()), 50, 100), 7);
+        assert_eq!(page_limit(Some("nope".into()), 50, 100), 50);
+        assert_eq!(page_limit(Some("-3".into()), 50, 100), 50, "not a u32");
+        assert_eq!(page_limit(Some("0".into()), 50, 100), 1);
+        assert_eq!(page_limit(Some("100000".into()), 50, 100), 100);
+    }
+
+    #[test]
+    fn fixed_routes_answer_without_the_shard() {
+        assert_eq!(asset_answer("/").status, 200);
+        assert_eq!(asset_answer("/nope.js").status, 404);
+        let a = method_not_allowed("GET, HEAD");
+        assert_eq!((a.status, a.extra.as_str()), (405, "Allow: GET, HEAD\r\n"));
+        let a = not_found();
+        assert_eq!((a.status, body(&a)["error"].as_str()), (404, Some("not_found")));
+        let a = draining();
+        assert_eq!((a.status, body(&a)["error"].as_str()), (503, Some("draining")));
+    }
+
+    #[test]
+    fn health_is_503_while_draining() {
+        assert_eq!(health_status(false), (200, "ok"));
+        assert_eq!(health_status(true), (503, "draining"));
+    }
+
+    #[test]
+    fn publish_refusals_name_the_scheme_only_for_a_bad_key() {
+        let a = publish_refusal(publish::PublishError::Unauthorized);
+        assert_eq!((a.status, a.extra.as_str()), (401, "WWW-Authenticate: Bearer\r\n"));
+        let a = publish_refusal(publish::PublishError::Disabled);
+        assert_eq!((a.status, a.extra.as_str()), (403, ""));
+        let a = publish_refusal(publish::PublishError::BadRequest("no".into()));
+        assert_eq!((a.status, body(&a)["error"].as_str()), (400, Some("bad_request")));
+    }
+
+    #[test]
+    fn history_answers() {
+        let page = || Some(Reply::History(Some((b"{\"m\":1}".to_vec(), false))));
+        let private = || Some(Reply::History(Some((b"{}".to_vec(), true))));
+        assert_eq!(history_answer(page(), false), Answer::json(200, b"{\"m\":1}".to_vec()));
+        assert_eq!(history_answer(private(), false).status, 403);
+        assert_eq!(history_answer(private(), true).status, 200);
+        assert_eq!(history_answer(Some(Reply::History(None)), true).status, 404);
+        assert_eq!(history_answer(None, true).status, 404, "no answer in time");
+        assert_eq!(history_answer(Some(Reply::Admit(true)), true).status, 404);
+    }
+
+    #[test]
+    fn presence_answers() {
+        let page = |private| {
+            Some(Reply::Presence(Some(PresencePage {
+                room: "r".into(),
+                count: 3,
+                users: vec!["a".into(), "b".into()],
+                next: Some("b".into()),
+                private,
+            })))
+        };
+        let a = presence_answer(page(false), false);
+        assert_eq!(a.status, 200);
+        assert_eq!(body(&a), serde_json::json!({"room": "r", "count": 3, "users": ["a", "b"], "next": "b"}));
+        assert_eq!(presence_answer(page(true), false).status, 403);
+        assert_eq!(presence_answer(page(true), true).status, 200);
+        assert_eq!(presence_answer(Some(Reply::Presence(None)), true).status, 404);
+        assert_eq!(presence_answer(None, true).status, 404);
+    }
+}
