@@ -62,7 +62,7 @@ use self::conns::{Conn, ConnId, Conns, Phase};
 use self::fanout::Batch;
 use self::mesh::{Inbox, Mesh};
 use self::msg::{Class, Query, Reply, Requester, ShardMsg};
-pub(crate) use self::services::Services;
+use self::services::Services;
 use crate::cluster::BusIn;
 use crate::config::Config;
 use crate::limits::IpTable;

@@ -41,15 +41,15 @@ const SCRATCH: usize = 64 * 1024;
 /// it. Created on, and never leaves, its executor thread.
 pub(crate) struct Services {
     /// This shard's index.
-    pub id: usize,
+    pub(super) id: usize,
     /// Server configuration.
-    pub cfg: Arc<Config>,
+    pub(super) cfg: Arc<Config>,
     /// State shared read-only (or atomically) by all shards.
-    pub shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// Senders to every shard's inbox.
-    pub mesh: Mesh,
+    pub(super) mesh: Mesh,
     /// Counters.
-    pub stats: ShardStats,
+    pub(super) stats: ShardStats,
     /// Per-connection rate limit (none: unlimited).
     pub(super) rate: Option<Rate>,
     /// Queue caps of every connection.
