@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::msg::{Reply, ReplyTo};
-use super::Shard;
+use super::Services;
 use crate::rt;
 
 /// How long an HTTP request waits for other shards before answering with what it has.
@@ -32,7 +32,7 @@ struct Pending {
     waker: Option<Waker>,
 }
 
-impl Shard {
+impl Services {
     /// Calls `send` with a fresh [`ReplyTo`] (it sends the questions) and waits until
     /// `want` replies have arrived or the timeout passed; returns what arrived.
     pub(super) async fn ask(&self, want: usize, send: impl FnOnce(ReplyTo)) -> Vec<Reply> {

@@ -2,9 +2,13 @@
 //! identity, server-wide and per-IP connection limits), per-connection sessions (token
 //! grants and expiry, in-band refresh), room-password attempts and hashing, and the IP
 //! owner's table.
+//!
+//! Admission and the client-facing checks run while the connection table is borrowed
+//! (methods of [`Services`]); what must wait for another shard or the blocking pool goes
+//! through [`Services::defer`]. The admission decisions themselves are pure functions
+//! ([`origin_allowed`], [`Refusal`]) with unit tests.
 
 use std::net::IpAddr;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,8 +18,8 @@ use super::conns::{Conn, ConnId};
 use super::http::Step;
 use super::msg::{IpOp, JoinKind, JoinReq, Reply, ShardMsg};
 use super::route::ip_owner;
-use super::Shard;
-use crate::auth::grants::{self, Pattern};
+use super::{Services, Shard};
+use crate::auth::grants::Pattern;
 use crate::auth::{password, token_from_protocols, AuthError, Identity};
 use crate::http::request::Request;
 use crate::http::response::Answer;
@@ -23,7 +27,6 @@ use crate::limits::Window;
 use crate::metrics::inc;
 use crate::protocol::{server, ClientError, ErrorCode};
 use crate::room;
-use crate::rt;
 use crate::ws::handshake::{self, Upgrade};
 
 /// What a shard remembers about a connection beyond the basics. Only connections that
@@ -38,25 +41,14 @@ pub(crate) struct Session {
     pub passwords: Window,
 }
 
-impl Shard {
+impl Services {
     /// Decides whether a valid upgrade request may become a WebSocket connection, and
     /// makes it one. Refusals are HTTP answers: 403 for a disallowed Origin, 401/400 for
     /// identity, 503 beyond the connection limits.
-    pub(super) fn admit(
-        self: &Rc<Self>,
-        id: ConnId,
-        conn: &mut Conn,
-        req: &Request<'_, '_>,
-        up: Upgrade,
-        used: usize,
-    ) -> Step {
-        let allowed = &self.cfg.allowed_origins;
-        if let Some(origin) = req.header_str("origin").filter(|_| !allowed.is_empty()) {
-            if !allowed.iter().any(|a| a == origin) {
-                inc(&self.stats.auth_rejections);
-                let answer = Answer::error(403, "origin_not_allowed", "this Origin may not connect");
-                return self.respond(conn, &answer, false, false, used);
-            }
+    pub(super) fn admit(&self, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, up: Upgrade, used: usize) -> Step {
+        if !origin_allowed(&self.cfg.allowed_origins, req.header_str("origin")) {
+            inc(&self.stats.auth_rejections);
+            return self.respond(conn, &Refusal::Origin.answer(), false, false, used);
         }
         let offered = token_from_protocols(&up.protocols);
         let token = req.query_param("token").or_else(|| offered.map(|(t, _)| t.to_owned()));
@@ -64,23 +56,16 @@ impl Shard {
             .map(|(_, selected)| selected.to_owned())
             .or_else(|| up.protocols.iter().find(|p| *p == "corecast").cloned());
         let name = req.query_param("name");
-        let identity = match self.shared.auth.authenticate(token.as_deref(), name.as_deref(), Self::wall_secs()) {
+        let identity = match self.shared.auth.authenticate(token.as_deref(), name.as_deref(), Services::wall_secs()) {
             Ok(identity) => identity,
             Err(e) => {
                 inc(&self.stats.auth_rejections);
-                let answer = Answer::error(e.status(), e.code(), &e.to_string());
-                let answer = if matches!(e, AuthError::BadName) {
-                    answer
-                } else {
-                    answer.with_header("WWW-Authenticate: Bearer\r\n")
-                };
-                return self.respond(conn, &answer, false, false, used);
+                return self.respond(conn, &Refusal::Identity(e).answer(), false, false, used);
             }
         };
         if self.shared.websockets.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
             self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
-            let answer = Answer::error(503, "server_full", "the server is at its connection limit");
-            return self.respond(conn, &answer, false, false, used);
+            return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
         }
         let accept = handshake::accept_response(&up, protocol.as_deref());
         let limit = self.cfg.max_connections_per_ip;
@@ -93,32 +78,30 @@ impl Shard {
             h.busy = true;
         }
         let (ip, to) = (conn.peer, ip_owner(conn.peer, self.mesh.len()));
-        let shard = self.clone();
-        rt::spawn(async move {
+        self.defer(move |shard| async move {
             let replies = shard
                 .ask(1, |reply| shard.mesh.send(to, ShardMsg::Ip { ip, op: IpOp::Acquire { limit, reply } }))
                 .await;
             let admitted = matches!(replies.first(), Some(Reply::Admit(true)));
-            let mut conns = shard.conns.borrow_mut();
-            let Some(conn) = conns.get_mut(id) else {
+            let served = shard.with_conn(id, |svc, conn| {
+                if admitted {
+                    svc.complete_upgrade(id, conn, accept, identity);
+                } else {
+                    svc.release_slot(ip, false);
+                    svc.respond(conn, &Refusal::TooManyFromIp.answer(), false, false, 0);
+                }
+                conn.wake();
+            });
+            if served.is_none() {
                 shard.release_slot(ip, admitted);
-                return;
-            };
-            if admitted {
-                shard.complete_upgrade(id, conn, accept, identity);
-            } else {
-                shard.release_slot(ip, false);
-                let answer = Answer::error(503, "too_many_connections", "too many connections from this address");
-                shard.respond(conn, &answer, false, false, 0);
             }
-            conn.wake();
         });
         Step::Busy(used)
     }
 
     /// Sends the 101 and opens the WebSocket; input the client sent right behind its
     /// upgrade request is WebSocket frames.
-    fn complete_upgrade(self: &Rc<Self>, id: ConnId, conn: &mut Conn, accept: Bytes, identity: Identity) {
+    fn complete_upgrade(&self, id: ConnId, conn: &mut Conn, accept: Bytes, identity: Identity) {
         let mut rest = conn.http.take().map(|h| h.buf).unwrap_or_default();
         conn.push(accept, self.caps);
         self.open_websocket(id, conn, identity);
@@ -144,19 +127,11 @@ impl Shard {
         }
     }
 
-    /// Whether this connection's token lets it into `room`.
-    pub(super) fn room_allowed(&self, id: ConnId, room: &str) -> bool {
-        match self.sessions.borrow().get(&id).and_then(|s| s.rooms.as_deref()) {
-            Some(allowed) => grants::allows(allowed, room),
-            None => true,
-        }
-    }
-
     /// `refresh`: a new token for the same user extends (or changes) the session.
     pub(super) fn refresh(&self, id: ConnId, conn: &Conn, token: &str) -> Result<Bytes, ClientError> {
         let invalid = |m: String| ClientError::new(ErrorCode::InvalidToken, m);
         let verifier = self.shared.auth.verifier().ok_or_else(|| invalid("this server accepts no tokens".into()))?;
-        let claims = verifier.verify(token, Self::wall_secs()).map_err(|e| invalid(e.to_string()))?;
+        let claims = verifier.verify(token, Services::wall_secs()).map_err(|e| invalid(e.to_string()))?;
         if claims.sub != *conn.user {
             return Err(invalid("the token is for another user".into()));
         }
@@ -168,30 +143,10 @@ impl Shard {
         Ok(server::refreshed(identity.expires.unwrap_or(0)))
     }
 
-    /// Closes connections whose token expired (beyond the leeway), with 1008.
-    pub(super) fn expire_sessions(&self) {
-        let Some(verifier) = self.shared.auth.verifier() else { return };
-        let now = Self::wall_secs();
-        let expired: Vec<ConnId> = self
-            .sessions
-            .borrow()
-            .iter()
-            .filter(|(_, s)| s.expires.is_some_and(|e| verifier.expired(e, now)))
-            .map(|(id, _)| *id)
-            .collect();
-        let mut conns = self.conns.borrow_mut();
-        for id in expired {
-            self.sessions.borrow_mut().remove(&id);
-            if let Some(conn) = conns.get_mut(id) {
-                self.close(conn, crate::ws::close::POLICY, "token expired", false);
-            }
-        }
-    }
-
     /// Sends a join that carries a room password, once the per-connection and per-IP
     /// attempt limits allow it; otherwise the pending membership is dropped with
     /// `rate_limited`.
-    pub(super) fn join_with_password(self: &Rc<Self>, id: ConnId, conn: &mut Conn, req: JoinReq) {
+    pub(super) fn join_with_password(&self, id: ConnId, conn: &mut Conn, req: JoinReq) {
         let allowed = self
             .sessions
             .borrow_mut()
@@ -205,32 +160,32 @@ impl Shard {
         }
         let (ip, limit) = (conn.peer, self.cfg.password_attempts_per_ip);
         let to = ip_owner(ip, self.mesh.len());
-        let shard = self.clone();
-        rt::spawn(async move {
+        self.defer(move |shard| async move {
             let replies = shard
                 .ask(1, |reply| shard.mesh.send(to, ShardMsg::Ip { ip, op: IpOp::PasswordAttempt { limit, reply } }))
                 .await;
             if matches!(replies.first(), Some(Reply::Admit(true))) {
                 shard.mesh.send(shard.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
-            } else if let Some(conn) = shard.conns.borrow_mut().get_mut(id) {
-                shard.drop_pending(conn, &req, "too many password attempts from this address; wait a minute");
+            } else {
+                shard.with_conn(id, |svc, conn| {
+                    svc.drop_pending(conn, &req, "too many password attempts from this address; wait a minute")
+                });
             }
         });
     }
 
     /// Hashes a new room's password off the event loop, then sends the `create`.
-    pub(super) fn create_with_password(self: &Rc<Self>, mut req: JoinReq, password: String) {
-        let shard = self.clone();
-        rt::spawn(async move {
+    pub(super) fn create_with_password(&self, mut req: JoinReq, password: String) {
+        self.defer(move |shard| async move {
             match password::hash(password).await {
                 Some(hash) => {
                     req.kind = JoinKind::Create { password_hash: Some(Arc::from(hash)) };
                     shard.mesh.send(shard.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
                 }
                 None => {
-                    if let Some(conn) = shard.conns.borrow_mut().get_mut(req.origin.conn) {
-                        shard.drop_pending(conn, &req, "could not hash the password");
-                    }
+                    shard.with_conn(req.origin.conn, |svc, conn| {
+                        svc.drop_pending(conn, &req, "could not hash the password")
+                    });
                 }
             }
         });
@@ -248,9 +203,8 @@ impl Shard {
 
     /// Owner side: checks a private room's password on the blocking pool, then resubmits
     /// the join (now verified for this room instance) or refuses it.
-    pub(super) fn check_password(self: &Rc<Self>, mut req: JoinReq, hash: Arc<str>, pw: Box<str>, epoch: u64) {
-        let shard = self.clone();
-        rt::spawn(async move {
+    pub(super) fn check_password(&self, mut req: JoinReq, hash: Arc<str>, pw: Box<str>, epoch: u64) {
+        self.defer(move |shard| async move {
             if password::verify(pw.into(), hash).await {
                 let since = match &mut req.kind {
                     JoinKind::Join { since, .. } => since.take(),
@@ -262,6 +216,28 @@ impl Shard {
                 room::refuse(&req, ErrorCode::WrongPassword, "wrong password", &mut |out| shard.route(out));
             }
         });
+    }
+}
+
+impl Shard {
+    /// Closes connections whose token expired (beyond the leeway), with 1008.
+    pub(super) fn expire_sessions(&self) {
+        let Some(verifier) = self.shared.auth.verifier() else { return };
+        let now = Services::wall_secs();
+        let expired: Vec<ConnId> = self
+            .sessions
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.expires.is_some_and(|e| verifier.expired(e, now)))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut conns = self.conns.borrow_mut();
+        for id in expired {
+            self.sessions.borrow_mut().remove(&id);
+            if let Some(conn) = conns.get_mut(id) {
+                self.close(conn, crate::ws::close::POLICY, "token expired", false);
+            }
+        }
     }
 
     /// IP owner side: the table of the addresses this shard owns.
@@ -276,5 +252,104 @@ impl Shard {
             IpOp::PasswordAttempt { limit, reply } => (ips.password_attempt(ip, self.now(), limit), reply),
         };
         self.mesh.send(reply.shard, ShardMsg::Reply { req: reply.req, reply: Reply::Admit(ok) });
+    }
+}
+
+/// Whether an upgrade with this `Origin` header may connect: any when no origins are
+/// configured, and a request without the header (not a browser) always.
+fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        Some(origin) if !allowed.is_empty() => allowed.iter().any(|a| a == origin),
+        _ => true,
+    }
+}
+
+/// Why admission refuses an upgrade. Each is answered over HTTP, and the connection
+/// closes (it lingers until the answer is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// The `Origin` is not in `--allowed-origins`.
+    Origin,
+    /// The identity (token or guest name) is not acceptable.
+    Identity(AuthError),
+    /// The server is at `--max-connections`.
+    ServerFull,
+    /// The address's owner shard refused a slot (`--max-connections-per-ip`).
+    TooManyFromIp,
+}
+
+impl Refusal {
+    /// The HTTP answer: 403 for the Origin, 401 (with the scheme to use) or 400 (a bad
+    /// guest name) for the identity, 503 beyond the connection limits (try later).
+    fn answer(&self) -> Answer {
+        match self {
+            Refusal::Origin => Answer::error(403, "origin_not_allowed", "this Origin may not connect"),
+            Refusal::Identity(e) => {
+                let answer = Answer::error(e.status(), e.code(), &e.to_string());
+                if matches!(e, AuthError::BadName) {
+                    answer
+                } else {
+                    answer.with_header("WWW-Authenticate: Bearer\r\n")
+                }
+            }
+            Refusal::ServerFull => Answer::error(503, "server_full", "the server is at its connection limit"),
+            Refusal::TooManyFromIp => {
+                Answer::error(503, "too_many_connections", "too many connections from this address")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::JwtError;
+
+    fn body(a: &Answer) -> serde_json::Value {
+        serde_json::from_slice(&a.body).expect("a JSON body")
+    }
+
+    #[test]
+    fn any_origin_may_connect_when_none_are_configured() {
+        assert!(origin_allowed(&[], Some("https://evil.example")));
+        assert!(origin_allowed(&[], None));
+    }
+
+    #[test]
+    fn configured_origins_are_matched_exactly_and_a_missing_header_passes() {
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(&allowed, Some("https://app.example")));
+        assert!(!origin_allowed(&allowed, Some("https://app.example.evil")));
+        assert!(!origin_allowed(&allowed, Some("http://app.example")));
+        assert!(origin_allowed(&allowed, None), "not a browser: no Origin to check");
+    }
+
+    #[test]
+    fn a_disallowed_origin_is_403() {
+        let a = Refusal::Origin.answer();
+        assert_eq!(a.status, 403);
+        assert_eq!(body(&a)["error"], "origin_not_allowed");
+        assert!(a.extra.is_empty());
+    }
+
+    #[test]
+    fn identity_refusals_are_401_with_the_scheme_except_a_bad_name() {
+        for e in [AuthError::TokenRequired, AuthError::NoKeyConfigured, AuthError::BadToken(JwtError::Expired)] {
+            let a = Refusal::Identity(e.clone()).answer();
+            assert_eq!(a.status, 401, "{e:?}");
+            assert_eq!(a.extra, "WWW-Authenticate: Bearer\r\n", "{e:?}");
+            assert_eq!(body(&a)["error"], e.code());
+        }
+        let a = Refusal::Identity(AuthError::BadName).answer();
+        assert_eq!(a.status, 400);
+        assert!(a.extra.is_empty(), "a bad guest name is not a credentials problem");
+    }
+
+    #[test]
+    fn connection_limits_are_503() {
+        let full = Refusal::ServerFull.answer();
+        assert_eq!((full.status, body(&full)["error"].as_str()), (503, Some("server_full")));
+        let ip = Refusal::TooManyFromIp.answer();
+        assert_eq!((ip.status, body(&ip)["error"].as_str()), (503, Some("too_many_connections")));
     }
 }

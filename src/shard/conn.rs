@@ -5,7 +5,12 @@
 //! holds nothing across polls but an id (a small future per connection), and one task
 //! drives both directions: the runtime keeps separate readiness registrations for
 //! reading and writing, both waking this task.
+//!
+//! While the task dispatches what it read, the table is borrowed: the handlers are
+//! methods of [`Services`] and get the connection as `&mut Conn` (see the module doc of
+//! `shard`). The checks on client messages are pure functions at the end of this file.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::ControlFlow;
 use std::pin::Pin;
@@ -15,9 +20,10 @@ use std::task::{Context, Poll};
 
 use futures_lite::io::AsyncRead;
 
-use super::conns::{Conn, ConnId, Membership, Phase};
+use super::conns::{Conn, ConnId, Conns, Membership, Phase};
 use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg, Since};
-use super::Shard;
+use super::{Services, Shard};
+use crate::auth::grants::{self, Pattern};
 use crate::auth::{password, Identity};
 use crate::metrics::inc;
 use crate::protocol::client::{self, ClientMsg, HISTORY_PAGE, HISTORY_PAGE_MAX, PRESENCE_PAGE};
@@ -40,62 +46,9 @@ impl Shard {
         inc(&self.stats.connections_total);
         let shard = self.clone();
         rt::spawn(async move {
-            std::future::poll_fn(|cx| shard.poll_conn(id, cx)).await;
+            std::future::poll_fn(|cx| poll_conn(&shard.svc, &shard.conns, id, cx)).await;
             shard.finish(id);
         });
-    }
-
-    /// Drives connection `id`: flush, read, dispatch. `Ready` when it is finished.
-    fn poll_conn(self: &Rc<Self>, id: ConnId, cx: &mut Context<'_>) -> Poll<()> {
-        let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(id) else { return Poll::Ready(()) };
-        conn.set_waker(cx.waker());
-        for _ in 0..READS_PER_POLL {
-            match conn.poll_flush(cx) {
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) => match conn.phase {
-                    Phase::Done => return Poll::Ready(()),
-                    // All we owe the peer is written: send our FIN behind it, and keep
-                    // reading so that closing never meets unread input (see `Phase`).
-                    phase if phase.is_lingering() => conn.shutdown_write(),
-                    _ => {}
-                },
-                // Finished but the peer does not take our last bytes: wait for
-                // writability (the sweep's close timeout bounds the wait).
-                Poll::Pending if conn.phase == Phase::Done => return Poll::Pending,
-                Poll::Pending => {}
-            }
-            if let Some(h) = conn.http_mut() {
-                if h.reparse && !h.busy {
-                    h.reparse = false;
-                    self.serve_http(id, conn);
-                    continue;
-                }
-            }
-            if conn.is_open() && self.congested() {
-                self.pause(id);
-                return Poll::Pending;
-            }
-            let mut scratch = self.scratch.borrow_mut();
-            let n = match Pin::new(&mut conn.stream).poll_read(cx, &mut scratch[..]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(0)) if conn.phase.is_lingering() => {
-                    // The peer ended its stream while we close: nothing unread can be
-                    // left behind now, so finish writing what is queued and close.
-                    conn.enter(Phase::Done, self.now());
-                    continue;
-                }
-                Poll::Ready(Ok(0)) => return Poll::Ready(()),
-                Poll::Ready(Ok(n)) => n,
-            };
-            conn.last_seen = self.now();
-            conn.pinged = false;
-            self.on_input(id, conn, &mut scratch[..n]);
-        }
-        // Still busy: let other connections run, then continue.
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 
     /// Cleans up after the task ended: leaves every room, closes the socket.
@@ -111,7 +64,65 @@ impl Shard {
             self.leave_joined(id, &conn.user, m);
         }
     }
+}
 
+/// Drives connection `id`: flush, read, dispatch. `Ready` when it is finished.
+///
+/// Takes the services and the table apart, not the shard: while the table is borrowed
+/// here, the only way on is through `&Services`, which cannot borrow it again.
+fn poll_conn(svc: &Services, table: &RefCell<Conns>, id: ConnId, cx: &mut Context<'_>) -> Poll<()> {
+    let mut conns = table.borrow_mut();
+    let Some(conn) = conns.get_mut(id) else { return Poll::Ready(()) };
+    conn.set_waker(cx.waker());
+    for _ in 0..READS_PER_POLL {
+        match conn.poll_flush(cx) {
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => match conn.phase {
+                Phase::Done => return Poll::Ready(()),
+                // All we owe the peer is written: send our FIN behind it, and keep
+                // reading so that closing never meets unread input (see `Phase`).
+                phase if phase.is_lingering() => conn.shutdown_write(),
+                _ => {}
+            },
+            // Finished but the peer does not take our last bytes: wait for
+            // writability (the sweep's close timeout bounds the wait).
+            Poll::Pending if conn.phase == Phase::Done => return Poll::Pending,
+            Poll::Pending => {}
+        }
+        if let Some(h) = conn.http_mut() {
+            if h.reparse && !h.busy {
+                h.reparse = false;
+                svc.serve_http(id, conn);
+                continue;
+            }
+        }
+        if conn.is_open() && svc.congested() {
+            svc.pause(id);
+            return Poll::Pending;
+        }
+        let mut scratch = svc.scratch.borrow_mut();
+        let n = match Pin::new(&mut conn.stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(0)) if conn.phase.is_lingering() => {
+                // The peer ended its stream while we close: nothing unread can be
+                // left behind now, so finish writing what is queued and close.
+                conn.enter(Phase::Done, svc.now());
+                continue;
+            }
+            Poll::Ready(Ok(0)) => return Poll::Ready(()),
+            Poll::Ready(Ok(n)) => n,
+        };
+        conn.last_seen = svc.now();
+        conn.pinged = false;
+        svc.on_input(id, conn, &mut scratch[..n]);
+    }
+    // Still busy: let other connections run, then continue.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+impl Services {
     /// Leaves a joined room: drops the local membership and tells the room's owner.
     fn leave_joined(&self, id: ConnId, user: &Arc<str>, m: &Membership) {
         self.members.borrow_mut().remove(&m.room, id);
@@ -119,7 +130,8 @@ impl Shard {
         self.mesh.send(self.mesh.owner_of(&m.room), leave);
     }
 
-    fn on_input(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+    /// Dispatches bytes read from connection `id` by its phase.
+    fn on_input(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         match conn.phase {
             Phase::Http => self.on_http_bytes(id, conn, data),
             Phase::Open | Phase::Closing => self.on_ws_bytes(id, conn, data),
@@ -145,7 +157,7 @@ impl Shard {
         self.send_join(JoinReq { silent: true, ..req });
     }
 
-    pub(super) fn on_ws_bytes(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+    pub(super) fn on_ws_bytes(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         // The reader is moved out for the call so the callback can use the connection.
         let mut reader = std::mem::replace(&mut conn.reader, MessageReader::new(frame::Role::Server, 0));
         let result = reader.feed(data, |msg| self.on_message(id, conn, msg));
@@ -160,7 +172,7 @@ impl Shard {
         }
     }
 
-    fn on_message(self: &Rc<Self>, id: ConnId, conn: &mut Conn, msg: Message<'_>) -> ControlFlow<()> {
+    fn on_message(&self, id: ConnId, conn: &mut Conn, msg: Message<'_>) -> ControlFlow<()> {
         match msg {
             Message::Text(text) => {
                 if conn.is_open() {
@@ -198,12 +210,12 @@ impl Shard {
         }
     }
 
-    fn on_text(self: &Rc<Self>, id: ConnId, conn: &mut Conn, text: &mut [u8]) {
+    fn on_text(&self, id: ConnId, conn: &mut Conn, text: &mut [u8]) {
         if let Some(rate) = self.rate {
             if !rate.allow(&mut conn.tat, self.now()) {
                 inc(&self.stats.rate_limited);
                 conn.strikes = conn.strikes.saturating_add(1);
-                if u32::from(conn.strikes) >= self.cfg.rate_limit_close_after.min(255) {
+                if struck_out(conn.strikes, self.cfg.rate_limit_close_after) {
                     self.close(conn, close::POLICY, "rate limit exceeded repeatedly", false);
                 } else {
                     let msg = "too many messages; slow down";
@@ -228,7 +240,7 @@ impl Shard {
     }
 
     fn on_client_msg(
-        self: &Rc<Self>,
+        &self,
         id: ConnId,
         conn: &mut Conn,
         msg: ClientMsg<'_>,
@@ -272,10 +284,8 @@ impl Shard {
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Delete(Box::new(req)));
             }
             ClientMsg::Leave { room } => {
-                let i = member_index(conn, &room)?;
-                if conn.rooms[i].room.starts_with(protocol::SYSTEM_ROOM_PREFIX) {
-                    return Err(ClientError::new(ErrorCode::Forbidden, "cannot leave a server-managed room"));
-                }
+                let i = member_index(&conn.rooms, &room)?;
+                may_leave(&conn.rooms[i].room)?;
                 let m = conn.rooms.remove(i);
                 // A pending join is undone when its ack arrives (see `on_join_ack`).
                 if m.joined() {
@@ -284,22 +294,19 @@ impl Shard {
                 self.push(conn, server::left(&m.room));
             }
             ClientMsg::Message { room, text } => {
-                if text.len() > self.cfg.max_text_bytes {
-                    let msg = format!("`text` is longer than {} bytes", self.cfg.max_text_bytes);
-                    return Err(ClientError::new(ErrorCode::TextTooLong, msg));
-                }
+                check_text_len(text.len(), self.cfg.max_text_bytes)?;
                 // A join still waiting for its ack counts: the owner sees the join first.
-                let room = member_room(conn, &room)?;
+                let room = member_room(&conn.rooms, &room)?;
                 let from = Requester::Conn(origin);
                 let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), from };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(publish)));
             }
             ClientMsg::Presence { room, after, limit } => {
-                let room = member_room(conn, &room)?;
+                let room = member_room(&conn.rooms, &room)?;
                 let req = PresenceReq {
                     room: room.clone(),
                     after: after.map(|a| Box::from(&*a)),
-                    limit: limit.unwrap_or(PRESENCE_PAGE).min(client::MAX_PAGE),
+                    limit: presence_limit(limit),
                     from: Requester::Conn(origin),
                 };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Presence(Box::new(req)));
@@ -309,12 +316,8 @@ impl Shard {
                 self.push(conn, frame);
             }
             ClientMsg::History { room, before, limit } => {
-                let limit = limit.unwrap_or(HISTORY_PAGE);
-                if limit > HISTORY_PAGE_MAX {
-                    let msg = format!("`limit` must be at most {HISTORY_PAGE_MAX} for history");
-                    return Err(ClientError::new(ErrorCode::InvalidField, msg));
-                }
-                let room = member_room(conn, &room)?;
+                let limit = history_limit(limit)?;
+                let room = member_room(&conn.rooms, &room)?;
                 let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Conn(origin) };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::History(Box::new(req)));
             }
@@ -325,18 +328,9 @@ impl Shard {
     /// Checks that the connection may join (or create) `room`: a valid name, not joined
     /// yet, under the per-connection room limit, and allowed by its token.
     fn may_join(&self, id: ConnId, conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
-        protocol::validate_room(room)?;
-        if conn.membership(room).is_some() {
-            return Err(ClientError::new(ErrorCode::AlreadyJoined, "already joined (or joining) this room"));
-        }
-        let joined = conn.rooms.iter().filter(|m| !m.room.starts_with(protocol::SYSTEM_ROOM_PREFIX)).count();
-        if joined >= self.cfg.max_rooms_per_conn {
-            let msg = format!("a connection may be in at most {} rooms", self.cfg.max_rooms_per_conn);
-            return Err(ClientError::new(ErrorCode::TooManyRooms, msg));
-        }
-        if !self.room_allowed(id, room) {
-            return Err(ClientError::new(ErrorCode::Forbidden, "your token does not allow this room"));
-        }
+        let sessions = self.sessions.borrow();
+        let allowed = sessions.get(&id).and_then(|s| s.rooms.as_deref());
+        check_join(&conn.rooms, room, self.cfg.max_rooms_per_conn, allowed)?;
         Ok(Arc::from(room))
     }
 
@@ -370,6 +364,8 @@ impl Shard {
 /// A plain join: no password.
 const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
 
+/// A room password's length is checked before anything else sees it (the hash cost does
+/// not grow with it, but an empty password would make a room nobody can tell is private).
 fn check_password_len(pw: &str) -> Result<(), ClientError> {
     if pw.is_empty() || pw.len() > password::MAX_PASSWORD {
         let msg = format!("`password` must be 1 to {} bytes", password::MAX_PASSWORD);
@@ -378,11 +374,187 @@ fn check_password_len(pw: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn member_index(conn: &Conn, room: &str) -> Result<usize, ClientError> {
-    conn.membership(room).ok_or_else(|| ClientError::new(ErrorCode::NotMember, "join the room first"))
+/// Whether a connection with `rooms` may join (or create) `room`: a valid name, not
+/// joined yet, under the per-connection limit `max_rooms` (server-managed rooms do not
+/// count), and allowed by its token's grants (`allowed`; `None`: any room). Checked in
+/// that order, so the client hears the first reason.
+fn check_join(
+    rooms: &[Membership],
+    room: &str,
+    max_rooms: usize,
+    allowed: Option<&[Pattern]>,
+) -> Result<(), ClientError> {
+    protocol::validate_room(room)?;
+    if rooms.iter().any(|m| &*m.room == room) {
+        return Err(ClientError::new(ErrorCode::AlreadyJoined, "already joined (or joining) this room"));
+    }
+    let joined = rooms.iter().filter(|m| !m.room.starts_with(protocol::SYSTEM_ROOM_PREFIX)).count();
+    if joined >= max_rooms {
+        let msg = format!("a connection may be in at most {max_rooms} rooms");
+        return Err(ClientError::new(ErrorCode::TooManyRooms, msg));
+    }
+    if allowed.is_some_and(|allowed| !grants::allows(allowed, room)) {
+        return Err(ClientError::new(ErrorCode::Forbidden, "your token does not allow this room"));
+    }
+    Ok(())
+}
+
+/// A connection may leave any room it is in except the server-managed ones (its
+/// personal room): those follow the connection's lifetime.
+fn may_leave(room: &str) -> Result<(), ClientError> {
+    if room.starts_with(protocol::SYSTEM_ROOM_PREFIX) {
+        return Err(ClientError::new(ErrorCode::Forbidden, "cannot leave a server-managed room"));
+    }
+    Ok(())
+}
+
+/// A message's `text` may be at most `max` bytes.
+fn check_text_len(len: usize, max: usize) -> Result<(), ClientError> {
+    if len > max {
+        return Err(ClientError::new(ErrorCode::TextTooLong, format!("`text` is longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+/// The page size of a `history` request: the default when none is given; above
+/// [`HISTORY_PAGE_MAX`] it is refused rather than clamped, so a client learns the bound.
+fn history_limit(limit: Option<u32>) -> Result<u32, ClientError> {
+    let limit = limit.unwrap_or(HISTORY_PAGE);
+    if limit > HISTORY_PAGE_MAX {
+        let msg = format!("`limit` must be at most {HISTORY_PAGE_MAX} for history");
+        return Err(ClientError::new(ErrorCode::InvalidField, msg));
+    }
+    Ok(limit)
+}
+
+/// The page size of a `presence` request: the default when none is given, clamped to
+/// [`client::MAX_PAGE`] (the parser already refuses larger ones; this keeps the bound
+/// where the request is built).
+fn presence_limit(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(PRESENCE_PAGE).min(client::MAX_PAGE)
+}
+
+/// Whether a connection refused by the rate limiter `strikes` times is closed: after
+/// `close_after` strikes (the counter is a byte, so at most 255).
+fn struck_out(strikes: u8, close_after: u32) -> bool {
+    u32::from(strikes) >= close_after.min(255)
+}
+
+fn member_index(rooms: &[Membership], room: &str) -> Result<usize, ClientError> {
+    rooms
+        .iter()
+        .position(|m| &*m.room == room)
+        .ok_or_else(|| ClientError::new(ErrorCode::NotMember, "join the room first"))
 }
 
 /// The connection's own (shared) name of a room it is in or joining.
-fn member_room(conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
-    Ok(conn.rooms[member_index(conn, room)?].room.clone())
+fn member_room(rooms: &[Membership], room: &str) -> Result<Arc<str>, ClientError> {
+    Ok(rooms[member_index(rooms, room)?].room.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooms(names: &[&str]) -> Vec<Membership> {
+        names.iter().map(|n| Membership { room: Arc::from(*n), pending: 0, epoch: 0 }).collect()
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+        r.expect_err("refused").code
+    }
+
+    #[test]
+    fn join_needs_a_valid_name() {
+        assert_eq!(code(check_join(&[], "", 10, None)), ErrorCode::InvalidRoom);
+        assert_eq!(code(check_join(&[], "@alice", 10, None)), ErrorCode::InvalidRoom, "reserved prefix");
+        assert_eq!(check_join(&[], "lobby", 10, None), Ok(()));
+    }
+
+    #[test]
+    fn join_refuses_a_room_already_joined_or_joining() {
+        let mut rs = rooms(&["lobby"]);
+        assert_eq!(code(check_join(&rs, "lobby", 10, None)), ErrorCode::AlreadyJoined);
+        rs[0].pending = 7;
+        assert_eq!(code(check_join(&rs, "lobby", 10, None)), ErrorCode::AlreadyJoined, "a pending join counts");
+    }
+
+    #[test]
+    fn the_room_limit_does_not_count_server_managed_rooms() {
+        let rs = rooms(&["@u:alice", "a", "b"]);
+        assert_eq!(check_join(&rs, "c", 3, None), Ok(()));
+        let err = check_join(&rs, "c", 2, None).expect_err("over the limit");
+        assert_eq!(err.code, ErrorCode::TooManyRooms);
+        assert!(err.message.contains("at most 2 rooms"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_token_allow_list_limits_the_rooms() {
+        let allowed = [Pattern::new("team-*")];
+        assert_eq!(check_join(&[], "team-a", 10, Some(&allowed)), Ok(()));
+        assert_eq!(code(check_join(&[], "lobby", 10, Some(&allowed))), ErrorCode::Forbidden);
+        assert_eq!(code(check_join(&[], "lobby", 10, Some(&[]))), ErrorCode::Forbidden, "an empty list allows none");
+    }
+
+    #[test]
+    fn join_checks_come_in_order() {
+        // Already joined and over the limit and not allowed: the first reason wins.
+        let rs = rooms(&["x"]);
+        assert_eq!(code(check_join(&rs, "x", 0, Some(&[]))), ErrorCode::AlreadyJoined);
+        assert_eq!(code(check_join(&rs, "y", 0, Some(&[]))), ErrorCode::TooManyRooms);
+    }
+
+    #[test]
+    fn server_managed_rooms_cannot_be_left() {
+        assert_eq!(code(may_leave("@u:alice")), ErrorCode::Forbidden);
+        assert_eq!(may_leave("lobby"), Ok(()));
+    }
+
+    #[test]
+    fn membership_lookup_names_the_connections_room() {
+        let rs = rooms(&["a", "b"]);
+        assert_eq!(member_index(&rs, "b"), Ok(1));
+        assert_eq!(code(member_index(&rs, "c")), ErrorCode::NotMember);
+        assert!(Arc::ptr_eq(&member_room(&rs, "a").expect("member"), &rs[0].room), "the shared name is reused");
+    }
+
+    #[test]
+    fn text_length_is_bounded_inclusively() {
+        assert_eq!(check_text_len(100, 100), Ok(()));
+        let err = check_text_len(101, 100).expect_err("too long");
+        assert_eq!(err.code, ErrorCode::TextTooLong);
+        assert!(err.message.contains("100 bytes"));
+    }
+
+    #[test]
+    fn history_limit_defaults_and_refuses_above_the_maximum() {
+        assert_eq!(history_limit(None), Ok(HISTORY_PAGE));
+        assert_eq!(history_limit(Some(HISTORY_PAGE_MAX)), Ok(HISTORY_PAGE_MAX));
+        assert_eq!(history_limit(Some(0)), Ok(0), "only the maximum is checked here");
+        assert_eq!(code(history_limit(Some(HISTORY_PAGE_MAX + 1))), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn presence_limit_defaults_and_clamps_to_the_page_maximum() {
+        assert_eq!(presence_limit(None), PRESENCE_PAGE);
+        assert_eq!(presence_limit(Some(7)), 7);
+        assert_eq!(presence_limit(Some(client::MAX_PAGE)), client::MAX_PAGE);
+        assert_eq!(presence_limit(Some(u32::MAX)), client::MAX_PAGE);
+    }
+
+    #[test]
+    fn password_length_is_one_to_the_maximum() {
+        assert_eq!(code(check_password_len("")), ErrorCode::InvalidField);
+        assert_eq!(check_password_len("x"), Ok(()));
+        assert_eq!(check_password_len(&"x".repeat(password::MAX_PASSWORD)), Ok(()));
+        assert_eq!(code(check_password_len(&"x".repeat(password::MAX_PASSWORD + 1))), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn rate_limit_strikes_close_after_the_configured_count_capped_at_255() {
+        assert!(!struck_out(2, 3));
+        assert!(struck_out(3, 3));
+        assert!(struck_out(255, 1000), "the byte counter saturates at 255");
+        assert!(struck_out(0, 0));
+    }
 }

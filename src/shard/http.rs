@@ -4,6 +4,11 @@
 //! Endpoints that need other shards (`/stats`, `/metrics`, `/api/…`) run as a separate
 //! task that asks them by message; meanwhile the connection is `busy` and buffers any
 //! pipelined input, and it resumes serving when the answer has been queued.
+//!
+//! The serving code runs while the connection table is borrowed (methods of
+//! [`Services`]); answers computed later reach the connection through
+//! [`Services::defer`]. What to answer is decided by the pure functions at the end of
+//! this file.
 
 use std::future::Future;
 use std::rc::Rc;
@@ -13,7 +18,7 @@ use serde::Serialize;
 
 use super::conns::{Conn, ConnId, Phase};
 use super::msg::{HistoryReq, PresenceReq, Publish, Query, Reply, Requester, ShardMsg};
-use super::Shard;
+use super::{Services, Shard};
 use crate::http::publish::{self, PublishRequest, Target};
 use crate::http::request::{self, Request, MAX_HEADERS};
 use crate::http::response::Answer;
@@ -23,7 +28,6 @@ use crate::metrics::{inc, Snapshot};
 use crate::protocol;
 use crate::protocol::client::{HISTORY_PAGE, HISTORY_PAGE_MAX, MAX_PAGE, PRESENCE_PAGE};
 use crate::room::BROADCAST_ROOM;
-use crate::rt;
 use crate::ws::handshake;
 
 /// What serving the request at the front of the buffer did.
@@ -40,14 +44,14 @@ pub(super) enum Step {
     Closed,
 }
 
-impl Shard {
+impl Services {
     /// Takes bytes read from a connection in HTTP phase.
-    pub(super) fn on_http_bytes(self: &Rc<Self>, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
+    pub(super) fn on_http_bytes(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         let Some(h) = conn.http_mut() else { return };
         h.buf.extend_from_slice(data);
         if h.busy {
             // Pipelined input while an answer is computed: bounded like one request.
-            if h.buf.len() > self.cfg.max_request_head + self.cfg.max_request_body {
+            if pipelined_overflow(h.buf.len(), self.cfg.max_request_head, self.cfg.max_request_body) {
                 self.http_refuse(conn, HttpError::HeadTooLarge);
             }
             return;
@@ -56,7 +60,7 @@ impl Shard {
     }
 
     /// Serves every complete request in the buffer, in order.
-    pub(super) fn serve_http(self: &Rc<Self>, id: ConnId, conn: &mut Conn) {
+    pub(super) fn serve_http(&self, id: ConnId, conn: &mut Conn) {
         loop {
             let Some(h) = conn.http_mut() else { return };
             if h.busy || h.buf.is_empty() {
@@ -88,7 +92,7 @@ impl Shard {
         }
     }
 
-    fn serve_one(self: &Rc<Self>, id: ConnId, conn: &mut Conn, buf: &[u8]) -> Step {
+    fn serve_one(&self, id: ConnId, conn: &mut Conn, buf: &[u8]) -> Step {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let req = match request::parse(buf, &mut headers, self.cfg.max_request_head) {
             Ok(None) => return Step::NeedMore,
@@ -110,64 +114,55 @@ impl Shard {
             return self.upgrade(id, conn, &req, used);
         }
         inc(&self.stats.http_requests);
-        let keep = req.keep_alive() && !self.is_draining();
+        let keep = keep_alive(req.keep_alive(), self.is_draining());
         let head_only = req.method == "HEAD";
         let answer = match route {
             Route::WebSocket => return Step::Closed,
-            Route::Asset(path) => match assets::get(path) {
-                Some(a) => {
-                    Answer { status: 200, content_type: a.content_type, extra: String::new(), body: a.body.to_vec() }
-                }
-                None => Answer::error(404, "not_found", "no such file"),
-            },
+            Route::Asset(path) => asset_answer(path),
             Route::Health => self.health(),
             Route::Stats => {
                 let room = req.query_param("room");
                 let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(self.cfg.stats_rooms);
-                let shard = self.clone();
+                return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                    shard.stats(room, limit).await
+                });
+            }
+            Route::Metrics => {
                 return self.answer_later(
                     id,
                     conn,
                     used,
                     keep,
                     head_only,
-                    async move { shard.stats(room, limit).await },
+                    |shard| async move { shard.metrics().await },
                 );
-            }
-            Route::Metrics => {
-                let shard = self.clone();
-                return self.answer_later(id, conn, used, keep, head_only, async move { shard.metrics().await });
             }
             Route::Publish => match self.publish_request(&req, body) {
                 Ok(p) => {
-                    let shard = self.clone();
-                    return self.answer_later(id, conn, used, keep, head_only, async move { shard.publish(p).await });
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.publish(p).await
+                    });
                 }
                 Err(answer) => answer,
             },
             Route::RoomPresence(room) => {
                 let after = req.query_param("after");
-                let limit =
-                    req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(PRESENCE_PAGE).clamp(1, MAX_PAGE);
+                let limit = page_limit(req.query_param("limit"), PRESENCE_PAGE, MAX_PAGE);
                 let key_ok = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).is_ok();
-                let shard = self.clone();
-                return self.answer_later(id, conn, used, keep, head_only, async move {
+                return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
                     shard.presence(room, after, limit, key_ok).await
                 });
             }
             Route::RoomHistory(room) => {
                 let before = req.query_param("before").and_then(|b| b.parse().ok());
-                let limit = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(HISTORY_PAGE);
-                let limit = limit.clamp(1, HISTORY_PAGE_MAX);
+                let limit = page_limit(req.query_param("limit"), HISTORY_PAGE, HISTORY_PAGE_MAX);
                 let key_ok = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).is_ok();
-                let shard = self.clone();
-                return self.answer_later(id, conn, used, keep, head_only, async move {
+                return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
                     shard.history(room, before, limit, key_ok).await
                 });
             }
-            Route::MethodNotAllowed(allow) => Answer::error(405, "method_not_allowed", "method not allowed")
-                .with_header(&format!("Allow: {allow}\r\n")),
-            Route::NotFound => Answer::error(404, "not_found", "no such endpoint; WebSocket clients connect to /ws"),
+            Route::MethodNotAllowed(allow) => method_not_allowed(allow),
+            Route::NotFound => not_found(),
         };
         self.respond(conn, &answer, keep, head_only, used)
     }
@@ -195,10 +190,10 @@ impl Shard {
         self.respond(conn, &Answer::error(e.status(), e.code(), &e.to_string()), false, false, 0)
     }
 
-    /// Runs `answer` as its own task; the connection waits (`busy`) and resumes when the
-    /// answer is queued.
-    fn answer_later<F>(
-        self: &Rc<Self>,
+    /// Runs `answer` as its own task (given the shard when it runs); the connection
+    /// waits (`busy`) and resumes when the answer is queued.
+    fn answer_later<F, Fut>(
+        &self,
         id: ConnId,
         conn: &mut Conn,
         used: usize,
@@ -207,38 +202,38 @@ impl Shard {
         answer: F,
     ) -> Step
     where
-        F: Future<Output = Answer> + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + 'static,
+        Fut: Future<Output = Answer> + 'static,
     {
         if let Some(h) = conn.http_mut() {
             h.busy = true;
         }
-        let shard = self.clone();
-        rt::spawn(async move {
-            let answer = answer.await;
-            let mut conns = shard.conns.borrow_mut();
-            let Some(conn) = conns.get_mut(id) else { return };
-            let keep = keep && !shard.is_draining();
-            if answer.status >= 400 {
-                inc(&shard.stats.http_errors);
-            }
-            conn.push(answer.render(keep, head_only), shard.caps);
-            let now = shard.now();
-            match conn.http_mut() {
-                Some(h) if keep => {
-                    h.busy = false;
-                    h.reparse = true;
-                    conn.phase_since = now;
+        self.defer(move |shard| async move {
+            let answer = answer(shard.clone()).await;
+            shard.with_conn(id, |svc, conn| {
+                let keep = keep_alive(keep, svc.is_draining());
+                if answer.status >= 400 {
+                    inc(&svc.stats.http_errors);
                 }
-                _ => conn.enter(Phase::Linger, now),
-            }
-            conn.wake();
+                conn.push(answer.render(keep, head_only), svc.caps);
+                let now = svc.now();
+                match conn.http_mut() {
+                    Some(h) if keep => {
+                        h.busy = false;
+                        h.reparse = true;
+                        conn.phase_since = now;
+                    }
+                    _ => conn.enter(Phase::Linger, now),
+                }
+                conn.wake();
+            });
         });
         Step::Busy(used)
     }
 
     /// Validates an upgrade request and, if it is one, hands it to admission (identity,
     /// limits), which switches the connection to WebSocket.
-    fn upgrade(self: &Rc<Self>, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize) -> Step {
+    fn upgrade(&self, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize) -> Step {
         let upgrade = match handshake::validate(req) {
             Ok(u) => u,
             Err(e) => {
@@ -247,8 +242,7 @@ impl Shard {
             }
         };
         if self.is_draining() {
-            let answer = Answer::error(503, "draining", "the server is shutting down");
-            return self.respond(conn, &answer, false, false, used);
+            return self.respond(conn, &draining(), false, false, used);
         }
         self.admit(id, conn, req, upgrade, used)
     }
@@ -266,16 +260,17 @@ impl Shard {
             nodes: Option<u64>,
         }
         let draining = self.is_draining();
+        let (status, state) = health_status(draining);
         let report = self.shared.bus.as_ref().map(|b| b.report());
         let body = Health {
-            status: if draining { "draining" } else { "ok" },
+            status: state,
             shard: self.id,
             uptime_ms: self.uptime_ms(),
             bus: report.map_or(crate::cluster::BusState::Off.as_str(), |r| r.state),
             node: report.map(|r| format!("{:016x}", r.node)),
             nodes: report.map(|r| r.nodes),
         };
-        Answer::json(if draining { 503 } else { 200 }, simd_json::to_vec(&body).unwrap_or_default())
+        Answer::json(status, simd_json::to_vec(&body).unwrap_or_default())
     }
 
     /// Every shard's snapshot, in shard order.
@@ -329,21 +324,13 @@ impl Shard {
 
     /// Checks the API key and the body of `POST /api/publish`.
     fn publish_request(&self, req: &Request<'_, '_>, body: &[u8]) -> Result<PublishRequest, Answer> {
-        let refuse = |e: publish::PublishError| {
-            let answer = Answer::error(e.status(), e.code(), &e.to_string());
-            if e.status() == 401 {
-                answer.with_header("WWW-Authenticate: Bearer\r\n")
-            } else {
-                answer
-            }
-        };
         if let Err(e) = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")) {
             if e == publish::PublishError::Unauthorized {
                 inc(&self.stats.auth_rejections);
             }
-            return Err(refuse(e));
+            return Err(publish_refusal(e));
         }
-        publish::parse(body, self.cfg.max_message_bytes).map_err(refuse)
+        publish::parse(body, self.cfg.max_message_bytes).map_err(publish_refusal)
     }
 
     /// Publishes through the same owners, sequencing and serialized-once frames as client
@@ -413,24 +400,10 @@ impl Shard {
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::History(Box::new(req)));
             })
             .await;
-        match replies.into_iter().next() {
-            Some(Reply::History(Some((_, true)))) if !key_ok => {
-                Answer::error(403, "forbidden", "this room is private: its history needs the API key")
-            }
-            Some(Reply::History(Some((json, _)))) => Answer::json(200, json),
-            _ => Answer::error(404, "no_such_room", "no room of that name"),
-        }
+        history_answer(replies.into_iter().next(), key_ok)
     }
 
     async fn presence(&self, room: String, after: Option<String>, limit: u32, key_ok: bool) -> Answer {
-        #[derive(Serialize)]
-        struct Page<'a> {
-            room: &'a str,
-            count: u32,
-            users: Vec<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            next: Option<&'a str>,
-        }
         let room: Arc<str> = Arc::from(room);
         let replies = self
             .ask(1, |reply| {
@@ -439,20 +412,201 @@ impl Shard {
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Presence(Box::new(req)));
             })
             .await;
-        match replies.into_iter().next() {
-            Some(Reply::Presence(Some(p))) if p.private && !key_ok => {
-                Answer::error(403, "forbidden", "this room is private: its presence needs the API key")
-            }
-            Some(Reply::Presence(Some(p))) => {
-                let page = Page {
-                    room: &p.room,
-                    count: p.count,
-                    users: p.users.iter().map(|u| &**u).collect(),
-                    next: p.next.as_deref(),
-                };
-                Answer::json(200, simd_json::to_vec(&page).unwrap_or_default())
-            }
-            _ => Answer::error(404, "no_such_room", "no room of that name has members"),
+        presence_answer(replies.into_iter().next(), key_ok)
+    }
+}
+
+/// Whether the connection stays open after this answer: the client asked for
+/// keep-alive, and the shard is not draining (then every answer closes, so clients
+/// reconnect elsewhere).
+fn keep_alive(requested: bool, draining: bool) -> bool {
+    requested && !draining
+}
+
+/// Whether the input buffered while an answer is computed is over the bound of one
+/// request (head and body): a client pipelining more than that is refused.
+fn pipelined_overflow(buffered: usize, max_head: usize, max_body: usize) -> bool {
+    buffered > max_head + max_body
+}
+
+/// The page size of an API request: `limit` when it parses, else `default`, within
+/// 1..=`max`.
+fn page_limit(limit: Option<String>, default: u32, max: u32) -> u32 {
+    limit.and_then(|l| l.parse().ok()).unwrap_or(default).clamp(1, max)
+}
+
+/// An embedded web client file, or 404.
+fn asset_answer(path: &str) -> Answer {
+    match assets::get(path) {
+        Some(a) => Answer { status: 200, content_type: a.content_type, extra: String::new(), body: a.body.to_vec() },
+        None => Answer::error(404, "not_found", "no such file"),
+    }
+}
+
+/// A known path asked with a method it does not take: 405 naming the ones it does.
+fn method_not_allowed(allow: &str) -> Answer {
+    Answer::error(405, "method_not_allowed", "method not allowed").with_header(&format!("Allow: {allow}\r\n"))
+}
+
+/// No such endpoint.
+fn not_found() -> Answer {
+    Answer::error(404, "not_found", "no such endpoint; WebSocket clients connect to /ws")
+}
+
+/// An upgrade while the shard drains: load balancers should move the client away.
+fn draining() -> Answer {
+    Answer::error(503, "draining", "the server is shutting down")
+}
+
+/// `/health`'s status code and state: 503 while draining, so load balancers stop
+/// sending new clients.
+fn health_status(draining: bool) -> (u16, &'static str) {
+    if draining {
+        (503, "draining")
+    } else {
+        (200, "ok")
+    }
+}
+
+/// A refused `POST /api/publish`; a missing or wrong key says which scheme to use.
+fn publish_refusal(e: publish::PublishError) -> Answer {
+    let answer = Answer::error(e.status(), e.code(), &e.to_string());
+    if e.status() == 401 {
+        answer.with_header("WWW-Authenticate: Bearer\r\n")
+    } else {
+        answer
+    }
+}
+
+/// The answer to `GET /api/rooms/{room}/history` from the owner's reply (none: it did
+/// not answer in time). A private room's history needs the API key (`key_ok`).
+fn history_answer(reply: Option<Reply>, key_ok: bool) -> Answer {
+    match reply {
+        Some(Reply::History(Some((_, true)))) if !key_ok => {
+            Answer::error(403, "forbidden", "this room is private: its history needs the API key")
         }
+        Some(Reply::History(Some((json, _)))) => Answer::json(200, json),
+        _ => Answer::error(404, "no_such_room", "no room of that name"),
+    }
+}
+
+/// The answer to `GET /api/rooms/{room}/presence` from the owner's reply (none: it did
+/// not answer in time). A private room's presence needs the API key (`key_ok`).
+fn presence_answer(reply: Option<Reply>, key_ok: bool) -> Answer {
+    #[derive(Serialize)]
+    struct Page<'a> {
+        room: &'a str,
+        count: u32,
+        users: Vec<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
+    }
+    match reply {
+        Some(Reply::Presence(Some(p))) if p.private && !key_ok => {
+            Answer::error(403, "forbidden", "this room is private: its presence needs the API key")
+        }
+        Some(Reply::Presence(Some(p))) => {
+            let page = Page {
+                room: &p.room,
+                count: p.count,
+                users: p.users.iter().map(|u| &**u).collect(),
+                next: p.next.as_deref(),
+            };
+            Answer::json(200, simd_json::to_vec(&page).unwrap_or_default())
+        }
+        _ => Answer::error(404, "no_such_room", "no room of that name has members"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::PresencePage;
+
+    fn body(a: &Answer) -> serde_json::Value {
+        serde_json::from_slice(&a.body).expect("a JSON body")
+    }
+
+    #[test]
+    fn keep_alive_when_asked_and_not_draining() {
+        assert!(keep_alive(true, false));
+        assert!(!keep_alive(false, false));
+        assert!(!keep_alive(true, true), "a draining shard closes after every answer");
+    }
+
+    #[test]
+    fn pipelined_input_is_bounded_by_one_request() {
+        assert!(!pipelined_overflow(8 + 16, 8, 16));
+        assert!(pipelined_overflow(8 + 16 + 1, 8, 16));
+    }
+
+    #[test]
+    fn page_limits_default_parse_and_clamp() {
+        assert_eq!(page_limit(None, 50, 100), 50);
+        assert_eq!(page_limit(Some("7".into()), 50, 100), 7);
+        assert_eq!(page_limit(Some("nope".into()), 50, 100), 50);
+        assert_eq!(page_limit(Some("-3".into()), 50, 100), 50, "not a u32");
+        assert_eq!(page_limit(Some("0".into()), 50, 100), 1);
+        assert_eq!(page_limit(Some("100000".into()), 50, 100), 100);
+    }
+
+    #[test]
+    fn fixed_routes_answer_without_the_shard() {
+        assert_eq!(asset_answer("/").status, 200);
+        assert_eq!(asset_answer("/nope.js").status, 404);
+        let a = method_not_allowed("GET, HEAD");
+        assert_eq!((a.status, a.extra.as_str()), (405, "Allow: GET, HEAD\r\n"));
+        let a = not_found();
+        assert_eq!((a.status, body(&a)["error"].as_str()), (404, Some("not_found")));
+        let a = draining();
+        assert_eq!((a.status, body(&a)["error"].as_str()), (503, Some("draining")));
+    }
+
+    #[test]
+    fn health_is_503_while_draining() {
+        assert_eq!(health_status(false), (200, "ok"));
+        assert_eq!(health_status(true), (503, "draining"));
+    }
+
+    #[test]
+    fn publish_refusals_name_the_scheme_only_for_a_bad_key() {
+        let a = publish_refusal(publish::PublishError::Unauthorized);
+        assert_eq!((a.status, a.extra.as_str()), (401, "WWW-Authenticate: Bearer\r\n"));
+        let a = publish_refusal(publish::PublishError::Disabled);
+        assert_eq!((a.status, a.extra.as_str()), (403, ""));
+        let a = publish_refusal(publish::PublishError::BadRequest("no".into()));
+        assert_eq!((a.status, body(&a)["error"].as_str()), (400, Some("bad_request")));
+    }
+
+    #[test]
+    fn history_answers() {
+        let page = || Some(Reply::History(Some((b"{\"m\":1}".to_vec(), false))));
+        let private = || Some(Reply::History(Some((b"{}".to_vec(), true))));
+        assert_eq!(history_answer(page(), false), Answer::json(200, b"{\"m\":1}".to_vec()));
+        assert_eq!(history_answer(private(), false).status, 403);
+        assert_eq!(history_answer(private(), true).status, 200);
+        assert_eq!(history_answer(Some(Reply::History(None)), true).status, 404);
+        assert_eq!(history_answer(None, true).status, 404, "no answer in time");
+        assert_eq!(history_answer(Some(Reply::Admit(true)), true).status, 404);
+    }
+
+    #[test]
+    fn presence_answers() {
+        let page = |private| {
+            Some(Reply::Presence(Some(PresencePage {
+                room: "r".into(),
+                count: 3,
+                users: vec!["a".into(), "b".into()],
+                next: Some("b".into()),
+                private,
+            })))
+        };
+        let a = presence_answer(page(false), false);
+        assert_eq!(a.status, 200);
+        assert_eq!(body(&a), serde_json::json!({"room": "r", "count": 3, "users": ["a", "b"], "next": "b"}));
+        assert_eq!(presence_answer(page(true), false).status, 403);
+        assert_eq!(presence_answer(page(true), true).status, 200);
+        assert_eq!(presence_answer(Some(Reply::Presence(None)), true).status, 404);
+        assert_eq!(presence_answer(None, true).status, 404);
     }
 }

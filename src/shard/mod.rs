@@ -8,6 +8,31 @@
 //!
 //! Tasks per shard: one accept loop, one inbox loop (owner and member work, in arrival
 //! order), one sweep (heartbeats and timeouts), and one task per connection.
+//!
+//! # Who may borrow the connection table
+//!
+//! A connection's task borrows the table for the whole dispatch of what it read, so a
+//! second borrow from anything that dispatch reaches would panic the shard on client
+//! input. The types rule it out instead of a convention:
+//!
+//! * [`Shard`] is [`Services`] plus the table (and the owner, IP-owner and lifecycle
+//!   state). Connection handlers (`on_input`, HTTP serving, upgrade and admission,
+//!   WebSocket and client messages, close, push) are methods of `Services` and receive
+//!   `&Services` and `&mut Conn`. `Services` has no field leading to the table, and the
+//!   connection task calls into it with the table borrowed and no `Shard` in scope
+//!   (`conn::poll_conn` takes `&Services` and the table separately). So a handler that
+//!   borrows the table cannot compile.
+//! * Work that must touch a connection later (an HTTP answer that asks other shards, the
+//!   per-IP slot during admission, password attempts and hashing on the blocking pool)
+//!   goes through [`Services::defer`]: it spawns a task that receives `Rc<Shard>` only
+//!   when it runs, after the dispatch has released the table. The back pointer it uses
+//!   is private to `services`, so `defer` is the only way from `&Services` to the table.
+//! * Shard-level code (the inbox loop, the sweep, deferred tasks) borrows the table and
+//!   reaches connections through [`Shard::with_conn`] or the same `&Services` handlers.
+//!
+//! Decisions that need no socket (sweep actions, admission refusals, HTTP routing
+//! answers, client-message checks) are pure functions next to the code that applies
+//! them, each with unit tests.
 
 mod ask;
 mod auth;
@@ -17,6 +42,7 @@ pub mod mesh;
 pub mod msg;
 pub mod outbox;
 pub mod route;
+mod services;
 
 mod conn;
 mod fanout;
@@ -26,140 +52,88 @@ mod sweep;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
+use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use bytes::Bytes;
+use std::time::{Duration, Instant};
 
 use self::conns::{Conn, ConnId, Conns, Phase};
 use self::fanout::Batch;
-use self::members::LocalRooms;
 use self::mesh::{Inbox, Mesh};
 use self::msg::{Class, Query, Reply, Requester, ShardMsg};
-use self::outbox::{Caps, Pushed};
+use self::services::Services;
 use crate::cluster::BusIn;
 use crate::config::Config;
-use crate::limits::{IpTable, Rate};
-use crate::metrics::{add, inc, ShardStats, Snapshot};
+use crate::limits::IpTable;
+use crate::metrics::{add, inc, Snapshot};
 use crate::room::request::ReplyRef;
 use crate::room::OwnedRooms;
 use crate::room::{HistoryConfig, JoinStep, RoomOut, BROADCAST_ROOM};
 use crate::rt;
-use crate::ws::frame;
 use crate::Shared;
-use rustc_hash::FxHashMap;
 
-/// Size of the shard's read scratch buffer: every connection reads into it in turn, so
-/// no connection owns a read buffer while idle (docs/DESIGN-NOTES.md, "Reads through a per-shard scratch buffer").
-const SCRATCH: usize = 64 * 1024;
-
-/// State of one shard. Created on, and never leaves, its executor thread.
+/// A shard: its [`Services`] and the state only the shard's own tasks (inbox, sweep,
+/// connection tasks, deferred work) touch. Created on, and never leaves, its executor
+/// thread.
+///
+/// It dereferences to its [`Services`], so shard-level code calls `push`, `close` or
+/// reads `cfg` directly; the reverse is impossible: a `&Services` never leads back here
+/// synchronously (see the module doc).
 pub(crate) struct Shard {
-    /// This shard's index.
-    pub id: usize,
-    /// Server configuration.
-    pub cfg: Arc<Config>,
-    /// State shared read-only (or atomically) by all shards.
-    pub shared: Arc<Shared>,
-    /// Per-connection rate limit (none: unlimited).
-    pub rate: Option<Rate>,
-    /// Counts for the IP addresses this shard owns.
-    pub ips: RefCell<IpTable>,
-    /// Grants, token expiry and password attempts of connections that have any (JWT
-    /// users, password guessers); plain guests have no entry.
-    pub sessions: RefCell<FxHashMap<ConnId, auth::Session>>,
-    /// Minute (of the shard clock) when the IP table was last pruned.
-    last_prune: Cell<u32>,
-    /// Senders to every shard's inbox.
-    pub mesh: Mesh,
-    /// Connections accepted by this shard.
-    pub conns: RefCell<Conns>,
-    /// Local members of each room with members here.
-    pub members: RefCell<LocalRooms>,
-    /// Rooms this shard owns (sequences).
-    pub owned: RefCell<OwnedRooms>,
-    /// Live cluster nodes, sorted, this one included (from the bridge; just this node
-    /// until the first update, and always when there is no cluster).
+    /// What connection handlers may use.
+    svc: Services,
+    /// Connections accepted by this shard. Borrowed by the connection task for the
+    /// whole dispatch of its input, by the inbox and the sweep: never from a handler.
+    conns: RefCell<Conns>,
+    /// Owner state: rooms this shard sequences, and the live cluster nodes, sorted, this
+    /// one included (from the bridge; just this node until the first update, and always
+    /// when there is no cluster).
+    owned: RefCell<OwnedRooms>,
     nodes: RefCell<Arc<[u64]>>,
-    /// Read buffer shared by all connections of the shard, borrowed only inside a poll.
-    pub scratch: RefCell<Box<[u8]>>,
-    /// simd-json's reusable buffers.
-    pub json: RefCell<simd_json::Buffers>,
-    /// Counters.
-    pub stats: ShardStats,
-    /// Queue caps of every connection.
-    pub caps: Caps,
-    /// The ping frame, built once.
-    pub ping: Bytes,
-    /// Upgraded WebSocket connections open now.
-    pub ws_open: Cell<u64>,
-    /// Questions to other shards awaiting answers.
-    asks: ask::Asks,
-    started: Instant,
-    nonce: u32,
-    next_token: Cell<u32>,
-    draining: Cell<bool>,
-    /// Cached "some inbox is over its high-water mark", refreshed at most once per ms.
-    congested: Cell<(u32, bool)>,
-    /// Connections that stopped reading because of congestion, and whether the task
-    /// that resumes them is running.
-    paused: RefCell<Vec<ConnId>>,
-    resuming: Cell<bool>,
+    /// IP owner state: counts for the IP addresses this shard owns, and the minute (of
+    /// the shard clock) when the table was last pruned.
+    ips: RefCell<IpTable>,
+    last_prune: Cell<u32>,
+    /// Lifecycle: the accept loop (cancelled at shutdown) and the end of the drain.
     accept_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
     done: Notify,
 }
 
+impl Deref for Shard {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.svc
+    }
+}
+
 impl Shard {
-    fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh) -> Shard {
+    fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh) -> Rc<Shard> {
         let shards = mesh.len();
-        Shard {
-            id,
-            rate: Rate::new(cfg.rate_limit, cfg.rate_burst),
+        let node = shared.bus.as_ref().map_or(0, |b| b.node);
+        Rc::new_cyclic(|me| Shard {
             ips: RefCell::new(IpTable::default()),
-            sessions: RefCell::new(FxHashMap::default()),
             last_prune: Cell::new(0),
-            caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
             owned: RefCell::new(
                 OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
-                    .with_cluster(shared.bus.as_ref().map_or(0, |b| b.node)),
+                    .with_cluster(node),
             ),
-            nodes: RefCell::new(Arc::from([shared.bus.as_ref().map_or(0, |b| b.node)])),
-            cfg,
-            mesh,
+            nodes: RefCell::new(Arc::from([node])),
             conns: RefCell::new(Conns::default()),
-            members: RefCell::new(LocalRooms::default()),
-            scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
-            json: RefCell::new(simd_json::Buffers::new(4096)),
-            stats: ShardStats::default(),
-            ping: frame::ping_frame(b""),
-            ws_open: Cell::new(0),
-            asks: ask::Asks::default(),
-            started: Instant::now(),
-            nonce: fastrand::u32(..),
-            next_token: Cell::new(0),
-            draining: Cell::new(false),
-            congested: Cell::new((u32::MAX, false)),
-            paused: RefCell::new(Vec::new()),
-            resuming: Cell::new(false),
             accept_task: RefCell::new(None),
             done: Notify::default(),
-            shared,
-        }
+            svc: Services::new(id, cfg, shared, mesh, me.clone()),
+        })
     }
 
-    /// Sends a room owner's output on: to a shard's inbox, or (cluster-bound) to the
-    /// bridge's queue. This is the one place room outputs become runtime messages.
-    pub fn route(&self, out: RoomOut) {
-        match out {
-            RoomOut::Shard(to, m) => self.mesh.send(to, m.into()),
-            RoomOut::Cluster(c) => {
-                if let Some(bus) = &self.shared.bus {
-                    bus.send(c.into());
-                }
-            }
-        }
+    /// Runs `f` on connection `id` with the services, if the connection still exists.
+    /// The table stays borrowed while `f` runs, and `f` gets only `&Services`: the same
+    /// shape as a connection task's dispatch, for work that comes back to a connection
+    /// later (deferred answers, admission, password checks).
+    fn with_conn<R>(&self, id: ConnId, f: impl FnOnce(&Services, &mut Conn) -> R) -> Option<R> {
+        let mut conns = self.conns.borrow_mut();
+        conns.get_mut(id).map(|conn| f(&self.svc, conn))
     }
 
     /// The node that must sequence `room`, when that is another node: the rendezvous
@@ -214,149 +188,19 @@ impl Shard {
         self.count_cluster();
     }
 
-    /// Shard clock in milliseconds (wraps after ~49 days; compare with `wrapping_sub`).
-    pub fn now(&self) -> u32 {
-        self.started.elapsed().as_millis() as u32
-    }
-
-    /// Milliseconds since the shard started.
-    pub fn uptime_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Wall-clock seconds since the Unix epoch (token times).
-    pub fn wall_secs() -> u64 {
-        Self::wall_ms() / 1000
-    }
-
-    /// Wall-clock milliseconds since the Unix epoch (message `ts`).
-    pub fn wall_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-    }
-
-    /// A fresh join token.
-    fn token(&self) -> u32 {
-        let t = self.next_token.get().wrapping_add(1);
-        self.next_token.set(t);
-        t
-    }
-
-    /// The connection id as shown to clients in `welcome`.
-    fn conn_label(&self, id: ConnId) -> String {
-        format!("{:08x}-{}-{:x}", self.nonce, self.id, id.as_u64())
-    }
-
-    /// Whether the shard is shutting down.
-    pub fn is_draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    /// Whether any shard's inbox is over [`mesh::HIGH_WATER`]: connections then stop
-    /// reading, and TCP flow control pushes back on the clients producing the load.
-    pub fn congested(&self) -> bool {
-        let now = self.now();
-        let (at, congested) = self.congested.get();
-        if at == now {
-            return congested;
-        }
-        let congested = (0..self.mesh.len()).any(|s| self.mesh.depth(s) > mesh::HIGH_WATER);
-        self.congested.set((now, congested));
-        congested
-    }
-
-    /// Parks connection `id` until congestion clears; one task per shard resumes them all.
-    pub fn pause(self: &Rc<Self>, id: ConnId) {
-        self.paused.borrow_mut().push(id);
-        if self.resuming.replace(true) {
-            return;
-        }
-        let shard = self.clone();
-        rt::spawn(async move {
-            while shard.congested() {
-                rt::sleep(Duration::from_millis(1)).await;
-            }
-            shard.resuming.set(false);
-            let paused = std::mem::take(&mut *shard.paused.borrow_mut());
-            let mut conns = shard.conns.borrow_mut();
-            for id in paused {
-                if let Some(conn) = conns.get_mut(id) {
-                    conn.wake();
-                }
-            }
-        });
-    }
-
-    /// Sends `frame` to `conn` now or queues it; a connection over its caps is closed
-    /// as a slow consumer (1013) without its backlog. Returns whether the frame was taken.
-    pub fn push(&self, conn: &mut Conn, frame: Bytes) -> bool {
-        let pushed = conn.push(frame, self.caps);
-        self.pushed(conn, pushed)
-    }
-
-    /// [`Shard::push`] for several frames at once, `iov` being their iovecs (see
-    /// [`outbox::Outbox::push_batch`]).
-    pub fn push_batch(&self, conn: &mut Conn, frames: &[Bytes], iov: &[std::io::IoSlice<'_>]) -> bool {
-        let pushed = conn.push_batch(frames, iov, self.caps);
-        self.pushed(conn, pushed)
-    }
-
-    /// Acts on the outcome of a push: wake the task to flush, or close a slow consumer.
-    fn pushed(&self, conn: &mut Conn, pushed: Pushed) -> bool {
-        match pushed {
-            Pushed::Sent => true,
-            Pushed::Queued => {
-                inc(&self.stats.deliveries_queued);
-                true
-            }
-            Pushed::QueuedWake => {
-                inc(&self.stats.deliveries_queued);
-                conn.wake();
-                true
-            }
-            Pushed::Full => {
-                inc(&self.stats.slow_consumer_closes);
-                self.close(conn, crate::ws::close::TRY_LATER, "slow consumer: too far behind", true);
-                false
-            }
-            Pushed::Broken => {
-                conn.enter(Phase::Done, self.now());
-                conn.wake();
-                false
-            }
-            Pushed::Sealed => false,
-        }
-    }
-
-    /// Starts the closing handshake: queue a close frame (after dropping the unsent
-    /// backlog when `discard`), stop reading application messages, and wait for the
-    /// peer's close (bounded by the sweep's close timeout).
-    pub fn close(&self, conn: &mut Conn, code: u16, reason: &str, discard: bool) {
-        match conn.phase {
-            Phase::Open => {
-                conn.out.seal(frame::close_frame(code, reason), discard);
-                conn.enter(Phase::Closing, self.now());
-            }
-            // An HTTP connection may still have an answer in flight: linger, so that
-            // unread input cannot turn our FIN into a reset that destroys it.
-            Phase::Http => conn.enter(Phase::Linger, self.now()),
-            Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done => return,
-        }
-        conn.wake();
-    }
-
     /// Handles one inbox message, in arrival order. Frames for local members go into
     /// `batch`, which the inbox loop delivers (see [`fanout`]).
     async fn handle(self: &Rc<Self>, msg: ShardMsg, batch: &mut Batch) {
         let sink = &mut |out: RoomOut| self.route(out);
         match msg {
             ShardMsg::Join(req) => {
-                let step = self.owned.borrow_mut().join(*req, Self::wall_ms(), sink);
+                let step = self.owned.borrow_mut().join(*req, Services::wall_ms(), sink);
                 if let JoinStep::CheckPassword { req, hash, password, epoch } = step {
                     self.check_password(req, hash, password, epoch);
                 }
             }
             ShardMsg::Leave { room, user, from, epoch } => {
-                self.owned.borrow_mut().leave(&room, &user, from, epoch, Self::wall_ms(), sink)
+                self.owned.borrow_mut().leave(&room, &user, from, epoch, Services::wall_ms(), sink)
             }
             ShardMsg::Delete(req) => self.owned.borrow_mut().delete(*req, sink),
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
@@ -368,7 +212,7 @@ impl Shard {
                 Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, false),
                 _ => {
                     inc(&self.stats.messages_published);
-                    self.owned.borrow_mut().publish(*p, Self::wall_ms(), sink);
+                    self.owned.borrow_mut().publish(*p, Services::wall_ms(), sink);
                     self.count_cluster();
                 }
             },
@@ -376,7 +220,7 @@ impl Shard {
                 Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, true),
                 _ => {
                     inc(&self.stats.messages_published);
-                    self.owned.borrow_mut().broadcast(*p, Self::wall_ms(), sink);
+                    self.owned.borrow_mut().broadcast(*p, Services::wall_ms(), sink);
                 }
             },
             ShardMsg::Bus(m) => self.on_bus(*m),
@@ -454,7 +298,7 @@ impl Shard {
     /// stops accepting, asks every client to go away (1001), and finishes once all are
     /// gone or the shutdown timeout has passed.
     fn begin_shutdown(self: &Rc<Self>) {
-        if self.draining.replace(true) {
+        if self.start_draining() {
             return;
         }
         let shard = self.clone();
@@ -509,7 +353,7 @@ pub(crate) async fn run(
     inbox: Inbox,
     listener: socket2::Socket,
 ) {
-    let shard = Rc::new(Shard::new(id, cfg, shared, mesh));
+    let shard = Shard::new(id, cfg, shared, mesh);
     let listener = rt::adopt_listener(listener);
     *shard.accept_task.borrow_mut() = Some(rt::spawn(accept_loop(shard.clone(), listener)));
     rt::spawn(inbox_loop(shard.clone(), inbox));

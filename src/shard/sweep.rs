@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::conns::{Conn, Phase};
-use super::Shard;
+use super::{Services, Shard};
 use crate::http::response::Answer;
 use crate::metrics::inc;
 use crate::rt;
@@ -127,7 +127,7 @@ impl Shard {
         };
         self.expire_sessions();
         let now = self.now();
-        self.owned.borrow_mut().expire(Self::wall_ms(), &mut |out| self.route(out));
+        self.owned.borrow_mut().expire(Services::wall_ms(), &mut |out| self.route(out));
         if now / crate::limits::Window::MS != self.last_prune.get() {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);
