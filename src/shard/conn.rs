@@ -211,6 +211,10 @@ impl Services {
     }
 
     fn on_text(&self, id: ConnId, conn: &mut Conn, text: &mut [u8]) {
+        // Parsed before the rate check so that a `rate_limited` error can echo the
+        // request's `id` (the client then knows which request was dropped). Parsing is
+        // cheap next to what the limit protects: sequencing and fan-out.
+        let parsed = client::parse(text, &mut self.json.borrow_mut());
         if let Some(rate) = self.rate {
             if !rate.allow(&mut conn.tat, self.now()) {
                 inc(&self.stats.rate_limited);
@@ -218,13 +222,16 @@ impl Services {
                 if struck_out(conn.strikes, self.cfg.rate_limit_close_after) {
                     self.close(conn, close::POLICY, "rate limit exceeded repeatedly", false);
                 } else {
+                    let reference = match &parsed {
+                        Ok(req) => req.id.as_deref(),
+                        Err(e) => e.reference.as_deref(),
+                    };
                     let msg = "too many messages; slow down";
-                    self.push(conn, server::error(ErrorCode::RateLimited, msg, None));
+                    self.push(conn, server::error(ErrorCode::RateLimited, msg, reference));
                 }
                 return;
             }
         }
-        let parsed = client::parse(text, &mut self.json.borrow_mut());
         let result = match parsed {
             Ok(req) => {
                 let reference = req.id.as_deref().map(Box::from);

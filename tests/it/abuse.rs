@@ -377,3 +377,35 @@ fn expiring_pair(server: &TestServer, life: u64) -> Option<(Client, Client)> {
     assert!(refreshed["exp"].as_u64().unwrap() > now() + 60);
     Some((ends, stays))
 }
+
+/// Regression: `rate_limited` errors carried no `ref`, so a client could not tell which
+/// of its requests was dropped (the JS client had to time them out).
+#[test]
+fn every_rate_limited_request_is_named_by_its_ref() {
+    let server = TestServer::with(|c| {
+        c.rate_limit = 1;
+        c.rate_burst = 2;
+    });
+    let mut c = Client::connect(&server, "hasty");
+    c.join("quick");
+    // The join used one token of the burst; ten messages at once overflow the rest.
+    for i in 0..10 {
+        c.send(json!({"type":"message","room":"quick","text":format!("m{i}"),"id":format!("m{i}")}));
+    }
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 10 {
+        let v = c.recv();
+        let kind = v["type"].as_str().unwrap_or_default().to_owned();
+        if kind == "ack" || (kind == "error" && v["code"] == "rate_limited") {
+            let r = v["ref"].as_str().unwrap_or_else(|| panic!("an answer without ref: {v}")).to_owned();
+            assert!(answered.insert(r, kind).is_none(), "one answer per request");
+        }
+    }
+    let limited = answered.values().filter(|k| *k == "error").count();
+    assert!(limited >= 1, "some were rate limited: {answered:?}");
+    assert_eq!(answered.keys().cloned().collect::<Vec<_>>(), {
+        let mut ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        ids.sort();
+        ids
+    });
+}
