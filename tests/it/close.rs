@@ -245,6 +245,9 @@ fn a_thousand_tokens_expiring_together_each_get_1008_and_no_reset() {
         c.jwt_secret = Some(SECRET.into());
         c.jwt_leeway = 0;
         c.max_connections_per_ip = 0;
+        // Each client must get to read its close frame before the server gives up on
+        // it; on a busy host the test's single driver thread can lag for a while.
+        c.close_timeout = Duration::from_secs(30);
     });
     let room = "storm";
     let started = Instant::now();
@@ -256,23 +259,41 @@ fn a_thousand_tokens_expiring_together_each_get_1008_and_no_reset() {
     let publisher = Publisher::start(server.addr, &format!("token={}", token("publisher", now_secs() + 3600)), room);
 
     // Every client swaps its token for one that expires at the same second, far enough
-    // ahead (scaled by how long setting up took on this host) that all swaps land first.
-    let expires = now_secs() + 3 + 2 * setup.as_secs();
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(json!({"type": "refresh", "token": token(&format!("u{i}"), expires)}));
-    }
-    let mut refreshed = vec![false; clients.len()];
-    drive(&mut clients, room, STORM_BOUND, |cs| {
-        for (c, r) in cs.iter_mut().zip(refreshed.iter_mut()) {
-            if let Some(reply) = c.take_reply("refreshed") {
-                assert_eq!(reply["exp"], expires, "{reply}");
-                *r = true;
-            }
-            assert!(c.take_reply("error").is_none(), "refresh refused");
+    // ahead (scaled by how long setting up took on this host) that the swaps land first.
+    // On a host so busy that some swap arrives after that second, the server refuses it
+    // as expired (the connection keeps its long token): those clients swap again, for a
+    // later common second with a wider margin, until every swap has landed. The storm is
+    // then one or a few bursts; the assertion does not depend on which.
+    let mut pending: Vec<usize> = (0..clients.len()).collect();
+    let mut margin = 3 + 2 * setup.as_secs();
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds <= 5, "token swaps kept arriving after their expiry ({} left)", pending.len());
+        let round = Instant::now();
+        let expires = now_secs() + margin;
+        for &i in &pending {
+            clients[i].send(json!({"type": "refresh", "token": token(&format!("u{i}"), expires)}));
         }
-        refreshed.iter().all(|r| *r)
-    });
-    assert!(now_secs() < expires, "refreshing took longer than the margin; the storm would not be simultaneous");
+        let mut answer: Vec<Option<bool>> = vec![None; clients.len()];
+        let waiting = pending.clone();
+        drive(&mut clients, room, STORM_BOUND, |cs| {
+            for &i in &waiting {
+                if let Some(reply) = cs[i].take_reply("refreshed") {
+                    assert_eq!(reply["exp"], expires, "{reply}");
+                    answer[i] = Some(true);
+                }
+                if let Some(error) = cs[i].take_reply("error") {
+                    assert_eq!(error["code"], "invalid_token", "{error}");
+                    assert!(now_secs() >= expires, "a swap refused before its expiry: {error}");
+                    answer[i] = Some(false);
+                }
+            }
+            waiting.iter().all(|&i| answer[i].is_some())
+        });
+        pending.retain(|&i| answer[i] == Some(false));
+        margin = 3 + 2 * round.elapsed().as_secs().max(margin);
+    }
 
     // The storm: all expire together while the room flows and every client pings.
     drive(&mut clients, room, STORM_BOUND, |cs| cs.iter().all(|c| c.end != End::Open));
@@ -280,7 +301,7 @@ fn a_thousand_tokens_expiring_together_each_get_1008_and_no_reset() {
     assert_all_closed_with(&clients, 1008);
     assert!(clients.iter().all(|c| c.last_seq.is_some()), "every member received fan-out traffic");
     eprintln!(
-        "close storm (token expiry): {STORM} closed with 1008, none reset; {published} published; setup {setup:?}"
+        "close storm (token expiry): {STORM} closed with 1008, none reset; {published} published; setup {setup:?}; {rounds} swap round(s)"
     );
 }
 
@@ -288,7 +309,9 @@ fn a_thousand_tokens_expiring_together_each_get_1008_and_no_reset() {
 fn a_thousand_connections_at_sigterm_each_get_1001_and_no_reset() {
     let _alone = alone();
     let mut cmd = ChildServer::command_with_shards(2);
-    cmd.args(["--max-connections-per-ip", "0", "--shutdown-timeout", "30"]);
+    // A close timeout the lagging driver thread of a busy host cannot outlast, and a
+    // shutdown bound above it.
+    cmd.args(["--max-connections-per-ip", "0", "--close-timeout", "30", "--shutdown-timeout", "60"]);
     let mut server = ChildServer::spawn(&mut cmd);
     let room = "storm";
     let mut clients: Vec<StormClient> =
