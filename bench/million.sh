@@ -190,7 +190,7 @@ if [[ -n $run && -f $run/summary.json ]]; then
 fi
 ((held > 0)) || held=$N
 cat >"${run:-$work}/cluster.txt" <<EOF
-connections: $N requested, $held held; $NODES nodes, $ROOMS room(s)
+cluster: $N connections requested, $held held; $NODES nodes, $ROOMS room(s)
 corecast nodes RSS: $((nodes_base / 1024)) MiB at start, peak $((peak_nodes / 1024)) MiB, $(((peak_nodes - nodes_base) * 1024 / held)) B per connection
 nats-server RSS:    $((nats_base / 1024)) MiB at start, peak $((peak_nats / 1024)) MiB, $(((peak_nats - nats_base) * 1024 / held)) B per connection
 nats subscriptions: $peak_subs at peak
