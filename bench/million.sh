@@ -16,6 +16,8 @@
 #   --per-node C       connections per node (default 18000; must stay under RLIMIT_NOFILE)
 #   --duration S       seconds to hold them all (default 15)
 #   --connect-rate X   connection attempts per second, all workers (default 5000)
+#   --single           one corecast node without NATS (the baseline a cluster node's
+#                      cost per connection is compared with; N <= --per-node)
 #   --shared-port      all nodes on one port (SO_REUSEPORT across processes) instead of a
 #                      port each; the kernel's hash then decides the split per node
 #   --bin DIR          where corecast and bench-client are (default target/release)
@@ -32,7 +34,7 @@
 # bench-client/README.md ("A cluster on one host").
 set -euo pipefail
 
-N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0
+N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0
 BIN=${BIN:-target/release} RESULTS=results
 # Estimated bytes per connection, all components (server and client sockets' kernel
 # memory, corecast, bench-client, NATS), for the memory check: measured figures in
@@ -49,6 +51,7 @@ while (($#)); do
         --duration) DURATION=$2; shift ;;
         --connect-rate) RATE=$2; shift ;;
         --shared-port) SHARED=1 ;;
+        --single) SINGLE=1 NODES=1 ;;
         --bin) BIN=$2; shift ;;
         --results) RESULTS=$2; shift ;;
         --dry-run) DRY=1 ;;
@@ -61,11 +64,12 @@ done
 PER=$(((N + NODES - 1) / NODES))
 suffix='' shared_flag='' layout='a port per node'
 if ((SHARED)); then suffix=-shared shared_flag=' --shared-port' layout='one shared port (SO_REUSEPORT)'; fi
+if ((SINGLE)); then suffix=-single shared_flag=' --single' layout='one node, no NATS'; fi
 
 # ---- host checks: refuse before starting anything ----------------------------------
 problems=()
 [[ -x $BIN/corecast && -x $BIN/bench-client ]] || problems+=("no $BIN/corecast or $BIN/bench-client: cargo build --release --workspace")
-command -v nats-server >/dev/null || problems+=("nats-server not on PATH (Debian package nats-server)")
+((SINGLE)) || command -v nats-server >/dev/null || problems+=("nats-server not on PATH (Debian package nats-server)")
 avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
 need_kb=$((N * BYTES_PER_CONN / 1024 + 1024 * 1024))
 ((avail_kb >= need_kb)) || problems+=("memory: $((avail_kb / 1024)) MiB available, $((need_kb / 1024)) MiB needed ($BYTES_PER_CONN B per connection + 1 GiB)")
@@ -114,9 +118,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 nats_port=$(free_port) nats_mon=$(free_port)
-nats-server -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" >"$work/nats.log" 2>&1 &
-nats=$!
-pids+=("$nats")
+cluster_args=(--nats-url "nats://127.0.0.1:$nats_port")
+if ((SINGLE)); then
+    cluster_args=() nats=$$   # nothing to sample: this shell stands in, its RSS is constant
+else
+    nats-server -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" >"$work/nats.log" 2>&1 &
+    nats=$!
+    pids+=("$nats")
+fi
 base=${BASE_PORT:-$(free_port)}
 targets=() node_pids=()
 for ((i = 0; i < NODES; i++)); do
@@ -124,7 +133,7 @@ for ((i = 0; i < NODES; i++)); do
     # abuse limits lifted as for every load test; --no-pin lets the scheduler spread the
     # single-shard nodes over every CPU (pinning would put each on the first CPU).
     "$BIN/corecast" --listen "127.0.0.1:$port" --shards 1 --no-pin --rate-limit=0 \
-        --max-connections-per-ip=0 --log=warn --nats-url "nats://127.0.0.1:$nats_port" \
+        --max-connections-per-ip=0 --log=warn "${cluster_args[@]}" \
         --node-name "n$i" >"$work/node$i.log" 2>&1 &
     node_pids+=($!)
     pids+=($!)
@@ -136,7 +145,9 @@ done
 deadline=$((SECONDS + 30 + NODES / 2))
 for ((i = 0; i < NODES; i++)); do
     port=$(((SHARED) ? base : base + i))
-    until curl -sf "127.0.0.1:$port/health" 2>/dev/null | grep -q "\"nodes\":$NODES[,}]"; do
+    want="\"nodes\":$NODES[,}]"
+    ((SINGLE)) && want='"bus":"off"'
+    until curl -sf "127.0.0.1:$port/health" 2>/dev/null | grep -q "$want"; do
         kill -0 "${node_pids[i]}" 2>/dev/null || die "node $i exited: $(tail -3 "$work/node$i.log")"
         ((SECONDS < deadline)) || die "the nodes did not all see each other within 30 s"
         sleep 0.2
