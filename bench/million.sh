@@ -133,7 +133,7 @@ for ((i = 0; i < NODES; i++)); do
     # abuse limits lifted as for every load test; --no-pin lets the scheduler spread the
     # single-shard nodes over every CPU (pinning would put each on the first CPU).
     "$BIN/corecast" --listen "127.0.0.1:$port" --shards 1 --no-pin --rate-limit=0 \
-        --max-connections-per-ip=0 --log=warn "${cluster_args[@]}" \
+        --max-connections-per-ip=0 --log="${LOG:-warn}" "${cluster_args[@]}" \
         --node-name "n$i" >"$work/node$i.log" 2>&1 &
     node_pids+=($!)
     pids+=($!)
@@ -149,7 +149,7 @@ for ((i = 0; i < NODES; i++)); do
     ((SINGLE)) && want='"bus":"off"'
     until curl -sf "127.0.0.1:$port/health" 2>/dev/null | grep -q "$want"; do
         kill -0 "${node_pids[i]}" 2>/dev/null || die "node $i exited: $(tail -3 "$work/node$i.log")"
-        ((SECONDS < deadline)) || die "the nodes did not all see each other within 30 s"
+        ((SECONDS < deadline)) || die "node $i does not see all $NODES nodes after $((30 + NODES / 2)) s: $(curl -s "127.0.0.1:$port/health")"
         sleep 0.2
     done
     if ((SHARED)); then break; fi
@@ -208,5 +208,6 @@ nats subscriptions: $peak_subs at peak
 command: $0 -n $N --rooms $ROOMS --nodes $NODES --duration $DURATION --connect-rate $RATE$shared_flag
 EOF
 cat "${run:-$work}/cluster.txt"
+[[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true
 [[ -n $run ]] && echo "run folder: $run"
 exit "$rc"
