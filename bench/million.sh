@@ -126,10 +126,13 @@ else
     nats=$!
     pids+=("$nats")
 fi
-base=${BASE_PORT:-$(free_port)}
-targets=() node_pids=()
+base=$(free_port)
+targets=() node_pids=() node_ports=()
 for ((i = 0; i < NODES; i++)); do
-    port=$(((SHARED) ? base : base + i))
+    # A free port each (base + i could be taken by someone else's socket).
+    port=$base
+    if ((!SHARED && i > 0)); then port=$(free_port); fi
+    node_ports+=("$port")
     # abuse limits lifted as for every load test; --no-pin lets the scheduler spread the
     # single-shard nodes over every CPU (pinning would put each on the first CPU).
     "$BIN/corecast" --listen "127.0.0.1:$port" --shards 1 --no-pin --rate-limit=0 \
@@ -144,11 +147,13 @@ done
 # twice for a moment, and the run measures that instead).
 deadline=$((SECONDS + 30 + NODES / 2))
 for ((i = 0; i < NODES; i++)); do
-    port=$(((SHARED) ? base : base + i))
+    port=${node_ports[i]}
     want="\"nodes\":$NODES[,}]"
     ((SINGLE)) && want='"bus":"off"'
     until curl -sf "127.0.0.1:$port/health" 2>/dev/null | grep -q "$want"; do
-        kill -0 "${node_pids[i]}" 2>/dev/null || die "node $i exited: $(tail -3 "$work/node$i.log")"
+        for ((j = 0; j < NODES; j++)); do
+            kill -0 "${node_pids[j]}" 2>/dev/null || die "node $j exited: $(tail -3 "$work/node$j.log")"
+        done
         ((SECONDS < deadline)) || die "node $i does not see all $NODES nodes after $((30 + NODES / 2)) s: $(curl -s "127.0.0.1:$port/health")"
         sleep 0.2
     done
