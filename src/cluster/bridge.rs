@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::nodes::{Change, Nodes};
-use super::subject::Subjects;
+use super::subject::{self, Subjects};
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
 use crate::room::request::{ConnId, Publish, Remote, Reply, Requester};
@@ -235,7 +235,14 @@ impl Bridge {
 
     async fn run(mut self, outbox: Outbox, mut events: mpsc::UnboundedReceiver<Event>) {
         tracing::info!(node = format!("{:016x}", self.me), name = %self.cfg.node_name, url = %self.cfg.url, "cluster bridge started");
-        let fixed = [self.hb_subject.clone(), self.subjects.node(self.me).into(), self.all_subject.clone()];
+        // Personal rooms (one per connection) share one wildcard subscription: see
+        // `BusOut::Subscribe` below.
+        let fixed = [
+            self.hb_subject.clone(),
+            self.subjects.node(self.me).into(),
+            self.all_subject.clone(),
+            self.subjects.users().into(),
+        ];
         for subject in fixed {
             match self.subscribe(subject.clone()).await {
                 Some(task) => self.fixed.push(task),
@@ -379,7 +386,11 @@ impl Bridge {
         let me = self.me;
         match out {
             BusOut::Subscribe(room) => {
-                if self.rooms.contains_key(&room) {
+                // A personal room is covered by the `user.*` wildcard, and has no presence
+                // to ask for: no subscription, no task, no snapshot request per user. Its
+                // frames reach the owner shard, which drops those of users it does not
+                // hold (`OwnedRooms::remote_frame`).
+                if self.rooms.contains_key(&room) || subject::is_personal(&room) {
                     return;
                 }
                 let subject: Subject = self.subjects.room(&room).into();

@@ -14,6 +14,12 @@
 //! | `<prefix>.room.<b64url(room)>` | a room's sequenced frames, presence changes, snapshot requests |
 //! | `<prefix>.user.<b64url(user id)>` | the same for a personal room `@user:<id>` |
 //! | `<prefix>.all` | broadcast frames (`@all`) |
+//!
+//! Every node receives every `user.` subject through one wildcard subscription
+//! ([`Subjects::users`]) instead of one subscription per personal room: every connection
+//! has a personal room, and a subscription each (a NATS client channel, a forwarding task,
+//! server-side interest) cost several KB per connection. Nodes without the user drop the
+//! frame (docs/CLUSTER.md, "Personal rooms").
 
 use data_encoding::BASE64URL_NOPAD;
 
@@ -68,10 +74,22 @@ impl Subjects {
         }
     }
 
+    /// Every personal room's subject (`<prefix>.user.*`), the one subscription a node
+    /// holds for all of them.
+    pub fn users(&self) -> String {
+        format!("{}.user.*", self.prefix)
+    }
+
     /// Broadcast frames.
     pub fn all(&self) -> String {
         format!("{}.all", self.prefix)
     }
+}
+
+/// Whether `room` is a personal room (`@user:<id>`), whose subject the node-wide wildcard
+/// subscription already covers.
+pub fn is_personal(room: &str) -> bool {
+    room.starts_with(USER_ROOM)
 }
 
 /// Whether `s` is a valid literal NATS subject: dot-separated non-empty tokens without
@@ -94,6 +112,8 @@ mod tests {
         assert_eq!(s.node(0xab), "corecast.node.00000000000000ab");
         assert_eq!(s.heartbeat(), "corecast.node.hb");
         assert_eq!(s.all(), "corecast.all");
+        assert_eq!(s.users(), "corecast.user.*");
+        assert!(is_personal("@user:alice") && !is_personal("lobby") && !is_personal("user:alice"));
         assert_eq!(token(""), "-");
         assert_eq!(decode("-").as_deref(), Some(""));
         assert!(decode("a.b").is_none());

@@ -1,0 +1,65 @@
+//! The small version of `bench/million.sh`: 3 corecast nodes × 2,000 connections over a
+//! real nats-server, so the harness and the cluster's per-connection cost cannot rot.
+//! The full run (a million connections) is a benchmark, never part of `cargo test`.
+//!
+//! It needs `nats-server` on PATH and the `corecast` binary beside `bench-client`
+//! (`cargo test --workspace` builds both); without either it prints "skipped: …" and
+//! passes, unless `CORECAST_REQUIRE_EXTERNAL=1` (CI), which turns the skip into a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn skip(why: &str) {
+    let line = format!("skipped: {why}");
+    eprintln!("{line}");
+    assert!(
+        std::env::var("CORECAST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+        "CORECAST_REQUIRE_EXTERNAL=1, so this test may not skip: {line}"
+    );
+}
+
+/// The number after `label` on the line of `text` that starts with it.
+fn figure(text: &str, line: &str, before: &str) -> u64 {
+    let l = text.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no `{line}` in:\n{text}"));
+    let at = l.find(before).unwrap_or_else(|| panic!("no `{before}` in `{l}`"));
+    let digits: String =
+        l[..at].trim_end().rsplit(' ').next().unwrap_or("").chars().filter(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("no number before `{before}` in `{l}`"))
+}
+
+#[test]
+fn three_nodes_hold_six_thousand_connections_with_one_subscription_per_node_not_per_user() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-client"));
+    let bin = bench.parent().unwrap().to_path_buf();
+    if !bin.join("corecast").is_file() {
+        return skip("no corecast binary beside bench-client (run `cargo test --workspace`)");
+    }
+    if Command::new("nats-server").arg("--version").output().is_err() {
+        return skip("nats-server not on PATH");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let results = std::env::temp_dir().join(format!("corecast-million-{}", std::process::id()));
+    let out = Command::new(root.join("bench/million.sh"))
+        .current_dir(root)
+        .args(["-n", "6000", "--nodes", "3", "--rooms", "60", "--duration", "2", "--connect-rate", "3000"])
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("bench/million.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&results);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "bench/million.sh failed ({})", out.status);
+    assert_eq!(figure(&stdout, "cluster:", "held"), 6000, "every connection held");
+    // Personal rooms (one per user) share one wildcard subscription per node: the NATS
+    // server counts each node's fixed subjects, the wildcard and its 60 public rooms, plus
+    // its own system subscriptions (about 240 here), not one subscription per connection
+    // (about 6,200 before).
+    let subs = figure(&stdout, "nats subscriptions:", "at peak");
+    assert!(subs < 1000, "{subs} NATS subscriptions for 3 nodes, 60 rooms and 6,000 users");
+}

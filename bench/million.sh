@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# bench/million.sh: many connections against a corecast cluster on ONE host, in one
+# command. A process here may hold at most RLIMIT_NOFILE descriptors (20,000 on the
+# reference host), so N corecast nodes (1 shard each, <= --per-node connections each)
+# share the load over one nats-server, exactly as a cluster would be deployed.
+#
+#   bench/million.sh -n 60000                      # 60K idle, one room (4 nodes)
+#   bench/million.sh -n 60000 --rooms 600          # 600 rooms of 100
+#   bench/million.sh -n 1000000 --duration 60      # the million (56 nodes)
+#   bench/million.sh -n 6000 --nodes 3 --dry-run   # only the host checks
+#
+# Options:
+#   -n N               total connections (default 60000)
+#   --rooms R          rooms to spread them over (default 1)
+#   --nodes K          corecast nodes (default: ceil(N / per-node))
+#   --per-node C       connections per node (default 18000; must stay under RLIMIT_NOFILE)
+#   --duration S       seconds to hold them all (default 15)
+#   --connect-rate X   connection attempts per second, all workers (default 5000)
+#   --single           one corecast node without NATS (the baseline a cluster node's
+#                      cost per connection is compared with; N <= --per-node)
+#   --shared-port      all nodes on one port (SO_REUSEPORT across processes) instead of a
+#                      port each; the kernel's hash then decides the split per node
+#   --bin DIR          where corecast and bench-client are (default target/release)
+#   --results DIR      run folders go there (default results)
+#   --dry-run          run the host checks, print the plan, start nothing
+#
+# It checks the host first and refuses (exit 2) with the reason when the target cannot
+# be reached: available memory, fs.file-max, the per-process descriptor limit, the
+# ephemeral port range, the binaries and nats-server. It starts nats-server and the
+# nodes on loopback, waits until every node sees all the others, runs `bench-client
+# connect`, samples the RSS of every node and of nats-server while the connections are
+# held, and stops only the processes it started (by PID), also when interrupted.
+# Why a script rather than a bench-client mode: bench/README section in
+# bench-client/README.md ("A cluster on one host").
+set -euo pipefail
+
+N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0
+BIN=${BIN:-target/release} RESULTS=results
+# Estimated bytes per connection, all components (server and client sockets' kernel
+# memory, corecast, bench-client, NATS), for the memory check: measured figures in
+# bench-client/README.md. Override with BYTES_PER_CONN=….
+BYTES_PER_CONN=${BYTES_PER_CONN:-14000}
+
+die() { printf 'million: %s\n' "$*" >&2; exit 2; }
+while (($#)); do
+    case $1 in
+        -n) N=$2; shift ;;
+        --rooms) ROOMS=$2; shift ;;
+        --nodes) NODES=$2; shift ;;
+        --per-node) PER_NODE=$2; shift ;;
+        --duration) DURATION=$2; shift ;;
+        --connect-rate) RATE=$2; shift ;;
+        --shared-port) SHARED=1 ;;
+        --single) SINGLE=1 NODES=1 ;;
+        --bin) BIN=$2; shift ;;
+        --results) RESULTS=$2; shift ;;
+        --dry-run) DRY=1 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+((NODES > 0)) || NODES=$(((N + PER_NODE - 1) / PER_NODE))
+PER=$(((N + NODES - 1) / NODES))
+suffix='' shared_flag='' layout='a port per node'
+if ((SHARED)); then suffix=-shared shared_flag=' --shared-port' layout='one shared port (SO_REUSEPORT)'; fi
+if ((SINGLE)); then suffix=-single shared_flag=' --single' layout='one node, no NATS'; fi
+
+# ---- host checks: refuse before starting anything ----------------------------------
+problems=()
+[[ -x $BIN/corecast && -x $BIN/bench-client ]] || problems+=("no $BIN/corecast or $BIN/bench-client: cargo build --release --workspace")
+((SINGLE)) || command -v nats-server >/dev/null || problems+=("nats-server not on PATH (Debian package nats-server)")
+avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+need_kb=$((N * BYTES_PER_CONN / 1024 + 1024 * 1024))
+((avail_kb >= need_kb)) || problems+=("memory: $((avail_kb / 1024)) MiB available, $((need_kb / 1024)) MiB needed ($BYTES_PER_CONN B per connection + 1 GiB)")
+file_max=$(cat /proc/sys/fs/file-max)
+((file_max >= 2 * N + 100000)) || problems+=("fs.file-max is $file_max, needs >= $((2 * N + 100000)) (a client and a server socket per connection)")
+nofile=$(ulimit -Hn)
+[[ $nofile == unlimited ]] || ((nofile >= PER + 512)) || problems+=("RLIMIT_NOFILE (hard) is $nofile: $PER connections per node need $((PER + 512)); use more nodes (--per-node)")
+read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+ports=$((hi - lo + 1))
+((ports >= 5000)) || problems+=("ip_local_port_range $lo-$hi has $ports ports; bench-client needs >= 5000 per source address")
+if [[ -r /proc/sys/net/netfilter/nf_conntrack_count ]] && (($(cat /proc/sys/net/netfilter/nf_conntrack_count) > 0)); then
+    ct_max=$(cat /proc/sys/net/netfilter/nf_conntrack_max)
+    ((ct_max >= N + 10000)) || problems+=("connection tracking is active and nf_conntrack_max is $ct_max (< $N connections)")
+fi
+((NODES <= 200)) || problems+=("$NODES nodes: more than 200, raise --per-node")
+
+printf 'plan: %d connections, %d room(s), %d nodes x ~%d, %s, hold %ss\n' "$N" "$ROOMS" "$NODES" "$PER" \
+    "$layout" "$DURATION"
+printf 'host: %d MiB available, fs.file-max %s, nofile %s, ports %s-%s, %s CPUs\n' \
+    $((avail_kb / 1024)) "$file_max" "$nofile" "$lo" "$hi" "$(nproc)"
+if [[ -x tuning/check ]]; then
+    # For information: tuning/check describes a single process holding a million; the
+    # checks above are the ones this cluster layout needs.
+    tuning/check | sed 's/^/  tuning\/check: /' || true
+fi
+if ((${#problems[@]})); then
+    printf 'million: refusing to start:\n' >&2
+    printf '  - %s\n' "${problems[@]}" >&2
+    exit 2
+fi
+if ((DRY)); then echo 'dry run: checks passed, nothing started'; exit 0; fi
+
+# ---- start: nats-server and the nodes; stop only those on exit ---------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/million.XXXXXX")
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+nats_port=$(free_port) nats_mon=$(free_port)
+cluster_args=(--nats-url "nats://127.0.0.1:$nats_port")
+if ((SINGLE)); then
+    cluster_args=() nats=$$   # nothing to sample: this shell stands in, its RSS is constant
+else
+    nats-server -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" >"$work/nats.log" 2>&1 &
+    nats=$!
+    pids+=("$nats")
+fi
+base=$(free_port)
+targets=() node_pids=() node_ports=()
+for ((i = 0; i < NODES; i++)); do
+    # A free port each (base + i could be taken by someone else's socket).
+    port=$base
+    if ((!SHARED && i > 0)); then port=$(free_port); fi
+    node_ports+=("$port")
+    # abuse limits lifted as for every load test; --no-pin lets the scheduler spread the
+    # single-shard nodes over every CPU (pinning would put each on the first CPU).
+    "$BIN/corecast" --listen "127.0.0.1:$port" --shards 1 --no-pin --rate-limit=0 \
+        --max-connections-per-ip=0 --log="${LOG:-warn}" "${cluster_args[@]}" \
+        --node-name "n$i" >"$work/node$i.log" 2>&1 &
+    node_pids+=($!)
+    pids+=($!)
+    if ((!SHARED || i == 0)); then targets+=("127.0.0.1:$port"); fi
+done
+
+# Every node must see all the others before anyone joins (otherwise rooms are sequenced
+# twice for a moment, and the run measures that instead).
+deadline=$((SECONDS + 30 + NODES / 2))
+for ((i = 0; i < NODES; i++)); do
+    port=${node_ports[i]}
+    want="\"nodes\":$NODES[,}]"
+    ((SINGLE)) && want='"bus":"off"'
+    until curl -sf "127.0.0.1:$port/health" 2>/dev/null | grep -q "$want"; do
+        for ((j = 0; j < NODES; j++)); do
+            kill -0 "${node_pids[j]}" 2>/dev/null || die "node $j exited: $(tail -3 "$work/node$j.log")"
+        done
+        ((SECONDS < deadline)) || die "node $i does not see all $NODES nodes after $((30 + NODES / 2)) s: $(curl -s "127.0.0.1:$port/health")"
+        sleep 0.2
+    done
+    if ((SHARED)); then break; fi
+done
+sleep 1
+
+node_list=$(IFS=,; echo "${node_pids[*]}")
+nats_base=$(rss_kb "$nats")
+nodes_base=0
+for p in "${node_pids[@]}"; do nodes_base=$((nodes_base + $(rss_kb "$p"))); done
+
+# Peak RSS (nodes, nats-server) and NATS subscriptions while the connections are held,
+# sampled once a second.
+subs() { curl -sf "127.0.0.1:$nats_mon/subsz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_subscriptions"])' 2>/dev/null || echo 0; }
+(
+    peak_nodes=0 peak_nats=0 peak_subs=0
+    while sleep 1; do
+        s=0
+        for p in "${node_pids[@]}"; do s=$((s + $(rss_kb "$p"))); done
+        n=$(rss_kb "$nats") u=$(subs)
+        ((s > peak_nodes)) && peak_nodes=$s
+        ((n > peak_nats)) && peak_nats=$n
+        ((u > peak_subs)) && peak_subs=$u
+        echo "$peak_nodes $peak_nats $peak_subs" >"$work/peak"
+    done
+) &
+sampler=$!
+pids+=("$sampler")
+
+scenario="million-${N}c-${ROOMS}r-${NODES}n$suffix"
+mkdir -p "$RESULTS"
+target_list=$(IFS=,; echo "${targets[*]}")
+# The pids are only given per target when there is a port each: bench-client divides
+# each server's growth by its own share of connections.
+pid_arg=$node_list
+"$BIN/bench-client" connect -n "$N" --rooms "$ROOMS" --target "$target_list" \
+    --server-pid "$pid_arg" --duration "$DURATION" --connect-rate "$RATE" \
+    --results "$RESULTS" --scenario "$scenario" --quiet &
+bc=$!
+pids+=("$bc")
+rc=0
+wait "$bc" || rc=$?
+
+read -r peak_nodes peak_nats peak_subs <"$work/peak" || { peak_nodes=0 peak_nats=0 peak_subs=0; }
+held=$N
+run=$(ls -dt "$RESULTS"/*"$scenario" 2>/dev/null | head -1 || true)
+if [[ -n $run && -f $run/summary.json ]]; then
+    held=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); c=s.get("connect",{}); print(c.get("held", c.get("connected", 0)) or sys.argv[2])' "$run/summary.json" "$N" 2>/dev/null || echo "$N")
+fi
+((held > 0)) || held=$N
+cat >"${run:-$work}/cluster.txt" <<EOF
+cluster: $N connections requested, $held held; $NODES nodes, $ROOMS room(s)
+corecast nodes RSS: $((nodes_base / 1024)) MiB at start, peak $((peak_nodes / 1024)) MiB, $(((peak_nodes - nodes_base) * 1024 / held)) B per connection
+nats-server RSS:    $((nats_base / 1024)) MiB at start, peak $((peak_nats / 1024)) MiB, $(((peak_nats - nats_base) * 1024 / held)) B per connection
+nats subscriptions: $peak_subs at peak
+command: $0 -n $N --rooms $ROOMS --nodes $NODES --duration $DURATION --connect-rate $RATE$shared_flag
+EOF
+cat "${run:-$work}/cluster.txt"
+[[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true
+[[ -n $run ]] && echo "run folder: $run"
+exit "$rc"
