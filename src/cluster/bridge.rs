@@ -24,6 +24,7 @@ use super::subject::{self, Subjects};
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
 use crate::room::request::{ConnId, Publish, Remote, Reply, Requester};
+use crate::room::ClusterOut;
 use crate::room::BROADCAST_ROOM;
 
 /// Messages from NATS waiting for the loop; beyond this the subscription tasks wait and
@@ -236,7 +237,7 @@ impl Bridge {
     async fn run(mut self, outbox: Outbox, mut events: mpsc::UnboundedReceiver<Event>) {
         tracing::info!(node = format!("{:016x}", self.me), name = %self.cfg.node_name, url = %self.cfg.url, "cluster bridge started");
         // Personal rooms (one per connection) share one wildcard subscription: see
-        // `BusOut::Subscribe` below.
+        // `ClusterOut::Subscribe` below.
         let fixed = [
             self.hb_subject.clone(),
             self.subjects.node(self.me).into(),
@@ -385,7 +386,7 @@ impl Bridge {
     async fn on_out(&mut self, out: BusOut) {
         let me = self.me;
         match out {
-            BusOut::Subscribe(room) => {
+            BusOut::Room(ClusterOut::Subscribe(room)) => {
                 // A personal room is covered by the `user.*` wildcard, and has no presence
                 // to ask for: no subscription, no task, no snapshot request per user. Its
                 // frames reach the owner shard, which drops those of users it does not
@@ -400,16 +401,16 @@ impl Bridge {
                     self.publish(subject, &req, &[]).await;
                 }
             }
-            BusOut::Unsubscribe(room) => {
+            BusOut::Room(ClusterOut::Unsubscribe(room)) => {
                 if let Some(sub) = self.rooms.remove(&room) {
                     sub.task.abort();
                 }
             }
-            BusOut::Frame { room, epoch, seq, frame } => {
+            BusOut::Room(ClusterOut::Frame { room, epoch, seq, frame }) => {
                 let h = Header::Frame { node: me, room: room.to_string(), epoch, seq };
                 self.publish(self.room_subject(&room), &h, &frame).await;
             }
-            BusOut::Broadcast { seq, frame } => {
+            BusOut::Room(ClusterOut::Broadcast { seq, frame }) => {
                 self.publish(self.all_subject.clone(), &Header::Bcast { node: me, seq }, &frame).await;
             }
             BusOut::Forward { to, room, user, text, broadcast, reply } => {
@@ -425,11 +426,11 @@ impl Bridge {
                     self.bus.count(|s| &s.forwarded);
                 }
             }
-            BusOut::Presence { room, user, present } => {
+            BusOut::Room(ClusterOut::Presence { room, user, present }) => {
                 let h = Header::Presence { node: me, room: room.to_string(), user: user.to_string(), present };
                 self.publish(self.room_subject(&room), &h, &[]).await;
             }
-            BusOut::Users { room, users, to } => {
+            BusOut::Room(ClusterOut::Users { room, users, to }) => {
                 let subject = to.map_or_else(|| self.room_subject(&room), |n| self.subjects.node(n).into());
                 let h = Header::Users {
                     node: me,
@@ -438,11 +439,11 @@ impl Bridge {
                 };
                 self.publish(subject, &h, &[]).await;
             }
-            BusOut::ToConn { node, shard, conn, frame } => {
+            BusOut::Room(ClusterOut::ToConn { node, shard, conn, frame }) => {
                 let h = Header::ToConn { node: me, shard, conn };
                 self.publish(self.subjects.node(node).into(), &h, &frame).await;
             }
-            BusOut::Published { node, shard, req, seq } => {
+            BusOut::Room(ClusterOut::Published { node, shard, req, seq }) => {
                 let h = Header::Published { node: me, shard, req, seq };
                 self.publish(self.subjects.node(node).into(), &h, &[]).await;
             }

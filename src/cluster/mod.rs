@@ -207,28 +207,9 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 /// What a shard asks the bridge to do. Plain data; moves through the bounded queue.
 #[derive(Debug)]
 pub enum BusOut {
-    /// Start receiving room `room` (its first local member arrived).
-    Subscribe(Arc<str>),
-    /// Stop receiving room `room` (it is gone from this node).
-    Unsubscribe(Arc<str>),
-    /// Publish a sequenced room frame.
-    Frame {
-        /// Room name.
-        room: Arc<str>,
-        /// Stream epoch.
-        epoch: u64,
-        /// Sequence number.
-        seq: u64,
-        /// The finished frame.
-        frame: Bytes,
-    },
-    /// Publish a sequenced broadcast frame.
-    Broadcast {
-        /// Broadcast sequence number.
-        seq: u64,
-        /// The finished frame.
-        frame: Bytes,
-    },
+    /// A room owner's output for the other nodes (subscriptions, frames, presence,
+    /// answers to forwarded requests), as the room core emitted it.
+    Room(ClusterOut),
     /// Forward a publish to node `to`, the room's sequencer.
     Forward {
         /// The sequencer node.
@@ -244,46 +225,6 @@ pub enum BusOut {
         /// Who hears the outcome.
         reply: Option<wire::ReplyRef>,
     },
-    /// A user's first local connection joined, or its last one left, room `room`.
-    Presence {
-        /// Room name.
-        room: Arc<str>,
-        /// The user.
-        user: Arc<str>,
-        /// Arrived or left.
-        present: bool,
-    },
-    /// This node's users of `room` (to node `to`, or to everyone on the room subject).
-    Users {
-        /// Room name.
-        room: Arc<str>,
-        /// The users.
-        users: Vec<Arc<str>>,
-        /// The node that asked, if one did.
-        to: Option<u64>,
-    },
-    /// A frame for one connection on another node (an ack for a forwarded publish).
-    ToConn {
-        /// The node.
-        node: u64,
-        /// The connection's shard there.
-        shard: u16,
-        /// The connection id.
-        conn: u64,
-        /// The frame.
-        frame: Bytes,
-    },
-    /// The outcome of a forwarded API publish.
-    Published {
-        /// The origin node.
-        node: u64,
-        /// The shard serving the request.
-        shard: u16,
-        /// Its request id.
-        req: u64,
-        /// The sequence number (none: not sequenced).
-        seq: Option<u64>,
-    },
     /// Say goodbye and stop (server shutdown).
     Shutdown,
 }
@@ -291,16 +232,7 @@ pub enum BusOut {
 impl From<ClusterOut> for BusOut {
     /// A room owner's output for the other nodes, as a bridge queue message.
     fn from(out: ClusterOut) -> BusOut {
-        match out {
-            ClusterOut::Subscribe(room) => BusOut::Subscribe(room),
-            ClusterOut::Unsubscribe(room) => BusOut::Unsubscribe(room),
-            ClusterOut::Frame { room, epoch, seq, frame } => BusOut::Frame { room, epoch, seq, frame },
-            ClusterOut::Broadcast { seq, frame } => BusOut::Broadcast { seq, frame },
-            ClusterOut::Presence { room, user, present } => BusOut::Presence { room, user, present },
-            ClusterOut::Users { room, users, to } => BusOut::Users { room, users, to },
-            ClusterOut::ToConn { node, shard, conn, frame } => BusOut::ToConn { node, shard, conn, frame },
-            ClusterOut::Published { node, shard, req, seq } => BusOut::Published { node, shard, req, seq },
-        }
+        BusOut::Room(out)
     }
 }
 
@@ -484,13 +416,13 @@ mod tests {
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
         let (bus, outbox) = queue(7);
         for _ in 0..OUT_CAPACITY {
-            assert!(bus.send(BusOut::Unsubscribe("r".into())));
+            assert!(bus.send(BusOut::Room(ClusterOut::Unsubscribe("r".into()))));
         }
-        assert!(!bus.send(BusOut::Unsubscribe("r".into())));
+        assert!(!bus.send(BusOut::Room(ClusterOut::Unsubscribe("r".into()))));
         assert_eq!(bus.report().relay_dropped, 1);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        assert!(matches!(outbox.poll_recv(&mut cx), Poll::Ready(Some(BusOut::Unsubscribe(_)))));
+        assert!(matches!(outbox.poll_recv(&mut cx), Poll::Ready(Some(BusOut::Room(ClusterOut::Unsubscribe(_))))));
         assert_eq!(bus.report().state, "disconnected");
     }
 }
