@@ -190,8 +190,12 @@ target_list=$(IFS=,; echo "${targets[*]}")
 # The pids are only given per target when there is a port each: bench-client divides
 # each server's growth by its own share of connections.
 pid_arg=$node_list
+# bench-client's own hard bound assumes the requested connect rate is reached; dozens of
+# nodes and the client on two cores connect slower than that, so allow three times the
+# planned connect time (a bound, not a wait).
+bound=$((3 * N / RATE + DURATION + 300))
 "$BIN/bench-client" connect -n "$N" --rooms "$ROOMS" --target "$target_list" \
-    --server-pid "$pid_arg" --duration "$DURATION" --connect-rate "$RATE" \
+    --server-pid "$pid_arg" --duration "$DURATION" --connect-rate "$RATE" --timeout "$bound" \
     --results "$RESULTS" --scenario "$scenario" --quiet &
 bc=$!
 pids+=("$bc")
