@@ -105,10 +105,23 @@ if ((DRY)); then echo 'dry run: checks passed, nothing started'; exit 0; fi
 # ---- start: nats-server and the nodes; stop only those on exit ---------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/million.XXXXXX")
 pids=()
+# Still running (a zombie, dead but not yet reaped, does not count).
+running() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
 cleanup() {
     trap - EXIT INT TERM
-    ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if ((${#pids[@]})); then
+        kill "${pids[@]}" 2>/dev/null || true
+        # Graceful first (a node says 1001 to its clients within its shutdown timeout);
+        # whatever still runs after 20 s (e.g. a node starved by memory pressure) is killed.
+        for ((t = 0; t < 200; t++)); do
+            alive=0
+            for p in "${pids[@]}"; do running "$p" && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
