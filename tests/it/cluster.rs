@@ -15,7 +15,7 @@ use corecast::cluster::ClusterConfig;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::support::{ChildServer, Client, Http, TestServer, PATIENCE};
+use crate::support::{skip, which, ChildServer, Client, Http, TestServer, PATIENCE};
 
 const KEY: &str = "cluster-test-api-key-0123";
 
@@ -26,18 +26,9 @@ const PRESENCE_BOUND: Duration = Duration::from_secs(4);
 /// `nats-server` from PATH, or `None` after printing the skip line (panics instead when
 /// `CORECAST_REQUIRE_EXTERNAL=1`).
 fn nats_binary(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file());
+    let found = which("nats-server");
     if found.is_none() {
-        let line = "skipped: nats-server not on PATH (Debian: apt-get install nats-server)";
-        assert!(
-            std::env::var("CORECAST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "CORECAST_REQUIRE_EXTERNAL=1, so the cluster tests may not skip: {line}"
-        );
-        let _ = writeln!(std::io::stderr(), "cluster::{test} {line}");
+        skip(&format!("cluster::{test}"), "nats-server not on PATH (Debian: apt-get install nats-server)");
     }
     found
 }

@@ -5,10 +5,11 @@
 //! Needs `npm` and `npm ci --prefix clients/js`. When one is missing the test prints
 //! `skipped: …` and passes, unless `CORECAST_REQUIRE_EXTERNAL=1` (CI sets it).
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::support::{skip, which};
 
 /// Bound on the whole npm run (every test inside has its own bound).
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -25,13 +26,8 @@ fn js_client_npm_test() {
         missing.push("clients/js/node_modules not found");
     }
     let Some(npm) = npm.filter(|_| missing.is_empty()) else {
-        let line = format!("skipped: {} (install: npm ci --prefix clients/js)", missing.join("; "));
-        assert!(
-            std::env::var("CORECAST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "CORECAST_REQUIRE_EXTERNAL=1, so the JS client test may not skip: {line}"
-        );
-        let _ = writeln!(std::io::stderr(), "js_client::js_client_npm_test {line}");
-        return;
+        let why = format!("{} (install: npm ci --prefix clients/js)", missing.join("; "));
+        return skip("js_client::js_client_npm_test", &why);
     };
     let mut child = Command::new(npm)
         .args(["test", "--silent"])
@@ -66,12 +62,6 @@ fn js_client_npm_test() {
         Some(status) => panic!("npm test in clients/js failed ({status}):\n{output}"),
         None => panic!("npm test in clients/js did not finish within {TIMEOUT:?}:\n{output}"),
     }
-}
-
-/// The first `name` found as a file in a `PATH` directory.
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 /// Reads a child's pipe to the end on its own thread (so a full pipe never blocks it).

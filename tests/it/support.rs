@@ -599,3 +599,21 @@ impl Flow {
 pub fn alone() -> impl Drop {
     Turn::take(true)
 }
+
+/// The first `name` found as a file in a `PATH` directory.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// A test that needs an external program skips by printing `test skipped: why` straight
+/// to stderr (past the harness's capture, so the skip is seen), unless
+/// `CORECAST_REQUIRE_EXTERNAL=1` (CI), which turns the skip into a failure.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("skipped: {why}");
+    assert!(
+        std::env::var("CORECAST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+        "CORECAST_REQUIRE_EXTERNAL=1, so {test} may not skip: {line}"
+    );
+    let _ = writeln!(std::io::stderr(), "{test} {line}");
+}
