@@ -23,7 +23,7 @@ use super::nodes::{Change, Nodes};
 use super::subject::{self, Subjects};
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
-use crate::room::request::{ConnId, Publish, Remote, Reply, Requester};
+use crate::room::request::{ConnId, PresenceReq, Publish, Remote, Reply, Requester};
 use crate::room::ClusterOut;
 use crate::room::BROADCAST_ROOM;
 
@@ -329,13 +329,12 @@ impl Bridge {
         if changes.is_empty() {
             return;
         }
-        let mut joined = false;
+        // A node that joins needs no general re-announcement: each shard sends its users
+        // to the keepers of the rooms whose keepers changed (`OwnedRooms::set_nodes`), and
+        // a node coming back after a cut re-announces its own users when it reconnects.
         for c in changes {
             match c {
-                Change::Joined(n) => {
-                    tracing::info!(node = format!("{n:016x}"), "cluster node joined");
-                    joined = true;
-                }
+                Change::Joined(n) => tracing::info!(node = format!("{n:016x}"), "cluster node joined"),
                 Change::Left(n) => {
                     tracing::info!(node = format!("{n:016x}"), "cluster node left");
                     self.to_all(|| BusIn::NodeGone(n));
@@ -343,9 +342,6 @@ impl Bridge {
             }
         }
         self.publish_nodes();
-        if joined {
-            self.to_all(|| BusIn::Resync);
-        }
     }
 
     fn publish_nodes(&self) {
@@ -426,9 +422,35 @@ impl Bridge {
                     self.bus.count(|s| &s.forwarded);
                 }
             }
-            BusOut::Room(ClusterOut::Presence { room, user, present }) => {
+            BusOut::Room(ClusterOut::Presence { room, user, present, to }) => {
                 let h = Header::Presence { node: me, room: room.to_string(), user: user.to_string(), present };
-                self.publish(self.room_subject(&room), &h, &[]).await;
+                self.publish(self.subjects.node(to).into(), &h, &[]).await;
+            }
+            BusOut::Room(ClusterOut::Event { room, frame }) => {
+                let h = Header::Event { node: me, room: room.to_string() };
+                self.publish(self.room_subject(&room), &h, &frame).await;
+            }
+            BusOut::Room(ClusterOut::Count { room, count, to }) => {
+                let subject = to.map_or_else(|| self.room_subject(&room), |n| self.subjects.node(n).into());
+                let h = Header::Count { node: me, room: room.to_string(), count };
+                self.publish(subject, &h, &[]).await;
+            }
+            BusOut::Room(ClusterOut::PresenceQuery { to, query }) => {
+                let Requester::Remote(r) = &query.from else { return };
+                let Some(reply) = r.reply.clone() else { return };
+                let h = Header::PresenceQ {
+                    node: me,
+                    room: query.room.to_string(),
+                    after: query.after.as_ref().map(|a| a.to_string()),
+                    limit: query.limit,
+                    private: query.private,
+                    reply,
+                };
+                self.publish(self.subjects.node(to).into(), &h, &[]).await;
+            }
+            BusOut::Room(ClusterOut::Page { node, shard, req, page }) => {
+                let h = Header::Page { node: me, shard, req, page: page.as_ref().map(wire::Page::from) };
+                self.publish(self.subjects.node(node).into(), &h, &[]).await;
             }
             BusOut::Room(ClusterOut::Users { room, users, to }) => {
                 let subject = to.map_or_else(|| self.room_subject(&room), |n| self.subjects.node(n).into());
@@ -537,6 +559,31 @@ impl Bridge {
                 let users = users.into_iter().map(Arc::from).collect();
                 let (to, m) = room_msg(&room, BusIn::Users { room: room.clone(), node, users });
                 self.deliver(to, m);
+            }
+            Header::Event { room, .. } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Event { room: room.clone(), frame: body });
+                self.deliver(to, m);
+            }
+            Header::Count { room, count, .. } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Count { room: room.clone(), count });
+                self.deliver(to, m);
+            }
+            Header::PresenceQ { node, room, after, limit, private, reply } => {
+                let query = PresenceReq {
+                    room: room.as_str().into(),
+                    after: after.map(Into::into),
+                    limit,
+                    private,
+                    from: Requester::Remote(Box::new(Remote { node, reply: Some(reply) })),
+                };
+                let (to, m) = room_msg(&room, BusIn::PresenceQuery(Box::new(query)));
+                self.deliver(to, m);
+            }
+            Header::Page { shard, req, page, .. } => {
+                let reply = Reply::Presence(page.map(Into::into));
+                self.deliver(usize::from(shard), Inbound::Reply { req, reply });
             }
             Header::SyncReq { node, room } => {
                 let room: Arc<str> = room.into();

@@ -35,6 +35,7 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
+use crate::room::request::PresenceReq;
 use crate::room::ClusterOut;
 
 /// How to reach NATS and how this node takes part in the cluster. Its `Debug` output
@@ -272,7 +273,24 @@ pub enum BusIn {
         /// Its users.
         users: Vec<Arc<str>>,
     },
-    /// To a room's owner shard: node `node` asks for this node's users of the room.
+    /// To a room's owner shard: a join/leave event the room's holder decided.
+    Event {
+        /// Room name.
+        room: Arc<str>,
+        /// The finished frame.
+        frame: Bytes,
+    },
+    /// To a room's owner shard: the room's cluster-wide count, from its holder.
+    Count {
+        /// Room name.
+        room: Arc<str>,
+        /// Distinct users.
+        count: u32,
+    },
+    /// To a room's owner shard: a presence query forwarded by another node.
+    PresenceQuery(Box<PresenceReq>),
+    /// To a room's owner shard: node `node` subscribed to the room (the holder answers
+    /// with the room's count).
     SyncReq {
         /// Room name.
         room: Arc<str>,
@@ -283,8 +301,8 @@ pub enum BusIn {
     Nodes(Arc<[u64]>),
     /// To every shard: node `0` is dead; its users leave every room.
     NodeGone(u64),
-    /// To every shard: announce this node's users of every room (a node appeared, or this
-    /// node reconnected: the others may have forgotten them).
+    /// To every shard: send this node's users of every room to the rooms' keepers (this
+    /// node reconnected: the others may have declared it dead and forgotten them).
     Resync,
 }
 

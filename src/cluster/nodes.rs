@@ -1,37 +1,15 @@
-//! The live-node table and rendezvous hashing: which node sequences a room.
+//! The live-node table: which nodes are alive.
 //!
 //! Every node announces itself on the heartbeat subject every second; a node that has
-//! not been heard from for the timeout is dead. The sequencer of a room is the live node
-//! with the highest weight `mix(hash(room), node)` (rendezvous, or highest-random-weight,
-//! hashing): every node that sees the same live set computes the same sequencer with no
-//! coordination, and when a node joins or leaves only the rooms it wins or held move.
+//! not been heard from for the timeout is dead. Which live node sequences a room (and
+//! keeps its presence) is rendezvous hashing over the live set, a pure rule of the room
+//! core ([`crate::room::placement`]), re-exported here for the bridge's callers.
 
-use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-/// The weight of `node` for a room whose name hashed to `room_hash`: a 64-bit finalizer
-/// (splitmix64) over both, so that weights of different nodes are independent.
-fn weight(room_hash: u64, node: u64) -> u64 {
-    let mut z = room_hash ^ node.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The hash of a room name used for rendezvous (FxHash: fixed seed, the same on every
-/// node and every run).
-pub fn room_hash(room: &str) -> u64 {
-    rustc_hash::FxBuildHasher.hash_one(room)
-}
-
-/// The node among `nodes` that sequences `room`; `None` when `nodes` is empty. Ties
-/// (equal weights) go to the larger node id, so the answer never depends on order.
-pub fn sequencer(room: &str, nodes: &[u64]) -> Option<u64> {
-    let h = room_hash(room);
-    nodes.iter().copied().max_by_key(|&n| (weight(h, n), n))
-}
+pub use crate::room::placement::{room_hash, sequencer};
 
 /// What a heartbeat or a sweep changed in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,38 +72,6 @@ impl Nodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_view_of_the_same_set_picks_the_same_sequencer() {
-        let a = [3u64, 17, 99];
-        let b = [99u64, 3, 17];
-        for i in 0..100 {
-            let room = format!("room-{i}");
-            assert_eq!(sequencer(&room, &a), sequencer(&room, &b));
-        }
-        assert_eq!(sequencer("x", &[]), None);
-        assert_eq!(sequencer("x", &[7]), Some(7));
-    }
-
-    #[test]
-    fn rooms_spread_and_only_the_dead_nodes_rooms_move() {
-        let nodes = [11u64, 22, 33];
-        let mut counts = [0usize; 3];
-        let mut moved = 0;
-        for i in 0..3000 {
-            let room = format!("room-{i}");
-            let s = sequencer(&room, &nodes).unwrap();
-            counts[nodes.iter().position(|&n| n == s).unwrap()] += 1;
-            let after = sequencer(&room, &[11, 22]).unwrap();
-            if s != 33 {
-                assert_eq!(s, after, "rooms of live nodes stay put");
-            } else {
-                moved += 1;
-            }
-        }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
-        assert_eq!(moved, counts[2]);
-    }
 
     #[test]
     fn nodes_join_time_out_and_say_goodbye() {

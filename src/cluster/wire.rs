@@ -7,6 +7,8 @@
 //! built once in the whole cluster. Version 1 is the only one; a receiver drops (and
 //! counts) anything else, so a rolling upgrade can introduce version 2 beside it.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u8 = 1;
 
 pub use crate::room::request::ReplyRef;
+use crate::room::PresencePage;
 
 /// The header of a bus message. Every variant names the node that sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ pub enum Header {
         reply: Option<ReplyRef>,
     },
     /// A user's first connection on the sender arrived in a room, or its last one left
-    /// (room subject).
+    /// (node subject of each of the room's presence keepers).
     Presence {
         /// Sender.
         node: u64,
@@ -76,8 +79,52 @@ pub enum Header {
         /// Arrived (true) or left (false).
         present: bool,
     },
+    /// A join/leave event the room's presence holder decided; the body is its finished
+    /// frame (room subject).
+    Event {
+        /// Sender (the holder).
+        node: u64,
+        /// Room name.
+        room: String,
+    },
+    /// The room's cluster-wide user count, from its holder (room subject, or the node
+    /// subject of a node that just subscribed).
+    Count {
+        /// Sender (the holder).
+        node: u64,
+        /// Room name.
+        room: String,
+        /// Distinct users.
+        count: u32,
+    },
+    /// A presence query forwarded to the room's holder (node subject).
+    PresenceQ {
+        /// The origin node.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// Names after this cursor.
+        after: Option<String>,
+        /// Page size.
+        limit: u32,
+        /// The origin knows the room as private.
+        private: bool,
+        /// Who gets the answer.
+        reply: ReplyRef,
+    },
+    /// The holder's answer to a forwarded API presence query (node subject).
+    Page {
+        /// Sender (the holder).
+        node: u64,
+        /// The shard serving the request.
+        shard: u16,
+        /// The request id.
+        req: u64,
+        /// The page (none: no such room).
+        page: Option<Page>,
+    },
     /// All users the sender has in a room, replacing what the receiver knew of them
-    /// (room subject, or the node subject of the node that asked).
+    /// (node subject of each of the room's presence keepers).
     Users {
         /// Sender.
         node: u64,
@@ -86,7 +133,8 @@ pub enum Header {
         /// The users, in any order.
         users: Vec<String>,
     },
-    /// "I just subscribed to this room: tell me your users" (room subject).
+    /// "I just subscribed to this room": the room's holder answers with its count (room
+    /// subject).
     SyncReq {
         /// Sender (answers go to its node subject).
         node: u64,
@@ -127,9 +175,52 @@ impl Header {
             | Header::Fwd { node, .. }
             | Header::Presence { node, .. }
             | Header::Users { node, .. }
+            | Header::Event { node, .. }
+            | Header::Count { node, .. }
+            | Header::PresenceQ { node, .. }
+            | Header::Page { node, .. }
             | Header::SyncReq { node, .. }
             | Header::ToConn { node, .. }
             | Header::Published { node, .. } => *node,
+        }
+    }
+}
+
+/// One page of a room's presence, as the bus carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Room name.
+    pub room: String,
+    /// Distinct users in total.
+    pub count: u32,
+    /// This page's users, sorted.
+    pub users: Vec<String>,
+    /// Cursor for the next page.
+    pub next: Option<String>,
+    /// The room is private.
+    pub private: bool,
+}
+
+impl From<&PresencePage> for Page {
+    fn from(p: &PresencePage) -> Page {
+        Page {
+            room: p.room.to_string(),
+            count: p.count,
+            users: p.users.iter().map(|u| u.to_string()).collect(),
+            next: p.next.as_ref().map(|n| n.to_string()),
+            private: p.private,
+        }
+    }
+}
+
+impl From<Page> for PresencePage {
+    fn from(p: Page) -> PresencePage {
+        PresencePage {
+            room: p.room.into(),
+            count: p.count,
+            users: p.users.into_iter().map(Arc::from).collect(),
+            next: p.next.map(Arc::from),
+            private: p.private,
         }
     }
 }

@@ -16,7 +16,8 @@
 //! | [`out`] | what rooms emit, reply routing |
 //! | `owned` | one room's state |
 //! | `sequence` | join, leave, delete, publish, broadcast |
-//! | `presence` | the presence-event rule, users from other nodes, presence pages |
+//! | [`placement`] | which node sequences a room and keeps its presence (rendezvous) |
+//! | `presence` | the presence-event rule, the cluster's presence keepers, presence pages |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
 //! | [`history`] | the history ring and the shard-wide budget |
@@ -25,6 +26,7 @@
 pub mod history;
 pub mod out;
 mod owned;
+pub mod placement;
 mod presence;
 pub mod request;
 mod retention;
@@ -139,6 +141,11 @@ pub struct OwnedRooms {
     unanswered: u64,
     /// Join/leave events only in rooms of at most this many users (see [`announced`]).
     presence_events_max: u32,
+    /// The live cluster nodes, sorted, this one included (just this one until the bridge
+    /// says otherwise): where each room's presence is kept ([`placement`]).
+    nodes: Arc<[u64]>,
+    /// Rooms held here whose count changed since the last report, in order.
+    dirty_counts: Vec<Arc<str>>,
 }
 
 impl OwnedRooms {
@@ -154,6 +161,8 @@ impl OwnedRooms {
             shards,
             presence_events_max,
             node: 0,
+            nodes: Arc::from([]),
+            dirty_counts: Vec::new(),
             gaps: 0,
             epoch_changes: 0,
             unanswered: 0,
@@ -163,6 +172,7 @@ impl OwnedRooms {
     /// Turns cluster mode on: this node is `node` (nonzero).
     pub fn with_cluster(mut self, node: u64) -> Self {
         self.node = node;
+        self.nodes = Arc::from([node]);
         self
     }
 

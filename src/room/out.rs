@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::request::{ConnId, ConnRef, JoinAck, JoinRefused, JoinReq, Remote, Reply, ReplyRef, ReplyTo, Requester};
+use super::request::{
+    ConnId, ConnRef, JoinAck, JoinRefused, JoinReq, PresenceReq, Remote, Reply, ReplyRef, ReplyTo, Requester,
+};
+use super::PresencePage;
 use crate::protocol::{server, ErrorCode};
 
 /// One output of a room owner.
@@ -93,7 +96,8 @@ pub enum ClusterOut {
         /// The finished frame.
         frame: Bytes,
     },
-    /// A user's first local connection joined, or its last one left, room `room`.
+    /// A user's first local connection joined, or its last one left, room `room`: told
+    /// to each of the room's presence keepers other than this node.
     Presence {
         /// Room name.
         room: Arc<str>,
@@ -101,6 +105,44 @@ pub enum ClusterOut {
         user: Arc<str>,
         /// Arrived or left.
         present: bool,
+        /// The keeper told.
+        to: u64,
+    },
+    /// A join/leave event the room's holder decided, for every node with members (room
+    /// subject).
+    Event {
+        /// Room name.
+        room: Arc<str>,
+        /// The finished event frame.
+        frame: Bytes,
+    },
+    /// The room's cluster-wide user count, from its holder (to node `to`, or to every
+    /// node with members on the room subject).
+    Count {
+        /// Room name.
+        room: Arc<str>,
+        /// Distinct users in the cluster.
+        count: u32,
+        /// The node that asked, if one did.
+        to: Option<u64>,
+    },
+    /// A presence query for the room's holder, node `to`.
+    PresenceQuery {
+        /// The holder.
+        to: u64,
+        /// The query; its requester is this node's [`Requester::Remote`].
+        query: Box<PresenceReq>,
+    },
+    /// The answer to a forwarded API presence query.
+    Page {
+        /// The origin node.
+        node: u64,
+        /// The shard serving the request.
+        shard: u16,
+        /// Its request id.
+        req: u64,
+        /// The page (none: no such room).
+        page: Option<PresencePage>,
     },
     /// This node's users of `room` (to node `to`, or to everyone on the room subject).
     Users {
@@ -197,7 +239,7 @@ pub(super) fn reference(from: &Requester) -> Option<&str> {
     match from {
         Requester::Conn(c) => c.reference.as_deref(),
         Requester::Remote(r) => match &r.reply {
-            Some(ReplyRef::Conn { reference, .. }) => Some(reference),
+            Some(ReplyRef::Conn { reference, .. }) if !reference.is_empty() => Some(reference),
             _ => None,
         },
         Requester::Api(_) => None,

@@ -56,6 +56,15 @@ pub(super) struct Presence {
     pub(super) creator: Option<Arc<str>>,
     /// argon2 hash of the password of a private room.
     pub(super) password: Option<Arc<str>>,
+    /// The cluster-wide count the room's holder last reported (on other nodes; none on
+    /// the holder and on a single node, whose own count is exact).
+    pub(super) reported: Option<u32>,
+    /// The count changed since the holder last reported it.
+    pub(super) count_dirty: bool,
+    /// The user list is complete enough to announce a snapshot's differences as events:
+    /// false on a holder that took the room over without having been its replica, until
+    /// every node has sent its snapshot once (see `OwnedRooms::remote_users`).
+    pub(super) settled: bool,
 }
 
 impl OwnedRoom {
@@ -93,9 +102,17 @@ impl OwnedRoom {
     pub fn is_system(&self) -> bool {
         self.presence.is_none()
     }
-    /// Distinct users present (0 for server-managed rooms).
+    /// Distinct users present (0 for server-managed rooms): exact on a single node and on
+    /// the room's presence holder; elsewhere in a cluster the holder's last report (a
+    /// sweep tick old at most), never less than this node's own users.
     pub fn user_count(&self) -> u32 {
-        self.presence.as_ref().map_or(0, |p| p.users.count())
+        self.presence.as_ref().map_or(0, |p| p.reported.map_or(p.users.count(), |r| r.max(p.users.count())))
+    }
+
+    /// Whether other nodes reported users here (this node keeps the room's presence):
+    /// such a room stays while they are present, with or without local members.
+    pub fn has_remote_users(&self) -> bool {
+        self.presence.as_ref().is_some_and(|p| p.users.has_remote())
     }
     /// Connections that joined (summed over the few shards rather than kept beside them).
     pub fn connections(&self) -> u32 {
@@ -146,8 +163,17 @@ impl OwnedRoom {
     ) -> OwnedRoom {
         let epoch = fastrand::u64(..);
         OwnedRoom {
-            presence: (!name.starts_with(SYSTEM_ROOM_PREFIX))
-                .then(|| Box::new(Presence { users: Users::default(), created_ms: now_ms, creator, password })),
+            presence: (!name.starts_with(SYSTEM_ROOM_PREFIX)).then(|| {
+                Box::new(Presence {
+                    users: Users::default(),
+                    created_ms: now_ms,
+                    creator,
+                    password,
+                    reported: None,
+                    count_dirty: false,
+                    settled: true,
+                })
+            }),
             name,
             epoch,
             stream: epoch,

@@ -187,6 +187,7 @@ pub struct Publish {
 }
 
 /// A presence page request.
+#[derive(Debug)]
 pub struct PresenceReq {
     /// Room name.
     pub room: Arc<str>,
@@ -194,6 +195,10 @@ pub struct PresenceReq {
     pub after: Option<Box<str>>,
     /// Page size.
     pub limit: u32,
+    /// The asking node knows the room as private (a query forwarded to the room's
+    /// presence holder, which may hold the room without its password): the answer is
+    /// marked private whatever the holder knows.
+    pub private: bool,
     /// Who asked.
     pub from: Requester,
 }

@@ -66,7 +66,9 @@ impl OwnedRooms {
                 break;
             }
             let Some(mut l) = self.lingering.pop_front() else { break };
-            let Some(r) = self.rooms.get(&l.room).filter(|r| r.epoch == l.epoch && r.connections() == 0) else {
+            let Some(r) =
+                self.rooms.get(&l.room).filter(|r| r.epoch == l.epoch && r.connections() == 0 && !r.has_remote_users())
+            else {
                 continue;
             };
             if r.emptied_ms == l.since_ms {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::out::{refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, RoomOut, Sink, ToShard};
+use super::presence::{send_event, tell_keepers};
 use super::request::{DeleteReq, JoinAck, JoinKind, JoinReq, Publish, Reply, Requester};
 use super::retention::Lingering;
 use super::{announced, JoinStep, OwnedRoom, OwnedRooms, RingsOf, BROADCAST_ROOM};
@@ -47,6 +48,7 @@ impl OwnedRooms {
             JoinKind::Join { .. } => (None, None),
         };
         let node = self.node;
+        let (keepers, holds) = (self.keepers(&req.room), self.holds(&req.room));
         let room = self
             .rooms
             .entry(req.room.clone())
@@ -55,9 +57,10 @@ impl OwnedRooms {
         room.emptied_ms = 0;
         let first = !room.is_system() && !room.users().is_some_and(|u| u.contains(&req.user));
         // Announce before counting the joiner: it is not a local member until its ack
-        // arrives, so its shard only needs the event if others there are members.
-        if first && announced(room.user_count().saturating_add(1), self.presence_events_max) {
-            room.fan_out(&server::presence_event(true, &room.name, &req.user), sink);
+        // arrives, so its shard only needs the event if others there are members. In a
+        // cluster only the room's presence holder knows whether the user is new anywhere.
+        if first && holds && announced(room.user_count().saturating_add(1), self.presence_events_max) {
+            send_event(node, room, server::presence_event(true, &room.name, &req.user), sink);
         }
         if let Some(n) = room.shard_members.get_mut(req.origin.shard) {
             *n += 1;
@@ -69,8 +72,7 @@ impl OwnedRooms {
                 sink(RoomOut::Cluster(ClusterOut::Subscribe(room.name.clone())));
             }
             if change.is_some_and(|c| c.local) {
-                let out = ClusterOut::Presence { room: room.name.clone(), user: req.user.clone(), present: true };
-                sink(RoomOut::Cluster(out));
+                tell_keepers(node, keepers, &room.name, &req.user, true, sink);
             }
         }
         let private = room.password().is_some();
@@ -91,6 +93,9 @@ impl OwnedRooms {
             frame,
         };
         sink(RoomOut::Shard(req.origin.shard, ToShard::JoinAck(Box::new(ack))));
+        if holds && change.is_some_and(|c| c.cluster) {
+            self.count_changed(&req.room);
+        }
         JoinStep::Done
     }
 
@@ -98,6 +103,8 @@ impl OwnedRooms {
     /// announced; a room with no connections left is dropped. Leaves for another instance
     /// (the room was deleted and re-created since) are ignored.
     pub fn leave(&mut self, room_name: &str, user: &str, from: usize, epoch: u32, now_ms: u64, sink: &mut Sink<'_>) {
+        let (node, max) = (self.node, self.presence_events_max);
+        let (keepers, holds) = (self.keepers(room_name), self.holds(room_name));
         let Some(room) = self.rooms.get_mut(room_name).filter(|r| r.epoch as u32 == epoch) else { return };
         match room.shard_members.get_mut(from) {
             Some(n) if *n > 0 => *n -= 1,
@@ -105,30 +112,34 @@ impl OwnedRooms {
             _ => return,
         }
         let change = room.presence.as_mut().map(|p| p.users.remove_local(user));
-        let gone = change.is_some_and(|c| c.cluster);
-        if self.node != 0 && change.is_some_and(|c| c.local) {
-            let out = ClusterOut::Presence { room: room.name.clone(), user: Arc::from(user), present: false };
-            sink(RoomOut::Cluster(out));
+        let gone = holds && change.is_some_and(|c| c.cluster);
+        if change.is_some_and(|c| c.local) {
+            tell_keepers(node, keepers, &room.name, &Arc::from(user), false, sink);
         }
-        if room.connections() == 0 {
-            if room.history_len() > 0 && self.ttl_ms > 0 {
-                // Keep the history a while: a brief gap must not lose it.
-                room.emptied_ms = now_ms;
-                self.lingering.push_back(Lingering {
-                    room: room.name.clone(),
-                    epoch: room.epoch,
-                    since_ms: now_ms,
-                    linger_ms: self.ttl_ms,
-                });
-            } else {
-                self.drop_room(room_name, sink);
-            }
+        // The room had `user_count() + 1` users, the leaver included.
+        if gone && announced(room.user_count().saturating_add(1), max) {
+            send_event(node, room, server::presence_event(false, &room.name, user), sink);
+        }
+        if gone {
+            self.count_changed(room_name);
+        }
+        self.release(room_name, now_ms, sink);
+    }
+
+    /// Lets go of a room nobody uses any more: no local connection and no other node's
+    /// users kept here. With history and a TTL it lingers (a brief gap must not lose
+    /// it); otherwise it goes at once. Rooms already lingering are left to expire.
+    pub(super) fn release(&mut self, name: &str, now_ms: u64, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get_mut(name) else { return };
+        if room.connections() > 0 || room.has_remote_users() || room.emptied_ms != 0 {
             return;
         }
-        let room = &self.rooms[room_name];
-        // The room had `user_count() + 1` users, the leaver included.
-        if gone && announced(room.user_count().saturating_add(1), self.presence_events_max) {
-            room.fan_out(&server::presence_event(false, &room.name, user), sink);
+        if room.history_len() > 0 && self.ttl_ms > 0 {
+            room.emptied_ms = now_ms;
+            let l = Lingering { room: room.name.clone(), epoch: room.epoch, since_ms: now_ms, linger_ms: self.ttl_ms };
+            self.lingering.push_back(l);
+        } else {
+            self.drop_room(name, sink);
         }
     }
 

@@ -200,19 +200,26 @@ fn api_publish(r: &mut OwnedRooms, room: &str, text: &str, from: Requester) -> V
 fn in_a_cluster_the_owner_subscribes_announces_and_publishes_frames() {
     let mut r = rooms(2, 1000).with_cluster(1);
     let out = join(&mut r, "r", "a", 0, 1);
-    let bus = to_bus(&out);
+    // (Join events go on the room subject too; they are checked elsewhere.)
+    let bus: Vec<_> = to_bus(&out).into_iter().filter(|o| !matches!(o, ClusterOut::Event { .. })).collect();
     assert!(matches!(bus[0], ClusterOut::Subscribe(room) if &**room == "r"), "subscribe first");
-    assert!(matches!(bus[1], ClusterOut::Presence { present: true, .. }));
+    assert_eq!(bus.len(), 1, "alone in the cluster: this node keeps the presence, nobody to tell");
+    r.set_nodes(Arc::from([1, 2]), 0, &mut |_| {});
+    let keeper_told = |out: &[RoomOut]| to_bus(out).iter().any(|o| matches!(o, ClusterOut::Presence { to: 2, .. }));
+    assert!(keeper_told(&join(&mut r, "r", "b", 0, 3)), "the other node is a keeper (of two nodes, both are)");
     assert!(to_bus(&join(&mut r, "r", "a", 1, 2)).is_empty(), "a second connection of a is no news");
     let out = api_publish(&mut r, "r", "hi", Requester::Api(ReplyTo { shard: 0, req: 1 }));
     let stream = r.get("r").unwrap().stream;
     assert!(matches!(to_bus(&out)[0], ClusterOut::Frame { seq: 1, epoch, .. } if *epoch == stream));
     let e = epoch(&r, "r");
     r.leave("r", "a", 0, e, 0, &mut |_| {});
+    r.leave("r", "b", 0, e, 0, &mut |_| {});
     let mut out = Vec::new();
     r.leave("r", "a", 1, e, 0, &mut |o| out.push(o));
     // No history TTL here: the room goes at once, and so does the subscription.
-    assert!(matches!(to_bus(&out)[..], [ClusterOut::Presence { present: false, .. }, ClusterOut::Unsubscribe(_)]));
+    let bus = to_bus(&out);
+    assert!(matches!(bus[0], ClusterOut::Presence { present: false, to: 2, .. }), "{bus:?}");
+    assert!(matches!(bus.last(), Some(ClusterOut::Unsubscribe(_))), "{bus:?}");
     assert!(r.is_empty());
 }
 
@@ -266,18 +273,20 @@ fn remote_users_count_once_and_leave_when_their_node_dies() {
     let mut r = rooms(1, 1000).with_cluster(1);
     join(&mut r, "r", "a", 0, 1);
     let mut out = Vec::new();
-    r.remote_users("r", 7, &["b".into(), "a".into()], &mut |o| out.push(o));
+    r.remote_users("r", 7, &["b".into(), "a".into()], 0, &mut |o| out.push(o));
     let events = delivered(&out);
     assert_eq!(events.len(), 1, "only b is news: {events:?}");
     assert_eq!(events[0].1, serde_json::json!({"type":"join","room":"r","user":"b"}));
     assert_eq!(r.get("r").unwrap().user_count(), 2);
     let mut out = Vec::new();
-    r.node_gone(7, &mut |o| out.push(o));
+    r.node_gone(7, 0, &mut |o| out.push(o));
     assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
     assert_eq!(r.get("r").unwrap().user_count(), 1, "a is still here");
+    // After a reconnect this node's users go to the room's keepers.
+    r.set_nodes(Arc::from([1, 5]), 0, &mut |_| {});
     let mut out = Vec::new();
-    r.announce(None, None, &mut |o| out.push(o));
-    assert!(matches!(to_bus(&out)[..], [ClusterOut::Users { users, to: None, .. }] if users.len() == 1));
+    r.resync(&mut |o| out.push(o));
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::Users { users, to: Some(5), .. }] if users.len() == 1));
 }
 
 #[test]
@@ -300,6 +309,7 @@ fn presence_pages_are_sorted_and_chained() {
             room: "r".into(),
             after: after.map(Into::into),
             limit: 3,
+            private: false,
             from: Requester::Conn(origin(0, 9)),
         };
         r.presence(req, &mut |o| out.push(o));
@@ -345,32 +355,32 @@ fn remote_presence_follows_the_same_threshold() {
     let mut r = rooms(1, 2).with_cluster(1);
     join(&mut r, "r", "a", 0, 1);
     let mut out = Vec::new();
-    r.remote_presence("r", 7, "b".into(), true, &mut |o| out.push(o));
+    r.remote_presence("r", 7, "b".into(), true, 0, &mut |o| out.push(o));
     assert_eq!(delivered(&out).len(), 1, "2nd user arriving elsewhere");
     let mut out = Vec::new();
-    r.remote_presence("r", 7, "c".into(), true, &mut |o| out.push(o));
+    r.remote_presence("r", 7, "c".into(), true, 0, &mut |o| out.push(o));
     assert!(delivered(&out).is_empty(), "3rd user");
     let mut out = Vec::new();
-    r.remote_presence("r", 7, "c".into(), false, &mut |o| out.push(o));
+    r.remote_presence("r", 7, "c".into(), false, 0, &mut |o| out.push(o));
     assert!(delivered(&out).is_empty(), "3rd user leaving");
     let mut out = Vec::new();
-    r.remote_presence("r", 7, "b".into(), false, &mut |o| out.push(o));
+    r.remote_presence("r", 7, "b".into(), false, 0, &mut |o| out.push(o));
     assert_eq!(delivered(&out).len(), 1, "2nd user leaving");
     // A snapshot bringing the room to exactly 2 users is announced (it was not before
     // the rule was written once: snapshots compared the count after with `<`).
     let mut out = Vec::new();
-    r.remote_users("r", 8, &["b".into()], &mut |o| out.push(o));
+    r.remote_users("r", 8, &["b".into()], 0, &mut |o| out.push(o));
     assert_eq!(delivered(&out).len(), 1);
     // A node dying takes b with it: the room had 2 users, b included.
     let mut out = Vec::new();
-    r.node_gone(8, &mut |o| out.push(o));
+    r.node_gone(8, 0, &mut |o| out.push(o));
     assert_eq!(delivered(&out)[0].1, serde_json::json!({"type":"leave","room":"r","user":"b"}));
     // Three users from one snapshot: 4 in the room, no events either way.
     let mut out = Vec::new();
-    r.remote_users("r", 9, &["x".into(), "y".into(), "z".into()], &mut |o| out.push(o));
+    r.remote_users("r", 9, &["x".into(), "y".into(), "z".into()], 0, &mut |o| out.push(o));
     assert!(delivered(&out).is_empty());
     let mut out = Vec::new();
-    r.node_gone(9, &mut |o| out.push(o));
+    r.node_gone(9, 0, &mut |o| out.push(o));
     assert!(delivered(&out).is_empty());
 }
 
@@ -424,7 +434,10 @@ fn remote_history_and_presence_requests_are_answered_or_counted() {
         reply: Some(ReplyRef::Conn { shard: 1, conn: 9, reference: "q".into() }),
     }));
     let mut out = Vec::new();
-    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, from: conn.clone() }, &mut |o| out.push(o));
+    r.presence(
+        PresenceReq { room: "r".into(), after: None, limit: 10, private: false, from: conn.clone() },
+        &mut |o| out.push(o),
+    );
     assert!(matches!(to_bus(&out)[..], [ClusterOut::ToConn { node: 4, shard: 1, conn: 9, .. }]));
     let mut out = Vec::new();
     r.history(HistoryReq { room: "nope".into(), before: None, limit: 10, from: conn }, &mut |o| out.push(o));
@@ -434,7 +447,7 @@ fn remote_history_and_presence_requests_are_answered_or_counted() {
     // Nobody named to answer: counted, not dropped without a trace.
     let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None }));
     r.history(HistoryReq { room: "r".into(), before: None, limit: 10, from: nobody.clone() }, &mut |_| {});
-    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, from: nobody }, &mut |_| {});
+    r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, private: false, from: nobody }, &mut |_| {});
     assert_eq!(r.take_unanswered(), 2);
     assert_eq!(r.take_unanswered(), 0);
 }
@@ -476,5 +489,227 @@ fn broadcasts_go_to_every_shard_once_with_their_own_sequence() {
             panic!("the API caller hears back")
         };
         assert_eq!(*seq, Some(expected));
+    }
+}
+
+/// A cluster of room cores joined by a perfect bus: each node's cluster output is
+/// delivered to the nodes it addresses, the way the bridge does.
+struct Sim {
+    ids: Vec<u64>,
+    nodes: Vec<OwnedRooms>,
+    /// Join/leave events delivered to local members, per node: (node, event JSON).
+    events: Vec<(u64, serde_json::Value)>,
+}
+
+impl Sim {
+    fn new(n: u64) -> Sim {
+        let ids: Vec<u64> = (1..=n).map(|i| i * 1_000_003).collect();
+        let nodes = ids.iter().map(|&id| rooms(1, 1000).with_cluster(id)).collect();
+        let mut sim = Sim { ids, nodes, events: Vec::new() };
+        let live: Arc<[u64]> = sim.ids.clone().into();
+        for i in 0..sim.nodes.len() {
+            let mut out = Vec::new();
+            sim.nodes[i].set_nodes(live.clone(), 0, &mut |o| out.push(o));
+            sim.route(i, out);
+        }
+        sim
+    }
+
+    fn at(&self, id: u64) -> usize {
+        self.ids.iter().position(|&n| n == id).unwrap()
+    }
+
+    /// Delivers node `from`'s outputs (and whatever they cause) until the bus is quiet.
+    fn route(&mut self, from: usize, out: Vec<RoomOut>) {
+        let mut queue: std::collections::VecDeque<(usize, RoomOut)> = out.into_iter().map(|o| (from, o)).collect();
+        while let Some((i, o)) = queue.pop_front() {
+            let me = self.ids[i];
+            let mut next = Vec::new();
+            match o {
+                RoomOut::Shard(_, ToShard::Deliver { frame, .. }) => {
+                    let v = json(&frame);
+                    if v["type"] == "join" || v["type"] == "leave" {
+                        self.events.push((me, v));
+                    }
+                }
+                RoomOut::Shard(..) => {}
+                RoomOut::Cluster(c) => match c {
+                    ClusterOut::Presence { room, user, present, to } => {
+                        let j = self.at(to);
+                        self.nodes[j].remote_presence(&room, me, user, present, 0, &mut |o| next.push((j, o)));
+                    }
+                    ClusterOut::Users { room, users, to: Some(to) } => {
+                        let j = self.at(to);
+                        self.nodes[j].remote_users(&room, me, &users, 0, &mut |o| next.push((j, o)));
+                    }
+                    ClusterOut::Event { room, frame } => {
+                        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+                            self.nodes[j].remote_event(&room, frame.clone(), &mut |o| next.push((j, o)));
+                        }
+                    }
+                    ClusterOut::Count { room, count, to: None } => {
+                        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+                            self.nodes[j].remote_count(&room, count);
+                        }
+                    }
+                    ClusterOut::PresenceQuery { to, query } => {
+                        let j = self.at(to);
+                        self.nodes[j].presence(*query, &mut |o| next.push((j, o)));
+                    }
+                    _ => {}
+                },
+            }
+            queue.extend(next);
+        }
+    }
+
+    fn join(&mut self, node: usize, room: &str, user: &str, n: u32) {
+        let out = join(&mut self.nodes[node], room, user, 0, n);
+        self.route(node, out);
+    }
+
+    fn leave(&mut self, node: usize, room: &str, user: &str) {
+        let e = epoch(&self.nodes[node], room);
+        let mut out = Vec::new();
+        self.nodes[node].leave(room, user, 0, e, 0, &mut |o| out.push(o));
+        self.route(node, out);
+    }
+
+    fn report(&mut self) {
+        for i in 0..self.nodes.len() {
+            let mut out = Vec::new();
+            self.nodes[i].report_counts(&mut |o| out.push(o));
+            self.route(i, out);
+        }
+    }
+
+    /// Every user entry held anywhere in the cluster for `room`.
+    fn entries(&self, room: &str) -> usize {
+        self.nodes.iter().filter_map(|r| r.get(room)).map(|r| r.users().map_or(0, |u| u.count() as usize)).sum()
+    }
+
+    fn holder(&self, room: &str) -> usize {
+        self.at(placement::keepers(room, &self.ids)[0].unwrap())
+    }
+}
+
+/// Issue 14: with every node keeping every user of a room, a room of a million users over
+/// 56 nodes held 56 million entries (7.6 KB per connection, out of memory). Now only the
+/// room's two keepers hold the list: at most twice the users plus each node's own.
+#[test]
+fn regression_cluster_presence_costs_o_users_not_o_nodes_times_users() {
+    let mut sim = Sim::new(12);
+    let users = 600;
+    for u in 0..users {
+        sim.join(u % 12, "big", &format!("u{u:04}"), u as u32);
+    }
+    let entries = sim.entries("big");
+    assert!(entries <= 3 * users, "{entries} user entries for {users} users over 12 nodes");
+    let holder = sim.holder("big");
+    assert_eq!(sim.nodes[holder].get("big").unwrap().user_count(), users as u32, "the holder's count is exact");
+    sim.report();
+    for r in &sim.nodes {
+        assert_eq!(r.get("big").unwrap().user_count(), users as u32, "every node shows the holder's count");
+    }
+}
+
+#[test]
+fn the_holder_alone_announces_and_every_member_hears_each_event_once() {
+    let mut sim = Sim::new(5);
+    for (i, u) in ["ann", "ben", "cat", "dan", "eve"].iter().enumerate() {
+        sim.join(i, "r", u, i as u32);
+    }
+    // Each join reaches every node that already had members, once. (The joiner's own
+    // node hears it too when another node holds the room: the event comes back on the
+    // room subject after the joiner became a member there; docs/CLUSTER.md.)
+    for (k, u) in ["ann", "ben", "cat", "dan", "eve"].iter().enumerate() {
+        let heard: Vec<u64> = sim.events.iter().filter(|(_, v)| v["user"] == *u).map(|(n, _)| *n).collect();
+        let mut unique = heard.clone();
+        unique.dedup();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), heard.len(), "{u} announced twice to a node: {heard:?}");
+        assert!(sim.ids[..k].iter().all(|n| heard.contains(n)), "{u}: {heard:?}");
+        assert!(heard.iter().all(|n| sim.ids[..=k].contains(n)), "{u}: only nodes with members: {heard:?}");
+    }
+    // A second connection of ann elsewhere is no news; her last leave is.
+    sim.events.clear();
+    sim.join(3, "r", "ann", 10);
+    assert!(sim.events.is_empty(), "{:?}", sim.events);
+    sim.leave(0, "r", "ann");
+    assert!(sim.events.is_empty(), "ann is still on node 3: {:?}", sim.events);
+    sim.leave(3, "r", "ann");
+    let leaves: Vec<u64> = sim.events.iter().filter(|(_, v)| v["user"] == "ann").map(|(n, _)| *n).collect();
+    assert_eq!(leaves.len(), 4, "each node with members hears it once: {:?}", sim.events);
+}
+
+#[test]
+fn when_the_holder_dies_the_replica_takes_over_with_nothing_missing() {
+    let mut sim = Sim::new(6);
+    let [holder, replica] = placement::keepers("r", &sim.ids).map(Option::unwrap);
+    let (h, rep) = (sim.at(holder), sim.at(replica));
+    let others: Vec<usize> = (0..6).filter(|&i| i != h && i != rep).collect();
+    sim.join(h, "r", "on-holder", 1);
+    sim.join(rep, "r", "on-replica", 2);
+    sim.join(others[0], "r", "alpha", 3);
+    sim.join(others[1], "r", "beta", 4);
+    sim.events.clear();
+    // Every surviving node learns of the death and recomputes the keepers.
+    for i in (0..6).filter(|&i| i != h) {
+        let mut out = Vec::new();
+        sim.nodes[i].node_gone(holder, 0, &mut |o| out.push(o));
+        sim.route(i, out);
+    }
+    let leaves: Vec<&serde_json::Value> = sim.events.iter().map(|(_, v)| v).collect();
+    assert!(
+        !leaves.is_empty() && leaves.iter().all(|v| v["type"] == "leave" && v["user"] == "on-holder"),
+        "{leaves:?}"
+    );
+    assert_eq!(sim.nodes[rep].get("r").unwrap().user_count(), 3, "the replica held everyone");
+    // A presence page asked on any node is answered by the new holder.
+    let mut out = Vec::new();
+    let req = PresenceReq {
+        room: "r".into(),
+        after: None,
+        limit: 10,
+        private: false,
+        from: Requester::Api(ReplyTo { shard: 0, req: 9 }),
+    };
+    sim.nodes[others[1]].presence(req, &mut |o| out.push(o));
+    let q = to_bus(&out);
+    assert!(matches!(q[..], [ClusterOut::PresenceQuery { to, .. }] if *to == replica), "{q:?}");
+    let Some(RoomOut::Cluster(ClusterOut::PresenceQuery { query, .. })) = out.pop() else { unreachable!() };
+    let mut answer = Vec::new();
+    sim.nodes[rep].presence(*query, &mut |o| answer.push(o));
+    let users = match &to_bus(&answer)[..] {
+        [ClusterOut::Page { req: 9, page: Some(p), .. }] => p.users.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(users, vec![Arc::from("alpha"), Arc::from("beta"), Arc::from("on-replica")]);
+}
+
+#[test]
+fn a_node_joining_takes_its_rooms_without_announcing_everyone_again() {
+    let mut sim = Sim::new(3);
+    for u in 0..30 {
+        sim.join(u % 3, &format!("room{}", u % 7), &format!("u{u}"), u as u32);
+    }
+    sim.events.clear();
+    // A fourth node appears: it becomes a keeper of some rooms and gets snapshots.
+    let newcomer = 77_777_777u64;
+    sim.ids.push(newcomer);
+    sim.nodes.push(rooms(1, 1000).with_cluster(newcomer));
+    let live: Arc<[u64]> = sim.ids.clone().into();
+    for i in 0..sim.nodes.len() {
+        let mut out = Vec::new();
+        sim.nodes[i].set_nodes(live.clone(), 0, &mut |o| out.push(o));
+        sim.route(i, out);
+    }
+    assert!(sim.events.is_empty(), "a takeover announces nobody: {:?}", sim.events);
+    for room in (0..7).map(|r| format!("room{r}")) {
+        let holder = sim.holder(&room);
+        let count = sim.nodes[holder].get(&room).map_or(0, |r| r.user_count());
+        let expected = (0..30).filter(|u| u % 7 == room[4..].parse::<usize>().unwrap()).count() as u32;
+        assert_eq!(count, expected, "{room}: the new placement's holder has every user");
     }
 }

@@ -1,6 +1,8 @@
-//! Who is in a room, cluster-wide: the users with connections on this node, plus the
-//! users other nodes reported, in one map keyed by user, so that `members` counts and
-//! event thresholds cost nothing to read (the map's length is the count).
+//! Who is in a room: the users with connections on this node, plus, on the room's
+//! presence keepers in a cluster ([`super::placement`]), the users other nodes reported,
+//! in one map keyed by user, so that `members` counts and event thresholds cost nothing
+//! to read (the map's length is the count). Other nodes report only to the keepers, so
+//! elsewhere the map holds just this node's users.
 //!
 //! A user present on several nodes (or with several connections) counts once. Join and
 //! leave events follow the union: a user "arrives" when the first connection anywhere
@@ -79,6 +81,26 @@ impl Users {
             self.all.remove(user);
         }
         Change { local: true, cluster }
+    }
+
+    /// Whether node `node` has reported users here (and has not been forgotten since).
+    pub fn knows(&self, node: u64) -> bool {
+        self.by_node.contains_key(&node)
+    }
+
+    /// Whether any other node has users here.
+    pub fn has_remote(&self) -> bool {
+        !self.by_node.is_empty()
+    }
+
+    /// Forgets what every other node reported, silently: this node stopped keeping the
+    /// room's presence (another node keeps it now), so no user arrived or left.
+    pub fn forget_remote(&mut self) {
+        self.by_node.clear();
+        self.all.retain(|_, s| {
+            s.nodes = 0;
+            s.local > 0
+        });
     }
 
     /// Node `node` reports `user`; true when the user is new anywhere.
@@ -169,6 +191,20 @@ mod tests {
         assert_eq!(u.drop_node(7), vec![a("alice")]);
         assert_eq!(u.count(), 0);
         assert_eq!(u.remove_local("nobody"), Change { local: false, cluster: false });
+    }
+
+    #[test]
+    fn forgetting_remote_users_keeps_the_local_ones() {
+        let mut u = Users::default();
+        u.add_local(&a("me"));
+        u.add_remote(4, &a("me"));
+        u.add_remote(4, &a("them"));
+        assert!(u.knows(4) && u.has_remote());
+        u.forget_remote();
+        assert!(!u.knows(4) && !u.has_remote());
+        assert_eq!(u.page(None, 10).0, vec![a("me")]);
+        assert_eq!(u.remove_local("me"), Change { local: true, cluster: true });
+        assert_eq!(u.count(), 0);
     }
 
     #[test]

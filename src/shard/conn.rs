@@ -314,6 +314,7 @@ impl Services {
                     room: room.clone(),
                     after: after.map(|a| Box::from(&*a)),
                     limit: presence_limit(limit),
+                    private: false,
                     from: Requester::Conn(origin),
                 };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Presence(Box::new(req)));

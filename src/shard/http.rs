@@ -407,8 +407,13 @@ impl Services {
         let room: Arc<str> = Arc::from(room);
         let replies = self
             .ask(1, |reply| {
-                let req =
-                    PresenceReq { room: room.clone(), after: after.map(Box::from), limit, from: Requester::Api(reply) };
+                let req = PresenceReq {
+                    room: room.clone(),
+                    after: after.map(Box::from),
+                    limit,
+                    private: false,
+                    from: Requester::Api(reply),
+                };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Presence(Box::new(req)));
             })
             .await;

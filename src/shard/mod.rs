@@ -175,14 +175,23 @@ impl Shard {
     fn on_bus(&self, m: BusIn) {
         let sink = &mut |out: RoomOut| self.route(out);
         let mut owned = self.owned.borrow_mut();
+        let now = Services::wall_ms();
         match m {
             BusIn::Frame { room, epoch, seq, node, frame } => owned.remote_frame(&room, epoch, seq, node, frame, sink),
-            BusIn::Presence { room, node, user, present } => owned.remote_presence(&room, node, user, present, sink),
-            BusIn::Users { room, node, users } => owned.remote_users(&room, node, &users, sink),
-            BusIn::SyncReq { room, node } => owned.announce(Some(&room), Some(node), sink),
-            BusIn::Nodes(nodes) => *self.nodes.borrow_mut() = nodes,
-            BusIn::NodeGone(node) => owned.node_gone(node, sink),
-            BusIn::Resync => owned.announce(None, None, sink),
+            BusIn::Presence { room, node, user, present } => {
+                owned.remote_presence(&room, node, user, present, now, sink)
+            }
+            BusIn::Users { room, node, users } => owned.remote_users(&room, node, &users, now, sink),
+            BusIn::Event { room, frame } => owned.remote_event(&room, frame, sink),
+            BusIn::Count { room, count } => owned.remote_count(&room, count),
+            BusIn::PresenceQuery(q) => owned.presence(*q, sink),
+            BusIn::SyncReq { room, node } => owned.sync_request(&room, node, sink),
+            BusIn::Nodes(nodes) => {
+                owned.set_nodes(nodes.clone(), now, sink);
+                *self.nodes.borrow_mut() = nodes;
+            }
+            BusIn::NodeGone(node) => owned.node_gone(node, now, sink),
+            BusIn::Resync => owned.resync(sink),
         }
         drop(owned);
         self.count_cluster();

@@ -127,7 +127,10 @@ impl Shard {
         };
         self.expire_sessions();
         let now = self.now();
-        self.owned.borrow_mut().expire(Services::wall_ms(), &mut |out| self.route(out));
+        let mut owned = self.owned.borrow_mut();
+        owned.expire(Services::wall_ms(), &mut |out| self.route(out));
+        owned.report_counts(&mut |out| self.route(out));
+        drop(owned);
         if now / crate::limits::Window::MS != self.last_prune.get() {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);
