@@ -8,13 +8,19 @@
 #   bench/million.sh -n 60000 --rooms 600          # 600 rooms of 100
 #   bench/million.sh -n 1000000 --duration 60      # the million (56 nodes)
 #   bench/million.sh -n 6000 --nodes 3 --dry-run   # only the host checks
+#   bench/million.sh -n 1000000 --mode ramp -- --start-rate 1 --factor 2 --max-rate 16
+#                                                  # one room of a million, fixed-rate steps
 #
 # Options:
 #   -n N               total connections (default 60000)
 #   --rooms R          rooms to spread them over (default 1)
 #   --nodes K          corecast nodes (default: ceil(N / per-node))
 #   --per-node C       connections per node (default 18000; must stay under RLIMIT_NOFILE)
-#   --duration S       seconds to hold them all (default 15)
+#   --mode M           bench-client mode: connect (idle hold, default), ramp or fanout;
+#                      arguments after `--` go to bench-client as they are
+#   --duration S       seconds to hold them all (connect mode; default 15)
+#   --ping-interval S  the nodes' --ping-interval (default 20): shorter than the hold, so
+#                      every connection is pinged and must answer during it
 #   --connect-rate X   connection attempts per second, all workers (default 5000)
 #   --single           one corecast node without NATS (the baseline a cluster node's
 #                      cost per connection is compared with; N <= --per-node)
@@ -34,7 +40,8 @@
 # bench-client/README.md ("A cluster on one host").
 set -euo pipefail
 
-N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0
+N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0 MODE=connect PING=20
+BC_EXTRA=()
 BIN=${BIN:-target/release} RESULTS=results
 # Estimated bytes per connection, all components (server and client sockets' kernel
 # memory, corecast, bench-client, NATS), for the memory check: measured figures in
@@ -55,6 +62,9 @@ while (($#)); do
         --bin) BIN=$2; shift ;;
         --results) RESULTS=$2; shift ;;
         --dry-run) DRY=1 ;;
+        --mode) MODE=$2; shift ;;
+        --ping-interval) PING=$2; shift ;;
+        --) shift; BC_EXTRA=("$@"); break ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -148,9 +158,9 @@ for ((i = 0; i < NODES; i++)); do
     node_ports+=("$port")
     # abuse limits lifted as for every load test; --no-pin lets the scheduler spread the
     # single-shard nodes over every CPU (pinning would put each on the first CPU).
-    "$BIN/corecast" --listen "127.0.0.1:$port" --shards 1 --no-pin --rate-limit=0 \
+    "$BIN/corecast" --listen "127.0.0.1:$port" --shards 1 --no-pin --rate-limit=0 --ping-interval "$PING" \
         --max-connections-per-ip=0 --log="${LOG:-warn}" "${cluster_args[@]}" \
-        --node-name "n$i" >"$work/node$i.log" 2>&1 &
+        --node-name "n$i" ${NODE_ARGS:-} >"$work/node$i.log" 2>&1 &
     node_pids+=($!)
     pids+=($!)
     if ((!SHARED || i == 0)); then targets+=("127.0.0.1:$port"); fi
@@ -175,6 +185,18 @@ done
 sleep 1
 
 node_list=$(IFS=,; echo "${node_pids[*]}")
+# Kernel memory the sockets cost: the socket slab caches (TCP, sock_inode_cache, filp,
+# eventpoll_*) plus TCP buffer pages. Slab as a whole is not used: compiles and other
+# work on the host move the dentry and kmalloc caches by hundreds of MiB.
+kernel_kb() {
+    local slab pages
+    slab=$(awk '$1 ~ /^(TCP|TCPv6|sock_inode_cache|filp|eventpoll_epi|eventpoll_pwq)$/ {s += $2 * $4} END {print int(s / 1024)}' /proc/slabinfo 2>/dev/null || echo 0)
+    pages=$(awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat)
+    echo $((${slab:-0} + ${pages:-0} * 4))
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+kernel_base=$(kernel_kb)
+nats_ticks0=$(cpu_ticks "$nats") t0=$SECONDS
 nats_base=$(rss_kb "$nats")
 nodes_base=0
 for p in "${node_pids[@]}"; do nodes_base=$((nodes_base + $(rss_kb "$p"))); done
@@ -183,15 +205,16 @@ for p in "${node_pids[@]}"; do nodes_base=$((nodes_base + $(rss_kb "$p"))); done
 # sampled once a second.
 subs() { curl -sf "127.0.0.1:$nats_mon/subsz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_subscriptions"])' 2>/dev/null || echo 0; }
 (
-    peak_nodes=0 peak_nats=0 peak_subs=0
+    peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0
     while sleep 1; do
         s=0
         for p in "${node_pids[@]}"; do s=$((s + $(rss_kb "$p"))); done
-        n=$(rss_kb "$nats") u=$(subs)
+        n=$(rss_kb "$nats") u=$(subs) k=$(kernel_kb)
         ((s > peak_nodes)) && peak_nodes=$s
         ((n > peak_nats)) && peak_nats=$n
         ((u > peak_subs)) && peak_subs=$u
-        echo "$peak_nodes $peak_nats $peak_subs" >"$work/peak"
+        ((k > peak_kernel)) && peak_kernel=$k
+        echo "$peak_nodes $peak_nats $peak_subs $peak_kernel" >"$work/peak"
     done
 ) &
 sampler=$!
@@ -207,15 +230,28 @@ pid_arg=$node_list
 # nodes and the client on two cores connect slower than that, so allow three times the
 # planned connect time (a bound, not a wait).
 bound=$((3 * N / RATE + DURATION + 300))
-"$BIN/bench-client" connect -n "$N" --rooms "$ROOMS" --target "$target_list" \
-    --server-pid "$pid_arg" --duration "$DURATION" --connect-rate "$RATE" --timeout "$bound" \
-    --results "$RESULTS" --scenario "$scenario" --quiet &
+[[ $MODE == connect ]] || bound=$((3 * N / RATE + 1800)) # ramp steps: bench-client stops them itself
+mode_args=()
+[[ $MODE == connect ]] && mode_args=(--duration "$DURATION")
+"$BIN/bench-client" "$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" \
+    --server-pid "$pid_arg" "${mode_args[@]}" --connect-rate "$RATE" --timeout "$bound" \
+    --results "$RESULTS" --scenario "$scenario" --quiet "${BC_EXTRA[@]}" &
 bc=$!
 pids+=("$bc")
 rc=0
 wait "$bc" || rc=$?
 
-read -r peak_nodes peak_nats peak_subs <"$work/peak" || { peak_nodes=0 peak_nats=0 peak_subs=0; }
+read -r peak_nodes peak_nats peak_subs peak_kernel <"$work/peak" || { peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0; }
+nats_secs=$(( ($(cpu_ticks "$nats") - nats_ticks0) / $(getconf CLK_TCK) )) wall=$((SECONDS - t0))
+# The nodes' heartbeat counters, summed (cumulative: still there after the hold).
+beats=$(for port in "${node_ports[@]}"; do curl -sf "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
+import json, sys
+t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0}
+for line in sys.stdin:
+    if line.strip():
+        c = json.loads(line).get("counters", {})
+        for k in t: t[k] += c.get(k, 0)
+print(" ".join(f"{k} {v}" for k, v in t.items()))' 2>/dev/null || echo unavailable)
 held=$N
 run=$(ls -dt "$RESULTS"/*"$scenario" 2>/dev/null | head -1 || true)
 if [[ -n $run && -f $run/summary.json ]]; then
@@ -226,8 +262,10 @@ cat >"${run:-$work}/cluster.txt" <<EOF
 cluster: $N connections requested, $held held; $NODES nodes, $ROOMS room(s)
 corecast nodes RSS: $((nodes_base / 1024)) MiB at start, peak $((peak_nodes / 1024)) MiB, $(((peak_nodes - nodes_base) * 1024 / held)) B per connection
 nats-server RSS:    $((nats_base / 1024)) MiB at start, peak $((peak_nats / 1024)) MiB, $(((peak_nats - nats_base) * 1024 / held)) B per connection
-nats subscriptions: $peak_subs at peak
-command: $0 -n $N --rooms $ROOMS --nodes $NODES --duration $DURATION --connect-rate $RATE$shared_flag
+nats-server CPU:    ${nats_secs} s over ${wall} s
+kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
+heartbeats (nodes' counters, --ping-interval $PING): $beats
+command: $0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag${BC_EXTRA[*]:+ -- ${BC_EXTRA[*]}}
 EOF
 cat "${run:-$work}/cluster.txt"
 [[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true

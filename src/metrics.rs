@@ -83,6 +83,10 @@ counters! {
     protocol_errors,
     /// Connections closed for missing heartbeats.
     heartbeat_closes,
+    /// Heartbeat pings sent to connections silent for one ping interval.
+    heartbeat_pings,
+    /// Pong frames received (answers to heartbeat pings, or unsolicited).
+    pongs_received,
     /// Sockets closed for not sending a complete request head in time.
     handshake_timeouts,
     /// Client messages refused by the rate limiter.

@@ -192,7 +192,10 @@ impl Services {
                 }
                 ControlFlow::Continue(())
             }
-            Message::Pong(_) => ControlFlow::Continue(()),
+            Message::Pong(_) => {
+                inc(&self.stats.pongs_received);
+                ControlFlow::Continue(())
+            }
             Message::Close(status) => {
                 if conn.is_open() {
                     // The peer closes: echo its code, then linger until it has read the

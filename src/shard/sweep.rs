@@ -156,6 +156,7 @@ impl Shard {
                 }
                 Action::Ping => {
                     conn.pinged = true;
+                    inc(&self.stats.heartbeat_pings);
                     let frame = self.ping.clone();
                     self.push(conn, frame);
                 }

@@ -106,6 +106,18 @@ fn a_client_that_does_not_answer_pings_is_closed_after_two_intervals() {
     assert!(waited >= 2 * INTERVAL - Duration::from_millis(50) && waited < PATIENCE, "closed after {waited:?}");
     let mut alive = answering.join().unwrap();
     assert_eq!(alive.join("still")["members"], 1);
+    // The counters show the heartbeat at work (the million-connection idle run reads
+    // them): both were pinged, the answering one's pong arrived, the mute one was closed.
+    let counters = || server.http().get("/stats").json()["counters"].clone();
+    let deadline = Instant::now() + PATIENCE;
+    let mut c = counters();
+    while c["pongs_received"].as_u64().unwrap_or(0) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        c = counters();
+    }
+    assert!(c["pongs_received"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["heartbeat_pings"].as_u64().unwrap() >= 2, "{c}");
+    assert_eq!(c["heartbeat_closes"], 1, "{c}");
 }
 
 #[test]
