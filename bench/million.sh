@@ -205,8 +205,23 @@ for p in "${node_pids[@]}"; do nodes_base=$((nodes_base + $(rss_kb "$p"))); done
 # sampled once a second.
 subs() { curl -sf "127.0.0.1:$nats_mon/subsz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_subscriptions"])' 2>/dev/null || echo 0; }
 (
-    peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0
+    peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0 peak_ws=0
     while sleep 1; do
+        # The nodes' heartbeat counters, summed, as they stood the last time the most
+        # connections were open: the end of the hold, before bench-client's teardown
+        # (after it, nodes rightly close the sockets it no longer answers on).
+        sample=$(for port in "${node_ports[@]}"; do curl -sf -m 2 "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
+import json, sys
+t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0}
+ws = 0
+for line in sys.stdin:
+    if line.strip():
+        s = json.loads(line)
+        ws += s.get("connections", {}).get("websockets", 0)
+        for k in t: t[k] += s.get("counters", {}).get(k, 0)
+print(ws, " ".join(f"{k} {v}" for k, v in t.items()))' 2>/dev/null || echo 0)
+        ws=${sample%% *}
+        if ((ws > 0 && ws >= peak_ws)); then peak_ws=$ws; echo "${sample#* } (at $ws connections)" >"$work/beats"; fi
         s=0
         for p in "${node_pids[@]}"; do s=$((s + $(rss_kb "$p"))); done
         n=$(rss_kb "$nats") u=$(subs) k=$(kernel_kb)
@@ -243,15 +258,7 @@ wait "$bc" || rc=$?
 
 read -r peak_nodes peak_nats peak_subs peak_kernel <"$work/peak" || { peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0; }
 nats_secs=$(( ($(cpu_ticks "$nats") - nats_ticks0) / $(getconf CLK_TCK) )) wall=$((SECONDS - t0))
-# The nodes' heartbeat counters, summed (cumulative: still there after the hold).
-beats=$(for port in "${node_ports[@]}"; do curl -sf "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
-import json, sys
-t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0}
-for line in sys.stdin:
-    if line.strip():
-        c = json.loads(line).get("counters", {})
-        for k in t: t[k] += c.get(k, 0)
-print(" ".join(f"{k} {v}" for k, v in t.items()))' 2>/dev/null || echo unavailable)
+beats=$(cat "$work/beats" 2>/dev/null || echo unavailable)
 held=$N
 run=$(ls -dt "$RESULTS"/*"$scenario" 2>/dev/null | head -1 || true)
 if [[ -n $run && -f $run/summary.json ]]; then
@@ -264,7 +271,7 @@ corecast nodes RSS: $((nodes_base / 1024)) MiB at start, peak $((peak_nodes / 10
 nats-server RSS:    $((nats_base / 1024)) MiB at start, peak $((peak_nats / 1024)) MiB, $(((peak_nats - nats_base) * 1024 / held)) B per connection
 nats-server CPU:    ${nats_secs} s over ${wall} s
 kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
-heartbeats (nodes' counters, --ping-interval $PING): $beats
+heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats
 command: $0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag${BC_EXTRA[*]:+ -- ${BC_EXTRA[*]}}
 EOF
 cat "${run:-$work}/cluster.txt"

@@ -50,6 +50,13 @@ pub use corecast_wire::{protocol, ws};
 /// fan-out's per-delivery path (allocations, syscalls) outside a running shard.
 pub use shard::outbox;
 
+/// Bytes of one connection's state in its shard's table, heap parts that are only there
+/// while something is queued or being parsed not included: what `benches/million_share.rs`
+/// lays out per member to model a shard's memory traffic in a huge room.
+pub fn conn_state_bytes() -> usize {
+    std::mem::size_of::<shard::conns::Conn>()
+}
+
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -135,6 +135,22 @@ impl Outbox {
     /// is waiting, queueing what the kernel does not take; behind waiting frames, queues
     /// them all within `caps`. Never allocates unless something is queued.
     pub fn push_batch(&mut self, fd: BorrowedFd<'_>, frames: &[Bytes], iov: &[IoSlice<'_>], caps: Caps) -> Pushed {
+        let send = |iov: &[IoSlice<'_>]| rustix::net::sendmsg(fd, iov, &mut SendAncillaryBuffer::default(), FLAGS);
+        self.push_batch_via(send, frames, iov, caps)
+    }
+
+    /// [`Self::push_batch`] with the direct write given as `send` (what the socket took
+    /// of the iovecs, or the errno): the runtime passes a non-blocking `sendmsg`; a
+    /// benchmark can pass a counting sink to measure the user-space share of a fan-out
+    /// without the kernel's (`benches/million_share.rs`).
+    #[inline]
+    pub fn push_batch_via(
+        &mut self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> Result<usize, Errno>,
+        frames: &[Bytes],
+        iov: &[IoSlice<'_>],
+        caps: Caps,
+    ) -> Pushed {
         debug_assert_eq!(frames.len(), iov.len());
         if let Some(q) = self.queue.as_mut() {
             if q.sealed {
@@ -153,12 +169,11 @@ impl Outbox {
         let mut done = 0;
         while done < frames.len() {
             let end = (done + MAX_IOV).min(frames.len());
-            let mut written =
-                match rustix::net::sendmsg(fd, &iov[done..end], &mut SendAncillaryBuffer::default(), FLAGS) {
-                    Ok(n) => n,
-                    Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => 0,
-                    Err(_) => return Pushed::Broken,
-                };
+            let mut written = match send(&iov[done..end]) {
+                Ok(n) => n,
+                Err(Errno::AGAIN | Errno::INTR | Errno::NOBUFS) => 0,
+                Err(_) => return Pushed::Broken,
+            };
             // Skip the frames written whole; queue the rest, the first possibly started.
             while done < end && written >= frames[done].len() {
                 written -= frames[done].len();
