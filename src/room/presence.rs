@@ -287,9 +287,17 @@ impl OwnedRooms {
         }
     }
 
-    /// A join/leave event the room's holder sent: handed to the local members.
+    /// A join/leave event the room's holder sent: handed to the local members, unless
+    /// this node already knows the room to be past the event threshold (its own users,
+    /// or the holder's later count).
+    ///
+    /// Why: the holder decides events on the users it has heard of, and during a join
+    /// storm the presence messages on their way to it make it lag. It then announces
+    /// far more than `--presence-events-max-members` joins, each handed to every member
+    /// of every node: O(users²) deliveries that starved the cluster at 1,000,000 joins
+    /// (issue 14). A node that can see the room is larger drops the stale events.
     pub fn remote_event(&self, name: &str, frame: Bytes, sink: &mut Sink<'_>) {
-        if let Some(room) = self.rooms.get(name) {
+        if let Some(room) = self.rooms.get(name).filter(|r| announced(r.user_count(), self.presence_events_max)) {
             room.fan_out(&frame, sink);
         }
     }

@@ -713,3 +713,34 @@ fn a_node_joining_takes_its_rooms_without_announcing_everyone_again() {
         assert_eq!(count, expected, "{room}: the new placement's holder has every user");
     }
 }
+
+/// Issue 14: a holder that lags behind a join storm announces more joins than the
+/// threshold allows; a node that knows the room is larger (its own users, or the holder's
+/// later count) does not hand those stale events to its members.
+#[test]
+fn regression_stale_events_of_a_lagging_holder_are_dropped_where_the_room_is_known_large() {
+    let mut r = rooms(1, 3).with_cluster(1);
+    r.set_nodes(Arc::from([1, 2]), 0, &mut |_| {});
+    let frame = server::presence_event(true, "r", "someone");
+    for u in ["a", "b"] {
+        join(&mut r, "r", u, 0, 1);
+    }
+    let mut out = Vec::new();
+    r.remote_event("r", frame.clone(), &mut |o| out.push(o));
+    assert_eq!(delivered(&out).len(), 1, "2 users here, threshold 3: delivered");
+    r.remote_count("r", 4);
+    let mut out = Vec::new();
+    r.remote_event("r", frame.clone(), &mut |o| out.push(o));
+    if r.holds("r") {
+        // This node holds the room itself: it ignores counts from others.
+        assert_eq!(delivered(&out).len(), 1);
+    } else {
+        assert!(delivered(&out).is_empty(), "the holder's own count says 4 > 3");
+    }
+    for u in ["c", "d"] {
+        join(&mut r, "r", u, 0, 1);
+    }
+    let mut out = Vec::new();
+    r.remote_event("r", frame, &mut |o| out.push(o));
+    assert!(delivered(&out).is_empty(), "4 users on this node alone > 3");
+}
