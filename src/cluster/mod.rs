@@ -219,7 +219,9 @@ pub enum BusOut {
         /// Sender shown to receivers.
         user: Arc<str>,
         /// Text.
-        text: Box<str>,
+        text: Option<Box<str>>,
+        /// `data`, `event`, `tags`, volatility, the sender to skip, the idempotency key.
+        extra: Box<crate::room::request::Extra>,
         /// A broadcast.
         broadcast: bool,
         /// Who hears the outcome.
@@ -251,6 +253,17 @@ pub enum BusIn {
         node: u64,
         /// The finished frame.
         frame: Bytes,
+        /// The sender of a `skip_self` message (left out if it is a local connection).
+        skip: Option<crate::room::request::Sender>,
+    },
+    /// To a room's owner shard: a volatile frame the room's sequencer published.
+    Volatile {
+        /// Room name.
+        room: Arc<str>,
+        /// The finished frame.
+        frame: Bytes,
+        /// The sender of a `skip_self` message (left out if it is a local connection).
+        skip: Option<crate::room::request::Sender>,
     },
     /// To a room's owner shard: a user arrived on or left node `node`.
     Presence {

@@ -17,6 +17,7 @@
 //! | `owned` | one room's state |
 //! | `sequence` | join, leave, delete, publish, broadcast |
 //! | `presence` | the presence-event rule, users from other nodes, presence pages |
+//! | [`recent`] | idempotency keys of recent publishes |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
 //! | [`history`] | the history ring and the shard-wide budget |
@@ -26,6 +27,7 @@ pub mod history;
 pub mod out;
 mod owned;
 mod presence;
+pub mod recent;
 pub mod request;
 mod retention;
 mod sequence;
@@ -139,6 +141,8 @@ pub struct OwnedRooms {
     unanswered: u64,
     /// Join/leave events only in rooms of at most this many users (see [`announced`]).
     presence_events_max: u32,
+    /// Outcomes of recent publishes with an idempotency key.
+    recent: recent::Recent,
 }
 
 impl OwnedRooms {
@@ -157,7 +161,15 @@ impl OwnedRooms {
             gaps: 0,
             epoch_changes: 0,
             unanswered: 0,
+            recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
         }
+    }
+
+    /// Takes the idempotency counts since the last call: (retries answered from memory,
+    /// keys forgotten before their window ended), and the keys remembered now.
+    pub fn take_idempotency_counts(&mut self) -> (u64, u64, usize) {
+        let (replays, evicted) = self.recent.take_counts();
+        (replays, evicted, self.recent.len())
     }
 
     /// Turns cluster mode on: this node is `node` (nonzero).

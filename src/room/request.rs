@@ -180,10 +180,60 @@ pub struct Publish {
     pub room: Arc<str>,
     /// Sender shown to receivers.
     pub user: Arc<str>,
-    /// Message text.
-    pub text: Box<str>,
+    /// Message text (a message has `text`, `extra.data`, or both).
+    pub text: Option<Box<str>>,
+    /// Everything beyond the text: `data`, `event`, `tags`, volatility, skip_self,
+    /// idempotency.
+    pub extra: Extra,
     /// Who asked (for the ack or the API reply).
     pub from: Requester,
+}
+
+impl Publish {
+    /// A plain text message.
+    pub fn text(room: Arc<str>, user: Arc<str>, text: &str, from: Requester) -> Publish {
+        Publish { room, user, text: Some(Box::from(text)), extra: Extra::default(), from }
+    }
+
+    /// The frame's payload parts, borrowed.
+    pub fn payload(&self) -> crate::protocol::server::Payload<'_> {
+        crate::protocol::server::Payload {
+            text: self.text.as_deref(),
+            data: self.extra.data.as_deref(),
+            event: self.extra.event.as_deref(),
+            tags: self.extra.tags.as_deref(),
+        }
+    }
+}
+
+/// What a message carries beyond its text. Shared (`Arc`) parts are cloned once per
+/// addressed room by an API publish to many users, never copied.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The `data` JSON value as received (validated), spliced into the frame verbatim.
+    pub data: Option<Arc<[u8]>>,
+    /// Event name (validated).
+    pub event: Option<Arc<str>>,
+    /// The API's `tags` object as received (validated: strings only), spliced verbatim.
+    pub tags: Option<Arc<[u8]>>,
+    /// Delivered to current members only: not sequenced, not stored, not replayed.
+    pub volatile: bool,
+    /// The sending connection, which does not receive the message (`skip_self`).
+    pub skip: Option<Sender>,
+    /// The API caller's `idempotency_key`: a retry within the window is answered with
+    /// the first outcome and neither sequenced nor delivered again.
+    pub idempotency_key: Option<Arc<str>>,
+}
+
+/// A connection somewhere in the cluster (the sender a `skip_self` message skips).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    /// Its node (0: this node, on a single node or before the message left it).
+    pub node: u64,
+    /// Its shard there.
+    pub shard: u16,
+    /// Its connection id there ([`ConnId::as_u64`]).
+    pub conn: u64,
 }
 
 /// A presence page request.

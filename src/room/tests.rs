@@ -84,12 +84,8 @@ fn publish_sequences_and_fans_out_once_per_shard() {
     join(&mut r, "r", "c", 2, 3);
     for expected in 1..=3u64 {
         let mut out = Vec::new();
-        let msg = Publish {
-            room: "r".into(),
-            user: "a".into(),
-            text: "hi".into(),
-            from: Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(0, 1) }),
-        };
+        let from = Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(0, 1) });
+        let msg = Publish::text("r".into(), "a".into(), "hi", from);
         r.publish(msg, 42, &mut |o| out.push(o));
         let d = delivered(&out);
         assert_eq!(d.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2]);
@@ -191,7 +187,7 @@ fn to_bus(out: &[RoomOut]) -> Vec<&ClusterOut> {
 
 fn api_publish(r: &mut OwnedRooms, room: &str, text: &str, from: Requester) -> Vec<RoomOut> {
     let mut out = Vec::new();
-    let msg = Publish { room: room.into(), user: "srv".into(), text: text.into(), from };
+    let msg = Publish::text(room.into(), "srv".into(), text, from);
     r.publish(msg, 7, &mut |o| out.push(o));
     out
 }
@@ -457,12 +453,7 @@ fn broadcasts_go_to_every_shard_once_with_their_own_sequence() {
     let mut r = rooms(3, 1000);
     for expected in 1..=2u64 {
         let mut out = Vec::new();
-        let msg = Publish {
-            room: "".into(),
-            user: "srv".into(),
-            text: "all".into(),
-            from: Requester::Api(ReplyTo { shard: 2, req: 5 }),
-        };
+        let msg = Publish::text("".into(), "srv".into(), "all", Requester::Api(ReplyTo { shard: 2, req: 5 }));
         r.broadcast(msg, 1, &mut |o| out.push(o));
         let shards: Vec<usize> = out
             .iter()

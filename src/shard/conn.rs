@@ -28,6 +28,7 @@ use crate::auth::{password, Identity};
 use crate::metrics::inc;
 use crate::protocol::client::{self, ClientMsg, HISTORY_PAGE, HISTORY_PAGE_MAX, PRESENCE_PAGE};
 use crate::protocol::{self, server, ClientError, ErrorCode};
+use crate::room::request::{Extra, Sender};
 use crate::rt;
 use crate::ws::reader::{Message, MessageReader};
 use crate::ws::{close, frame};
@@ -300,12 +301,30 @@ impl Services {
                 }
                 self.push(conn, server::left(&m.room));
             }
-            ClientMsg::Message { room, text } => {
-                check_text_len(text.len(), self.cfg.max_text_bytes)?;
+            ClientMsg::Message { room, text, data, event, volatile, skip_self } => {
+                if let Some(text) = &text {
+                    check_text_len(text.len(), self.cfg.max_text_bytes)?;
+                }
+                if let Some(data) = &data {
+                    check_data_len(data.len(), self.cfg.max_data_bytes)?;
+                }
                 // A join still waiting for its ack counts: the owner sees the join first.
                 let room = member_room(&conn.rooms, &room)?;
-                let from = Requester::Conn(origin);
-                let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), from };
+                let extra = Extra {
+                    data: data.map(Arc::from),
+                    event: event.map(|e| Arc::from(&*e)),
+                    tags: None,
+                    volatile,
+                    skip: skip_self.then(|| Sender { node: 0, shard: self.id as u16, conn: id.as_u64() }),
+                    idempotency_key: None,
+                };
+                let publish = Publish {
+                    room: room.clone(),
+                    user: conn.user.clone(),
+                    text: text.map(|t| Box::from(&*t)),
+                    extra,
+                    from: Requester::Conn(origin),
+                };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(publish)));
             }
             ClientMsg::Presence { room, after, limit } => {
@@ -423,6 +442,14 @@ fn check_text_len(len: usize, max: usize) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// A message's `data` may be at most `max` bytes, as the client wrote it.
+fn check_data_len(len: usize, max: usize) -> Result<(), ClientError> {
+    if len > max {
+        return Err(ClientError::new(ErrorCode::DataTooLarge, format!("`data` is longer than {max} bytes")));
+    }
+    Ok(())
+}
+
 /// The page size of a `history` request: the default when none is given; above
 /// [`HISTORY_PAGE_MAX`] it is refused rather than clamped, so a client learns the bound.
 fn history_limit(limit: Option<u32>) -> Result<u32, ClientError> {
@@ -530,6 +557,8 @@ mod tests {
         assert_eq!(check_text_len(100, 100), Ok(()));
         let err = check_text_len(101, 100).expect_err("too long");
         assert_eq!(err.code, ErrorCode::TextTooLong);
+        assert!(check_data_len(16, 16).is_ok());
+        assert_eq!(check_data_len(17, 16).map_err(|e| e.code), Err(ErrorCode::DataTooLarge));
         assert!(err.message.contains("100 bytes"));
     }
 

@@ -27,6 +27,7 @@ use crate::http::{assets, prometheus, stats, HttpError};
 use crate::metrics::{inc, Snapshot};
 use crate::protocol;
 use crate::protocol::client::{HISTORY_PAGE, HISTORY_PAGE_MAX, MAX_PAGE, PRESENCE_PAGE};
+use crate::room::request::Extra;
 use crate::room::BROADCAST_ROOM;
 use crate::ws::handshake;
 
@@ -330,7 +331,7 @@ impl Services {
             }
             return Err(publish_refusal(e));
         }
-        publish::parse(body, self.cfg.max_message_bytes).map_err(publish_refusal)
+        publish::parse(body, self.cfg.max_message_bytes, self.cfg.max_data_bytes).map_err(publish_refusal)
     }
 
     /// Publishes through the same owners, sequencing and serialized-once frames as client
@@ -345,7 +346,16 @@ impl Services {
         }
         inc(&self.stats.api_publishes);
         let user: Arc<str> = Arc::from(p.user);
-        let text: Box<str> = Box::from(p.text);
+        let text: Option<Box<str>> = p.text.map(Box::from);
+        let volatile = p.volatile;
+        let extra = Extra {
+            data: p.data.map(Arc::from),
+            event: p.event.map(Arc::from),
+            tags: p.tags.map(Arc::from),
+            volatile,
+            skip: None,
+            idempotency_key: p.idempotency_key.map(Arc::from),
+        };
         let shards = self.mesh.len();
         let (rooms, want): (Vec<Arc<str>>, usize) = match &p.target {
             Target::Room(r) => (vec![Arc::from(r.as_str())], 1),
@@ -355,7 +365,13 @@ impl Services {
         let replies = self
             .ask(want, |reply| {
                 let from = Requester::Api(reply);
-                let msg = |room: Arc<str>| Publish { room, user: user.clone(), text: text.clone(), from: from.clone() };
+                let msg = |room: Arc<str>| Publish {
+                    room,
+                    user: user.clone(),
+                    text: text.clone(),
+                    extra: extra.clone(),
+                    from: from.clone(),
+                };
                 if p.target == Target::Everyone {
                     self.mesh.send(
                         self.mesh.owner_of(BROADCAST_ROOM),
@@ -384,7 +400,8 @@ impl Services {
             }
         }
         let outcome = Outcome {
-            seq: if matches!(p.target, Target::Users(_)) { None } else { seq },
+            // Volatile messages have no seq (the owner answers 0: handed out).
+            seq: if matches!(p.target, Target::Users(_)) || volatile { None } else { seq },
             rooms: if p.target == Target::Everyone { 0 } else { reached },
             shards: hit.iter().filter(|h| **h).count(),
         };

@@ -160,7 +160,15 @@ impl Shard {
             Requester::Api(r) => Some(ReplyRef::Api { shard: r.shard as u16, req: r.req }),
             Requester::Remote(_) => None,
         };
-        let out = crate::cluster::BusOut::Forward { to, room: p.room, user: p.user, text: p.text, broadcast, reply };
+        let out = crate::cluster::BusOut::Forward {
+            to,
+            room: p.room,
+            user: p.user,
+            text: p.text,
+            extra: Box::new(p.extra),
+            broadcast,
+            reply,
+        };
         if !bus.send(out) {
             if let Requester::Api(r) = p.from {
                 self.mesh.send(
@@ -176,7 +184,10 @@ impl Shard {
         let sink = &mut |out: RoomOut| self.route(out);
         let mut owned = self.owned.borrow_mut();
         match m {
-            BusIn::Frame { room, epoch, seq, node, frame } => owned.remote_frame(&room, epoch, seq, node, frame, sink),
+            BusIn::Frame { room, epoch, seq, node, frame, skip } => {
+                owned.remote_frame_skipping(&room, epoch, seq, node, frame, skip, sink)
+            }
+            BusIn::Volatile { room, frame, skip } => owned.remote_volatile(&room, frame, skip, sink),
             BusIn::Presence { room, node, user, present } => owned.remote_presence(&room, node, user, present, sink),
             BusIn::Users { room, node, users } => owned.remote_users(&room, node, &users, sink),
             BusIn::SyncReq { room, node } => owned.announce(Some(&room), Some(node), sink),
@@ -233,7 +244,7 @@ impl Shard {
                 self.count_unanswered();
             }
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
-            ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
+            ShardMsg::Deliver { room, frame, sent_at, skip } => batch.push_skipping(Some(room), frame, sent_at, skip),
             ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
             ShardMsg::ToConn { conn, frame } => {
                 if let Some(c) = self.conns.borrow_mut().get_mut(conn) {

@@ -68,6 +68,8 @@ pub enum ShardMsg {
         frame: Bytes,
         /// When the owner handed it off (for the fan-out latency histogram).
         sent_at: Instant,
+        /// A local member that does not get this frame (`skip_self`).
+        skip: Option<ConnId>,
     },
     /// From the broadcast owner to every shard: hand `frame` to every open connection.
     DeliverAll {
@@ -157,7 +159,7 @@ impl From<ToShard> for ShardMsg {
     /// `Bytes` is handed on, not copied).
     fn from(m: ToShard) -> ShardMsg {
         match m {
-            ToShard::Deliver { room, frame, sent_at } => ShardMsg::Deliver { room, frame, sent_at },
+            ToShard::Deliver { room, frame, sent_at, skip } => ShardMsg::Deliver { room, frame, sent_at, skip },
             ToShard::DeliverAll { frame, sent_at } => ShardMsg::DeliverAll { frame, sent_at },
             ToShard::JoinAck(ack) => ShardMsg::JoinAck(ack),
             ToShard::JoinRefused(r) => ShardMsg::JoinRefused(r),

@@ -16,4 +16,5 @@ mod history;
 mod http;
 mod js_client;
 mod lifecycle;
+mod payloads;
 mod protocol_errors;
