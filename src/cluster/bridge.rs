@@ -458,6 +458,10 @@ impl Bridge {
                 let h = Header::Published { node: me, shard, req, seq };
                 self.publish(self.subjects.node(node).into(), &h, &[]).await;
             }
+            BusOut::Admin(op) => {
+                let h = Header::Admin { node: me, op: (*op).clone() };
+                self.publish(self.all_subject.clone(), &h, &[]).await;
+            }
             BusOut::Shutdown => {}
         }
     }
@@ -571,6 +575,20 @@ impl Bridge {
             }
             Header::ToConn { shard, conn, .. } => {
                 self.deliver(usize::from(shard), Inbound::ToConn { conn: ConnId::from_u64(conn), frame: body });
+            }
+            Header::Admin { op, .. } => {
+                let op = Arc::new(op);
+                match &*op {
+                    crate::room::request::AdminOp::HistoryRemove { room } => {
+                        let to = self.shards.owner(room);
+                        self.deliver(to, Inbound::Bus(BusIn::Admin(op)));
+                    }
+                    _ => {
+                        for shard in 0..shards {
+                            self.deliver(shard, Inbound::Bus(BusIn::Admin(op.clone())));
+                        }
+                    }
+                }
             }
             Header::Published { shard, req, seq, .. } => {
                 let reply = Reply::Published { seq, shards: Vec::new() };

@@ -227,6 +227,8 @@ pub enum BusOut {
         /// Who hears the outcome.
         reply: Option<wire::ReplyRef>,
     },
+    /// Tell every other node to carry out an operator command (server API).
+    Admin(Arc<crate::room::request::AdminOp>),
     /// Say goodbye and stop (server shutdown).
     Shutdown,
 }
@@ -299,6 +301,9 @@ pub enum BusIn {
     /// To every shard: announce this node's users of every room (a node appeared, or this
     /// node reconnected: the others may have forgotten them).
     Resync,
+    /// An operator command another node received (to every shard for user commands, to
+    /// the room's owner for history removal).
+    Admin(Arc<crate::room::request::AdminOp>),
 }
 
 /// Bridge queue capacity (messages); beyond it shards drop and count.

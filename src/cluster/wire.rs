@@ -133,6 +133,13 @@ pub enum Header {
         /// The connection id.
         conn: u64,
     },
+    /// An operator command for every node (broadcast subject).
+    Admin {
+        /// Sender.
+        node: u64,
+        /// The command.
+        op: crate::room::request::AdminOp,
+    },
     /// The outcome of a forwarded API publish (node subject).
     Published {
         /// Sender.
@@ -160,7 +167,8 @@ impl Header {
             | Header::Users { node, .. }
             | Header::SyncReq { node, .. }
             | Header::ToConn { node, .. }
-            | Header::Published { node, .. } => *node,
+            | Header::Published { node, .. }
+            | Header::Admin { node, .. } => *node,
         }
     }
 }

@@ -296,4 +296,57 @@ pub enum Reply {
     /// A history page as the JSON body of a `history` message (none: no such room), and
     /// whether the room is private (the HTTP API then needs its key).
     History(Option<(Vec<u8>, bool)>),
+    /// An operator command ran on one shard: connections it applied to, and connections
+    /// it did not apply to (a subscribe over the room cap, a room the token forbids).
+    Reached {
+        /// Connections the command applied to.
+        done: u32,
+        /// Connections of the user it was refused for.
+        refused: u32,
+    },
+    /// A room's history was removed: its new epoch (none: no such room here).
+    HistoryRemoved(Option<String>),
+    /// One shard's page of public rooms (sorted by name).
+    Rooms(Vec<crate::metrics::RoomSummary>),
+}
+
+/// An operator's command from the server API that every shard (and, in a cluster, every
+/// node) carries out for the connections it holds, or that a room's owner carries out.
+/// Validated by the HTTP layer before it is sent anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminOp {
+    /// Close every connection of `user` (or the one connection `conn`) with `code` and
+    /// `reason`; with `ban_secs` > 0, refuse the user's upgrades for that long.
+    Disconnect {
+        /// The user id (guests: their name).
+        user: Option<String>,
+        /// One connection, as `welcome.conn` names it.
+        conn: Option<String>,
+        /// Close code, 4000–4999.
+        code: u16,
+        /// Close reason (at most 123 bytes).
+        reason: String,
+        /// Ban length in seconds (0: no ban).
+        ban_secs: u64,
+    },
+    /// Join every connection of `user` to `room` (each gets `joined`).
+    Subscribe {
+        /// The user id.
+        user: String,
+        /// A public room.
+        room: String,
+    },
+    /// Remove every connection of `user` from `room` (each gets `left` with a reason).
+    Unsubscribe {
+        /// The user id.
+        user: String,
+        /// The room.
+        room: String,
+    },
+    /// Clear `room`'s history: the room's owner starts a new stream (a new epoch).
+    HistoryRemove {
+        /// The room.
+        room: String,
+    },
 }

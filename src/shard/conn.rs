@@ -125,7 +125,7 @@ fn poll_conn(svc: &Services, table: &RefCell<Conns>, id: ConnId, cx: &mut Contex
 
 impl Services {
     /// Leaves a joined room: drops the local membership and tells the room's owner.
-    fn leave_joined(&self, id: ConnId, user: &Arc<str>, m: &Membership) {
+    pub(super) fn leave_joined(&self, id: ConnId, user: &Arc<str>, m: &Membership) {
         self.members.borrow_mut().remove(&m.room, id);
         let leave = ShardMsg::Leave { room: m.room.clone(), user: user.clone(), from: self.id, epoch: m.epoch };
         self.mesh.send(self.mesh.owner_of(&m.room), leave);
@@ -353,7 +353,7 @@ impl Services {
 
     /// Checks that the connection may join (or create) `room`: a valid name, not joined
     /// yet, under the per-connection room limit, and allowed by its token.
-    fn may_join(&self, id: ConnId, conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
+    pub(super) fn may_join(&self, id: ConnId, conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
         let sessions = self.sessions.borrow();
         let allowed = sessions.get(&id).and_then(|s| s.rooms.as_deref());
         check_join(&conn.rooms, room, self.cfg.max_rooms_per_conn, allowed)?;
@@ -361,7 +361,7 @@ impl Services {
     }
 
     /// Records a pending membership and builds the join for the room's owner.
-    fn pending_join(
+    pub(super) fn pending_join(
         &self,
         id: ConnId,
         conn: &mut Conn,
@@ -382,13 +382,13 @@ impl Services {
     }
 
     /// Asks the room's owner to sequence a join.
-    fn send_join(&self, req: JoinReq) {
+    pub(super) fn send_join(&self, req: JoinReq) {
         self.mesh.send(self.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
     }
 }
 
 /// A plain join: no password.
-const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
+pub(super) const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
 
 /// A room password's length is checked before anything else sees it (the hash cost does
 /// not grow with it, but an empty password would make a room nobody can tell is private).

@@ -146,6 +146,43 @@ impl Services {
                 }
                 Err(answer) => answer,
             },
+            Route::Command(method) => match self.api_key_ok(&req) {
+                Ok(()) => {
+                    let body = body.to_vec();
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.command(method, &body).await
+                    });
+                }
+                Err(answer) => answer,
+            },
+            Route::Batch => match self.api_key_ok(&req) {
+                Ok(()) => {
+                    let body = body.to_vec();
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.batch(&body).await
+                    });
+                }
+                Err(answer) => answer,
+            },
+            Route::Rooms => match self.api_key_ok(&req) {
+                Ok(()) => {
+                    let prefix = req.query_param("prefix").unwrap_or_default();
+                    let after = req.query_param("after");
+                    let limit = page_limit(
+                        req.query_param("limit"),
+                        super::api::ROOMS_PAGE as u32,
+                        super::api::ROOMS_PAGE_MAX as u32,
+                    );
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.rooms(prefix, after, limit as usize).await
+                    });
+                }
+                Err(answer) => answer,
+            },
+            Route::Info => match self.api_key_ok(&req) {
+                Ok(()) => self.info(),
+                Err(answer) => answer,
+            },
             Route::RoomPresence(room) => {
                 let after = req.query_param("after");
                 let limit = page_limit(req.query_param("limit"), PRESENCE_PAGE, MAX_PAGE);
@@ -323,6 +360,16 @@ impl Services {
         }
     }
 
+    /// Checks the API key of a server API request (a wrong one is counted).
+    fn api_key_ok(&self, req: &Request<'_, '_>) -> Result<(), Answer> {
+        publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).map_err(|e| {
+            if e == publish::PublishError::Unauthorized {
+                inc(&self.stats.auth_rejections);
+            }
+            publish_refusal(e)
+        })
+    }
+
     /// Checks the API key and the body of `POST /api/publish`.
     fn publish_request(&self, req: &Request<'_, '_>, body: &[u8]) -> Result<PublishRequest, Answer> {
         if let Err(e) = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")) {
@@ -336,7 +383,7 @@ impl Services {
 
     /// Publishes through the same owners, sequencing and serialized-once frames as client
     /// messages, and reports what was reached.
-    async fn publish(&self, p: PublishRequest) -> Answer {
+    pub(super) async fn publish(&self, p: PublishRequest) -> Answer {
         #[derive(Serialize)]
         struct Outcome {
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -486,7 +533,7 @@ fn health_status(draining: bool) -> (u16, &'static str) {
 }
 
 /// A refused `POST /api/publish`; a missing or wrong key says which scheme to use.
-fn publish_refusal(e: publish::PublishError) -> Answer {
+pub(super) fn publish_refusal(e: publish::PublishError) -> Answer {
     let answer = Answer::error(e.status(), e.code(), &e.to_string());
     if e.status() == 401 {
         answer.with_header("WWW-Authenticate: Bearer\r\n")

@@ -34,6 +34,8 @@
 //! answers, client-message checks) are pure functions next to the code that applies
 //! them, each with unit tests.
 
+mod admin;
+mod api;
 mod ask;
 mod auth;
 pub mod conns;
@@ -194,6 +196,11 @@ impl Shard {
             BusIn::Nodes(nodes) => *self.nodes.borrow_mut() = nodes,
             BusIn::NodeGone(node) => owned.node_gone(node, sink),
             BusIn::Resync => owned.announce(None, None, sink),
+            BusIn::Admin(op) => {
+                drop(owned);
+                self.on_admin(&op);
+                return;
+            }
         }
         drop(owned);
         self.count_cluster();
@@ -255,6 +262,16 @@ impl Shard {
                 let snapshot = self.snapshot(room.as_deref(), limit);
                 let reply_msg = ShardMsg::Reply { req: reply.req, reply: Reply::Stats(Box::new(snapshot)) };
                 self.mesh.send(reply.shard, reply_msg);
+            }
+            ShardMsg::Query { reply, query: Query::Rooms { prefix, after, limit } } => {
+                let page = self.owned.borrow().rooms_page(&prefix, after.as_deref(), limit);
+                self.mesh.send(reply.shard, ShardMsg::Reply { req: reply.req, reply: Reply::Rooms(page) });
+            }
+            ShardMsg::Admin { op, reply } => {
+                let answer = self.on_admin(&op);
+                if let Some(r) = reply {
+                    self.mesh.send(r.shard, ShardMsg::Reply { req: r.req, reply: answer });
+                }
             }
             ShardMsg::Reply { req, reply } => self.on_reply(req, reply),
             ShardMsg::Shutdown => self.begin_shutdown(),

@@ -18,3 +18,4 @@ mod js_client;
 mod lifecycle;
 mod payloads;
 mod protocol_errors;
+mod server_api;

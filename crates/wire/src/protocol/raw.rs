@@ -43,6 +43,31 @@ pub fn member<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
+/// The elements of the JSON array `json`, each exactly as written. `None` when `json` is
+/// not an array or is malformed.
+pub fn items(json: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut i = skip_ws(json, 0);
+    if *json.get(i)? != b'[' {
+        return None;
+    }
+    let mut out = Vec::new();
+    i = skip_ws(json, i + 1);
+    if *json.get(i)? == b']' {
+        return Some(out);
+    }
+    loop {
+        let start = skip_ws(json, i);
+        let end = value_end(json, start)?;
+        out.push(json.get(start..end)?);
+        i = skip_ws(json, end);
+        match json.get(i)? {
+            b',' => i += 1,
+            b']' => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
 /// Whether `json` may contain a member named `key` at all: a fast test (a SIMD substring
 /// search) so that messages without one pay nothing for [`member`].
 pub fn mentions(json: &[u8], key: &[u8]) -> bool {
@@ -134,6 +159,10 @@ mod tests {
         assert_eq!(member(br#"{"data":"#, b"data"), None);
         assert_eq!(member(br#"{"data":"abc"#, b"data"), None);
         assert!(mentions(br#"{"data":1}"#, b"data"));
+        assert_eq!(items(br#" [ {"a":[1,"]"]} , 2,"x" ] "#), Some(vec![&br#"{"a":[1,"]"]}"#[..], b"2", br#""x""#]));
+        assert_eq!(items(b"[]"), Some(vec![]));
+        assert_eq!(items(b"[1,"), None);
+        assert_eq!(items(b"{}"), None);
         assert!(!mentions(br#"{"dat":1,"text":"metadata"}"#, b"data"));
     }
 
