@@ -10,6 +10,7 @@ mod abuse;
 mod browser;
 mod close;
 mod cluster;
+mod cluster_api;
 mod core;
 mod exhaustion;
 mod history;
