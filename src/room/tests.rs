@@ -499,7 +499,10 @@ fn volatile_messages_take_no_seq_and_stay_out_of_history() {
     let out = publish_with(&mut r, "r", extra, Requester::Api(ReplyTo { shard: 0, req: 2 }));
     let d = delivered(&out);
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].1, serde_json::json!({"type":"message","room":"r","user":"u","data":{"typing":true},"ts":9}));
+    assert_eq!(
+        d[0].1,
+        serde_json::json!({"type":"message","room":"r","volatile":true,"user":"u","data":{"typing":true},"ts":9})
+    );
     assert_eq!(api_reply(&out), (Some(0), vec![0]), "handed out, no position");
     let room = r.get("r").unwrap();
     assert_eq!((room.seq(), room.history_len()), (1, 1), "neither sequenced nor stored");

@@ -113,6 +113,8 @@ fn volatile_messages_take_no_seq_and_never_reach_history_or_recovery() {
         assert_eq!(seqs, [Some(1), None, Some(2), None], "one order, sender's order kept: {got:?}");
         assert_eq!(got[1]["event"], "typing");
         assert_eq!(got[1]["data"], json!({"on":true}));
+        assert_eq!((got[1]["volatile"].as_bool(), got[3]["volatile"].as_bool()), (Some(true), Some(true)));
+        assert_eq!(got[0].get("volatile"), None);
     }
     // A volatile message's ack has no seq.
     cs[0].send(json!({"type":"message","room":"chat","data":0,"volatile":true,"id":"v2"}));

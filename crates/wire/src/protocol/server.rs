@@ -142,8 +142,9 @@ impl Payload<'_> {
 }
 
 /// `{"type":"message","room":…,"seq":…,"user":…,"event":…,"text":…,"data":…,"tags":…,"ts":…}`:
-/// a room message with any [`Payload`], built once. `seq` is absent for volatile
-/// messages; absent payload parts are left out. `data` and `tags` are copied in as they
+/// a room message with any [`Payload`], built once. A volatile message (`seq` `None`) has
+/// no `seq` and carries `"volatile":true` instead, so clients tell it apart without
+/// guessing; absent payload parts are left out. `data` and `tags` are copied in as they
 /// are: the caller has validated them as JSON, and no receiver-visible byte of them is
 /// changed. A text-only sequenced message is byte-identical to [`message`].
 pub fn room_message(room: &str, seq: Option<u64>, user: &str, payload: &Payload<'_>, ts: u64) -> Bytes {
@@ -152,9 +153,12 @@ pub fn room_message(room: &str, seq: Option<u64>, user: &str, payload: &Payload<
         // Writing strings and integers into a Vec cannot fail.
         buf.extend_from_slice(b"{\"type\":\"message\",\"room\":");
         let _ = simd_json::to_writer(&mut *buf, room);
-        if let Some(seq) = seq {
-            buf.extend_from_slice(b",\"seq\":");
-            let _ = simd_json::to_writer(&mut *buf, &seq);
+        match seq {
+            Some(seq) => {
+                buf.extend_from_slice(b",\"seq\":");
+                let _ = simd_json::to_writer(&mut *buf, &seq);
+            }
+            None => buf.extend_from_slice(b",\"volatile\":true"),
         }
         buf.extend_from_slice(b",\"user\":");
         let _ = simd_json::to_writer(&mut *buf, user);
@@ -317,7 +321,7 @@ mod tests {
         let f = room_message("r", None, "u", &p, 9);
         assert_eq!(
             text_of(&f),
-            r#"{"type":"message","room":"r","user":"u","event":"score","data":{"n":12345678901234567890123, "s":"caf\u00e9"},"tags":{"k":"v"},"ts":9}"#
+            r#"{"type":"message","room":"r","volatile":true,"user":"u","event":"score","data":{"n":12345678901234567890123, "s":"caf\u00e9"},"tags":{"k":"v"},"ts":9}"#
         );
         assert_eq!(payload(&ack_volatile("a", "r")), serde_json::json!({"type":"ack","ref":"a","room":"r"}));
         assert_eq!(
