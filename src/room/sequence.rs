@@ -187,6 +187,11 @@ impl OwnedRooms {
             self.relay_room(&msg.room, now_ms);
         }
         let Some(room) = self.rooms.get_mut(&msg.room) else {
+            if let Some(key) = &msg.extra.idempotency_key {
+                // A retry answers "nobody reached" too, even if someone arrived since.
+                let first = Outcome { seq: None, shards: Vec::new() };
+                self.recent.insert(msg.room.clone(), key.clone(), first, now_ms);
+            }
             match &msg.from {
                 // The sender's membership ended before its message arrived here.
                 Requester::Conn(c) => reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink),

@@ -232,6 +232,7 @@ impl Shard {
                     inc(&self.stats.messages_published);
                     self.owned.borrow_mut().publish(*p, Services::wall_ms(), sink);
                     self.count_cluster();
+                    self.count_idempotency();
                 }
             },
             ShardMsg::Broadcast(p) => match self.remote_sequencer(BROADCAST_ROOM) {
@@ -239,6 +240,7 @@ impl Shard {
                 _ => {
                     inc(&self.stats.messages_published);
                     self.owned.borrow_mut().broadcast(*p, Services::wall_ms(), sink);
+                    self.count_idempotency();
                 }
             },
             ShardMsg::Bus(m) => self.on_bus(*m),
@@ -290,6 +292,14 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Moves the owner's idempotency counts (retries answered from memory, keys evicted
+    /// early) to the shard's counters.
+    fn count_idempotency(&self) {
+        let (replays, evicted, _) = self.owned.borrow_mut().take_idempotency_counts();
+        add(&self.stats.idempotent_replays, replays);
+        add(&self.stats.idempotency_evictions, evicted);
     }
 
     /// Moves the owner's count of requests from other nodes it could not answer to the

@@ -237,6 +237,14 @@ fn an_idempotent_retry_returns_the_first_answer_and_delivers_once() {
     assert_eq!(a, http.post("/api/publish", Some(KEY), &everyone).json());
     let r = http.post("/api/publish", Some(KEY), &json!({"room":"news","text":"next"}));
     assert_eq!(r.json()["seq"], 2);
+    // Counted: 3 retries of k-1, one of k-2 per user room (2, the offline user's too), one of k-3.
+    let metrics = http.get("/metrics").body;
+    let replays: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("corecast_idempotent_replays_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(replays, 6, "{metrics}");
     for c in &mut cs {
         // Rooms have different owners, so only each room's own order is fixed; a second
         // "once" would come before "next" in the room's one order.
