@@ -55,10 +55,10 @@ impl OwnedRooms {
         let node = self.node;
         if node == 0 || sequencer == node {
             room.new_stream(fastrand::u64(..), node, &mut self.budget);
+            self.epoch_changes += 1;
         } else if let Some(h) = room.history.take() {
             self.budget.dropped(h.bytes(), h.len());
         }
-        self.epoch_changes += 1;
         Some(room.epoch())
     }
 
