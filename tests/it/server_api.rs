@@ -267,3 +267,32 @@ fn rooms_are_listed_by_prefix_in_pages_and_info_describes_the_server() {
     );
     assert!(info["version"].as_str().is_some_and(|v| !v.is_empty()));
 }
+
+#[test]
+fn refused_commands_change_nothing_and_disturb_nobody() {
+    let server = with_key();
+    let flow = Flow::start(&server, "calm", "name=sender", "name=watcher");
+    let http = server.http();
+    for (path, body, field) in [
+        ("/api/subscribe", json!({"user":"watcher","room":"@user:x"}), "room"),
+        ("/api/subscribe", json!({"user":"watcher"}), "room"),
+        ("/api/unsubscribe", json!({"user":"watcher","room":5}), "room"),
+        ("/api/unsubscribe", json!({"user":"","room":"calm"}), "user"),
+        ("/api/history/remove", json!({"room":"@all"}), "room"),
+        ("/api/disconnect", json!({"user":"watcher","code":3000}), "code"),
+        ("/api/batch", json!({"commands":[{"method":"publish","params":{"room":"calm"}}]}), "text"),
+        ("/api/batch", json!({"commands":"all"}), "commands"),
+    ] {
+        let r = http.post(path, Some(KEY), &body);
+        let v = r.json();
+        // A batch answers 200 and reports the refusal per command.
+        let refusal = if path == "/api/batch" && r.status == 200 { v["replies"][0]["body"].clone() } else { v.clone() };
+        assert!(r.status == 400 || refusal["error"] == "bad_request", "{path} {body}: {}", r.body);
+        assert!(refusal["message"].as_str().unwrap().contains(field), "{path} {body}: {}", r.body);
+    }
+    // The watcher is still in the room and its history is intact.
+    let p = http.get("/api/rooms/calm/presence").json();
+    assert_eq!(p["users"], json!(["sender", "watcher"]), "{p}");
+    flow.finish();
+    assert!(!http.get("/api/rooms/calm/history").json()["messages"].as_array().unwrap().is_empty());
+}
