@@ -64,6 +64,18 @@ fn payloads_and_server_side_membership_cross_nodes() {
         assert!(raw.contains(r#""tags":{"k":"v"}"#), "{raw}");
     }
 
+    // An idempotent retry through the other node (one of the two is the room's sequencer,
+    // where the key lives) answers the same seq and delivers nothing again: the next
+    // message everyone reads after "once" is the volatile one below, not a second "once".
+    let keyed = json!({"room":"news","text":"once","idempotency_key":"cluster-k"});
+    let (status, first) = post(&nodes[0], "/api/publish", keyed.clone());
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = post(&nodes[1], "/api/publish", keyed);
+    assert_eq!((again["seq"].as_u64(), again["rooms"].as_u64()), (first["seq"].as_u64(), Some(1)), "{first} {again}");
+    for c in [&mut alice, &mut carol, &mut bob0, &mut bob1] {
+        assert!(wait_for(c, PATIENCE, |v| v["type"] == "message" && v["text"] == "once").is_some(), "{}", c.user);
+    }
+
     // A volatile skip_self message from node 1: everyone else gets it, the sender not.
     carol.send(json!({"type":"message","room":"news","data":{"typing":true},"volatile":true,"skip_self":true}));
     carol.send(json!({"type":"message","room":"news","text":"after"}));
