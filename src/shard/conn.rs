@@ -557,9 +557,9 @@ mod tests {
         assert_eq!(check_text_len(100, 100), Ok(()));
         let err = check_text_len(101, 100).expect_err("too long");
         assert_eq!(err.code, ErrorCode::TextTooLong);
+        assert!(err.message.contains("100 bytes"));
         assert!(check_data_len(16, 16).is_ok());
         assert_eq!(check_data_len(17, 16).map_err(|e| e.code), Err(ErrorCode::DataTooLarge));
-        assert!(err.message.contains("100 bytes"));
     }
 
     #[test]
