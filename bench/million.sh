@@ -269,6 +269,7 @@ cat >"${run:-$work}/cluster.txt" <<EOF
 cluster: $N connections requested, $held held; $NODES nodes, $ROOMS room(s)
 corecast nodes RSS: $((nodes_base / 1024)) MiB at start, peak $((peak_nodes / 1024)) MiB, $(((peak_nodes - nodes_base) * 1024 / held)) B per connection
 nats-server RSS:    $((nats_base / 1024)) MiB at start, peak $((peak_nats / 1024)) MiB, $(((peak_nats - nats_base) * 1024 / held)) B per connection
+nats subscriptions: $peak_subs at peak
 nats-server CPU:    ${nats_secs} s over ${wall} s
 kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
 heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats

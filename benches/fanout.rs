@@ -91,11 +91,20 @@ fn frames(n: u64) -> Vec<Bytes> {
     (0..n).map(|seq| server::message("lobby", seq + 1, "alice", &text, 1_763_800_000_000)).collect()
 }
 
+/// Frames of `data` messages (a dashboard-style JSON object of ~1 KiB, spliced verbatim):
+/// once built, a frame is a `Bytes` like any other, so delivering one must cost the same.
+fn data_frames(n: u64) -> Vec<Bytes> {
+    let fields: Vec<String> = (0..40).map(|i| format!(r#""metric_{i:02}":{}"#, 1_000_000 + i)).collect();
+    let data = format!("{{{}}}", fields.join(","));
+    let payload = server::Payload { data: Some(data.as_bytes()), event: Some("tick"), ..server::Payload::default() };
+    (0..n).map(|seq| server::room_message("lobby", Some(seq + 1), "alice", &payload, 1_763_800_000_000)).collect()
+}
+
 fn fanout(c: &mut Criterion) {
     let mut rx = Receivers::new();
     let mut g = c.benchmark_group("fanout");
-    for batch in [1u64, 8] {
-        let frames = frames(batch);
+    for (kind, batch) in [("", 1u64), ("", 8), ("data_", 1), ("data_", 8)] {
+        let frames = if kind.is_empty() { frames(batch) } else { data_frames(batch) };
         let iov: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
 
         // The claim first: zero allocations per delivery, warm or cold.
@@ -109,11 +118,11 @@ fn fanout(c: &mut Criterion) {
             rx.drain();
         }
         let deliveries = 10 * RECEIVERS as u64 * batch;
-        println!("fanout/{batch}_frames: {during} allocations in {deliveries} deliveries");
+        println!("fanout/{kind}{batch}_frames: {during} allocations in {deliveries} deliveries");
         assert_eq!(during, 0, "the fan-out path allocated");
 
         g.throughput(Throughput::Elements(RECEIVERS as u64 * batch));
-        g.bench_function(format!("push_batch_{batch}_frames_x{RECEIVERS}_receivers"), |b| {
+        g.bench_function(format!("{kind}push_batch_{batch}_frames_x{RECEIVERS}_receivers"), |b| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {

@@ -77,6 +77,8 @@ pub struct Config {
     pub rate_limit_close_after: u32,
     /// `--max-text-bytes`.
     pub max_text_bytes: usize,
+    /// `--max-data-bytes`.
+    pub max_data_bytes: usize,
     /// `--max-rooms-per-conn`.
     pub max_rooms_per_conn: usize,
     /// `--max-connections`.
@@ -317,6 +319,9 @@ pub struct LimitArgs {
     /// Longest message text in bytes.
     #[arg(long, env = "CORECAST_MAX_TEXT_BYTES", default_value_t = 4096, value_name = "BYTES")]
     pub max_text_bytes: usize,
+    /// Largest `data` value of a message in bytes, as written by the sender.
+    #[arg(long, env = "CORECAST_MAX_DATA_BYTES", default_value_t = 16 * 1024, value_name = "BYTES")]
+    pub max_data_bytes: usize,
     /// Most rooms per connection.
     #[arg(long, env = "CORECAST_MAX_ROOMS_PER_CONN", default_value_t = 100, value_name = "N")]
     pub max_rooms_per_conn: usize,
@@ -515,6 +520,7 @@ impl Cli {
             rate_burst: limits.rate_burst.max(1),
             rate_limit_close_after: limits.rate_limit_close_after.max(1),
             max_text_bytes: limits.max_text_bytes,
+            max_data_bytes: limits.max_data_bytes,
             max_rooms_per_conn: limits.max_rooms_per_conn,
             max_connections: limits.max_connections,
             max_connections_per_ip: limits.max_connections_per_ip,
@@ -659,6 +665,7 @@ mod tests {
         ("rate-burst", "4"),
         ("rate-limit-close-after", "5"),
         ("max-text-bytes", "6"),
+        ("max-data-bytes", "15"),
         ("max-rooms-per-conn", "7"),
         ("max-connections", "8"),
         ("max-connections-per-ip", "9"),
@@ -749,6 +756,7 @@ mod tests {
         assert_eq!(c.jwt_leeway, 30);
         assert_eq!((c.rate_limit, c.rate_burst, c.rate_limit_close_after), (20, 40, 100));
         assert_eq!((c.max_text_bytes, c.max_rooms_per_conn), (4096, 100));
+        assert_eq!(c.max_data_bytes, 16 * 1024);
         assert_eq!((c.max_connections, c.max_connections_per_ip), (1_000_000, 1000));
         assert!(c.allowed_origins.is_empty());
         assert_eq!((c.password_attempts_per_conn, c.password_attempts_per_ip), (5, 30));

@@ -99,6 +99,10 @@ counters! {
     remote_requests_unanswered,
     /// Accepts retried after a failed accept and a pause (50 ms when out of descriptors).
     accept_retries,
+    /// Publishes with an idempotency key seen within the window: answered again, not sequenced.
+    idempotent_replays,
+    /// Idempotency keys forgotten before their window ended (the per-shard key bound).
+    idempotency_evictions,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.

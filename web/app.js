@@ -31,6 +31,12 @@ import { Corecast } from '/corecast-client.js';
   // stay well below it, leaving room for the JSON envelope and escapes.
   const MAX_TEXT_BYTES = 48 * 1024;
   const GROUP_WINDOW_MS = 5 * 60 * 1000;
+  // Typing indicators are volatile messages (never stored): sent at most every 3 s while
+  // typing, shown for 5 s after the last one.
+  const TYPING_EVERY_MS = 3000;
+  const TYPING_SHOWN_MS = 5000;
+  // A data-only message shows its JSON compactly, cut at this many characters.
+  const DATA_SHOWN_CHARS = 600;
   const NARROW = window.matchMedia('(max-width: 720px)');
   const MEDIUM = window.matchMedia('(max-width: 1060px)');
 
@@ -122,6 +128,8 @@ import { Corecast } from '/corecast-client.js';
    * @property {HTMLOListElement} list   this room's message list
    * @property {HTMLLIElement} item      this room's sidebar entry
    * @property {number|null} scrollTop   saved scroll position while not shown
+   * @property {Map<string, number>} typing  users typing now, with the timer that forgets them
+   * @property {number} typingSentAt     when we last told the room we are typing (ms)
    */
 
   /**
@@ -264,6 +272,7 @@ import { Corecast } from '/corecast-client.js';
     room.offs = [
       remote.on('joined', (info) => onJoined(room, info)),
       remote.on('message', (m) => onMessage(room, m)),
+      remote.on('volatile', (m) => onVolatile(room, m)),
       remote.on('join', ({ user }) => onPresenceJoin(room, user)),
       remote.on('leave', ({ user }) => onPresenceLeave(room, user)),
       remote.on('resync', () => addNotice(room, 'You may have missed messages while you were disconnected.', 'warn')),
@@ -309,10 +318,16 @@ import { Corecast } from '/corecast-client.js';
   }
 
   function onMessage(room, m) {
-    if (typeof m.text !== 'string') return;
     const seq = Number.isSafeInteger(m.seq) ? m.seq : null;
     const user = m.user || '?';
     const own = user === state.me;
+    if (typeof m.text !== 'string') {
+      // A data-only message (dashboards, bots, the server API): its event and compact JSON.
+      if (m.data === undefined) return;
+      appendMessage(room, { user, text: '', ts: m.ts, seq, own, event: m.event, data: m.data });
+      if (!own) bumpUnread(room);
+      return;
+    }
     if (own) {
       const p =
         (seq !== null && room.pending.find((x) => x.seq === seq)) ||
@@ -322,8 +337,49 @@ import { Corecast } from '/corecast-client.js';
         return;
       }
     }
-    appendMessage(room, { user, text: m.text, ts: m.ts, seq, own });
+    appendMessage(room, { user, text: m.text, ts: m.ts, seq, own, event: m.event, data: m.data });
     if (!own) bumpUnread(room);
+    if (room.typing && room.typing.has(user)) {
+      clearTimeout(room.typing.get(user));
+      stopTyping(room, user); // their message arrived: they are done typing it
+    }
+  }
+
+  /** A volatile message: only typing indicators are shown; they expire on their own. */
+  function onVolatile(room, m) {
+    const user = m.user || '?';
+    if (m.event !== 'typing' || user === state.me) return;
+    const on = !(m.data && m.data.typing === false);
+    clearTimeout(room.typing.get(user));
+    if (on) room.typing.set(user, setTimeout(() => stopTyping(room, user), TYPING_SHOWN_MS));
+    else room.typing.delete(user);
+    if (room === state.current) renderTyping();
+  }
+
+  function stopTyping(room, user) {
+    room.typing.delete(user);
+    if (room === state.current) renderTyping();
+  }
+
+  /** "bob is typing…" under the current room's messages. */
+  function renderTyping() {
+    const line = $('typing');
+    const room = state.current;
+    const users = room ? [...room.typing.keys()] : [];
+    const label =
+      users.length === 0 ? '' : users.length === 1 ? `${users[0]} is typing…` : users.length === 2 ? `${users[0]} and ${users[1]} are typing…` : 'Several people are typing…';
+    line.textContent = label;
+    line.hidden = label === '';
+  }
+
+  /** Tells the room that we are typing: volatile (never stored), at most every few seconds. */
+  function announceTyping() {
+    const room = state.current;
+    if (!room || !room.remote || room.system || room.status !== 'joined' || state.conn !== 'online') return;
+    const now = Date.now();
+    if (now - room.typingSentAt < TYPING_EVERY_MS) return;
+    room.typingSentAt = now;
+    room.remote.publish({ typing: true }, { event: 'typing', volatile: true, skipSelf: true }).catch(() => {});
   }
 
   function onPresenceJoin(room, user) {
@@ -376,6 +432,8 @@ import { Corecast } from '/corecast-client.js';
       item: el('li', { class: 'room-item', dataset: { room: name } }),
       scrollTop: null,
       lastDay: '',
+      typing: new Map(),
+      typingSentAt: 0,
     };
     state.rooms.set(name, room);
     $('room-list').append(room.item);
@@ -422,6 +480,7 @@ import { Corecast } from '/corecast-client.js';
     }
     updateTitle();
     renderPresence();
+    renderTyping();
     updateComposer();
     closeDrawers();
     if (focus && room) $('composer-input').focus();
@@ -583,7 +642,20 @@ import { Corecast } from '/corecast-client.js';
   }
 
   /** Builds one message row. `own` rows have no avatar or author line. */
-  function messageNode(room, { user, text, ts, seq, own }) {
+  /** The bubble's content: an event badge, the text, and `data` as compact JSON. */
+  function bubble(text, event, data) {
+    const parts = [];
+    if (typeof event === 'string' && event !== '') parts.push(el('span', { class: 'event-badge' }, event));
+    if (text) parts.push(text);
+    if (data !== undefined) {
+      let json = JSON.stringify(data);
+      if (json.length > DATA_SHOWN_CHARS) json = `${json.slice(0, DATA_SHOWN_CHARS)}…`;
+      parts.push(el('code', { class: 'data' }, json));
+    }
+    return el('p', { class: data !== undefined && !text ? 'text data-only' : 'text' }, ...parts);
+  }
+
+  function messageNode(room, { user, text, ts, seq, own, event, data }) {
     const prev = room.list.lastElementChild;
     const now = Number.isFinite(ts) ? ts : Date.now();
     const continued =
@@ -600,7 +672,7 @@ import { Corecast } from '/corecast-client.js';
       el('time', {}),
       el('span', { class: 'status', 'aria-live': 'off' }),
     );
-    const body = el('div', { class: 'body' }, meta, el('p', { class: 'text' }, text));
+    const body = el('div', { class: 'body' }, meta, bubble(text, event, data));
     li.append(own ? el('span', { class: 'avatar-gap', 'aria-hidden': 'true' }) : continued ? el('span', { class: 'avatar-gap' }) : avatar(user), body);
     fillTime(li, ts);
     return li;
@@ -626,6 +698,7 @@ import { Corecast } from '/corecast-client.js';
       return false;
     }
     dayDivider(room, new Date());
+    room.typingSentAt = 0; // the next message's typing is announced at once
     const li = messageNode(room, { user: state.me, text, ts: NaN, seq: null, own: true });
     li.classList.add('pending');
     li.querySelector('.status').textContent = 'Sending…';
@@ -894,6 +967,9 @@ import { Corecast } from '/corecast-client.js';
       }
     });
     composer.addEventListener('input', autosize);
+    composer.addEventListener('input', () => {
+      if (composer.value.trim()) announceTyping();
+    });
 
     $('leave-room').addEventListener('click', () => {
       if (state.current) leaveRoom(state.current);

@@ -84,6 +84,15 @@ function toMessage(m) {
         msg.data = m.data;
     if (typeof m.event === 'string')
         msg.event = m.event;
+    if (m.tags && typeof m.tags === 'object' && !Array.isArray(m.tags)) {
+        const tags = {};
+        for (const [k, v] of Object.entries(m.tags))
+            if (typeof v === 'string')
+                tags[k] = v;
+        msg.tags = tags;
+    }
+    if (m.volatile === true)
+        msg.volatile = true;
     if (typeof m.ts === 'number')
         msg.ts = m.ts;
     return msg;
@@ -153,8 +162,9 @@ export class Room extends Emitter {
         return promise;
     }
     /**
-     * Publishes `text` (a string) or `data` (anything else, forward-looking) and resolves
-     * with the message's `seq` from the server's `ack`. Rejects with a {@link CorecastError}:
+     * Publishes `text` (a string) or `data` (any other JSON value but `null`) and resolves
+     * with the message's `seq` from the server's `ack` (`NaN` for a volatile message, which
+     * has none). Rejects with a {@link CorecastError}:
      * the server's code (`not_member`, `rate_limited`, `text_too_long`, …) or a client code.
      * While disconnected the publish is queued (bounded) or rejected, per `offline`.
      */
@@ -658,10 +668,19 @@ export class Corecast extends Emitter {
                     room._emit(m.type, { user });
                 return;
             }
-            case 'left':
+            case 'left': {
                 this.take('leave', str(m.room))?.resolve(undefined);
-                this.rooms.get(str(m.room) ?? '')?._emit('left', {});
+                const room = this.rooms.get(str(m.room) ?? '');
+                const reason = str(m.reason);
+                if (room && reason !== undefined) {
+                    // Removed by the server: not rejoined after a reconnect.
+                    room.wanted = false;
+                    room.status = 'idle';
+                    room.info = null;
+                }
+                room?._emit('left', reason === undefined ? {} : { reason });
                 return;
+            }
             case 'deleted': {
                 const room = this.rooms.get(str(m.room) ?? '');
                 this.take('delete', str(m.room))?.resolve(undefined);
@@ -705,7 +724,15 @@ export class Corecast extends Emitter {
             w.resolve(welcome);
     }
     onJoined(m) {
-        const room = this.rooms.get(str(m.room) ?? '');
+        const name = str(m.room) ?? '';
+        let room = this.rooms.get(name);
+        let subscribed = false;
+        if (!room && name !== '') {
+            // A room this client never asked for: the server subscribed it (`POST /api/subscribe`).
+            room = this.room(name);
+            room.wanted = true;
+            subscribed = true;
+        }
         if (!room || !room.wanted)
             return; // left meanwhile: the server has our leave queued
         this.take('join', room.name);
@@ -736,6 +763,8 @@ export class Corecast extends Emitter {
         for (const w of waiters)
             w.resolve(info);
         room._emit('joined', info);
+        if (subscribed)
+            this.emit('subscribed', room);
     }
     onMessage(m) {
         const name = str(m.room);

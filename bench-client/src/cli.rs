@@ -157,6 +157,10 @@ pub struct Publish {
     /// Minimum payload text length in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Publish a `data` JSON object of this many bytes per message instead of `text`
+    /// (0: text). Compare with a `--payload` run of the same size.
+    #[arg(long, default_value_t = 0)]
+    pub data_bytes: usize,
     /// After a publish window, wait at most this long for outstanding deliveries.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
@@ -370,6 +374,7 @@ fn prepare(
         room_dist: c.room_dist,
         publishers,
         payload_bytes: publish.map_or(0, |p| p.payload),
+        data_bytes: publish.map_or(0, |p| p.data_bytes),
         source_addrs: source_addrs.max(1),
         connect_rate: c.connect_rate,
         processes,

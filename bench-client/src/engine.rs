@@ -654,8 +654,14 @@ impl Engine {
         let key = *self.publishers.get(publisher as usize)?;
         let conn = self.conns.get_mut(key)?;
         let room = conn.session.room;
-        stamp.encode(self.plan.payload_bytes, &mut self.text);
-        let json = format!(r#"{{"type":"message","room":"{}-{room}","text":"{}"}}"#, self.plan.tag, self.text);
+        let json = if self.plan.data_bytes > 0 {
+            stamp.encode(0, &mut self.text);
+            let data = crate::payload::data_object(&self.text, self.plan.data_bytes);
+            format!(r#"{{"type":"message","room":"{}-{room}","data":{data}}}"#, self.plan.tag)
+        } else {
+            stamp.encode(self.plan.payload_bytes, &mut self.text);
+            format!(r#"{{"type":"message","room":"{}-{room}","text":"{}"}}"#, self.plan.tag, self.text)
+        };
         let frame = client_frame(OpCode::Data(Data::Text), true, json.as_bytes(), fastrand::u32(..).to_ne_bytes());
         match conn.send(&frame) {
             Ok(()) => Some(room),

@@ -52,6 +52,21 @@ impl Stamp {
     }
 }
 
+/// A `data` object of `len` bytes (at least its fixed part) carrying `stamp`:
+/// `{"stamp":"<stamp>","pad":"xxx…"}`. Receivers read the stamp back with
+/// `scan::scan`, which takes `data.stamp` where a message has no `text`.
+pub fn data_object(stamp: &str, len: usize) -> String {
+    const FIXED: usize = r#"{"stamp":"","pad":""}"#.len();
+    let pad = len.saturating_sub(FIXED + stamp.len());
+    let mut out = String::with_capacity(FIXED + stamp.len() + pad);
+    out.push_str(r#"{"stamp":""#);
+    out.push_str(stamp);
+    out.push_str(r#"","pad":""#);
+    out.extend(std::iter::repeat_n('x', pad));
+    out.push_str(r#""}"#);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +81,16 @@ mod tests {
         assert_eq!(Stamp::decode(text.as_bytes()), Some(s));
         s.encode(0, &mut text);
         assert_eq!(text, "b:2:7:99:123456789000:123456790000:");
+    }
+
+    #[test]
+    fn data_objects_have_the_asked_size_and_carry_the_stamp() {
+        let d = data_object("b:1:2:3:4:5:", 1024);
+        assert_eq!(d.len(), 1024);
+        let frame = format!(r#"{{"type":"message","seq":1,"data":{d},"ts":1}}"#);
+        let f = crate::scan::scan(frame.as_bytes()).unwrap();
+        assert_eq!(f.text, b"b:1:2:3:4:5:");
+        assert!(data_object("b:1:2:3:4:5:", 0).starts_with(r#"{"stamp":"b:1"#));
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Plan {
     pub publishers: u32,
     /// Minimum payload text length in bytes.
     pub payload_bytes: usize,
+    /// Publish `data` JSON objects of this many bytes instead of `text` (0: text).
+    #[serde(default)]
+    pub data_bytes: usize,
     /// Number of loopback source addresses to spread connections over.
     pub source_addrs: u32,
     /// Total connection attempts per second, over all processes and threads.
@@ -231,6 +234,7 @@ mod tests {
             room_dist: RoomDist::Uniform,
             publishers: 3,
             payload_bytes: 0,
+            data_bytes: 0,
             source_addrs: 300,
             connect_rate: 1000.0,
             processes,

@@ -14,7 +14,8 @@ pub struct Fields<'a> {
     pub kind: &'a [u8],
     /// `seq`, when present and an unsigned integer.
     pub seq: Option<u64>,
-    /// `text`, raw (between the quotes).
+    /// `text`, raw (between the quotes); for a message without `text`, the `stamp` of
+    /// its `data` object (bench-client's `--data-bytes` payloads).
     pub text: &'a [u8],
     /// `code` of an `error` frame, raw.
     pub code: &'a [u8],
@@ -48,6 +49,12 @@ pub fn scan(json: &[u8]) -> Result<Fields<'_>, ScanError> {
         match key {
             b"type" => out.kind = s.string()?,
             b"text" => out.text = s.string()?,
+            b"data" if s.peek() == Some(b'{') => {
+                let stamp = s.stamp()?;
+                if out.text.is_empty() {
+                    out.text = stamp;
+                }
+            }
             b"code" => out.code = s.string()?,
             b"epoch" => out.epoch = s.string()?,
             b"recovered" => {
@@ -146,6 +153,36 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips any value, nested objects and arrays included.
+    /// A `data` object (at `{`): its `stamp` string, raw (empty if it has none); the
+    /// rest of the object is skipped.
+    fn stamp(&mut self) -> Result<&'a [u8], ScanError> {
+        self.expect(b'{')?;
+        let mut stamp: &'a [u8] = b"";
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(stamp);
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':')?;
+            self.ws();
+            if key == b"stamp" && self.peek() == Some(b'"') {
+                stamp = self.string()?;
+            } else {
+                self.skip_value()?;
+            }
+            self.ws();
+            match self.next() {
+                Some(b',') => continue,
+                Some(b'}') => return Ok(stamp),
+                _ => return Err(self.err()),
+            }
+        }
+    }
+
     fn skip_value(&mut self) -> Result<(), ScanError> {
         match self.peek() {
             Some(b'"') => self.string().map(drop),

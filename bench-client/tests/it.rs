@@ -57,6 +57,7 @@ fn spec(
             room_dist: RoomDist::Uniform,
             publishers,
             payload_bytes: 64,
+            data_bytes: 0,
             source_addrs: 3,
             connect_rate: 2000.0,
             processes,
@@ -113,6 +114,17 @@ fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
     assert_eq!(s.published, 300);
     assert_eq!(s.verdict.expected, 300 * 15);
     assert!(r.memory.server_rss_held.is_some());
+}
+
+#[test]
+fn fanout_with_data_payloads_is_just_as_exact() {
+    let server = Server::start();
+    let mut spec = spec(server.addr(), Mode::Fanout, 40, 4, 4, 1);
+    spec.worker_exe = None;
+    spec.plan.data_bytes = 1024;
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 40);
+    assert_eq!(r.steps[0].verdict.expected, 300 * 10);
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::nodes::{Change, Nodes};
 use super::subject::{self, Subjects};
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
-use crate::room::request::{ConnId, PresenceReq, Publish, Remote, Reply, Requester};
+use crate::room::request::{ConnId, Extra, PresenceReq, Publish, Remote, Reply, Requester, Sender};
 use crate::room::ClusterOut;
 use crate::room::BROADCAST_ROOM;
 
@@ -402,23 +402,34 @@ impl Bridge {
                     sub.task.abort();
                 }
             }
-            BusOut::Room(ClusterOut::Frame { room, epoch, seq, frame }) => {
-                let h = Header::Frame { node: me, room: room.to_string(), epoch, seq };
+            BusOut::Room(ClusterOut::Frame { room, epoch, seq, frame, skip }) => {
+                let h = Header::Frame { node: me, room: room.to_string(), epoch, seq, skip };
+                self.publish(self.room_subject(&room), &h, &frame).await;
+            }
+            BusOut::Room(ClusterOut::Volatile { room, frame, skip }) => {
+                let h = Header::Volatile { node: me, room: room.to_string(), skip };
                 self.publish(self.room_subject(&room), &h, &frame).await;
             }
             BusOut::Room(ClusterOut::Broadcast { seq, frame }) => {
                 self.publish(self.all_subject.clone(), &Header::Bcast { node: me, seq }, &frame).await;
             }
-            BusOut::Forward { to, room, user, text, broadcast, reply } => {
+            BusOut::Forward { to, room, user, text, extra, broadcast, reply } => {
                 let h = Header::Fwd {
                     node: me,
                     room: room.to_string(),
                     user: user.to_string(),
-                    text: text.into(),
+                    text: text.map(String::from),
                     broadcast,
                     reply,
+                    event: extra.event.as_deref().map(String::from),
+                    tags: extra.tags.as_deref().map(|t| String::from_utf8_lossy(t).into_owned()),
+                    volatile: extra.volatile,
+                    // A local sender (node 0) is named with this node's id.
+                    skip: extra.skip.map(|s| Sender { node: if s.node == 0 { me } else { s.node }, ..s }),
+                    idem: extra.idempotency_key.as_deref().map(String::from),
                 };
-                if self.publish(self.subjects.node(to).into(), &h, &[]).await {
+                let body = extra.data.as_deref().unwrap_or(&[]);
+                if self.publish(self.subjects.node(to).into(), &h, body).await {
                     self.bus.count(|s| &s.forwarded);
                 }
             }
@@ -468,6 +479,10 @@ impl Bridge {
             BusOut::Room(ClusterOut::Published { node, shard, req, seq }) => {
                 let h = Header::Published { node: me, shard, req, seq };
                 self.publish(self.subjects.node(node).into(), &h, &[]).await;
+            }
+            BusOut::Admin(op) => {
+                let h = Header::Admin { node: me, op: (*op).clone() };
+                self.publish(self.all_subject.clone(), &h, &[]).await;
             }
             BusOut::Shutdown => {}
         }
@@ -525,9 +540,14 @@ impl Bridge {
                 let change = self.nodes.gone(node);
                 self.apply(change.into_iter().collect());
             }
-            Header::Frame { node, room, epoch, seq } => {
+            Header::Frame { node, room, epoch, seq, skip } => {
                 let room: Arc<str> = room.into();
-                let (to, m) = room_msg(&room, BusIn::Frame { room: room.clone(), epoch, seq, node, frame: body });
+                let (to, m) = room_msg(&room, BusIn::Frame { room: room.clone(), epoch, seq, node, frame: body, skip });
+                self.deliver(to, m);
+            }
+            Header::Volatile { room, skip, .. } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Volatile { room: room.clone(), frame: body, skip });
                 self.deliver(to, m);
             }
             Header::Bcast { .. } => {
@@ -536,11 +556,21 @@ impl Bridge {
                     self.deliver(shard, Inbound::DeliverAll { frame: body.clone(), sent_at });
                 }
             }
-            Header::Fwd { node, room, user, text, broadcast, reply } => {
+            Header::Fwd { node, room, user, text, broadcast, reply, event, tags, volatile, skip, idem } => {
+                // The origin validated every part; the body is `data`, verbatim.
+                let extra = Extra {
+                    data: (!body.is_empty()).then(|| Arc::from(&body[..])),
+                    event: event.map(Arc::from),
+                    tags: tags.map(|t| Arc::from(t.into_bytes().into_boxed_slice())),
+                    volatile,
+                    skip,
+                    idempotency_key: idem.map(Arc::from),
+                };
                 let publish = Box::new(Publish {
                     room: room.as_str().into(),
                     user: user.into(),
-                    text: text.into(),
+                    text: text.map(Box::from),
+                    extra,
                     from: Requester::Remote(Box::new(Remote { node, reply })),
                 });
                 if broadcast {
@@ -592,6 +622,20 @@ impl Bridge {
             }
             Header::ToConn { shard, conn, .. } => {
                 self.deliver(usize::from(shard), Inbound::ToConn { conn: ConnId::from_u64(conn), frame: body });
+            }
+            Header::Admin { op, .. } => {
+                let op = Arc::new(op);
+                match &*op {
+                    crate::room::request::AdminOp::HistoryRemove { room } => {
+                        let to = self.shards.owner(room);
+                        self.deliver(to, Inbound::Bus(BusIn::Admin(op)));
+                    }
+                    _ => {
+                        for shard in 0..shards {
+                            self.deliver(shard, Inbound::Bus(BusIn::Admin(op.clone())));
+                        }
+                    }
+                }
             }
             Header::Published { shard, req, seq, .. } => {
                 let reply = Reply::Published { seq, shards: Vec::new() };

@@ -220,12 +220,16 @@ pub enum BusOut {
         /// Sender shown to receivers.
         user: Arc<str>,
         /// Text.
-        text: Box<str>,
+        text: Option<Box<str>>,
+        /// `data`, `event`, `tags`, volatility, the sender to skip, the idempotency key.
+        extra: Box<crate::room::request::Extra>,
         /// A broadcast.
         broadcast: bool,
         /// Who hears the outcome.
         reply: Option<wire::ReplyRef>,
     },
+    /// Tell every other node to carry out an operator command (server API).
+    Admin(Arc<crate::room::request::AdminOp>),
     /// Say goodbye and stop (server shutdown).
     Shutdown,
 }
@@ -252,6 +256,17 @@ pub enum BusIn {
         node: u64,
         /// The finished frame.
         frame: Bytes,
+        /// The sender of a `skip_self` message (left out if it is a local connection).
+        skip: Option<crate::room::request::Sender>,
+    },
+    /// To a room's owner shard: a volatile frame the room's sequencer published.
+    Volatile {
+        /// Room name.
+        room: Arc<str>,
+        /// The finished frame.
+        frame: Bytes,
+        /// The sender of a `skip_self` message (left out if it is a local connection).
+        skip: Option<crate::room::request::Sender>,
     },
     /// To a room's owner shard: a user arrived on or left node `node`.
     Presence {
@@ -304,6 +319,9 @@ pub enum BusIn {
     /// To every shard: send this node's users of every room to the rooms' keepers (this
     /// node reconnected: the others may have declared it dead and forgotten them).
     Resync,
+    /// An operator command another node received (to every shard for user commands, to
+    /// the room's owner for history removal).
+    Admin(Arc<crate::room::request::AdminOp>),
 }
 
 /// Bridge queue capacity (messages); beyond it shards drop and count.

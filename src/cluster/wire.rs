@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// The version this build writes and reads.
 pub const VERSION: u8 = 1;
 
-pub use crate::room::request::ReplyRef;
+pub use crate::room::request::{ReplyRef, Sender};
 use crate::room::PresencePage;
 
 /// The header of a bus message. Every variant names the node that sent it.
@@ -44,6 +44,20 @@ pub enum Header {
         epoch: u64,
         /// Sequence number within the epoch.
         seq: u64,
+        /// The sender of a `skip_self` message: its node leaves it out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip: Option<Sender>,
+    },
+    /// A volatile room message (no seq, not stored); the body is its finished frame (room
+    /// subject).
+    Volatile {
+        /// The sequencer.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The sender of a `skip_self` message: its node leaves it out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip: Option<Sender>,
     },
     /// A broadcast (`@all`) message; the body is its finished frame (broadcast subject).
     Bcast {
@@ -61,11 +75,27 @@ pub enum Header {
         /// Sender shown to receivers.
         user: String,
         /// Message text.
-        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
         /// A broadcast to everyone rather than a room message.
         broadcast: bool,
         /// Who wants to hear the outcome.
         reply: Option<ReplyRef>,
+        /// Event name. The message's `data`, when it has one, is the body, verbatim.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+        /// The API's `tags` object as received (JSON text).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tags: Option<String>,
+        /// Not sequenced, not stored.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        volatile: bool,
+        /// The sending connection (`skip_self`), with its node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip: Option<Sender>,
+        /// The API caller's idempotency key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idem: Option<String>,
     },
     /// A user's first connection on the sender arrived in a room, or its last one left
     /// (node subject of each of the room's presence keepers).
@@ -151,6 +181,13 @@ pub enum Header {
         /// The connection id.
         conn: u64,
     },
+    /// An operator command for every node (broadcast subject).
+    Admin {
+        /// Sender.
+        node: u64,
+        /// The command.
+        op: crate::room::request::AdminOp,
+    },
     /// The outcome of a forwarded API publish (node subject).
     Published {
         /// Sender.
@@ -171,6 +208,7 @@ impl Header {
             Header::Hb { node, .. }
             | Header::Bye { node }
             | Header::Frame { node, .. }
+            | Header::Volatile { node, .. }
             | Header::Bcast { node, .. }
             | Header::Fwd { node, .. }
             | Header::Presence { node, .. }
@@ -181,7 +219,8 @@ impl Header {
             | Header::Page { node, .. }
             | Header::SyncReq { node, .. }
             | Header::ToConn { node, .. }
-            | Header::Published { node, .. } => *node,
+            | Header::Published { node, .. }
+            | Header::Admin { node, .. } => *node,
         }
     }
 }
@@ -274,9 +313,14 @@ mod tests {
             node: u64::MAX,
             room: "a.b *>".into(),
             user: "bob".into(),
-            text: "hi \"there\"".into(),
+            text: Some("hi \"there\"".into()),
             broadcast: false,
             reply: Some(ReplyRef::Conn { shard: 1, conn: 1 << 40, reference: "r1".into() }),
+            event: None,
+            tags: None,
+            volatile: false,
+            skip: None,
+            idem: None,
         };
         let m = encode(&h, b"body");
         let (back, body) = decode(&m).unwrap();

@@ -3,6 +3,7 @@
 //! `GET /ws` upgrades to WebSocket (see `ws::handshake`); everything else is answered
 //! here. Requests are parsed with httparse.
 
+pub mod admin;
 pub mod assets;
 pub mod prometheus;
 pub mod publish;

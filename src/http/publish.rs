@@ -1,7 +1,6 @@
 //! `POST /api/publish`: authentication and the request body, validated into a
 //! [`Target`]. Pure; the shard does the sending.
 
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::protocol;
@@ -27,9 +26,28 @@ pub struct PublishRequest {
     pub target: Target,
     /// Sender name shown to receivers (`"server"` unless given).
     pub user: String,
-    /// Message text.
-    pub text: String,
+    /// Message text (a publish has `text`, `data`, or both).
+    pub text: Option<String>,
+    /// The `data` value exactly as written in the request body (validated JSON).
+    pub data: Option<Vec<u8>>,
+    /// Event name.
+    pub event: Option<String>,
+    /// The `tags` object exactly as written (validated: string values only).
+    pub tags: Option<Vec<u8>>,
+    /// Not sequenced, not stored: delivered to current members only.
+    pub volatile: bool,
+    /// A retry with the same key within the window is answered with the first outcome.
+    pub idempotency_key: Option<String>,
 }
+
+/// Most entries in `tags`.
+pub const MAX_TAGS: usize = 32;
+
+/// Longest `tags` key, and longest `idempotency_key`, in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Longest `tags` value, in bytes.
+pub const MAX_TAG_VALUE: usize = 1024;
 
 /// Why a publish was refused; each maps to a status and a JSON error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +61,9 @@ pub enum PublishError {
     /// The body is not the expected JSON.
     #[error("{0}")]
     BadRequest(String),
+    /// `data` is larger than `--max-data-bytes`.
+    #[error("{0}")]
+    DataTooLarge(String),
 }
 
 impl PublishError {
@@ -51,7 +72,7 @@ impl PublishError {
         match self {
             PublishError::Disabled => 403,
             PublishError::Unauthorized => 401,
-            PublishError::BadRequest(_) => 400,
+            PublishError::BadRequest(_) | PublishError::DataTooLarge(_) => 400,
         }
     }
 
@@ -61,6 +82,7 @@ impl PublishError {
             PublishError::Disabled => "disabled",
             PublishError::Unauthorized => "unauthorized",
             PublishError::BadRequest(_) => "bad_request",
+            PublishError::DataTooLarge(_) => "data_too_large",
         }
     }
 }
@@ -75,25 +97,112 @@ pub fn authorize(configured: Option<&str>, authorization: Option<&[u8]>) -> Resu
     }
 }
 
-#[derive(Deserialize)]
+/// The publish body's fields, each checked for its type with an error naming it.
 struct Body {
     room: Option<String>,
     users: Option<Vec<String>>,
-    #[serde(default)]
     broadcast: bool,
     text: Option<String>,
     user: Option<String>,
+    /// Whether `data` is there and not `null` (its bytes are taken as written).
+    data: bool,
+    event: Option<String>,
+    tags: Option<serde_json::Map<String, serde_json::Value>>,
+    volatile: bool,
+    idempotency_key: Option<String>,
 }
 
-/// Parses and validates the JSON body; `max_text` bounds the text in bytes.
-pub fn parse(body: &[u8], max_text: usize) -> Result<PublishRequest, PublishError> {
+impl Body {
+    fn read(body: &[u8]) -> Result<Body, PublishError> {
+        let bad = |m: String| PublishError::BadRequest(m);
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+        let mut take = |k: &str| map.remove(k).filter(|v| !v.is_null());
+        let string = |k: &str, v: Option<serde_json::Value>| match v {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(bad(format!("`{k}` must be a string"))),
+        };
+        let flag = |k: &str, v: Option<serde_json::Value>| match v {
+            None => Ok(false),
+            Some(serde_json::Value::Bool(b)) => Ok(b),
+            Some(_) => Err(bad(format!("`{k}` must be true or false"))),
+        };
+        let users = match take("users") {
+            None => None,
+            Some(serde_json::Value::Array(a)) => Some(
+                a.into_iter()
+                    .map(|u| match u {
+                        serde_json::Value::String(s) => Ok(s),
+                        _ => Err(bad("`users` must be a list of strings".to_owned())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => return Err(bad("`users` must be a list of strings".to_owned())),
+        };
+        let tags = match take("tags") {
+            None => None,
+            Some(serde_json::Value::Object(m)) => Some(m),
+            Some(_) => return Err(bad("`tags` must be an object of strings".to_owned())),
+        };
+        Ok(Body {
+            room: string("room", take("room"))?,
+            users,
+            broadcast: flag("broadcast", take("broadcast"))?,
+            text: string("text", take("text"))?,
+            user: string("user", take("user"))?,
+            data: take("data").is_some(),
+            event: string("event", take("event"))?,
+            tags,
+            volatile: flag("volatile", take("volatile"))?,
+            idempotency_key: string("idempotency_key", take("idempotency_key"))?,
+        })
+    }
+}
+
+/// Parses and validates the JSON body; `max_text` bounds the text and `max_data` the
+/// `data` value, in bytes. Every refusal names the field.
+pub fn parse(body: &[u8], max_text: usize, max_data: usize) -> Result<PublishRequest, PublishError> {
     let bad = |m: &str| PublishError::BadRequest(m.to_owned());
-    let mut buf = body.to_vec();
-    let b: Body = simd_json::serde::from_slice(&mut buf)
-        .map_err(|e| PublishError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let text = b.text.ok_or_else(|| bad("missing field `text`"))?;
-    if text.len() > max_text {
-        return Err(PublishError::BadRequest(format!("`text` is longer than {max_text} bytes")));
+    // serde_json (not simd-json, which unescapes in place): the body stays as received,
+    // so `data` and `tags` can be taken verbatim from it.
+    let b = Body::read(body)?;
+    let data = match (b.data, protocol::raw::member(body, b"data")) {
+        (true, Some(d)) => Some(d.to_vec()),
+        (false, None) => None,
+        (false, Some(_)) => return Err(bad("`data` cannot be null")),
+        (true, None) => return Err(bad("write the key `data` without escapes")),
+    };
+    if let Some(d) = &data {
+        if d.len() > max_data {
+            return Err(PublishError::DataTooLarge(format!("`data` is longer than {max_data} bytes")));
+        }
+    }
+    if b.text.is_none() && data.is_none() {
+        return Err(bad("missing field `text` (or `data`)"));
+    }
+    if let Some(text) = &b.text {
+        if text.len() > max_text {
+            return Err(PublishError::BadRequest(format!("`text` is longer than {max_text} bytes")));
+        }
+    }
+    if let Some(event) = &b.event {
+        protocol::validate_event(event).map_err(|e| PublishError::BadRequest(e.message))?;
+    }
+    let tags = match &b.tags {
+        None => None,
+        Some(map) => {
+            check_tags(map)?;
+            protocol::raw::member(body, b"tags").map(<[u8]>::to_vec)
+        }
+    };
+    if b.tags.is_some() && tags.is_none() {
+        return Err(bad("write the key `tags` without escapes"));
+    }
+    if let Some(key) = &b.idempotency_key {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(PublishError::BadRequest(format!("`idempotency_key` must be 1 to {MAX_KEY_LEN} bytes")));
+        }
     }
     let user = b.user.unwrap_or_else(|| "server".to_owned());
     if !protocol::validate_user_name(&user) {
@@ -101,7 +210,7 @@ pub fn parse(body: &[u8], max_text: usize) -> Result<PublishRequest, PublishErro
     }
     let target = match (b.room, b.users, b.broadcast) {
         (Some(room), None, false) => {
-            protocol::validate_room(&room).map_err(|e| PublishError::BadRequest(e.message))?;
+            protocol::validate_room(&room).map_err(|e| PublishError::BadRequest(format!("`room`: {}", e.message)))?;
             Target::Room(room)
         }
         (None, Some(users), false) => {
@@ -116,7 +225,36 @@ pub fn parse(body: &[u8], max_text: usize) -> Result<PublishRequest, PublishErro
         (None, None, true) => Target::Everyone,
         _ => return Err(bad("give exactly one of `room`, `users` or `\"broadcast\": true`")),
     };
-    Ok(PublishRequest { target, user, text })
+    Ok(PublishRequest {
+        target,
+        user,
+        text: b.text,
+        data,
+        event: b.event,
+        tags,
+        volatile: b.volatile,
+        idempotency_key: b.idempotency_key,
+    })
+}
+
+/// `tags`: at most [`MAX_TAGS`] string values, keys 1 to [`MAX_KEY_LEN`] bytes, values
+/// at most [`MAX_TAG_VALUE`] bytes.
+fn check_tags(map: &serde_json::Map<String, serde_json::Value>) -> Result<(), PublishError> {
+    let bad = |m: String| Err(PublishError::BadRequest(m));
+    if map.len() > MAX_TAGS {
+        return bad(format!("`tags` may hold at most {MAX_TAGS} entries"));
+    }
+    for (k, v) in map {
+        if k.is_empty() || k.len() > MAX_KEY_LEN {
+            return bad(format!("`tags` keys are 1 to {MAX_KEY_LEN} bytes"));
+        }
+        match v.as_str() {
+            Some(v) if v.len() <= MAX_TAG_VALUE => {}
+            Some(_) => return bad(format!("`tags` values are at most {MAX_TAG_VALUE} bytes")),
+            None => return bad(format!("`tags.{}` must be a string", k.chars().take(32).collect::<String>())),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -136,7 +274,7 @@ mod tests {
 
     #[test]
     fn the_three_targets_and_their_mistakes() {
-        let p = |s: &str| parse(s.as_bytes(), 100);
+        let p = |s: &str| parse(s.as_bytes(), 100, 100);
         assert_eq!(p(r#"{"room":"lobby","text":"hi"}"#).unwrap().target, Target::Room("lobby".into()));
         let r = p(r#"{"users":["a","b"],"text":"hi","user":"bot"}"#).unwrap();
         assert_eq!((r.target, r.user.as_str()), (Target::Users(vec!["a".into(), "b".into()]), "bot"));
@@ -152,6 +290,32 @@ mod tests {
         ] {
             assert!(matches!(p(bad), Err(PublishError::BadRequest(_))), "{bad}");
         }
-        assert!(matches!(parse(br#"{"room":"a","text":"0123456789"}"#, 5), Err(PublishError::BadRequest(_))));
+        assert!(matches!(parse(br#"{"room":"a","text":"0123456789"}"#, 5, 5), Err(PublishError::BadRequest(_))));
+    }
+
+    #[test]
+    fn payload_fields_are_taken_verbatim_and_checked() {
+        let body = br#"{"room":"scores","data": {"home":2,"big":12345678901234567890123,"s":"\u00e9"} ,"event":"goal","tags":{"league":"nba"},"volatile":true,"idempotency_key":"k1"}"#;
+        let r = parse(body, 100, 1000).unwrap();
+        assert_eq!(r.text, None);
+        assert_eq!(r.data.as_deref(), Some(&br#"{"home":2,"big":12345678901234567890123,"s":"\u00e9"}"#[..]));
+        assert_eq!(r.tags.as_deref(), Some(&br#"{"league":"nba"}"#[..]));
+        assert_eq!((r.event.as_deref(), r.volatile, r.idempotency_key.as_deref()), (Some("goal"), true, Some("k1")));
+        let p = |s: &str| parse(s.as_bytes(), 100, 10);
+        assert_eq!(p(r#"{"room":"a","data":[1,2,3,4,5,6,7]}"#).unwrap_err().code(), "data_too_large");
+        for (bad, field) in [
+            (r#"{"room":"a"}"#, "text"),
+            (r#"{"room":"a","data":null}"#, "data"),
+            (r#"{"room":"a","data":1,"event":""}"#, "event"),
+            (r#"{"room":"a","data":1,"tags":{"k":1}}"#, "tags.k"),
+            (r#"{"room":"a","data":1,"tags":[1]}"#, "tags"),
+            (r#"{"room":"a","data":1,"idempotency_key":""}"#, "idempotency_key"),
+            (r#"{"room":"a","data":1,"volatile":"yes"}"#, "volatile"),
+            (r#"{"room":"","data":1}"#, "room"),
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.code(), "bad_request", "{bad}");
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
     }
 }

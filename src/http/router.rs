@@ -1,5 +1,6 @@
 //! Method + path → endpoint. Pure, so every route and every refusal is unit-tested.
 
+use super::admin::Method;
 use super::assets;
 
 /// Where a request goes.
@@ -17,6 +18,14 @@ pub enum Route {
     Metrics,
     /// `POST /api/publish`.
     Publish,
+    /// `POST /api/disconnect`, `/api/subscribe`, `/api/unsubscribe`, `/api/history/remove`.
+    Command(Method),
+    /// `POST /api/batch`.
+    Batch,
+    /// `GET /api/rooms` (paged, `prefix` filter).
+    Rooms,
+    /// `GET /api/info`.
+    Info,
     /// `GET /api/rooms/{room}/presence` (room name percent-decoded).
     RoomPresence(String),
     /// `GET /api/rooms/{room}/history` (room name percent-decoded).
@@ -37,6 +46,13 @@ pub fn route(method: &str, path: &str) -> Route {
         "/stats" => only(read, "GET, HEAD", Route::Stats),
         "/metrics" => only(read, "GET, HEAD", Route::Metrics),
         "/api/publish" => only(method == "POST", "POST", Route::Publish),
+        "/api/disconnect" => only(method == "POST", "POST", Route::Command(Method::Disconnect)),
+        "/api/subscribe" => only(method == "POST", "POST", Route::Command(Method::Subscribe)),
+        "/api/unsubscribe" => only(method == "POST", "POST", Route::Command(Method::Unsubscribe)),
+        "/api/history/remove" => only(method == "POST", "POST", Route::Command(Method::HistoryRemove)),
+        "/api/batch" => only(method == "POST", "POST", Route::Batch),
+        "/api/rooms" => only(read, "GET, HEAD", Route::Rooms),
+        "/api/info" => only(read, "GET, HEAD", Route::Info),
         _ => {
             if let Some(rest) = path.strip_prefix("/api/rooms/") {
                 return room_route(read, rest);
@@ -92,6 +108,12 @@ mod tests {
         assert_eq!(route("POST", "/api/publish"), Route::Publish);
         assert_eq!(route("GET", "/api/publish"), Route::MethodNotAllowed("POST"));
         assert_eq!(route("GET", "/nope"), Route::NotFound);
+        assert_eq!(route("POST", "/api/disconnect"), Route::Command(Method::Disconnect));
+        assert_eq!(route("POST", "/api/history/remove"), Route::Command(Method::HistoryRemove));
+        assert_eq!(route("GET", "/api/subscribe"), Route::MethodNotAllowed("POST"));
+        assert_eq!(route("POST", "/api/batch"), Route::Batch);
+        assert_eq!(route("GET", "/api/rooms"), Route::Rooms);
+        assert_eq!(route("POST", "/api/info"), Route::MethodNotAllowed("GET, HEAD"));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | `sequence` | join, leave, delete, publish, broadcast |
 //! | [`placement`] | which node sequences a room and keeps its presence (rendezvous) |
 //! | `presence` | the presence-event rule, the cluster's presence keepers, presence pages |
+//! | [`recent`] | idempotency keys of recent publishes |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
 //! | [`history`] | the history ring and the shard-wide budget |
@@ -28,6 +29,7 @@ pub mod out;
 mod owned;
 pub mod placement;
 mod presence;
+pub mod recent;
 pub mod request;
 mod retention;
 mod sequence;
@@ -146,6 +148,8 @@ pub struct OwnedRooms {
     nodes: Arc<[u64]>,
     /// Rooms held here whose count changed since the last report, in order.
     dirty_counts: Vec<Arc<str>>,
+    /// Outcomes of recent publishes with an idempotency key.
+    recent: recent::Recent,
 }
 
 impl OwnedRooms {
@@ -166,7 +170,15 @@ impl OwnedRooms {
             gaps: 0,
             epoch_changes: 0,
             unanswered: 0,
+            recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
         }
+    }
+
+    /// Takes the idempotency counts since the last call: (retries answered from memory,
+    /// keys forgotten before their window ended), and the keys remembered now.
+    pub fn take_idempotency_counts(&mut self) -> (u64, u64, usize) {
+        let (replays, evicted) = self.recent.take_counts();
+        (replays, evicted, self.recent.len())
     }
 
     /// Turns cluster mode on: this node is `node` (nonzero).

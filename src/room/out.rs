@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::request::{
-    ConnId, ConnRef, JoinAck, JoinRefused, JoinReq, PresenceReq, Remote, Reply, ReplyRef, ReplyTo, Requester,
+    ConnId, ConnRef, JoinAck, JoinRefused, JoinReq, PresenceReq, Remote, Reply, ReplyRef, ReplyTo, Requester, Sender,
 };
 use super::PresencePage;
 use crate::protocol::{server, ErrorCode};
@@ -32,6 +32,9 @@ pub enum ToShard {
         frame: Bytes,
         /// When the owner handed it off (for the fan-out latency histogram).
         sent_at: Instant,
+        /// A local member that does not get this frame (the sender of a `skip_self`
+        /// message).
+        skip: Option<ConnId>,
     },
     /// Hand `frame` to every open connection (a broadcast).
     DeliverAll {
@@ -88,6 +91,17 @@ pub enum ClusterOut {
         seq: u64,
         /// The finished frame.
         frame: Bytes,
+        /// The sending connection, left out (`skip_self`), with its node.
+        skip: Option<Sender>,
+    },
+    /// Publish a volatile room frame: no seq, not stored; members of every node get it.
+    Volatile {
+        /// Room name.
+        room: Arc<str>,
+        /// The finished frame.
+        frame: Bytes,
+        /// The sending connection, left out (`skip_self`), with its node.
+        skip: Option<Sender>,
     },
     /// Publish a sequenced broadcast frame.
     Broadcast {
@@ -204,7 +218,7 @@ pub fn refuse(req: &JoinReq, code: ErrorCode, message: &str, sink: &mut Sink<'_>
 
 /// Answers the outcome of a publish to a requester on another node over the bus: an
 /// `ack` to a client that asked for one, or the outcome to a pending API request.
-pub(super) fn reply_remote(r: &Remote, seq: Option<u64>, room: &str, sink: &mut Sink<'_>) {
+pub(super) fn reply_remote(r: &Remote, seq: Option<u64>, volatile: bool, room: &str, sink: &mut Sink<'_>) {
     let out = match &r.reply {
         None => return,
         Some(ReplyRef::Conn { shard, conn, reference }) => match seq {
@@ -212,7 +226,7 @@ pub(super) fn reply_remote(r: &Remote, seq: Option<u64>, room: &str, sink: &mut 
                 node: r.node,
                 shard: *shard,
                 conn: *conn,
-                frame: server::ack(reference, room, seq),
+                frame: if volatile { server::ack_volatile(reference, room) } else { server::ack(reference, room, seq) },
             },
             None => return,
         },

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::history::{Budget, Caps, Ring};
 use super::out::{RoomOut, Sink, ToShard};
-use super::request::Since;
+use super::request::{ConnId, Sender, Since};
 use super::users::Users;
 use crate::metrics::RoomSummary;
 use crate::protocol::SYSTEM_ROOM_PREFIX;
@@ -189,11 +189,17 @@ impl OwnedRoom {
     /// Sends `frame` once to every shard with members (one `Bytes` clone each: the
     /// frame itself is built once); returns those shards.
     pub(super) fn fan_out(&self, frame: &Bytes, sink: &mut Sink<'_>) -> Vec<u16> {
+        self.fan_out_skipping(frame, None, sink)
+    }
+
+    /// [`Self::fan_out`], leaving out connection `skip` (on this node) if given.
+    pub(super) fn fan_out_skipping(&self, frame: &Bytes, skip: Option<Sender>, sink: &mut Sink<'_>) -> Vec<u16> {
         let sent_at = Instant::now();
         let mut shards = Vec::new();
         for (shard, &n) in self.shard_members.iter().enumerate() {
             if n > 0 {
-                let m = ToShard::Deliver { room: self.name.clone(), frame: frame.clone(), sent_at };
+                let skip = skip.filter(|s| usize::from(s.shard) == shard).map(|s| ConnId::from_u64(s.conn));
+                let m = ToShard::Deliver { room: self.name.clone(), frame: frame.clone(), sent_at, skip };
                 sink(RoomOut::Shard(shard, m));
                 shards.push(shard as u16);
             }

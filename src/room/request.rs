@@ -180,10 +180,60 @@ pub struct Publish {
     pub room: Arc<str>,
     /// Sender shown to receivers.
     pub user: Arc<str>,
-    /// Message text.
-    pub text: Box<str>,
+    /// Message text (a message has `text`, `extra.data`, or both).
+    pub text: Option<Box<str>>,
+    /// Everything beyond the text: `data`, `event`, `tags`, volatility, skip_self,
+    /// idempotency.
+    pub extra: Extra,
     /// Who asked (for the ack or the API reply).
     pub from: Requester,
+}
+
+impl Publish {
+    /// A plain text message.
+    pub fn text(room: Arc<str>, user: Arc<str>, text: &str, from: Requester) -> Publish {
+        Publish { room, user, text: Some(Box::from(text)), extra: Extra::default(), from }
+    }
+
+    /// The frame's payload parts, borrowed.
+    pub fn payload(&self) -> crate::protocol::server::Payload<'_> {
+        crate::protocol::server::Payload {
+            text: self.text.as_deref(),
+            data: self.extra.data.as_deref(),
+            event: self.extra.event.as_deref(),
+            tags: self.extra.tags.as_deref(),
+        }
+    }
+}
+
+/// What a message carries beyond its text. Shared (`Arc`) parts are cloned once per
+/// addressed room by an API publish to many users, never copied.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The `data` JSON value as received (validated), spliced into the frame verbatim.
+    pub data: Option<Arc<[u8]>>,
+    /// Event name (validated).
+    pub event: Option<Arc<str>>,
+    /// The API's `tags` object as received (validated: strings only), spliced verbatim.
+    pub tags: Option<Arc<[u8]>>,
+    /// Delivered to current members only: not sequenced, not stored, not replayed.
+    pub volatile: bool,
+    /// The sending connection, which does not receive the message (`skip_self`).
+    pub skip: Option<Sender>,
+    /// The API caller's `idempotency_key`: a retry within the window is answered with
+    /// the first outcome and neither sequenced nor delivered again.
+    pub idempotency_key: Option<Arc<str>>,
+}
+
+/// A connection somewhere in the cluster (the sender a `skip_self` message skips).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    /// Its node (0: this node, on a single node or before the message left it).
+    pub node: u64,
+    /// Its shard there.
+    pub shard: u16,
+    /// Its connection id there ([`ConnId::as_u64`]).
+    pub conn: u64,
 }
 
 /// A presence page request.
@@ -251,4 +301,57 @@ pub enum Reply {
     /// A history page as the JSON body of a `history` message (none: no such room), and
     /// whether the room is private (the HTTP API then needs its key).
     History(Option<(Vec<u8>, bool)>),
+    /// An operator command ran on one shard: connections it applied to, and connections
+    /// it did not apply to (a subscribe over the room cap, a room the token forbids).
+    Reached {
+        /// Connections the command applied to.
+        done: u32,
+        /// Connections of the user it was refused for.
+        refused: u32,
+    },
+    /// A room's history was removed: its new epoch (none: no such room here).
+    HistoryRemoved(Option<String>),
+    /// One shard's page of public rooms (sorted by name).
+    Rooms(Vec<crate::metrics::RoomSummary>),
+}
+
+/// An operator's command from the server API that every shard (and, in a cluster, every
+/// node) carries out for the connections it holds, or that a room's owner carries out.
+/// Validated by the HTTP layer before it is sent anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminOp {
+    /// Close every connection of `user` (or the one connection `conn`) with `code` and
+    /// `reason`; with `ban_secs` > 0, refuse the user's upgrades for that long.
+    Disconnect {
+        /// The user id (guests: their name).
+        user: Option<String>,
+        /// One connection, as `welcome.conn` names it.
+        conn: Option<String>,
+        /// Close code, 4000–4999.
+        code: u16,
+        /// Close reason (at most 123 bytes).
+        reason: String,
+        /// Ban length in seconds (0: no ban).
+        ban_secs: u64,
+    },
+    /// Join every connection of `user` to `room` (each gets `joined`).
+    Subscribe {
+        /// The user id.
+        user: String,
+        /// A public room.
+        room: String,
+    },
+    /// Remove every connection of `user` from `room` (each gets `left` with a reason).
+    Unsubscribe {
+        /// The user id.
+        user: String,
+        /// The room.
+        room: String,
+    },
+    /// Clear `room`'s history: the room's owner starts a new stream (a new epoch).
+    HistoryRemove {
+        /// The room.
+        room: String,
+    },
 }

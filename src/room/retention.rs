@@ -44,6 +44,44 @@ fn payload(frame: &Bytes) -> &[u8] {
 }
 
 impl OwnedRooms {
+    /// Clears a room's history: a new stream (new epoch; `seq` goes on, so live members
+    /// see no jump), whose recovery cannot reach back before now. Returns the new epoch,
+    /// or `None` when no such room is owned here. In a cluster every node clears its
+    /// copy; the nodes that do not sequence the room adopt the sequencer's new stream
+    /// with its next message.
+    pub fn remove_history(&mut self, name: &str) -> Option<String> {
+        let room = self.rooms.get_mut(name)?;
+        let sequencer = room.sequencer;
+        let node = self.node;
+        if node == 0 || sequencer == node {
+            room.new_stream(fastrand::u64(..), node, &mut self.budget);
+            self.epoch_changes += 1;
+        } else if let Some(h) = room.history.take() {
+            self.budget.dropped(h.bytes(), h.len());
+        }
+        Some(room.epoch())
+    }
+
+    /// Public rooms owned here whose names start with `prefix` and sort after `after`:
+    /// the first `limit` by name.
+    pub fn rooms_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<crate::metrics::RoomSummary> {
+        let mut rooms: Vec<&OwnedRoom> = self
+            .rooms
+            .values()
+            .map(|r| &**r)
+            .filter(|r| !r.is_system() && r.name.starts_with(prefix) && after.is_none_or(|a| &*r.name > a))
+            .collect();
+        if rooms.len() > limit {
+            if limit == 0 {
+                return Vec::new();
+            }
+            rooms.select_nth_unstable_by(limit - 1, |a, b| a.name.cmp(&b.name));
+            rooms.truncate(limit);
+        }
+        rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        rooms.into_iter().map(OwnedRoom::summary).collect()
+    }
+
     /// Removes a room, gives its history back to the budget, and (cluster) stops
     /// receiving it.
     pub(super) fn drop_room(&mut self, name: &str, sink: &mut Sink<'_>) {

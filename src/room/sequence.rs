@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use super::out::{refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, RoomOut, Sink, ToShard};
 use super::presence::{send_event, tell_keepers};
-use super::request::{DeleteReq, JoinAck, JoinKind, JoinReq, Publish, Reply, Requester};
+use super::recent::Outcome;
+use super::request::{DeleteReq, JoinAck, JoinKind, JoinReq, Publish, Reply, Requester, Sender};
 use super::retention::Lingering;
 use super::{announced, JoinStep, OwnedRoom, OwnedRooms, RingsOf, BROADCAST_ROOM};
 use crate::protocol::{server, ErrorCode};
@@ -174,21 +175,39 @@ impl OwnedRooms {
     /// member shard. A client sender with an `id` gets an `ack`; an API caller gets the
     /// seq and the shards reached.
     ///
+    /// A volatile message takes no `seq`, is not stored and goes to the current members
+    /// only; it still passes through here, in the owner's one order, so a sender's
+    /// volatile and sequenced messages reach every member in the order it sent them.
+    /// With `skip`, the sending connection is left out of the fan-out. With an
+    /// idempotency key seen within the window, the first outcome is answered again and
+    /// nothing is sequenced or delivered.
+    ///
     /// In a cluster this runs on the room's sequencer node only. Then the frame also goes
     /// to the bus, a room without local members is created to carry the stream (other
     /// nodes may have members), and taking over a stream another node sequenced starts a
     /// new epoch (the old sequencer's last messages may not have reached us).
     pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
+        if let Some(key) = &msg.extra.idempotency_key {
+            if let Some(first) = self.recent.get(&msg.room, key, now_ms) {
+                answer_publish(&msg, first.seq, first.shards, sink);
+                return;
+            }
+        }
         let node = self.node;
         if node != 0 && !self.rooms.contains_key(&msg.room) && !matches!(msg.from, Requester::Conn(_)) {
             self.relay_room(&msg.room, now_ms);
         }
         let Some(room) = self.rooms.get_mut(&msg.room) else {
+            if let Some(key) = &msg.extra.idempotency_key {
+                // A retry answers "nobody reached" too, even if someone arrived since.
+                let first = Outcome { seq: None, shards: Vec::new() };
+                self.recent.insert(msg.room.clone(), key.clone(), first, now_ms);
+            }
             match &msg.from {
                 // The sender's membership ended before its message arrived here.
                 Requester::Conn(c) => reply_error(c, ErrorCode::NotMember, "you are not a member of this room", sink),
                 Requester::Api(r) => reply(r, Reply::Published { seq: None, shards: Vec::new() }, sink),
-                Requester::Remote(r) => reply_remote(r, None, &msg.room, sink),
+                Requester::Remote(r) => reply_remote(r, None, false, &msg.room, sink),
             }
             return;
         };
@@ -199,48 +218,90 @@ impl OwnedRooms {
         if room.emptied_ms != 0 && room.connections() == 0 {
             room.emptied_ms = now_ms;
         }
-        room.seq += 1;
-        let frame = server::message(&room.name, room.seq, &msg.user, &msg.text, now_ms);
-        let shards = room.fan_out(&frame, sink);
-        let seq = room.seq;
+        let volatile = msg.extra.volatile;
+        let seq = if volatile {
+            None
+        } else {
+            room.seq += 1;
+            Some(room.seq)
+        };
+        let frame = server::room_message(&room.name, seq, &msg.user, &msg.payload(), now_ms);
+        let skip = msg.extra.skip.filter(|s| s.node == 0 || s.node == node);
+        let shards = room.fan_out_skipping(&frame, skip, sink);
         if node != 0 {
-            let out = ClusterOut::Frame { room: room.name.clone(), epoch: room.stream, seq, frame: frame.clone() };
+            let skip = msg.extra.skip.map(|s| Sender { node: if s.node == 0 { node } else { s.node }, ..s });
+            let out = match seq {
+                Some(seq) => {
+                    ClusterOut::Frame { room: room.name.clone(), epoch: room.stream, seq, frame: frame.clone(), skip }
+                }
+                None => ClusterOut::Volatile { room: room.name.clone(), frame: frame.clone(), skip },
+            };
             sink(RoomOut::Cluster(out));
         }
-        if self.history.messages > 0 {
+        if self.history.messages > 0 && !volatile {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
-        match &msg.from {
-            Requester::Conn(c) => {
-                if let Some(reference) = &c.reference {
-                    to_conn(c, server::ack(reference, &msg.room, seq), sink);
-                }
-            }
-            Requester::Api(r) => reply(r, Reply::Published { seq: Some(seq), shards }, sink),
-            Requester::Remote(r) => reply_remote(r, Some(seq), &msg.room, sink),
+        // A volatile message answers `Some(0)`: handed out, with no position.
+        let seq = Some(seq.unwrap_or(0));
+        if let Some(key) = &msg.extra.idempotency_key {
+            let first = Outcome { seq, shards: shards.clone() };
+            self.recent.insert(msg.room.clone(), key.clone(), first, now_ms);
         }
+        answer_publish(&msg, seq, shards, sink);
     }
 
     /// Sequences a message to everyone (the `@all` stream; only its owner shard calls
-    /// this) and hands the one frame to every shard.
+    /// this) and hands the one frame to every shard. A volatile broadcast takes no seq.
     pub fn broadcast(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
-        self.broadcast_seq += 1;
-        let frame = server::message(BROADCAST_ROOM, self.broadcast_seq, &msg.user, &msg.text, now_ms);
+        if let Some(key) = &msg.extra.idempotency_key {
+            if let Some(first) = self.recent.get(BROADCAST_ROOM, key, now_ms) {
+                answer_publish(&msg, first.seq, first.shards, sink);
+                return;
+            }
+        }
+        let volatile = msg.extra.volatile;
+        if !volatile {
+            self.broadcast_seq += 1;
+        }
+        let seq = (!volatile).then_some(self.broadcast_seq);
+        let frame = server::room_message(BROADCAST_ROOM, seq, &msg.user, &msg.payload(), now_ms);
         let sent_at = Instant::now();
         for shard in 0..self.shards {
             sink(RoomOut::Shard(shard, ToShard::DeliverAll { frame: frame.clone(), sent_at }));
         }
         if self.node != 0 {
-            sink(RoomOut::Cluster(ClusterOut::Broadcast { seq: self.broadcast_seq, frame }));
+            // A volatile broadcast travels with seq 0, which no receiver checks.
+            sink(RoomOut::Cluster(ClusterOut::Broadcast { seq: seq.unwrap_or(0), frame }));
+        }
+        let seq = Some(seq.unwrap_or(0));
+        let shards: Vec<u16> = (0..self.shards as u16).collect();
+        if let Some(key) = &msg.extra.idempotency_key {
+            let first = Outcome { seq, shards: shards.clone() };
+            self.recent.insert(Arc::from(BROADCAST_ROOM), key.clone(), first, now_ms);
         }
         match &msg.from {
-            Requester::Api(r) => {
-                let shards = (0..self.shards as u16).collect();
-                reply(r, Reply::Published { seq: Some(self.broadcast_seq), shards }, sink);
-            }
-            Requester::Remote(r) => reply_remote(r, Some(self.broadcast_seq), BROADCAST_ROOM, sink),
             Requester::Conn(_) => {}
+            _ => answer_publish(&msg, seq, shards, sink),
         }
+    }
+}
+
+/// Answers whoever published `msg`: an `ack` to a client that gave an `id` (without
+/// `seq` for a volatile message), the outcome to an API caller, here or on another node.
+fn answer_publish(msg: &Publish, seq: Option<u64>, shards: Vec<u16>, sink: &mut Sink<'_>) {
+    let room = &msg.room;
+    match &msg.from {
+        Requester::Conn(c) => {
+            if let Some(reference) = &c.reference {
+                let frame = match seq {
+                    Some(seq) if !msg.extra.volatile => server::ack(reference, room, seq),
+                    _ => server::ack_volatile(reference, room),
+                };
+                to_conn(c, frame, sink);
+            }
+        }
+        Requester::Api(r) => reply(r, Reply::Published { seq, shards }, sink),
+        Requester::Remote(r) => reply_remote(r, seq, msg.extra.volatile, room, sink),
     }
 }

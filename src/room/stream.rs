@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::out::Sink;
+use super::request::Sender;
 use super::{OwnedRooms, RingsOf};
 
 impl OwnedRooms {
@@ -11,6 +12,22 @@ impl OwnedRooms {
     /// history in step, and hand the frame to the local members. Frames of a room with no
     /// local state (no local members left) are ignored; repeated ones are dropped.
     pub fn remote_frame(&mut self, name: &str, stream: u64, seq: u64, node: u64, frame: Bytes, sink: &mut Sink<'_>) {
+        self.remote_frame_skipping(name, stream, seq, node, frame, None, sink);
+    }
+
+    /// [`Self::remote_frame`] of a `skip_self` message: `skip` is its sender, left out
+    /// if it is a connection of this node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_frame_skipping(
+        &mut self,
+        name: &str,
+        stream: u64,
+        seq: u64,
+        node: u64,
+        frame: Bytes,
+        skip: Option<Sender>,
+        sink: &mut Sink<'_>,
+    ) {
         let Some(room) = self.rooms.get_mut(name) else { return };
         if room.stream != stream {
             room.new_stream(stream, node, &mut self.budget);
@@ -24,10 +41,17 @@ impl OwnedRooms {
         }
         room.sequencer = node;
         room.seq = seq;
-        room.fan_out(&frame, sink);
+        room.fan_out_skipping(&frame, skip.filter(|s| s.node == self.node), sink);
         if self.history.messages > 0 {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
+    }
+
+    /// A volatile frame the room's sequencer (another node) published: handed to the
+    /// local members as it is; the stream, its seq and the history are not touched.
+    pub fn remote_volatile(&mut self, name: &str, frame: Bytes, skip: Option<Sender>, sink: &mut Sink<'_>) {
+        let Some(room) = self.rooms.get(name) else { return };
+        room.fan_out_skipping(&frame, skip.filter(|s| s.node == self.node), sink);
     }
 }

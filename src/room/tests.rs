@@ -84,12 +84,8 @@ fn publish_sequences_and_fans_out_once_per_shard() {
     join(&mut r, "r", "c", 2, 3);
     for expected in 1..=3u64 {
         let mut out = Vec::new();
-        let msg = Publish {
-            room: "r".into(),
-            user: "a".into(),
-            text: "hi".into(),
-            from: Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(0, 1) }),
-        };
+        let from = Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(0, 1) });
+        let msg = Publish::text("r".into(), "a".into(), "hi", from);
         r.publish(msg, 42, &mut |o| out.push(o));
         let d = delivered(&out);
         assert_eq!(d.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2]);
@@ -191,7 +187,7 @@ fn to_bus(out: &[RoomOut]) -> Vec<&ClusterOut> {
 
 fn api_publish(r: &mut OwnedRooms, room: &str, text: &str, from: Requester) -> Vec<RoomOut> {
     let mut out = Vec::new();
-    let msg = Publish { room: room.into(), user: "srv".into(), text: text.into(), from };
+    let msg = Publish::text(room.into(), "srv".into(), text, from);
     r.publish(msg, 7, &mut |o| out.push(o));
     out
 }
@@ -470,12 +466,7 @@ fn broadcasts_go_to_every_shard_once_with_their_own_sequence() {
     let mut r = rooms(3, 1000);
     for expected in 1..=2u64 {
         let mut out = Vec::new();
-        let msg = Publish {
-            room: "".into(),
-            user: "srv".into(),
-            text: "all".into(),
-            from: Requester::Api(ReplyTo { shard: 2, req: 5 }),
-        };
+        let msg = Publish::text("".into(), "srv".into(), "all", Requester::Api(ReplyTo { shard: 2, req: 5 }));
         r.broadcast(msg, 1, &mut |o| out.push(o));
         let shards: Vec<usize> = out
             .iter()
@@ -743,4 +734,92 @@ fn regression_stale_events_of_a_lagging_holder_are_dropped_where_the_room_is_kno
     let mut out = Vec::new();
     r.remote_event("r", frame, &mut |o| out.push(o));
     assert!(delivered(&out).is_empty(), "4 users on this node alone > 3");
+}
+
+fn publish_with(r: &mut OwnedRooms, room: &str, extra: super::request::Extra, from: Requester) -> Vec<RoomOut> {
+    let mut out = Vec::new();
+    let msg = Publish { room: room.into(), user: "u".into(), text: None, extra, from };
+    r.publish(msg, 9, &mut |o| out.push(o));
+    out
+}
+
+fn api_reply(out: &[RoomOut]) -> (Option<u64>, Vec<u16>) {
+    match out.last() {
+        Some(RoomOut::Shard(_, ToShard::Reply { reply: Reply::Published { seq, shards }, .. })) => {
+            (*seq, shards.clone())
+        }
+        _ => panic!("expected an API reply last"),
+    }
+}
+
+#[test]
+fn volatile_messages_take_no_seq_and_stay_out_of_history() {
+    let mut r = rooms(2, 1000);
+    join(&mut r, "r", "a", 0, 1);
+    api_publish(&mut r, "r", "one", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let extra = super::request::Extra {
+        data: Some(Arc::from(&b"{\"typing\":true}"[..])),
+        volatile: true,
+        ..Default::default()
+    };
+    let out = publish_with(&mut r, "r", extra, Requester::Api(ReplyTo { shard: 0, req: 2 }));
+    let d = delivered(&out);
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        d[0].1,
+        serde_json::json!({"type":"message","room":"r","volatile":true,"user":"u","data":{"typing":true},"ts":9})
+    );
+    assert_eq!(api_reply(&out), (Some(0), vec![0]), "handed out, no position");
+    let room = r.get("r").unwrap();
+    assert_eq!((room.seq(), room.history_len()), (1, 1), "neither sequenced nor stored");
+}
+
+#[test]
+fn skip_names_the_senders_connection_on_its_shard_only() {
+    let mut r = rooms(2, 1000);
+    join(&mut r, "r", "a", 0, 1);
+    join(&mut r, "r", "b", 1, 2);
+    let sender = super::request::Sender { node: 0, shard: 1, conn: ConnId::for_test(2).as_u64() };
+    let extra = super::request::Extra { data: Some(Arc::from(&b"1"[..])), skip: Some(sender), ..Default::default() };
+    let out = publish_with(&mut r, "r", extra, Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let skips: Vec<(usize, Option<ConnId>)> = out
+        .iter()
+        .filter_map(|o| match o {
+            RoomOut::Shard(s, ToShard::Deliver { skip, .. }) => Some((*s, *skip)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(skips, [(0, None), (1, Some(ConnId::for_test(2)))]);
+}
+
+#[test]
+fn an_idempotency_key_answers_the_first_outcome_and_sequences_once() {
+    let mut r = rooms(2, 1000);
+    join(&mut r, "r", "a", 0, 1);
+    let keyed = || super::request::Extra { idempotency_key: Some(Arc::from("k")), ..Default::default() };
+    let first = publish_with(&mut r, "r", keyed(), Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let again = publish_with(&mut r, "r", keyed(), Requester::Api(ReplyTo { shard: 1, req: 2 }));
+    assert_eq!(api_reply(&first), (Some(1), vec![0]));
+    assert_eq!(api_reply(&again), (Some(1), vec![0]));
+    assert!(delivered(&again).is_empty(), "not delivered twice");
+    assert_eq!(r.get("r").unwrap().seq(), 1);
+    assert_eq!(r.take_idempotency_counts(), (1, 0, 1));
+}
+
+#[test]
+fn removing_history_starts_a_new_stream_and_rooms_page_by_name() {
+    let mut r = rooms(2, 1000);
+    for room in ["b", "a", "c", "x-1"] {
+        join(&mut r, room, "u", 0, 1);
+    }
+    api_publish(&mut r, "a", "one", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let before = r.get("a").unwrap().epoch();
+    let after = r.remove_history("a").unwrap();
+    assert_ne!(before, after);
+    assert_eq!((r.get("a").unwrap().history_len(), r.get("a").unwrap().seq()), (0, 1));
+    assert_eq!(r.remove_history("nope"), None);
+    let names = |v: Vec<crate::metrics::RoomSummary>| v.into_iter().map(|s| s.room).collect::<Vec<_>>();
+    assert_eq!(names(r.rooms_page("", None, 2)), ["a", "b"]);
+    assert_eq!(names(r.rooms_page("", Some("b"), 10)), ["c", "x-1"]);
+    assert_eq!(names(r.rooms_page("x-", None, 10)), ["x-1"]);
 }

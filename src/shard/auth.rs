@@ -63,6 +63,10 @@ impl Services {
                 return self.respond(conn, &Refusal::Identity(e).answer(), false, false, used);
             }
         };
+        if self.banned(&identity.user) {
+            inc(&self.stats.auth_rejections);
+            return self.respond(conn, &Refusal::Banned.answer(), false, false, used);
+        }
         if self.shared.websockets.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
             self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
             return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
@@ -276,6 +280,8 @@ enum Refusal {
     ServerFull,
     /// The address's owner shard refused a slot (`--max-connections-per-ip`).
     TooManyFromIp,
+    /// The user is banned for now (`POST /api/disconnect` with `ban_secs`).
+    Banned,
 }
 
 impl Refusal {
@@ -293,6 +299,7 @@ impl Refusal {
                 }
             }
             Refusal::ServerFull => Answer::error(503, "server_full", "the server is at its connection limit"),
+            Refusal::Banned => Answer::error(403, "banned", "this user is banned for now"),
             Refusal::TooManyFromIp => {
                 Answer::error(503, "too_many_connections", "too many connections from this address")
             }

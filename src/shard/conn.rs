@@ -28,6 +28,7 @@ use crate::auth::{password, Identity};
 use crate::metrics::inc;
 use crate::protocol::client::{self, ClientMsg, HISTORY_PAGE, HISTORY_PAGE_MAX, PRESENCE_PAGE};
 use crate::protocol::{self, server, ClientError, ErrorCode};
+use crate::room::request::{Extra, Sender};
 use crate::rt;
 use crate::ws::reader::{Message, MessageReader};
 use crate::ws::{close, frame};
@@ -124,7 +125,7 @@ fn poll_conn(svc: &Services, table: &RefCell<Conns>, id: ConnId, cx: &mut Contex
 
 impl Services {
     /// Leaves a joined room: drops the local membership and tells the room's owner.
-    fn leave_joined(&self, id: ConnId, user: &Arc<str>, m: &Membership) {
+    pub(super) fn leave_joined(&self, id: ConnId, user: &Arc<str>, m: &Membership) {
         self.members.borrow_mut().remove(&m.room, id);
         let leave = ShardMsg::Leave { room: m.room.clone(), user: user.clone(), from: self.id, epoch: m.epoch };
         self.mesh.send(self.mesh.owner_of(&m.room), leave);
@@ -303,12 +304,30 @@ impl Services {
                 }
                 self.push(conn, server::left(&m.room));
             }
-            ClientMsg::Message { room, text } => {
-                check_text_len(text.len(), self.cfg.max_text_bytes)?;
+            ClientMsg::Message { room, text, data, event, volatile, skip_self } => {
+                if let Some(text) = &text {
+                    check_text_len(text.len(), self.cfg.max_text_bytes)?;
+                }
+                if let Some(data) = &data {
+                    check_data_len(data.len(), self.cfg.max_data_bytes)?;
+                }
                 // A join still waiting for its ack counts: the owner sees the join first.
                 let room = member_room(&conn.rooms, &room)?;
-                let from = Requester::Conn(origin);
-                let publish = Publish { room: room.clone(), user: conn.user.clone(), text: Box::from(&*text), from };
+                let extra = Extra {
+                    data: data.map(Arc::from),
+                    event: event.map(|e| Arc::from(&*e)),
+                    tags: None,
+                    volatile,
+                    skip: skip_self.then(|| Sender { node: 0, shard: self.id as u16, conn: id.as_u64() }),
+                    idempotency_key: None,
+                };
+                let publish = Publish {
+                    room: room.clone(),
+                    user: conn.user.clone(),
+                    text: text.map(|t| Box::from(&*t)),
+                    extra,
+                    from: Requester::Conn(origin),
+                };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(publish)));
             }
             ClientMsg::Presence { room, after, limit } => {
@@ -338,7 +357,7 @@ impl Services {
 
     /// Checks that the connection may join (or create) `room`: a valid name, not joined
     /// yet, under the per-connection room limit, and allowed by its token.
-    fn may_join(&self, id: ConnId, conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
+    pub(super) fn may_join(&self, id: ConnId, conn: &Conn, room: &str) -> Result<Arc<str>, ClientError> {
         let sessions = self.sessions.borrow();
         let allowed = sessions.get(&id).and_then(|s| s.rooms.as_deref());
         check_join(&conn.rooms, room, self.cfg.max_rooms_per_conn, allowed)?;
@@ -346,7 +365,7 @@ impl Services {
     }
 
     /// Records a pending membership and builds the join for the room's owner.
-    fn pending_join(
+    pub(super) fn pending_join(
         &self,
         id: ConnId,
         conn: &mut Conn,
@@ -367,13 +386,13 @@ impl Services {
     }
 
     /// Asks the room's owner to sequence a join.
-    fn send_join(&self, req: JoinReq) {
+    pub(super) fn send_join(&self, req: JoinReq) {
         self.mesh.send(self.mesh.owner_of(&req.room), ShardMsg::Join(Box::new(req)));
     }
 }
 
 /// A plain join: no password.
-const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
+pub(super) const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
 
 /// A room password's length is checked before anything else sees it (the hash cost does
 /// not grow with it, but an empty password would make a room nobody can tell is private).
@@ -423,6 +442,14 @@ fn may_leave(room: &str) -> Result<(), ClientError> {
 fn check_text_len(len: usize, max: usize) -> Result<(), ClientError> {
     if len > max {
         return Err(ClientError::new(ErrorCode::TextTooLong, format!("`text` is longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+/// A message's `data` may be at most `max` bytes, as the client wrote it.
+fn check_data_len(len: usize, max: usize) -> Result<(), ClientError> {
+    if len > max {
+        return Err(ClientError::new(ErrorCode::DataTooLarge, format!("`data` is longer than {max} bytes")));
     }
     Ok(())
 }
@@ -535,6 +562,8 @@ mod tests {
         let err = check_text_len(101, 100).expect_err("too long");
         assert_eq!(err.code, ErrorCode::TextTooLong);
         assert!(err.message.contains("100 bytes"));
+        assert!(check_data_len(16, 16).is_ok());
+        assert_eq!(check_data_len(17, 16).map_err(|e| e.code), Err(ErrorCode::DataTooLarge));
     }
 
     #[test]

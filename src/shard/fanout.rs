@@ -22,7 +22,7 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use super::conns::ConnId;
+use super::conns::{Conn, ConnId};
 use super::outbox::MAX_IOV;
 use super::Shard;
 use crate::metrics::add;
@@ -43,6 +43,9 @@ struct Group {
     frames: Vec<Bytes>,
     /// Owner hand-off time of each frame, for the fan-out latency histogram.
     sent_at: Vec<Instant>,
+    /// (frame index, member) pairs: that member does not get that frame (`skip_self`).
+    /// Almost always empty.
+    skips: Vec<(usize, ConnId)>,
 }
 
 /// Deliveries waiting to be fanned out, grouped by room. Owned by the inbox loop and
@@ -64,6 +67,11 @@ pub struct Batch {
 impl Batch {
     /// Adds a frame for `room` (`None`: every open connection).
     pub fn push(&mut self, room: Option<Arc<str>>, frame: Bytes, sent_at: Instant) {
+        self.push_skipping(room, frame, sent_at, None);
+    }
+
+    /// [`Self::push`] of a frame that local member `skip` (its sender) does not get.
+    pub fn push_skipping(&mut self, room: Option<Arc<str>>, frame: Bytes, sent_at: Instant, skip: Option<ConnId>) {
         self.frames += 1;
         let slot = match &room {
             Some(name) => self.index.get(name).copied(),
@@ -73,7 +81,7 @@ impl Batch {
             Some(i) => i,
             None => {
                 if self.used == self.groups.len() {
-                    self.groups.push(Group { room: None, frames: Vec::new(), sent_at: Vec::new() });
+                    self.groups.push(Group { room: None, frames: Vec::new(), sent_at: Vec::new(), skips: Vec::new() });
                 }
                 let i = self.used;
                 self.used += 1;
@@ -87,8 +95,12 @@ impl Batch {
                 i
             }
         };
-        self.groups[g].frames.push(frame);
-        self.groups[g].sent_at.push(sent_at);
+        let group = &mut self.groups[g];
+        if let Some(id) = skip {
+            group.skips.push((group.frames.len(), id));
+        }
+        group.frames.push(frame);
+        group.sent_at.push(sent_at);
     }
 
     /// Whether the batch should be delivered before taking more.
@@ -109,11 +121,12 @@ impl Shard {
         let Batch { groups, used, frames, index, all, ids } = batch;
         // Groups are emptied, not dropped, so their vectors' capacity is reused.
         for group in &mut groups[..*used] {
-            self.deliver_group(group.room.take().as_deref(), &group.frames, ids).await;
+            self.deliver_group(group.room.take().as_deref(), &group.frames, &group.skips, ids).await;
             for at in group.sent_at.drain(..) {
                 self.stats.record_fanout(at.elapsed());
             }
             group.frames.clear();
+            group.skips.clear();
         }
         *used = 0;
         *frames = 0;
@@ -121,7 +134,36 @@ impl Shard {
         *all = None;
     }
 
-    async fn deliver_group(self: &Rc<Self>, room: Option<&str>, frames: &[Bytes], ids: &mut Vec<ConnId>) {
+    /// Hands `frames` to one member, leaving out those listed for it in `skips`.
+    fn push_member(
+        &self,
+        id: ConnId,
+        conn: &mut Conn,
+        frames: &[Bytes],
+        iov: &[IoSlice<'_>],
+        skips: &[(usize, ConnId)],
+    ) {
+        if skips.iter().all(|(_, s)| *s != id) {
+            self.push_batch(conn, frames, iov);
+            return;
+        }
+        // The sender of a `skip_self` message: its own copy of the group (rare, so the
+        // allocation is fine), in the same order minus what it sent.
+        let mine: Vec<Bytes> =
+            frames.iter().enumerate().filter(|(i, _)| !skips.contains(&(*i, id))).map(|(_, f)| f.clone()).collect();
+        if !mine.is_empty() {
+            let iov: Vec<IoSlice<'_>> = mine.iter().map(|f| IoSlice::new(f)).collect();
+            self.push_batch(conn, &mine, &iov);
+        }
+    }
+
+    async fn deliver_group(
+        self: &Rc<Self>,
+        room: Option<&str>,
+        frames: &[Bytes],
+        skips: &[(usize, ConnId)],
+        ids: &mut Vec<ConnId>,
+    ) {
         // Inline for the usual few frames per room; a backed-up room's larger group pays
         // one allocation per batch (never per delivery).
         let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = frames.iter().map(|f| IoSlice::new(f)).collect();
@@ -136,7 +178,7 @@ impl Shard {
                     if set.len() <= CHUNK {
                         set.for_each(|id| {
                             if let Some(conn) = conns.get_mut(id) {
-                                self.push_batch(conn, frames, iov);
+                                self.push_member(id, conn, frames, iov, skips);
                             }
                         });
                         add(&self.stats.deliveries, (set.len() * frames.len()) as u64);
@@ -160,7 +202,7 @@ impl Shard {
                         None => conn.is_open(),
                     };
                     if wanted {
-                        self.push_batch(conn, frames, iov);
+                        self.push_member(*id, conn, frames, iov, skips);
                     }
                 }
             }

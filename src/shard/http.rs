@@ -27,6 +27,7 @@ use crate::http::{assets, prometheus, stats, HttpError};
 use crate::metrics::{inc, Snapshot};
 use crate::protocol;
 use crate::protocol::client::{HISTORY_PAGE, HISTORY_PAGE_MAX, MAX_PAGE, PRESENCE_PAGE};
+use crate::room::request::Extra;
 use crate::room::BROADCAST_ROOM;
 use crate::ws::handshake;
 
@@ -143,6 +144,43 @@ impl Services {
                         shard.publish(p).await
                     });
                 }
+                Err(answer) => answer,
+            },
+            Route::Command(method) => match self.api_key_ok(&req) {
+                Ok(()) => {
+                    let body = body.to_vec();
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.command(method, &body).await
+                    });
+                }
+                Err(answer) => answer,
+            },
+            Route::Batch => match self.api_key_ok(&req) {
+                Ok(()) => {
+                    let body = body.to_vec();
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.batch(&body).await
+                    });
+                }
+                Err(answer) => answer,
+            },
+            Route::Rooms => match self.api_key_ok(&req) {
+                Ok(()) => {
+                    let prefix = req.query_param("prefix").unwrap_or_default();
+                    let after = req.query_param("after");
+                    let limit = page_limit(
+                        req.query_param("limit"),
+                        super::api::ROOMS_PAGE as u32,
+                        super::api::ROOMS_PAGE_MAX as u32,
+                    );
+                    return self.answer_later(id, conn, used, keep, head_only, move |shard| async move {
+                        shard.rooms(prefix, after, limit as usize).await
+                    });
+                }
+                Err(answer) => answer,
+            },
+            Route::Info => match self.api_key_ok(&req) {
+                Ok(()) => self.info(),
                 Err(answer) => answer,
             },
             Route::RoomPresence(room) => {
@@ -322,6 +360,16 @@ impl Services {
         }
     }
 
+    /// Checks the API key of a server API request (a wrong one is counted).
+    fn api_key_ok(&self, req: &Request<'_, '_>) -> Result<(), Answer> {
+        publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")).map_err(|e| {
+            if e == publish::PublishError::Unauthorized {
+                inc(&self.stats.auth_rejections);
+            }
+            publish_refusal(e)
+        })
+    }
+
     /// Checks the API key and the body of `POST /api/publish`.
     fn publish_request(&self, req: &Request<'_, '_>, body: &[u8]) -> Result<PublishRequest, Answer> {
         if let Err(e) = publish::authorize(self.cfg.api_key.as_deref(), req.header("authorization")) {
@@ -330,12 +378,12 @@ impl Services {
             }
             return Err(publish_refusal(e));
         }
-        publish::parse(body, self.cfg.max_message_bytes).map_err(publish_refusal)
+        publish::parse(body, self.cfg.max_message_bytes, self.cfg.max_data_bytes).map_err(publish_refusal)
     }
 
     /// Publishes through the same owners, sequencing and serialized-once frames as client
     /// messages, and reports what was reached.
-    async fn publish(&self, p: PublishRequest) -> Answer {
+    pub(super) async fn publish(&self, p: PublishRequest) -> Answer {
         #[derive(Serialize)]
         struct Outcome {
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,7 +393,16 @@ impl Services {
         }
         inc(&self.stats.api_publishes);
         let user: Arc<str> = Arc::from(p.user);
-        let text: Box<str> = Box::from(p.text);
+        let text: Option<Box<str>> = p.text.map(Box::from);
+        let volatile = p.volatile;
+        let extra = Extra {
+            data: p.data.map(Arc::from),
+            event: p.event.map(Arc::from),
+            tags: p.tags.map(Arc::from),
+            volatile,
+            skip: None,
+            idempotency_key: p.idempotency_key.map(Arc::from),
+        };
         let shards = self.mesh.len();
         let (rooms, want): (Vec<Arc<str>>, usize) = match &p.target {
             Target::Room(r) => (vec![Arc::from(r.as_str())], 1),
@@ -355,7 +412,13 @@ impl Services {
         let replies = self
             .ask(want, |reply| {
                 let from = Requester::Api(reply);
-                let msg = |room: Arc<str>| Publish { room, user: user.clone(), text: text.clone(), from: from.clone() };
+                let msg = |room: Arc<str>| Publish {
+                    room,
+                    user: user.clone(),
+                    text: text.clone(),
+                    extra: extra.clone(),
+                    from: from.clone(),
+                };
                 if p.target == Target::Everyone {
                     self.mesh.send(
                         self.mesh.owner_of(BROADCAST_ROOM),
@@ -384,7 +447,8 @@ impl Services {
             }
         }
         let outcome = Outcome {
-            seq: if matches!(p.target, Target::Users(_)) { None } else { seq },
+            // Volatile messages have no seq (the owner answers 0: handed out).
+            seq: if matches!(p.target, Target::Users(_)) || volatile { None } else { seq },
             rooms: if p.target == Target::Everyone { 0 } else { reached },
             shards: hit.iter().filter(|h| **h).count(),
         };
@@ -474,7 +538,7 @@ fn health_status(draining: bool) -> (u16, &'static str) {
 }
 
 /// A refused `POST /api/publish`; a missing or wrong key says which scheme to use.
-fn publish_refusal(e: publish::PublishError) -> Answer {
+pub(super) fn publish_refusal(e: publish::PublishError) -> Answer {
     let answer = Answer::error(e.status(), e.code(), &e.to_string());
     if e.status() == 401 {
         answer.with_header("WWW-Authenticate: Bearer\r\n")

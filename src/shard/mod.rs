@@ -34,6 +34,8 @@
 //! answers, client-message checks) are pure functions next to the code that applies
 //! them, each with unit tests.
 
+mod admin;
+mod api;
 mod ask;
 mod auth;
 pub mod conns;
@@ -160,7 +162,15 @@ impl Shard {
             Requester::Api(r) => Some(ReplyRef::Api { shard: r.shard as u16, req: r.req }),
             Requester::Remote(_) => None,
         };
-        let out = crate::cluster::BusOut::Forward { to, room: p.room, user: p.user, text: p.text, broadcast, reply };
+        let out = crate::cluster::BusOut::Forward {
+            to,
+            room: p.room,
+            user: p.user,
+            text: p.text,
+            extra: Box::new(p.extra),
+            broadcast,
+            reply,
+        };
         if !bus.send(out) {
             if let Requester::Api(r) = p.from {
                 self.mesh.send(
@@ -177,7 +187,10 @@ impl Shard {
         let mut owned = self.owned.borrow_mut();
         let now = Services::wall_ms();
         match m {
-            BusIn::Frame { room, epoch, seq, node, frame } => owned.remote_frame(&room, epoch, seq, node, frame, sink),
+            BusIn::Frame { room, epoch, seq, node, frame, skip } => {
+                owned.remote_frame_skipping(&room, epoch, seq, node, frame, skip, sink)
+            }
+            BusIn::Volatile { room, frame, skip } => owned.remote_volatile(&room, frame, skip, sink),
             BusIn::Presence { room, node, user, present } => {
                 owned.remote_presence(&room, node, user, present, now, sink)
             }
@@ -192,6 +205,11 @@ impl Shard {
             }
             BusIn::NodeGone(node) => owned.node_gone(node, now, sink),
             BusIn::Resync => owned.resync(sink),
+            BusIn::Admin(op) => {
+                drop(owned);
+                self.on_admin(&op);
+                return;
+            }
         }
         drop(owned);
         self.count_cluster();
@@ -223,6 +241,7 @@ impl Shard {
                     inc(&self.stats.messages_published);
                     self.owned.borrow_mut().publish(*p, Services::wall_ms(), sink);
                     self.count_cluster();
+                    self.count_idempotency();
                 }
             },
             ShardMsg::Broadcast(p) => match self.remote_sequencer(BROADCAST_ROOM) {
@@ -230,6 +249,7 @@ impl Shard {
                 _ => {
                     inc(&self.stats.messages_published);
                     self.owned.borrow_mut().broadcast(*p, Services::wall_ms(), sink);
+                    self.count_idempotency();
                 }
             },
             ShardMsg::Bus(m) => self.on_bus(*m),
@@ -242,7 +262,7 @@ impl Shard {
                 self.count_unanswered();
             }
             ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
-            ShardMsg::Deliver { room, frame, sent_at } => batch.push(Some(room), frame, sent_at),
+            ShardMsg::Deliver { room, frame, sent_at, skip } => batch.push_skipping(Some(room), frame, sent_at, skip),
             ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
             ShardMsg::ToConn { conn, frame } => {
                 if let Some(c) = self.conns.borrow_mut().get_mut(conn) {
@@ -253,6 +273,16 @@ impl Shard {
                 let snapshot = self.snapshot(room.as_deref(), limit);
                 let reply_msg = ShardMsg::Reply { req: reply.req, reply: Reply::Stats(Box::new(snapshot)) };
                 self.mesh.send(reply.shard, reply_msg);
+            }
+            ShardMsg::Query { reply, query: Query::Rooms { prefix, after, limit } } => {
+                let page = self.owned.borrow().rooms_page(&prefix, after.as_deref(), limit);
+                self.mesh.send(reply.shard, ShardMsg::Reply { req: reply.req, reply: Reply::Rooms(page) });
+            }
+            ShardMsg::Admin { op, reply } => {
+                let answer = self.on_admin(&op);
+                if let Some(r) = reply {
+                    self.mesh.send(r.shard, ShardMsg::Reply { req: r.req, reply: answer });
+                }
             }
             ShardMsg::Reply { req, reply } => self.on_reply(req, reply),
             ShardMsg::Shutdown => self.begin_shutdown(),
@@ -271,6 +301,14 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Moves the owner's idempotency counts (retries answered from memory, keys evicted
+    /// early) to the shard's counters.
+    fn count_idempotency(&self) {
+        let (replays, evicted, _) = self.owned.borrow_mut().take_idempotency_counts();
+        add(&self.stats.idempotent_replays, replays);
+        add(&self.stats.idempotency_evictions, evicted);
     }
 
     /// Moves the owner's count of requests from other nodes it could not answer to the

@@ -14,8 +14,8 @@ use crate::room::ToShard;
 // The requests and answers rooms deal in are core types; the runtime names them here
 // too, where they travel inside `ShardMsg`.
 pub use crate::room::request::{
-    ConnRef, DeleteReq, HistoryReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply, ReplyTo,
-    Requester, Since,
+    AdminOp, ConnRef, DeleteReq, HistoryReq, JoinAck, JoinKind, JoinRefused, JoinReq, PresenceReq, Publish, Reply,
+    ReplyTo, Requester, Since,
 };
 
 /// A message for one shard's inbox.
@@ -68,6 +68,8 @@ pub enum ShardMsg {
         frame: Bytes,
         /// When the owner handed it off (for the fan-out latency histogram).
         sent_at: Instant,
+        /// A local member that does not get this frame (`skip_self`).
+        skip: Option<ConnId>,
     },
     /// From the broadcast owner to every shard: hand `frame` to every open connection.
     DeliverAll {
@@ -106,6 +108,15 @@ pub enum ShardMsg {
     },
     /// From the cluster bridge: something another node said (see [`BusIn`]).
     Bus(Box<BusIn>),
+    /// An operator command (server API): to every shard for user commands, to the
+    /// room's owner for `HistoryRemove`. Answered with `Reply::Reached` or
+    /// `Reply::HistoryRemoved` when `reply` is given.
+    Admin {
+        /// The command.
+        op: Arc<AdminOp>,
+        /// Where the answer goes (none: from another node, nobody waits).
+        reply: Option<ReplyTo>,
+    },
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
 }
@@ -147,6 +158,7 @@ impl ShardMsg {
             | ShardMsg::ToConn { .. }
             | ShardMsg::Reply { .. }
             | ShardMsg::Bus(_)
+            | ShardMsg::Admin { .. }
             | ShardMsg::Shutdown => Class::Ordered,
         }
     }
@@ -157,7 +169,7 @@ impl From<ToShard> for ShardMsg {
     /// `Bytes` is handed on, not copied).
     fn from(m: ToShard) -> ShardMsg {
         match m {
-            ToShard::Deliver { room, frame, sent_at } => ShardMsg::Deliver { room, frame, sent_at },
+            ToShard::Deliver { room, frame, sent_at, skip } => ShardMsg::Deliver { room, frame, sent_at, skip },
             ToShard::DeliverAll { frame, sent_at } => ShardMsg::DeliverAll { frame, sent_at },
             ToShard::JoinAck(ack) => ShardMsg::JoinAck(ack),
             ToShard::JoinRefused(r) => ShardMsg::JoinRefused(r),
@@ -197,6 +209,16 @@ pub enum Query {
         /// Report only this room.
         room: Option<Arc<str>>,
         /// Most rooms to list.
+        limit: usize,
+    },
+    /// The public rooms it owns whose names start with `prefix`, after `after`, the first
+    /// `limit` by name.
+    Rooms {
+        /// Name prefix ("" for all).
+        prefix: Arc<str>,
+        /// Paging cursor: names after this one.
+        after: Option<Arc<str>>,
+        /// Page size.
         limit: usize,
     },
 }

@@ -67,6 +67,8 @@ pub(crate) struct Services {
     pub(super) json: RefCell<simd_json::Buffers>,
     /// Upgraded WebSocket connections open now.
     pub(super) ws_open: Cell<u64>,
+    /// Banned users (`POST /api/disconnect` with `ban_secs`) and until when (wall ms).
+    pub(super) bans: RefCell<FxHashMap<Arc<str>, u64>>,
     /// Questions to other shards awaiting answers.
     pub(super) asks: Asks,
     /// Clocks and ids.
@@ -114,6 +116,7 @@ impl Services {
             scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
             json: RefCell::new(simd_json::Buffers::new(4096)),
             ws_open: Cell::new(0),
+            bans: RefCell::new(FxHashMap::default()),
             asks: Asks::default(),
             ids: Ids { started: Instant::now(), nonce: fastrand::u32(..), next_token: Cell::new(0) },
             flow: Flow {

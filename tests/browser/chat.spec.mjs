@@ -208,6 +208,35 @@ async function main() {
       await waitForMessage(bob.page, ROOM, 'alice', 'Looks great in both light and dark mode.');
     });
 
+    await check('typing shows on the other side as a volatile message, and clears with the message', async () => {
+      await alice.page.fill('#composer-input', 'I am typing this');
+      await bob.page.waitForFunction(() => document.getElementById('typing')?.textContent === 'alice is typing…');
+      await alice.page.press('#composer-input', 'Enter');
+      await waitForMessage(bob.page, ROOM, 'alice', 'I am typing this');
+      await bob.page.waitForFunction(() => document.getElementById('typing')?.hidden === true);
+      assert((await alice.page.$eval('#typing', (e) => e.hidden)) === true, 'nobody shows their own typing');
+    });
+
+    await check('a data-only message shows its event badge and compact JSON', async () => {
+      // A dashboard bot publishes structured data from its own connection.
+      await bob.page.evaluate(async (room) => {
+        const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/ws?name=dashbot`);
+        await new Promise((resolve) => (ws.onopen = resolve));
+        const joined = new Promise((resolve) => (ws.onmessage = (e) => JSON.parse(e.data).type === 'joined' && resolve()));
+        ws.send(JSON.stringify({ type: 'join', room }));
+        await joined;
+        ws.send('{"type":"message","room":"' + room + '","event":"score","data":{"home":2,"away":1,"note":"<b>x</b>"}}');
+        ws.close(); // after the message: the server reads them in order
+      }, ROOM);
+      for (const u of [alice, bob]) {
+        const row = await u.page.waitForSelector(`${messages(ROOM)} li.msg[data-user="dashbot"]`);
+        const [badge, json] = await row.$$eval('.event-badge, .data', (els) => els.map((e) => e.textContent));
+        assert(badge === 'score', `badge ${badge}`);
+        assert(json === '{"home":2,"away":1,"note":"<b>x</b>"}', `json ${json}`);
+        assert((await row.$$('b')).length === 0, 'markup inside data stays text');
+      }
+    });
+
     await check('screenshots', async () => {
       await alice.page.screenshot({ path: path.join(outDir, 'chat.png') });
       await bob.page.screenshot({ path: path.join(outDir, 'chat-dark.png') });

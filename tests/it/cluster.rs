@@ -17,7 +17,7 @@ use tungstenite::Message;
 
 use crate::support::{skip, which, ChildServer, Client, Http, TestServer, PATIENCE};
 
-const KEY: &str = "cluster-test-api-key-0123";
+pub(crate) const KEY: &str = "cluster-test-api-key-0123";
 
 /// The documented bound (docs/CLUSTER.md) for a dead node's users to disappear: the node
 /// timeout (3 s) plus 1 s.
@@ -25,7 +25,7 @@ const PRESENCE_BOUND: Duration = Duration::from_secs(4);
 
 /// `nats-server` from PATH, or `None` after printing the skip line (panics instead when
 /// `CORECAST_REQUIRE_EXTERNAL=1`).
-fn nats_binary(test: &str) -> Option<PathBuf> {
+pub(crate) fn nats_binary(test: &str) -> Option<PathBuf> {
     let found = which("nats-server");
     if found.is_none() {
         skip(&format!("cluster::{test}"), "nats-server not on PATH (Debian: apt-get install nats-server)");
@@ -38,20 +38,20 @@ fn free_port() -> u16 {
 }
 
 /// A `nats-server` child process on a fixed port (so it can be restarted on it).
-struct Nats {
+pub(crate) struct Nats {
     bin: PathBuf,
     port: u16,
     child: Option<Child>,
 }
 
 impl Nats {
-    fn start(bin: PathBuf) -> Nats {
+    pub(crate) fn start(bin: PathBuf) -> Nats {
         let mut n = Nats { bin, port: free_port(), child: None };
         n.restart();
         n
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -91,7 +91,7 @@ fn cluster_cfg(url: &str, name: &str) -> ClusterConfig {
 }
 
 /// An in-process node of the cluster at `url`.
-fn node(url: &str, name: &str) -> TestServer {
+pub(crate) fn node(url: &str, name: &str) -> TestServer {
     let cfg = cluster_cfg(url, name);
     TestServer::with(move |c| {
         c.cluster = Some(cfg);
@@ -109,7 +109,7 @@ fn health(addr: SocketAddr) -> Value {
 }
 
 /// Waits until every node is connected and sees `n` live nodes.
-fn wait_for_cluster(addrs: &[SocketAddr], n: u64) {
+pub(crate) fn wait_for_cluster(addrs: &[SocketAddr], n: u64) {
     let deadline = Instant::now() + PATIENCE;
     for &a in addrs {
         loop {
@@ -124,7 +124,7 @@ fn wait_for_cluster(addrs: &[SocketAddr], n: u64) {
 }
 
 /// The next frame satisfying `want` within `within`, skipping others; `None` on timeout.
-fn wait_for(c: &mut Client, within: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
+pub(crate) fn wait_for(c: &mut Client, within: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -150,7 +150,7 @@ fn wait_for(c: &mut Client, within: Duration, want: impl Fn(&Value) -> bool) -> 
 }
 
 /// Asks for presence until the room shows exactly `users` (sorted), or fails.
-fn wait_presence(c: &mut Client, room: &str, users: &[&str], within: Duration) {
+pub(crate) fn wait_presence(c: &mut Client, room: &str, users: &[&str], within: Duration) {
     let deadline = Instant::now() + within;
     let mut last = Value::Null;
     while Instant::now() < deadline {

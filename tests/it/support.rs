@@ -453,6 +453,22 @@ impl Http {
         }
         Self::finish(req.send(body.to_string()))
     }
+
+    /// GETs `path` with `Authorization: Bearer <key>`.
+    pub fn get_with_key(&self, path: &str, key: &str) -> Resp {
+        Self::finish(
+            self.agent.get(format!("{}{path}", self.base)).header("authorization", format!("Bearer {key}")).call(),
+        )
+    }
+
+    /// POSTs `body` exactly as given (e.g. JSON whose numbers a `Value` would round).
+    pub fn post_raw(&self, path: &str, bearer: Option<&str>, body: &str) -> Resp {
+        let mut req = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
+        if let Some(key) = bearer {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        Self::finish(req.send(body.to_owned()))
+    }
 }
 
 /// How a test client connects: query string, source address, offered subprotocols.

@@ -27,6 +27,7 @@ export type ServerErrorCode =
   | 'unavailable'
   | 'rate_limited'
   | 'text_too_long'
+  | 'data_too_large'
   | 'too_many_rooms'
   | 'room_exists'
   | 'no_such_room'
@@ -70,14 +71,18 @@ export class CorecastError extends Error {
 /** A room message as delivered live or replayed. Unknown fields stay available in `raw`. */
 export interface Message {
   room: string;
-  /** Position in the room's stream; absent for volatile messages (forward-looking). */
+  /** Position in the room's stream; absent for volatile messages. */
   seq?: number;
   user: string;
   text?: string;
-  /** Structured payload (forward-looking: `data` is not in the server yet). */
+  /** Structured payload: any JSON value but `null`, as the publisher wrote it. */
   data?: unknown;
-  /** Application event name (forward-looking). */
+  /** Application event name, to dispatch on without looking into `data`. */
   event?: string;
+  /** String tags set by a server-side publish. */
+  tags?: Record<string, string>;
+  /** True for a volatile message: no `seq`, never stored or replayed. */
+  volatile?: boolean;
   /** Server time in ms since the Unix epoch, set when the message was sequenced. */
   ts?: number;
   /** The frame as received. */
@@ -120,10 +125,13 @@ export interface HistoryPage {
   messages: Message[];
 }
 
-/** Options of a publish. `event`, `volatile` and `skipSelf` are forward-looking (not in the server yet). */
+/** Options of a publish (docs/PROTOCOL.md, "Structured payloads"). */
 export interface PublishOptions {
+  /** An event name (1–64 bytes, no control characters). */
   event?: string;
+  /** To current members only: no `seq`, not stored, not replayed (typing indicators, cursors). */
   volatile?: boolean;
+  /** This connection does not receive its own message. */
   skipSelf?: boolean;
   /** Overrides the client's `requestTimeoutMs` for this publish. */
   timeoutMs?: number;
@@ -197,6 +205,8 @@ export interface ClientEvents {
   reconnecting: { delay: number; attempt: number };
   /** A personal push (room `@user:<id>`). */
   push: Message;
+  /** The server joined this connection to a room (`POST /api/subscribe`); the room is joined. */
+  subscribed: Room;
   /** A server-wide broadcast (room `@all`). */
   broadcast: Message;
   /** A new token was accepted by `refresh`. */
@@ -208,7 +218,7 @@ export interface ClientEvents {
 /** Events of {@link Room}. */
 export interface RoomEvents {
   message: Message;
-  /** A message without seq (forward-looking: volatile messages are not in the server yet). */
+  /** A volatile message (no seq). */
   volatile: Message;
   join: { user: string };
   leave: { user: string };
@@ -217,7 +227,8 @@ export interface RoomEvents {
   recovered: { epoch: string; seq: number; replayed: number };
   /** A rejoin could not recover: reload the room's state (e.g. with `history()`). */
   resync: { epoch: string; seq: number; previousEpoch: string | null; previousSeq: number | null };
-  left: Record<string, never>;
+  /** The room was left; `reason` is set when the server removed this connection (`POST /api/unsubscribe`). */
+  left: { reason?: string };
   deleted: Record<string, never>;
   /** A rejoin after a reconnect was refused; the room is no longer joined. */
   error: CorecastError;
@@ -304,6 +315,12 @@ function toMessage(m: Frame): Message {
   if (typeof m.text === 'string') msg.text = m.text;
   if ('data' in m) msg.data = m.data;
   if (typeof m.event === 'string') msg.event = m.event;
+  if (m.tags && typeof m.tags === 'object' && !Array.isArray(m.tags)) {
+    const tags: Record<string, string> = {};
+    for (const [k, v] of Object.entries(m.tags as Record<string, unknown>)) if (typeof v === 'string') tags[k] = v;
+    msg.tags = tags;
+  }
+  if (m.volatile === true) msg.volatile = true;
   if (typeof m.ts === 'number') msg.ts = m.ts;
   return msg;
 }
@@ -380,8 +397,9 @@ export class Room extends Emitter<RoomEvents> {
   }
 
   /**
-   * Publishes `text` (a string) or `data` (anything else, forward-looking) and resolves
-   * with the message's `seq` from the server's `ack`. Rejects with a {@link CorecastError}:
+   * Publishes `text` (a string) or `data` (any other JSON value but `null`) and resolves
+   * with the message's `seq` from the server's `ack` (`NaN` for a volatile message, which
+   * has none). Rejects with a {@link CorecastError}:
    * the server's code (`not_member`, `rate_limited`, `text_too_long`, …) or a client code.
    * While disconnected the publish is queued (bounded) or rejected, per `offline`.
    */
@@ -868,10 +886,19 @@ export class Corecast extends Emitter<ClientEvents> {
         if (room && room.wanted && user !== undefined) room._emit(m.type, { user });
         return;
       }
-      case 'left':
+      case 'left': {
         this.take('leave', str(m.room))?.resolve(undefined);
-        this.rooms.get(str(m.room) ?? '')?._emit('left', {});
+        const room = this.rooms.get(str(m.room) ?? '');
+        const reason = str(m.reason);
+        if (room && reason !== undefined) {
+          // Removed by the server: not rejoined after a reconnect.
+          room.wanted = false;
+          room.status = 'idle';
+          room.info = null;
+        }
+        room?._emit('left', reason === undefined ? {} : { reason });
         return;
+      }
       case 'deleted': {
         const room = this.rooms.get(str(m.room) ?? '');
         this.take('delete', str(m.room))?.resolve(undefined);
@@ -911,7 +938,15 @@ export class Corecast extends Emitter<ClientEvents> {
   }
 
   private onJoined(m: Frame): void {
-    const room = this.rooms.get(str(m.room) ?? '');
+    const name = str(m.room) ?? '';
+    let room = this.rooms.get(name);
+    let subscribed = false;
+    if (!room && name !== '') {
+      // A room this client never asked for: the server subscribed it (`POST /api/subscribe`).
+      room = this.room(name);
+      room.wanted = true;
+      subscribed = true;
+    }
     if (!room || !room.wanted) return; // left meanwhile: the server has our leave queued
     this.take('join', room.name);
     const seq = int(m.seq) ?? 0;
@@ -936,6 +971,7 @@ export class Corecast extends Emitter<ClientEvents> {
     room.waiters = [];
     for (const w of waiters) w.resolve(info);
     room._emit('joined', info);
+    if (subscribed) this.emit('subscribed', room);
   }
 
   private onMessage(m: Frame): void {

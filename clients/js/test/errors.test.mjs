@@ -17,7 +17,7 @@ async function connected(name, opts = {}) {
 
 before(async () => {
   // Default rate limit (20/s, burst 40) on purpose; few rooms per connection.
-  server = await startServer(['--max-rooms-per-conn', '3', '--max-text-bytes', '100']);
+  server = await startServer(['--max-rooms-per-conn', '3', '--max-text-bytes', '100', '--max-data-bytes', '100']);
 });
 after(async () => {
   await Promise.all(clients.map((c) => c.close()));
@@ -45,6 +45,7 @@ test('request errors carry the server code', { timeout: 60_000 }, async () => {
   await expectCode(c.request({ type: 'join', room: 'r1' }), 'already_joined');
   await expectCode(c.request({ type: 'leave', room: '@user:erin' }), 'forbidden');
   await expectCode(c.room('r1').publish('x'.repeat(101)), 'text_too_long');
+  await expectCode(c.room('r1').publish({ big: 'x'.repeat(101) }), 'data_too_large');
   await c.room('r2').join();
   await c.room('r3').join();
   await expectCode(c.room('r4').join(), 'too_many_rooms');

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::{ClientError, ErrorCode};
+use super::{raw, ClientError, ErrorCode};
 
 /// simd-json's reusable parser buffers (one set per shard), as [`parse`] takes them.
 pub use simd_json::Buffers;
@@ -57,12 +57,21 @@ pub enum ClientMsg<'a> {
         /// Room name.
         room: Cow<'a, str>,
     },
-    /// Publish `text` to a room the connection has joined.
+    /// Publish `text` and/or `data` to a room the connection has joined.
     Message {
         /// Room name.
         room: Cow<'a, str>,
-        /// Message text.
-        text: Cow<'a, str>,
+        /// Message text (a message has `text`, `data`, or both).
+        text: Option<Cow<'a, str>>,
+        /// The `data` value exactly as the client wrote it (valid JSON, not `null`),
+        /// spliced into the delivered frame unchanged.
+        data: Option<Box<[u8]>>,
+        /// Event name (1–64 bytes, no control characters), delivered as is.
+        event: Option<Cow<'a, str>>,
+        /// Deliver to current members only: no `seq`, no history, no replay.
+        volatile: bool,
+        /// The sending connection does not receive the message itself.
+        skip_self: bool,
     },
     /// List the users present in a room: a page of at most `limit` names after `after`.
     Presence {
@@ -113,6 +122,10 @@ pub struct Since<'a> {
 /// Parses one text message. `input` is modified (simd-json works in place);
 /// `buffers` are the shard's reusable parser buffers.
 pub fn parse<'a>(input: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Result<Request<'a>, ClientError> {
+    // `data` travels verbatim: copy its bytes before simd-json unescapes strings in place
+    // (the parse below still validates them as part of the document).
+    let data: Option<Box<[u8]>> =
+        if raw::mentions(input, b"data") { raw::member(input, b"data").map(Box::from) } else { None };
     // Two steps so errors can be told apart: building the tape validates syntax
     // (`bad_json`); deserializing from it checks the shape (`invalid_field`).
     let mut de = simd_json::Deserializer::from_slice_with_buffers(input, buffers)
@@ -129,7 +142,7 @@ pub fn parse<'a>(input: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Resul
         }
     };
     let id = raw.id.clone().map(|r| r.0);
-    raw.validate()
+    raw.validate(data)
         .map(|msg| Request { id: id.clone(), msg })
         .map_err(|e| ClientError { reference: id.map(Cow::into_owned), ..e })
 }
@@ -164,10 +177,17 @@ pub struct Raw<'a> {
     token: Option<Cow<'a, str>>,
     before: Option<u64>,
     limit: Option<u32>,
+    /// Only whether it is there: its bytes are taken verbatim before parsing (`null`
+    /// reads as absent here and is refused in [`Raw::validate`]).
+    data: Option<de::IgnoredAny>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    volatile: Option<bool>,
+    skip_self: Option<bool>,
 }
 
 impl<'a> Raw<'a> {
-    fn validate(self) -> Result<ClientMsg<'a>, ClientError> {
+    fn validate(self, data: Option<Box<[u8]>>) -> Result<ClientMsg<'a>, ClientError> {
         let kind = self.kind.ok_or_else(|| ClientError::new(ErrorCode::MissingField, "missing field `type`"))?;
         let room = self.room;
         let need_room = || room.clone().ok_or_else(|| missing("room"));
@@ -184,7 +204,29 @@ impl<'a> Raw<'a> {
             "create" => ClientMsg::Create { room: need_room()?, password: self.password },
             "delete" => ClientMsg::Delete { room: need_room()? },
             "refresh" => ClientMsg::Refresh { token: self.token.ok_or_else(|| missing("token"))? },
-            "message" => ClientMsg::Message { room: need_room()?, text: self.text.ok_or_else(|| missing("text"))? },
+            "message" => {
+                let data = match (data, self.data.is_some()) {
+                    (Some(d), true) => Some(d),
+                    (None, false) => None,
+                    // Found but read as absent: the value was `null`.
+                    (Some(_), false) => return Err(invalid("`data` cannot be null")),
+                    (None, true) => return Err(invalid("write the key `data` without escapes")),
+                };
+                if self.text.is_none() && data.is_none() {
+                    return Err(missing("text` (or `data"));
+                }
+                if let Some(event) = &self.event {
+                    super::validate_event(event)?;
+                }
+                ClientMsg::Message {
+                    room: need_room()?,
+                    text: self.text,
+                    data,
+                    event: self.event,
+                    volatile: self.volatile.unwrap_or(false),
+                    skip_self: self.skip_self.unwrap_or(false),
+                }
+            }
             "presence" => ClientMsg::Presence { room: need_room()?, after: self.after, limit },
             "history" => ClientMsg::History { room: need_room()?, before: self.before, limit },
             other => {
@@ -199,6 +241,10 @@ impl<'a> Raw<'a> {
 
 fn missing(field: &str) -> ClientError {
     ClientError::new(ErrorCode::MissingField, format!("missing field `{field}`"))
+}
+
+fn invalid(message: &str) -> ClientError {
+    ClientError::new(ErrorCode::InvalidField, message)
 }
 
 fn json_error(code: ErrorCode, e: &simd_json::Error) -> ClientError {
@@ -303,7 +349,17 @@ mod tests {
         );
         let r = p(r#"{"type":"message","room":"r","text":"h\"i\u00e9","id":42}"#).unwrap();
         assert_eq!(r.id.as_deref(), Some("42"));
-        assert_eq!(r.msg, ClientMsg::Message { room: "r".into(), text: "h\"ié".into() });
+        assert_eq!(
+            r.msg,
+            ClientMsg::Message {
+                room: "r".into(),
+                text: Some("h\"ié".into()),
+                data: None,
+                event: None,
+                volatile: false,
+                skip_self: false
+            }
+        );
         assert!(matches!(p(r#"{"type":"leave","room":"r"}"#).unwrap().msg, ClientMsg::Leave { .. }));
         assert_eq!(
             p(r#"{"type":"create","room":"r","password":"pw"}"#).unwrap().msg,
@@ -338,6 +394,65 @@ mod tests {
         assert_eq!(p(r#"{"type":"join","room":"r","since":{"epoch":"x"}}"#).unwrap_err().code, ErrorCode::InvalidField);
     }
 
+    /// A parsed message's (text, data, event, volatile, skip_self).
+    type Parts = (Option<String>, Option<Vec<u8>>, Option<String>, bool, bool);
+
+    fn message_parts(s: &str) -> Result<Parts, ClientError> {
+        match p(s)?.msg {
+            ClientMsg::Message { text, data, event, volatile, skip_self, .. } => {
+                Ok((text.map(Cow::into_owned), data.map(Vec::from), event.map(Cow::into_owned), volatile, skip_self))
+            }
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_is_taken_verbatim() {
+        let raw = r#"{"n":12345678901234567890123, "s":"caf\u00e9 \"q\"", "a":[1.50,true,null]}"#;
+        let (text, data, ..) =
+            message_parts(&format!(r#"{{"type":"message","room":"r","data": {raw} ,"id":1}}"#)).unwrap();
+        assert_eq!((text, data.as_deref()), (None, Some(raw.as_bytes())));
+        for value in [r#""just a string""#, "-0.5e10", "[]", "{}", "false"] {
+            let (_, data, ..) = message_parts(&format!(r#"{{"type":"message","room":"r","data":{value}}}"#)).unwrap();
+            assert_eq!(data.as_deref(), Some(value.as_bytes()));
+        }
+        let (text, data, event, volatile, skip_self) = message_parts(
+            r#"{"type":"message","room":"r","text":"t","data":[1],"event":"score","volatile":true,"skip_self":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (text.as_deref(), data.as_deref(), event.as_deref(), volatile, skip_self),
+            (Some("t"), Some(&b"[1]"[..]), Some("score"), true, true)
+        );
+    }
+
+    #[test]
+    fn bad_payload_fields_are_named() {
+        let code = |s: &str| message_parts(s).unwrap_err();
+        let e = code(r#"{"type":"message","room":"r","id":"x"}"#);
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::MissingField, Some("x")));
+        assert!(e.message.contains("data"), "{}", e.message);
+        for (bad, field) in [
+            (r#"{"type":"message","room":"r","data":null}"#, "data"),
+            (r#"{"type":"message","room":"r","d\u0061ta":1}"#, "data"),
+            (r#"{"type":"message","room":"r","text":"t","event":""}"#, "event"),
+            (r#"{"type":"message","room":"r","text":"t","event":"a\u0007b"}"#, "event"),
+            (r#"{"type":"message","room":"r","text":"t","event":7}"#, ""),
+            (r#"{"type":"message","room":"r","text":"t","volatile":"yes"}"#, ""),
+            (r#"{"type":"message","room":"r","text":"t","skip_self":1}"#, ""),
+        ] {
+            let e = code(bad);
+            assert_eq!(e.code, ErrorCode::InvalidField, "{bad}");
+            assert!(e.message.contains(field), "{bad}: {}", e.message);
+        }
+        let long = "e".repeat(65);
+        assert_eq!(
+            code(&format!(r#"{{"type":"message","room":"r","text":"t","event":"{long}"}}"#)).code,
+            ErrorCode::InvalidField
+        );
+        assert_eq!(p(r#"{"type":"message","room":"r","data":{"a":}}"#).unwrap_err().code, ErrorCode::BadJson);
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -347,6 +462,22 @@ mod tests {
             fn no_input_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
                 let mut b = bytes;
                 let _ = parse(&mut b, &mut simd_json::Buffers::default());
+            }
+
+            #[test]
+            fn any_data_value_arrives_byte_for_byte(
+                n in any::<i64>(),
+                s in ".{0,16}",
+                big in "[1-9][0-9]{20,30}",
+                pretty in any::<bool>(),
+            ) {
+                let value = serde_json::json!({"n": n, "s": s, "list": [s.clone(), n]});
+                let value = if pretty { serde_json::to_string_pretty(&value).unwrap() } else { value.to_string() };
+                let value = format!("[{value}, {big}]");
+                let msg = format!(r#"{{"type":"message","room":"r","data":{value},"text":{}}}"#, serde_json::Value::from(s.clone()));
+                let (text, data, ..) = message_parts(&msg).unwrap();
+                prop_assert_eq!(text, Some(s));
+                prop_assert_eq!(data, Some(value.into_bytes()));
             }
 
             #[test]

@@ -4,6 +4,7 @@
 //! a complete WebSocket frame serialized exactly once.
 
 pub mod client;
+pub mod raw;
 pub mod server;
 
 use std::borrow::Cow;
@@ -46,6 +47,8 @@ pub enum ErrorCode {
     WrongPassword,
     /// A token presented in-band (`refresh`) is invalid, expired, or for another user.
     InvalidToken,
+    /// A message's `data` is larger than allowed.
+    DataTooLarge,
 }
 
 impl ErrorCode {
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::PasswordRequired => "password_required",
             ErrorCode::WrongPassword => "wrong_password",
             ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::DataTooLarge => "data_too_large",
         }
     }
 }
@@ -119,6 +123,18 @@ pub fn validate_room(room: &str) -> Result<(), ClientError> {
     }
     if room.starts_with(SYSTEM_ROOM_PREFIX) {
         return Err(ClientError::new(ErrorCode::InvalidRoom, "room names starting with `@` are reserved"));
+    }
+    Ok(())
+}
+
+/// Longest `event` name, in bytes.
+pub const MAX_EVENT_LEN: usize = 64;
+
+/// Checks a message's `event` name: 1–64 bytes, no control characters.
+pub fn validate_event(event: &str) -> Result<(), ClientError> {
+    if event.is_empty() || event.len() > MAX_EVENT_LEN || event.chars().any(char::is_control) {
+        let msg = format!("`event` must be 1 to {MAX_EVENT_LEN} bytes without control characters");
+        return Err(ClientError::new(ErrorCode::InvalidField, msg));
     }
     Ok(())
 }

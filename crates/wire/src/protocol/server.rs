@@ -111,6 +111,79 @@ pub fn message(room: &str, seq: u64, user: &str, text: &str, ts: u64) -> Bytes {
     json_frame(&RoomMessage { r#type: "message", room, seq, user, text, ts }, 80 + room.len() + user.len() + text.len())
 }
 
+/// What a room message carries besides its room, sender, position and time. A message
+/// has `text`, `data` or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Payload<'a> {
+    /// Message text.
+    pub text: Option<&'a str>,
+    /// A JSON value, already validated, spliced into the frame byte for byte.
+    pub data: Option<&'a [u8]>,
+    /// Event name (validated by the caller), delivered as is.
+    pub event: Option<&'a str>,
+    /// A JSON object of strings (validated by the caller), spliced byte for byte.
+    pub tags: Option<&'a [u8]>,
+}
+
+impl Payload<'_> {
+    /// Bytes the payload adds to a frame, roughly (a capacity hint).
+    pub fn len(&self) -> usize {
+        let field = |n: Option<usize>| n.map_or(0, |n| n + 12);
+        field(self.text.map(str::len))
+            + field(self.data.map(<[u8]>::len))
+            + field(self.event.map(str::len))
+            + field(self.tags.map(<[u8]>::len))
+    }
+
+    /// Whether it carries nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_none() && self.data.is_none()
+    }
+}
+
+/// `{"type":"message","room":…,"seq":…,"user":…,"event":…,"text":…,"data":…,"tags":…,"ts":…}`:
+/// a room message with any [`Payload`], built once. A volatile message (`seq` `None`) has
+/// no `seq` and carries `"volatile":true` instead, so clients tell it apart without
+/// guessing; absent payload parts are left out. `data` and `tags` are copied in as they
+/// are: the caller has validated them as JSON, and no receiver-visible byte of them is
+/// changed. A text-only sequenced message is byte-identical to [`message`].
+pub fn room_message(room: &str, seq: Option<u64>, user: &str, payload: &Payload<'_>, ts: u64) -> Bytes {
+    let hint = 80 + room.len() + user.len() + payload.len();
+    build_frame(OpCode::Data(Data::Text), hint, |buf| {
+        // Writing strings and integers into a Vec cannot fail.
+        buf.extend_from_slice(b"{\"type\":\"message\",\"room\":");
+        let _ = simd_json::to_writer(&mut *buf, room);
+        match seq {
+            Some(seq) => {
+                buf.extend_from_slice(b",\"seq\":");
+                let _ = simd_json::to_writer(&mut *buf, &seq);
+            }
+            None => buf.extend_from_slice(b",\"volatile\":true"),
+        }
+        buf.extend_from_slice(b",\"user\":");
+        let _ = simd_json::to_writer(&mut *buf, user);
+        if let Some(event) = payload.event {
+            buf.extend_from_slice(b",\"event\":");
+            let _ = simd_json::to_writer(&mut *buf, event);
+        }
+        if let Some(text) = payload.text {
+            buf.extend_from_slice(b",\"text\":");
+            let _ = simd_json::to_writer(&mut *buf, text);
+        }
+        if let Some(data) = payload.data {
+            buf.extend_from_slice(b",\"data\":");
+            buf.extend_from_slice(data);
+        }
+        if let Some(tags) = payload.tags {
+            buf.extend_from_slice(b",\"tags\":");
+            buf.extend_from_slice(tags);
+        }
+        buf.extend_from_slice(b",\"ts\":");
+        let _ = simd_json::to_writer(&mut *buf, &ts);
+        buf.push(b'}');
+    })
+}
+
 /// `{"type":"join"|"leave","room":…,"user":…}`: presence event.
 pub fn presence_event(joined: bool, room: &str, user: &str) -> Bytes {
     #[derive(Serialize)]
@@ -150,6 +223,30 @@ pub fn ack(reference: &str, room: &str, seq: u64) -> Bytes {
         seq: u64,
     }
     json_frame(&Ack { r#type: "ack", r#ref: reference, room, seq }, 48 + room.len() + reference.len())
+}
+
+/// `{"type":"ack","ref":…,"room":…}`: a volatile message with an `id` was handed to
+/// the room's members (it has no `seq`).
+pub fn ack_volatile(reference: &str, room: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        r#type: &'static str,
+        r#ref: &'a str,
+        room: &'a str,
+    }
+    json_frame(&Ack { r#type: "ack", r#ref: reference, room }, 40 + room.len() + reference.len())
+}
+
+/// `{"type":"left","room":…,"reason":…}`: the server removed the connection from the
+/// room (e.g. `POST /api/unsubscribe`), saying why.
+pub fn left_because(room: &str, reason: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Left<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        reason: &'a str,
+    }
+    json_frame(&Left { r#type: "left", room, reason }, 48 + room.len() + reason.len())
 }
 
 /// `{"type":"error","code":…,"message":…,"ref":…}`.
@@ -208,6 +305,29 @@ mod tests {
         assert_eq!(e, serde_json::json!({"type":"error","code":"not_member","message":"join first","ref":"7"}));
         let p = payload(&presence("r", 3, ["a", "b"].into_iter(), Some("b")));
         assert_eq!(p, serde_json::json!({"type":"presence","room":"r","count":3,"users":["a","b"],"next":"b"}));
+    }
+
+    fn text_of(frame: &Bytes) -> &str {
+        let h = parse_header(frame, Role::Client, usize::MAX).unwrap().unwrap();
+        std::str::from_utf8(&frame[h.header_len..]).unwrap()
+    }
+
+    #[test]
+    fn payload_messages_splice_data_verbatim() {
+        let text_only = Payload { text: Some("hi \"x\""), ..Payload::default() };
+        assert_eq!(room_message("r", Some(7), "u", &text_only, 5), message("r", 7, "u", "hi \"x\"", 5));
+        let data = br#"{"n":12345678901234567890123, "s":"caf\u00e9"}"#;
+        let p = Payload { text: None, data: Some(data), event: Some("score"), tags: Some(br#"{"k":"v"}"#) };
+        let f = room_message("r", None, "u", &p, 9);
+        assert_eq!(
+            text_of(&f),
+            r#"{"type":"message","room":"r","volatile":true,"user":"u","event":"score","data":{"n":12345678901234567890123, "s":"caf\u00e9"},"tags":{"k":"v"},"ts":9}"#
+        );
+        assert_eq!(payload(&ack_volatile("a", "r")), serde_json::json!({"type":"ack","ref":"a","room":"r"}));
+        assert_eq!(
+            payload(&left_because("r", "server")),
+            serde_json::json!({"type":"left","room":"r","reason":"server"})
+        );
     }
 
     #[test]
