@@ -54,6 +54,26 @@ struct Pending {
 struct Fragments {
     text: bool,
     data: Vec<u8>,
+    /// Text: how much of `data` is known to be complete, valid UTF-8. Each fragment is
+    /// checked as it arrives (from here on), so invalid text fails at the fragment that
+    /// makes it invalid, not at the end of the message (RFC 6455 §8.1 "fail fast").
+    valid: usize,
+}
+
+impl Fragments {
+    /// Checks the bytes added since the last call; a sequence cut at the end of `data`
+    /// may still be completed by the next fragment.
+    fn check_utf8(&mut self) -> Result<(), ProtocolError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.valid..]) {
+            Ok(_) => self.valid = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.valid += e.valid_up_to(),
+            Err(_) => return Err(ProtocolError::InvalidUtf8),
+        }
+        Ok(())
+    }
 }
 
 impl MessageReader {
@@ -153,7 +173,9 @@ where
             }
             let text = opcode == OpCode::Data(Data::Text);
             if !fin {
-                *fragments = Some(Fragments { text, data: payload.to_vec() });
+                let mut open = Fragments { text, data: payload.to_vec(), valid: 0 };
+                open.check_utf8()?;
+                *fragments = Some(open);
                 return Ok(ControlFlow::Continue(()));
             }
             deliver(text, payload, on_message)
@@ -167,6 +189,7 @@ where
             }
             open.data.extend_from_slice(payload);
             if !fin {
+                open.check_utf8()?;
                 return Ok(ControlFlow::Continue(()));
             }
             let Some(mut done) = fragments.take() else {
@@ -258,6 +281,27 @@ mod tests {
         let got = collect(&mut r, &[&wire]).unwrap();
         assert_eq!(got, vec![Owned::Ping(b"p".to_vec()), Owned::Text("hello wörld".as_bytes().to_vec())]);
         assert_eq!(r.buffered(), 0);
+    }
+
+    /// Invalid text is refused at the fragment that makes it invalid, while the message
+    /// is still open; a character split across fragments is not mistaken for one.
+    #[test]
+    fn invalid_utf8_fails_at_the_fragment_not_at_the_end() {
+        let euro = "€".as_bytes();
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let first = client_frame(TEXT, false, &[b'a', euro[0]], M);
+        assert!(collect(&mut r, &[&first]).unwrap().is_empty());
+        let second = client_frame(CONT, false, &euro[1..], M);
+        assert!(collect(&mut r, &[&second]).unwrap().is_empty(), "a split character is fine");
+        let bad = client_frame(CONT, false, &[0xce, 0xba, 0xf4, 0x90], M);
+        assert_eq!(collect(&mut r, &[&bad]), Err(ProtocolError::InvalidUtf8), "before the final fragment");
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let bad_first = client_frame(TEXT, false, &[0xff], M);
+        assert_eq!(collect(&mut r, &[&bad_first]), Err(ProtocolError::InvalidUtf8));
+        // A cut sequence never completed is refused at the end.
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let wire = [client_frame(TEXT, false, &euro[..2], M), client_frame(CONT, true, b"", M)].concat();
+        assert_eq!(collect(&mut r, &[&wire]), Err(ProtocolError::InvalidUtf8));
     }
 
     #[test]
