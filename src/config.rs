@@ -57,6 +57,8 @@ pub struct Config {
     pub drain_grace: Duration,
     /// `--stats-rooms`.
     pub stats_rooms: usize,
+    /// `--echo-endpoint`: serve the conformance echo WebSocket at `/echo`.
+    pub echo_endpoint: bool,
     /// `--jwt-secret`.
     pub jwt_secret: Option<String>,
     /// `--jwt-public-key`.
@@ -275,6 +277,11 @@ pub struct HttpArgs {
     /// Rooms /stats lists when the request gives no ?limit=.
     #[arg(long, env = "CORECAST_STATS_ROOMS", default_value_t = 100, value_name = "N")]
     pub stats_rooms: usize,
+    /// For conformance testing only (Autobahn|Testsuite): serve an echo WebSocket at
+    /// /echo that returns every text and binary message unchanged and sends nothing of its
+    /// own. Off by default; it bypasses authentication.
+    #[arg(long, env = "CORECAST_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
 }
 
 /// Token validation.
@@ -505,6 +512,7 @@ impl Cli {
             max_request_head: http.max_request_head,
             max_request_body: http.max_request_body,
             stats_rooms: http.stats_rooms,
+            echo_endpoint: http.echo_endpoint,
             jwt_secret: auth.jwt_secret,
             jwt_public_key: auth.jwt_public_key,
             jwt_issuer: auth.jwt_issuer,
@@ -649,6 +657,7 @@ mod tests {
         ("max-request-head", "4096"),
         ("max-request-body", "1234"),
         ("stats-rooms", "7"),
+        ("echo-endpoint", "true"),
         ("jwt-secret", "0123456789abcdef0123456789abcdef"),
         ("jwt-public-key", "/k.pem"),
         ("jwt-issuer", "iss"),
@@ -755,6 +764,7 @@ mod tests {
         assert_eq!(c.presence_events_max_members, 1000);
         assert_eq!((c.history_messages, c.history_bytes, c.history_memory), (1000, 1 << 20, 256 << 20));
         assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert!(!c.echo_endpoint, "the conformance echo endpoint is off by default");
         assert!(c.cluster.is_none());
     }
 

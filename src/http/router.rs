@@ -7,6 +7,9 @@ use super::assets;
 pub enum Route {
     /// `GET /ws`: WebSocket upgrade (method checked by the handshake, which answers 405).
     WebSocket,
+    /// `GET /echo`: the conformance echo WebSocket (served only with `--echo-endpoint`;
+    /// the handshake answers a wrong method).
+    Echo,
     /// An embedded web client file.
     Asset(&'static str),
     /// `GET /health`.
@@ -33,6 +36,7 @@ pub fn route(method: &str, path: &str) -> Route {
     let only = |ok: bool, allow: &'static str, r: Route| if ok { r } else { Route::MethodNotAllowed(allow) };
     match path {
         "/ws" => Route::WebSocket,
+        "/echo" => Route::Echo,
         "/health" => only(read, "GET, HEAD", Route::Health),
         "/stats" => only(read, "GET, HEAD", Route::Stats),
         "/metrics" => only(read, "GET, HEAD", Route::Metrics),
@@ -92,6 +96,7 @@ mod tests {
         assert_eq!(route("POST", "/api/publish"), Route::Publish);
         assert_eq!(route("GET", "/api/publish"), Route::MethodNotAllowed("POST"));
         assert_eq!(route("GET", "/nope"), Route::NotFound);
+        assert_eq!(route("GET", "/echo"), Route::Echo, "refused later unless --echo-endpoint");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::conns::{Conn, ConnId};
+use super::conns::{Conn, ConnId, Phase};
 use super::http::Step;
 use super::msg::{IpOp, JoinKind, JoinReq, Reply, ShardMsg};
 use super::route::ip_owner;
@@ -97,6 +97,23 @@ impl Services {
             }
         });
         Step::Busy(used)
+    }
+
+    /// Opens the conformance echo endpoint (`--echo-endpoint`): no identity, no welcome,
+    /// no rooms, no per-IP slot; it counts against `--max-connections` only. Everything
+    /// after the 101 (frames, assembly, UTF-8, close, outbox, heartbeat) is the code `/ws`
+    /// runs; only what a complete message does differs (`on_message` echoes it).
+    pub(super) fn open_echo(&self, conn: &mut Conn, up: &Upgrade, used: usize) -> Step {
+        if self.shared.websockets.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
+            self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
+            return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
+        }
+        conn.push(handshake::accept_response(up, None), self.caps);
+        conn.echo = true;
+        conn.enter(Phase::Open, self.now());
+        inc(&self.stats.upgrades_total);
+        self.ws_open.set(self.ws_open.get() + 1);
+        Step::Upgraded(used)
     }
 
     /// Sends the 101 and opens the WebSocket; input the client sent right behind its

@@ -55,9 +55,10 @@ impl Shard {
     fn finish(&self, id: ConnId) {
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
         self.sessions.borrow_mut().remove(&id);
-        if !conn.user.is_empty() {
+        if !conn.user.is_empty() || conn.echo {
             self.ws_open.set(self.ws_open.get().saturating_sub(1));
-            self.release_slot(conn.peer, self.cfg.max_connections_per_ip > 0);
+            // An echo connection holds no per-IP slot (see `open_echo`).
+            self.release_slot(conn.peer, !conn.echo && self.cfg.max_connections_per_ip > 0);
         }
         // Joined rooms are left; pending joins are undone when their ack arrives.
         for m in conn.rooms.iter().filter(|m| m.joined()) {
@@ -174,6 +175,20 @@ impl Services {
 
     fn on_message(&self, id: ConnId, conn: &mut Conn, msg: Message<'_>) -> ControlFlow<()> {
         match msg {
+            Message::Text(text) if conn.echo => {
+                if conn.is_open() {
+                    inc(&self.stats.messages_in);
+                    self.push(conn, frame::text_frame(text));
+                }
+                ControlFlow::Continue(())
+            }
+            Message::Binary(data) if conn.echo => {
+                if conn.is_open() {
+                    inc(&self.stats.messages_in);
+                    self.push(conn, frame::binary_frame(data));
+                }
+                ControlFlow::Continue(())
+            }
             Message::Text(text) => {
                 if conn.is_open() {
                     inc(&self.stats.messages_in);

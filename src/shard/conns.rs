@@ -131,6 +131,9 @@ pub struct Conn {
     pub phase_since: u32,
     /// Our write side is shut down (after a close frame was flushed).
     pub write_shut: bool,
+    /// The conformance echo endpoint (`--echo-endpoint`): messages come back unchanged,
+    /// and room traffic and broadcasts never reach it.
+    pub echo: bool,
 }
 
 impl Conn {
@@ -153,6 +156,7 @@ impl Conn {
             strikes: 0,
             phase_since: now,
             write_shut: false,
+            echo: false,
         }
     }
 

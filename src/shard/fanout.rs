@@ -144,7 +144,9 @@ impl Shard {
                     }
                     set.for_each(|id| ids.push(id));
                 }
-                None => ids.extend(conns.iter_mut().filter(|(_, c)| c.is_open()).map(|(id, _)| id)),
+                // A broadcast reaches every client, but never an echo connection (it
+                // must send nothing of its own).
+                None => ids.extend(conns.iter_mut().filter(|(_, c)| c.is_open() && !c.echo).map(|(id, _)| id)),
             }
         }
         // Large audience: work from a snapshot in chunks, yielding between them; members
@@ -157,7 +159,7 @@ impl Shard {
                     let Some(conn) = conns.get_mut(*id) else { continue };
                     let wanted = match room {
                         Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined()),
-                        None => conn.is_open(),
+                        None => conn.is_open() && !conn.echo,
                     };
                     if wanted {
                         self.push_batch(conn, frames, iov);

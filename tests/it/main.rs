@@ -11,6 +11,7 @@ mod browser;
 mod close;
 mod cluster;
 mod core;
+mod echo;
 mod exhaustion;
 mod history;
 mod http;
