@@ -7,6 +7,7 @@
 mod support;
 
 mod abuse;
+mod autobahn;
 mod browser;
 mod close;
 mod cluster;
