@@ -39,6 +39,10 @@ pub struct Config {
     pub queue_bytes: usize,
     /// `--queue-frames`.
     pub queue_frames: usize,
+    /// `--compression on`: permessage-deflate is negotiated with clients that offer it.
+    pub compression: bool,
+    /// `--compression-min-bytes`: smaller payloads are sent uncompressed.
+    pub compression_min_bytes: usize,
     /// `--presence-events-max-members`.
     pub presence_events_max_members: u32,
     /// `--handshake-timeout`.
@@ -259,6 +263,22 @@ pub struct ConnectionArgs {
     /// Per-connection write queue cap in frames.
     #[arg(long, env = "CORECAST_QUEUE_FRAMES", default_value_t = 4096, value_name = "N")]
     pub queue_frames: usize,
+    /// permessage-deflate (RFC 7692) with clients that offer it: `on` or `off`. Each room
+    /// message is compressed once per shard and shared by every compressing receiver.
+    #[arg(long, env = "CORECAST_COMPRESSION", default_value = "off", value_parser = on_off, action = clap::ArgAction::Set, value_name = "off|on")]
+    pub compression: bool,
+    /// Payloads smaller than this go uncompressed (deflate gains nothing on short frames).
+    #[arg(long, env = "CORECAST_COMPRESSION_MIN_BYTES", default_value_t = 256, value_name = "BYTES")]
+    pub compression_min_bytes: usize,
+}
+
+/// `off` / `on` (a switch that reads well in a config file and an environment variable).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected `on` or `off`, got `{other}`")),
+    }
 }
 
 /// Plain HTTP: API key, request sizes, `/stats`.
@@ -508,6 +528,8 @@ impl Cli {
             max_message_bytes: c.max_message_bytes,
             queue_bytes: c.queue_bytes,
             queue_frames: c.queue_frames,
+            compression: c.compression,
+            compression_min_bytes: c.compression_min_bytes,
             api_key: http.api_key,
             max_request_head: http.max_request_head,
             max_request_body: http.max_request_body,
@@ -658,6 +680,8 @@ mod tests {
         ("max-request-body", "1234"),
         ("stats-rooms", "7"),
         ("echo-endpoint", "true"),
+        ("compression", "on"),
+        ("compression-min-bytes", "64"),
         ("jwt-secret", "0123456789abcdef0123456789abcdef"),
         ("jwt-public-key", "/k.pem"),
         ("jwt-issuer", "iss"),
@@ -765,6 +789,7 @@ mod tests {
         assert_eq!((c.history_messages, c.history_bytes, c.history_memory), (1000, 1 << 20, 256 << 20));
         assert_eq!(c.history_ttl, Duration::from_secs(300));
         assert!(!c.echo_endpoint, "the conformance echo endpoint is off by default");
+        assert_eq!((c.compression, c.compression_min_bytes), (false, 256));
         assert!(c.cluster.is_none());
     }
 

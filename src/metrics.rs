@@ -95,6 +95,14 @@ counters! {
     remote_requests_unanswered,
     /// Accepts retried after a failed accept and a pause (50 ms when out of descriptors).
     accept_retries,
+    /// Messages compressed with permessage-deflate (each once per shard, however many receive it).
+    compressed_frames,
+    /// Payload bytes of those messages before compression.
+    compress_bytes_in,
+    /// Their payload bytes after compression.
+    compress_bytes_out,
+    /// Time spent compressing, in nanoseconds.
+    compress_ns,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.

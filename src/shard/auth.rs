@@ -27,6 +27,7 @@ use crate::limits::Window;
 use crate::metrics::inc;
 use crate::protocol::{server, ClientError, ErrorCode};
 use crate::room;
+use crate::ws::deflate::Agreement;
 use crate::ws::handshake::{self, Upgrade};
 
 /// What a shard remembers about a connection beyond the basics. Only connections that
@@ -67,10 +68,11 @@ impl Services {
             self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
             return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
         }
-        let accept = handshake::accept_response(&up, protocol.as_deref());
+        let deflate = self.deflate_offer(up.deflate);
+        let accept = handshake::accept_response_with(&up, protocol.as_deref(), deflate.as_ref());
         let limit = self.cfg.max_connections_per_ip;
         if limit == 0 {
-            self.complete_upgrade(id, conn, accept, identity);
+            self.complete_upgrade(id, conn, accept, identity, deflate);
             return Step::Upgraded(used);
         }
         // Ask the address's owner shard for a slot; the connection waits (busy).
@@ -85,7 +87,7 @@ impl Services {
             let admitted = matches!(replies.first(), Some(Reply::Admit(true)));
             let served = shard.with_conn(id, |svc, conn| {
                 if admitted {
-                    svc.complete_upgrade(id, conn, accept, identity);
+                    svc.complete_upgrade(id, conn, accept, identity, deflate);
                 } else {
                     svc.release_slot(ip, false);
                     svc.respond(conn, &Refusal::TooManyFromIp.answer(), false, false, 0);
@@ -108,7 +110,9 @@ impl Services {
             self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
             return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
         }
-        conn.push(handshake::accept_response(up, None), self.caps);
+        let deflate = self.deflate_offer(up.deflate);
+        conn.push(handshake::accept_response_with(up, None, deflate.as_ref()), self.caps);
+        self.use_deflate(conn, deflate);
         conn.echo = true;
         conn.enter(Phase::Open, self.now());
         inc(&self.stats.upgrades_total);
@@ -118,9 +122,17 @@ impl Services {
 
     /// Sends the 101 and opens the WebSocket; input the client sent right behind its
     /// upgrade request is WebSocket frames.
-    fn complete_upgrade(&self, id: ConnId, conn: &mut Conn, accept: Bytes, identity: Identity) {
+    fn complete_upgrade(
+        &self,
+        id: ConnId,
+        conn: &mut Conn,
+        accept: Bytes,
+        identity: Identity,
+        deflate: Option<Agreement>,
+    ) {
         let mut rest = conn.http.take().map(|h| h.buf).unwrap_or_default();
         conn.push(accept, self.caps);
+        self.use_deflate(conn, deflate);
         self.open_websocket(id, conn, identity);
         if !rest.is_empty() {
             self.on_ws_bytes(id, conn, &mut rest);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_lite::io::AsyncRead;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::conns::{Conn, ConnId, Conns, Membership, Phase};
 use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg, Since};
@@ -55,6 +56,7 @@ impl Shard {
     fn finish(&self, id: ConnId) {
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
         self.sessions.borrow_mut().remove(&id);
+        self.forget_deflate(&conn);
         if !conn.user.is_empty() || conn.echo {
             self.ws_open.set(self.ws_open.get().saturating_sub(1));
             // An echo connection holds no per-IP slot (see `open_echo`).
@@ -178,14 +180,16 @@ impl Services {
             Message::Text(text) if conn.echo => {
                 if conn.is_open() {
                     inc(&self.stats.messages_in);
-                    self.push(conn, frame::text_frame(text));
+                    let frame = self.frame_for(conn, OpCode::Data(Data::Text), text);
+                    self.push(conn, frame);
                 }
                 ControlFlow::Continue(())
             }
             Message::Binary(data) if conn.echo => {
                 if conn.is_open() {
                     inc(&self.stats.messages_in);
-                    self.push(conn, frame::binary_frame(data));
+                    let frame = self.frame_for(conn, OpCode::Data(Data::Binary), data);
+                    self.push(conn, frame);
                 }
                 ControlFlow::Continue(())
             }

@@ -125,7 +125,17 @@ impl Shard {
         // Inline for the usual few frames per room; a backed-up room's larger group pays
         // one allocation per batch (never per delivery).
         let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = frames.iter().map(|f| IoSlice::new(f)).collect();
-        let iov = &iov[..];
+        // The compressed twins of the frames, built once for every local member that
+        // negotiated permessage-deflate, and only if one of them is a member.
+        let zframes: SmallVec<[Bytes; 4]> = if self.deflate_wanted(room) {
+            frames.iter().map(|f| self.shared_deflated(f)).collect()
+        } else {
+            SmallVec::new()
+        };
+        let ziov: SmallVec<[IoSlice<'_>; MAX_IOV]> = zframes.iter().map(|f| IoSlice::new(f)).collect();
+        let plain = (frames, &iov[..]);
+        let deflated = if zframes.is_empty() { plain } else { (&zframes[..], &ziov[..]) };
+        let pick = |conn: &super::conns::Conn| if conn.takes_deflated() { deflated } else { plain };
         ids.clear();
         {
             let members = self.members.borrow();
@@ -136,6 +146,7 @@ impl Shard {
                     if set.len() <= CHUNK {
                         set.for_each(|id| {
                             if let Some(conn) = conns.get_mut(id) {
+                                let (frames, iov) = pick(conn);
                                 self.push_batch(conn, frames, iov);
                             }
                         });
@@ -162,12 +173,33 @@ impl Shard {
                         None => conn.is_open() && !conn.echo,
                     };
                     if wanted {
+                        let (frames, iov) = pick(conn);
                         self.push_batch(conn, frames, iov);
                     }
                 }
             }
             add(&self.stats.deliveries, (chunk.len() * frames.len()) as u64);
             rt::yield_if_needed().await;
+        }
+    }
+
+    /// Whether a group for `room` (`None`: everyone) needs compressed frames: some local
+    /// connection that takes them is a member. Costs nothing while no connection of the
+    /// shard negotiated compression.
+    fn deflate_wanted(&self, room: Option<&str>) -> bool {
+        if !self.deflate_in_use() {
+            return false;
+        }
+        let mut conns = self.conns.borrow_mut();
+        match room {
+            None => true,
+            Some(room) => {
+                let members = self.members.borrow();
+                let Some(set) = members.get(room) else { return false };
+                let mut any = false;
+                set.for_each(|id| any = any || conns.get_mut(id).is_some_and(|c| c.takes_deflated()));
+                any
+            }
         }
     }
 }

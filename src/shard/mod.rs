@@ -36,6 +36,7 @@
 
 mod ask;
 mod auth;
+mod compress;
 pub mod conns;
 mod http;
 pub mod mesh;

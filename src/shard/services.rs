@@ -69,6 +69,8 @@ pub(crate) struct Services {
     pub(super) ws_open: Cell<u64>,
     /// Questions to other shards awaiting answers.
     pub(super) asks: Asks,
+    /// permessage-deflate: the shard's compressor and who takes compressed frames.
+    pub(super) deflate: super::compress::Deflate,
     /// Clocks and ids.
     ids: Ids,
     /// Flow control: whether to stop reading, and who stopped.
@@ -115,6 +117,7 @@ impl Services {
             json: RefCell::new(simd_json::Buffers::new(4096)),
             ws_open: Cell::new(0),
             asks: Asks::default(),
+            deflate: super::compress::Deflate::default(),
             ids: Ids { started: Instant::now(), nonce: fastrand::u32(..), next_token: Cell::new(0) },
             flow: Flow {
                 congested: Cell::new((u32::MAX, false)),

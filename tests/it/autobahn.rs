@@ -144,3 +144,24 @@ fn autobahn_cases_1_to_10_on_the_echo_endpoint() {
     // 12.* and 13.* are the compression cases (their own test).
     run_and_check(&server, name, "*", "12.*,13.*", &groups);
 }
+
+/// Cases 12.* and 13.*: permessage-deflate (`--compression on`), 216 cases of 1,000
+/// messages each, with every offer the suite makes (no context takeover, window sizes
+/// 9 and 15). They take minutes (the suite's own client compresses ~2 GB), so this test
+/// is not part of a plain `cargo test`; `.ci/run` runs it as its own step:
+/// `cargo test --test it -- --ignored autobahn_compression`.
+#[test]
+#[ignore = "takes minutes; .ci/run runs it as its own step"]
+fn autobahn_compression_cases_12_and_13_on_the_echo_endpoint() {
+    let server = TestServer::start_alone_with(|c| {
+        c.echo_endpoint = true;
+        c.max_message_bytes = MAX_MESSAGE;
+        c.queue_bytes = QUEUE;
+        c.compression = true;
+        // Every message compressed, the 16-byte ones included: the whole codec is tested.
+        c.compression_min_bytes = 0;
+    });
+    let name = "autobahn::autobahn_compression_cases_12_and_13_on_the_echo_endpoint";
+    // "0.0" excludes nothing (the script's default exclusion is exactly these cases).
+    run_and_check(&server, name, "12.*,13.*", "0.0", &["12", "13"]);
+}

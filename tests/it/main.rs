@@ -11,6 +11,7 @@ mod autobahn;
 mod browser;
 mod close;
 mod cluster;
+mod compression;
 mod core;
 mod echo;
 mod exhaustion;

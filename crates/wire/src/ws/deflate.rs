@@ -33,8 +33,9 @@ const TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Largest window the server compresses with (and that room frames are built for).
 pub const MAX_WINDOW_BITS: u8 = 15;
 
-/// Smallest window zlib can compress a raw deflate stream with (it turns 8 into 9).
-const MIN_COMPRESS_WINDOW_BITS: u8 = 9;
+/// Smallest window zlib can compress a raw deflate stream with (it turns 8 into 9): a
+/// client that asked for 8 only ever gets plain frames.
+pub const MIN_COMPRESS_WINDOW_BITS: u8 = 9;
 
 /// What one connection agreed to (the server side of a successful negotiation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
