@@ -135,6 +135,10 @@ pub struct Common {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate (RFC 7692) on every connection and inflate what the
+    /// server compresses (it does with `--compression on`): for compression on/off runs.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// `connect` flags.
@@ -378,6 +382,7 @@ fn prepare(
         connect_timeout_secs: c.connect_timeout,
         reconnect_attempts: c.reconnect_attempts,
         churn_per_sec: churn,
+        deflate: c.deflate,
     };
     let drain = publish.map_or(0.0, |p| p.drain);
     let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;

@@ -368,7 +368,7 @@ impl Engine {
         let mut result = Ok(());
         if writable {
             let (plan, index) = (&self.plan, u64::from(conn.index));
-            result = conn.on_writable(|| (plan.target_of(index), plan.user_name(index)));
+            result = conn.on_writable(|| (plan.target_of(index), plan.user_name(index), plan.deflate));
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {
