@@ -161,6 +161,10 @@ pub struct Publish {
     /// Minimum payload text length in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Pad payloads with JSON-like records (compressible like real JSON documents)
+    /// instead of `x`: for compression comparisons (`--deflate`).
+    #[arg(long)]
+    pub payload_json: bool,
     /// After a publish window, wait at most this long for outstanding deliveries.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
@@ -383,6 +387,7 @@ fn prepare(
         reconnect_attempts: c.reconnect_attempts,
         churn_per_sec: churn,
         deflate: c.deflate,
+        payload_json: publish.is_some_and(|p| p.payload_json),
     };
     let drain = publish.map_or(0.0, |p| p.drain);
     let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;

@@ -639,7 +639,7 @@ impl Engine {
         let key = *self.publishers.get(publisher as usize)?;
         let conn = self.conns.get_mut(key)?;
         let room = conn.session.room;
-        stamp.encode(self.plan.payload_bytes, &mut self.text);
+        stamp.encode_with(self.plan.payload_bytes, self.plan.payload_json, &mut self.text);
         let json = format!(r#"{{"type":"message","room":"{}-{room}","text":"{}"}}"#, self.plan.tag, self.text);
         let frame = client_frame(OpCode::Data(Data::Text), true, json.as_bytes(), fastrand::u32(..).to_ne_bytes());
         match conn.send(&frame) {

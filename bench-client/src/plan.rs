@@ -80,6 +80,9 @@ pub struct Plan {
     /// only with `--compression on`.
     #[serde(default)]
     pub deflate: bool,
+    /// Pad payloads with JSON-like records instead of `x` (`--payload-json`).
+    #[serde(default)]
+    pub payload_json: bool,
 }
 
 impl Plan {
@@ -244,6 +247,7 @@ mod tests {
             reconnect_attempts: 5,
             churn_per_sec: 0.0,
             deflate: false,
+            payload_json: false,
         }
     }
 

@@ -72,6 +72,7 @@ fn spec(
             reconnect_attempts: 5,
             churn_per_sec: 0.0,
             deflate: false,
+            payload_json: false,
         },
         steps: vec![StepSpec { rate: 200.0, duration_secs: 1.5 }],
         hold_secs: 1.0,
@@ -144,6 +145,7 @@ fn fanout_with_deflate_inflates_every_compressed_delivery_exactly() {
     spec.worker_exe = None;
     spec.plan.deflate = true;
     spec.plan.payload_bytes = 512;
+    spec.plan.payload_json = true;
     let r = run(&spec).expect("run completes");
     assert_clean(&r, 40);
     let z = &stats(server.addr())["compression"];
