@@ -176,11 +176,6 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     build_frame(OpCode::Data(Data::Text), payload.len(), |b| b.extend_from_slice(payload))
 }
 
-/// A binary frame carrying `payload`.
-pub fn binary_frame(payload: &[u8]) -> Bytes {
-    build_frame(OpCode::Data(Data::Binary), payload.len(), |b| b.extend_from_slice(payload))
-}
-
 /// A close frame with a status `code` and a short UTF-8 `reason` (truncated to fit 125 bytes).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let reason = truncate_utf8(reason, MAX_CONTROL_PAYLOAD - 2);
