@@ -39,6 +39,10 @@ pub struct Config {
     pub queue_bytes: usize,
     /// `--queue-frames`.
     pub queue_frames: usize,
+    /// `--compression on`: permessage-deflate is negotiated with clients that offer it.
+    pub compression: bool,
+    /// `--compression-min-bytes`: smaller payloads are sent uncompressed.
+    pub compression_min_bytes: usize,
     /// `--presence-events-max-members`.
     pub presence_events_max_members: u32,
     /// `--handshake-timeout`.
@@ -57,6 +61,8 @@ pub struct Config {
     pub drain_grace: Duration,
     /// `--stats-rooms`.
     pub stats_rooms: usize,
+    /// `--echo-endpoint`: serve the conformance echo WebSocket at `/echo`.
+    pub echo_endpoint: bool,
     /// `--jwt-secret`.
     pub jwt_secret: Option<String>,
     /// `--jwt-public-key`.
@@ -259,6 +265,22 @@ pub struct ConnectionArgs {
     /// Per-connection write queue cap in frames.
     #[arg(long, env = "CORECAST_QUEUE_FRAMES", default_value_t = 4096, value_name = "N")]
     pub queue_frames: usize,
+    /// permessage-deflate (RFC 7692) with clients that offer it: `on` or `off`. Each room
+    /// message is compressed once per shard and shared by every compressing receiver.
+    #[arg(long, env = "CORECAST_COMPRESSION", default_value = "off", value_parser = on_off, action = clap::ArgAction::Set, value_name = "off|on")]
+    pub compression: bool,
+    /// Payloads smaller than this go uncompressed (deflate gains nothing on short frames).
+    #[arg(long, env = "CORECAST_COMPRESSION_MIN_BYTES", default_value_t = 256, value_name = "BYTES")]
+    pub compression_min_bytes: usize,
+}
+
+/// `off` / `on` (a switch that reads well in a config file and an environment variable).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected `on` or `off`, got `{other}`")),
+    }
 }
 
 /// Plain HTTP: API key, request sizes, `/stats`.
@@ -277,6 +299,11 @@ pub struct HttpArgs {
     /// Rooms /stats lists when the request gives no ?limit=.
     #[arg(long, env = "CORECAST_STATS_ROOMS", default_value_t = 100, value_name = "N")]
     pub stats_rooms: usize,
+    /// For conformance testing only (Autobahn|Testsuite): serve an echo WebSocket at
+    /// /echo that returns every text and binary message unchanged and sends nothing of its
+    /// own. Off by default; it bypasses authentication.
+    #[arg(long, env = "CORECAST_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
 }
 
 /// Token validation.
@@ -506,10 +533,13 @@ impl Cli {
             max_message_bytes: c.max_message_bytes,
             queue_bytes: c.queue_bytes,
             queue_frames: c.queue_frames,
+            compression: c.compression,
+            compression_min_bytes: c.compression_min_bytes,
             api_key: http.api_key,
             max_request_head: http.max_request_head,
             max_request_body: http.max_request_body,
             stats_rooms: http.stats_rooms,
+            echo_endpoint: http.echo_endpoint,
             jwt_secret: auth.jwt_secret,
             jwt_public_key: auth.jwt_public_key,
             jwt_issuer: auth.jwt_issuer,
@@ -655,6 +685,9 @@ mod tests {
         ("max-request-head", "4096"),
         ("max-request-body", "1234"),
         ("stats-rooms", "7"),
+        ("echo-endpoint", "true"),
+        ("compression", "on"),
+        ("compression-min-bytes", "64"),
         ("jwt-secret", "0123456789abcdef0123456789abcdef"),
         ("jwt-public-key", "/k.pem"),
         ("jwt-issuer", "iss"),
@@ -763,6 +796,8 @@ mod tests {
         assert_eq!(c.presence_events_max_members, 1000);
         assert_eq!((c.history_messages, c.history_bytes, c.history_memory), (1000, 1 << 20, 256 << 20));
         assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert!(!c.echo_endpoint, "the conformance echo endpoint is off by default");
+        assert_eq!((c.compression, c.compression_min_bytes), (false, 256));
         assert!(c.cluster.is_none());
     }
 

@@ -103,6 +103,14 @@ counters! {
     idempotent_replays,
     /// Idempotency keys forgotten before their window ended (the per-shard key bound).
     idempotency_evictions,
+    /// Messages compressed with permessage-deflate (each once per shard, however many receive it).
+    compressed_frames,
+    /// Payload bytes of those messages before compression.
+    compress_bytes_in,
+    /// Their payload bytes after compression.
+    compress_bytes_out,
+    /// Time spent compressing, in nanoseconds.
+    compress_ns,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.

@@ -135,6 +135,10 @@ pub struct Common {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate (RFC 7692) on every connection and inflate what the
+    /// server compresses (it does with `--compression on`): for compression on/off runs.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// `connect` flags.
@@ -161,6 +165,10 @@ pub struct Publish {
     /// (0: text). Compare with a `--payload` run of the same size.
     #[arg(long, default_value_t = 0)]
     pub data_bytes: usize,
+    /// Pad payloads with JSON-like records (compressible like real JSON documents)
+    /// instead of `x`: for compression comparisons (`--deflate`).
+    #[arg(long)]
+    pub payload_json: bool,
     /// After a publish window, wait at most this long for outstanding deliveries.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
@@ -383,6 +391,8 @@ fn prepare(
         connect_timeout_secs: c.connect_timeout,
         reconnect_attempts: c.reconnect_attempts,
         churn_per_sec: churn,
+        deflate: c.deflate,
+        payload_json: publish.is_some_and(|p| p.payload_json),
     };
     let drain = publish.map_or(0.0, |p| p.drain);
     let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;

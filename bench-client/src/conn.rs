@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::ControlFlow;
 
 use corecast_wire::ws::frame::{client_frame, Role};
-use corecast_wire::ws::reader::{Message, MessageReader};
+use corecast_wire::ws::reader::{Inflate, Message, MessageReader};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -327,10 +327,10 @@ impl Conn {
     /// target and guest name that `request()` gives, called only then), or flush the send
     /// remainder. With edge-triggered polling every delivery also reports "writable", so
     /// this path must cost nothing when idle.
-    pub fn on_writable(&mut self, request: impl FnOnce() -> (SocketAddr, String)) -> Result<(), End> {
+    pub fn on_writable(&mut self, request: impl FnOnce() -> (SocketAddr, String, bool)) -> Result<(), End> {
         if self.session.state == State::Connecting {
-            let (target, user) = request();
-            return self.finish_connect(target, &user);
+            let (target, user, deflate) = request();
+            return self.finish_connect(target, &user, deflate);
         }
         if self.buf.is_empty() {
             return Ok(());
@@ -344,7 +344,7 @@ impl Conn {
         Ok(())
     }
 
-    fn finish_connect(&mut self, target: SocketAddr, user: &str) -> Result<(), End> {
+    fn finish_connect(&mut self, target: SocketAddr, user: &str, deflate: bool) -> Result<(), End> {
         if let Ok(Some(e)) | Err(e) = self.stream.take_error() {
             return Err(End::Failed(errno_name(&e)));
         }
@@ -353,9 +353,16 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
             Err(e) => return Err(End::Failed(errno_name(&e))),
         }
+        // The same offer as a browser's, plus no context takeover for our own (few)
+        // messages, so the server keeps no inflate state for us.
+        let ext = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET /ws?name={user} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n{ext}\r\n"
         );
         self.send(request.as_bytes()).map_err(|e| End::Failed(errno_name(&e)))?;
         self.session.state = if self.buf.is_empty() { State::AwaitingResponse } else { State::SendingRequest };
@@ -415,7 +422,7 @@ impl Conn {
     fn ingest_head(&mut self, data: &mut [u8], ctx: &mut Ctx<'_>) -> Result<(), End> {
         if self.buf.is_empty() {
             if let Some(end) = head_end(data) {
-                check_head(&data[..end])?;
+                self.accept_head(&data[..end])?;
                 self.session.state = State::AwaitingWelcome;
                 return self.ingest_frames(&mut data[end..], ctx);
             }
@@ -425,7 +432,7 @@ impl Conn {
             return if self.buf.len() > MAX_HEAD { Err(End::Failed("handshake")) } else { Ok(()) };
         };
         let mut head = std::mem::take(&mut self.buf);
-        check_head(&head[..end])?;
+        self.accept_head(&head[..end])?;
         self.session.state = State::AwaitingWelcome;
         self.ingest_frames(&mut head[end..], ctx)
     }
@@ -489,6 +496,25 @@ fn bind_address_no_port(socket: &Socket) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+impl Conn {
+    /// Checks the upgrade response and, when the server accepted permessage-deflate,
+    /// inflates its compressed messages from now on (it never takes over context).
+    fn accept_head(&mut self, head: &[u8]) -> Result<(), End> {
+        check_head(head)?;
+        if let Some(no_context) = deflate_accepted(head) {
+            self.reader.set_inflate(if no_context { Inflate::NoContext } else { Inflate::Context });
+        }
+        Ok(())
+    }
+}
+
+/// Whether the response head accepts permessage-deflate: `Some(server_no_context_takeover)`.
+fn deflate_accepted(head: &[u8]) -> Option<bool> {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let line = text.lines().find(|l| l.starts_with("sec-websocket-extensions:") && l.contains("permessage-deflate"))?;
+    Some(line.contains("server_no_context_takeover"))
 }
 
 /// The upgrade succeeded: status 101 and the accept key matching our key.
@@ -759,6 +785,14 @@ mod tests {
         assert_eq!(h.stats.errors.get("not_member"), Some(&1));
         assert_eq!(h.stats.errors.get("unparsable_frame"), Some(&1));
         assert_eq!(h.record.counts.foreign, 1);
+    }
+
+    #[test]
+    fn a_deflate_answer_is_recognized() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+            Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n";
+        assert_eq!(deflate_accepted(head), Some(true));
+        assert_eq!(deflate_accepted(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), None);
     }
 
     #[test]

@@ -382,7 +382,7 @@ impl Engine {
         let mut result = Ok(());
         if writable {
             let (plan, index) = (&self.plan, u64::from(conn.index));
-            result = conn.on_writable(|| (plan.target_of(index), plan.user_name(index)));
+            result = conn.on_writable(|| (plan.target_of(index), plan.user_name(index), plan.deflate));
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {
@@ -659,7 +659,7 @@ impl Engine {
             let data = crate::payload::data_object(&self.text, self.plan.data_bytes);
             format!(r#"{{"type":"message","room":"{}-{room}","data":{data}}}"#, self.plan.tag)
         } else {
-            stamp.encode(self.plan.payload_bytes, &mut self.text);
+            stamp.encode_with(self.plan.payload_bytes, self.plan.payload_json, &mut self.text);
             format!(r#"{{"type":"message","room":"{}-{room}","text":"{}"}}"#, self.plan.tag, self.text)
         };
         let frame = client_frame(OpCode::Data(Data::Text), true, json.as_bytes(), fastrand::u32(..).to_ne_bytes());

@@ -79,6 +79,13 @@ pub struct Plan {
     /// Joined receivers closed on purpose per second while a step publishes (`--churn`),
     /// all processes together; 0 = none.
     pub churn_per_sec: f64,
+    /// Offer permessage-deflate on every connection (`--deflate`); the server compresses
+    /// only with `--compression on`.
+    #[serde(default)]
+    pub deflate: bool,
+    /// Pad payloads with JSON-like records instead of `x` (`--payload-json`).
+    #[serde(default)]
+    pub payload_json: bool,
 }
 
 impl Plan {
@@ -243,6 +250,8 @@ mod tests {
             connect_timeout_secs: 10.0,
             reconnect_attempts: 5,
             churn_per_sec: 0.0,
+            deflate: false,
+            payload_json: false,
         }
     }
 

@@ -13,6 +13,10 @@ struct Server(Option<corecast::ServerHandle>);
 
 impl Server {
     fn start() -> Server {
+        Self::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut corecast::Config)) -> Server {
         // The same limits the suite lifts (see `suite::BENCH_LIMITS`): one load generator
         // publishes faster than a chat user may.
         let cfg = corecast::Config {
@@ -23,6 +27,8 @@ impl Server {
             max_connections_per_ip: 0,
             ..Default::default()
         };
+        let mut cfg = cfg;
+        tweak(&mut cfg);
         Server(Some(corecast::start(cfg).expect("server starts")))
     }
 
@@ -66,6 +72,8 @@ fn spec(
             connect_timeout_secs: 30.0,
             reconnect_attempts: 5,
             churn_per_sec: 0.0,
+            deflate: false,
+            payload_json: false,
         },
         steps: vec![StepSpec { rate: 200.0, duration_secs: 1.5 }],
         hold_secs: 1.0,
@@ -114,6 +122,38 @@ fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
     assert_eq!(s.published, 300);
     assert_eq!(s.verdict.expected, 300 * 15);
     assert!(r.memory.server_rss_held.is_some());
+}
+
+/// `GET /stats` of the server, as JSON.
+fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let json = body.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn fanout_with_deflate_inflates_every_compressed_delivery_exactly() {
+    let server = Server::with(|c| {
+        c.compression = true;
+        // Room messages (512 bytes) are compressed, presence events are not.
+        c.compression_min_bytes = 256;
+    });
+    let mut spec = spec(server.addr(), Mode::Fanout, 40, 2, 2, 1);
+    spec.worker_exe = None;
+    spec.plan.deflate = true;
+    spec.plan.payload_bytes = 512;
+    spec.plan.payload_json = true;
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 40);
+    let z = &stats(server.addr())["compression"];
+    // Once per message and shard, not per member (20 members per room).
+    let published = r.steps[0].published;
+    let frames = z["frames"].as_u64().unwrap();
+    assert!(frames >= published && frames <= 2 * published, "{frames} compressions for {published} messages: {z}");
 }
 
 #[test]

@@ -8,6 +8,9 @@ use super::assets;
 pub enum Route {
     /// `GET /ws`: WebSocket upgrade (method checked by the handshake, which answers 405).
     WebSocket,
+    /// `GET /echo`: the conformance echo WebSocket (served only with `--echo-endpoint`;
+    /// the handshake answers a wrong method).
+    Echo,
     /// An embedded web client file.
     Asset(&'static str),
     /// `GET /health`.
@@ -42,6 +45,7 @@ pub fn route(method: &str, path: &str) -> Route {
     let only = |ok: bool, allow: &'static str, r: Route| if ok { r } else { Route::MethodNotAllowed(allow) };
     match path {
         "/ws" => Route::WebSocket,
+        "/echo" => Route::Echo,
         "/health" => only(read, "GET, HEAD", Route::Health),
         "/stats" => only(read, "GET, HEAD", Route::Stats),
         "/metrics" => only(read, "GET, HEAD", Route::Metrics),
@@ -114,6 +118,7 @@ mod tests {
         assert_eq!(route("POST", "/api/batch"), Route::Batch);
         assert_eq!(route("GET", "/api/rooms"), Route::Rooms);
         assert_eq!(route("POST", "/api/info"), Route::MethodNotAllowed("GET, HEAD"));
+        assert_eq!(route("GET", "/echo"), Route::Echo, "refused later unless --echo-endpoint");
     }
 
     #[test]

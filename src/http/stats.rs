@@ -33,6 +33,7 @@ struct Stats<'a> {
     messages: Messages,
     closes: Closes,
     rejections: Rejections,
+    compression: Compression,
     fanout_latency_us: Latency,
     counters: &'a Counters,
     room_list: Vec<&'a RoomSummary>,
@@ -91,6 +92,17 @@ struct Rejections {
     auth: u64,
     client_errors: u64,
     http_errors: u64,
+}
+
+/// permessage-deflate: messages compressed (once per shard each), bytes before and after,
+/// and `ratio` = after / before (0 before anything was compressed).
+#[derive(Serialize)]
+struct Compression {
+    frames: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    ratio: f64,
+    time_ms: f64,
 }
 
 /// Fan-out latency percentiles in microseconds (owner hand-off → frames written).
@@ -162,6 +174,17 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
             auth: c.auth_rejections,
             client_errors: c.client_errors,
             http_errors: c.http_errors,
+        },
+        compression: Compression {
+            frames: c.compressed_frames,
+            bytes_in: c.compress_bytes_in,
+            bytes_out: c.compress_bytes_out,
+            ratio: if c.compress_bytes_in == 0 {
+                0.0
+            } else {
+                c.compress_bytes_out as f64 / c.compress_bytes_in as f64
+            },
+            time_ms: c.compress_ns as f64 / 1e6,
         },
         fanout_latency_us: Latency {
             count: hist.as_ref().map_or(0, |h| h.len()),

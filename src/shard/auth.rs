@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::conns::{Conn, ConnId};
+use super::conns::{Conn, ConnId, Phase};
 use super::http::Step;
 use super::msg::{IpOp, JoinKind, JoinReq, Reply, ShardMsg};
 use super::route::ip_owner;
@@ -27,6 +27,7 @@ use crate::limits::Window;
 use crate::metrics::inc;
 use crate::protocol::{server, ClientError, ErrorCode};
 use crate::room;
+use crate::ws::deflate::Agreement;
 use crate::ws::handshake::{self, Upgrade};
 
 /// What a shard remembers about a connection beyond the basics. Only connections that
@@ -71,10 +72,11 @@ impl Services {
             self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
             return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
         }
-        let accept = handshake::accept_response(&up, protocol.as_deref());
+        let deflate = self.deflate_offer(up.deflate);
+        let accept = handshake::accept_response_with(&up, protocol.as_deref(), deflate.as_ref());
         let limit = self.cfg.max_connections_per_ip;
         if limit == 0 {
-            self.complete_upgrade(id, conn, accept, identity);
+            self.complete_upgrade(id, conn, accept, identity, deflate);
             return Step::Upgraded(used);
         }
         // Ask the address's owner shard for a slot; the connection waits (busy).
@@ -89,7 +91,7 @@ impl Services {
             let admitted = matches!(replies.first(), Some(Reply::Admit(true)));
             let served = shard.with_conn(id, |svc, conn| {
                 if admitted {
-                    svc.complete_upgrade(id, conn, accept, identity);
+                    svc.complete_upgrade(id, conn, accept, identity, deflate);
                 } else {
                     svc.release_slot(ip, false);
                     svc.respond(conn, &Refusal::TooManyFromIp.answer(), false, false, 0);
@@ -103,11 +105,38 @@ impl Services {
         Step::Busy(used)
     }
 
+    /// Opens the conformance echo endpoint (`--echo-endpoint`): no identity, no welcome,
+    /// no rooms, no per-IP slot; it counts against `--max-connections` only. Everything
+    /// after the 101 (frames, assembly, UTF-8, close, outbox, heartbeat) is the code `/ws`
+    /// runs; only what a complete message does differs (`on_message` echoes it).
+    pub(super) fn open_echo(&self, conn: &mut Conn, up: &Upgrade, used: usize) -> Step {
+        if self.shared.websockets.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
+            self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
+            return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
+        }
+        let deflate = self.deflate_offer(up.deflate);
+        conn.push(handshake::accept_response_with(up, None, deflate.as_ref()), self.caps);
+        self.use_deflate(conn, deflate);
+        conn.echo = true;
+        conn.enter(Phase::Open, self.now());
+        inc(&self.stats.upgrades_total);
+        self.ws_open.set(self.ws_open.get() + 1);
+        Step::Upgraded(used)
+    }
+
     /// Sends the 101 and opens the WebSocket; input the client sent right behind its
     /// upgrade request is WebSocket frames.
-    fn complete_upgrade(&self, id: ConnId, conn: &mut Conn, accept: Bytes, identity: Identity) {
+    fn complete_upgrade(
+        &self,
+        id: ConnId,
+        conn: &mut Conn,
+        accept: Bytes,
+        identity: Identity,
+        deflate: Option<Agreement>,
+    ) {
         let mut rest = conn.http.take().map(|h| h.buf).unwrap_or_default();
         conn.push(accept, self.caps);
+        self.use_deflate(conn, deflate);
         self.open_websocket(id, conn, identity);
         if !rest.is_empty() {
             self.on_ws_bytes(id, conn, &mut rest);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_lite::io::AsyncRead;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::conns::{Conn, ConnId, Conns, Membership, Phase};
 use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg, Since};
@@ -56,9 +57,11 @@ impl Shard {
     fn finish(&self, id: ConnId) {
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
         self.sessions.borrow_mut().remove(&id);
-        if !conn.user.is_empty() {
+        self.forget_deflate(&conn);
+        if !conn.user.is_empty() || conn.echo {
             self.ws_open.set(self.ws_open.get().saturating_sub(1));
-            self.release_slot(conn.peer, self.cfg.max_connections_per_ip > 0);
+            // An echo connection holds no per-IP slot (see `open_echo`).
+            self.release_slot(conn.peer, !conn.echo && self.cfg.max_connections_per_ip > 0);
         }
         // Joined rooms are left; pending joins are undone when their ack arrives.
         for m in conn.rooms.iter().filter(|m| m.joined()) {
@@ -175,6 +178,22 @@ impl Services {
 
     fn on_message(&self, id: ConnId, conn: &mut Conn, msg: Message<'_>) -> ControlFlow<()> {
         match msg {
+            Message::Text(text) if conn.echo => {
+                if conn.is_open() {
+                    inc(&self.stats.messages_in);
+                    let frame = self.frame_for(conn, OpCode::Data(Data::Text), text);
+                    self.push(conn, frame);
+                }
+                ControlFlow::Continue(())
+            }
+            Message::Binary(data) if conn.echo => {
+                if conn.is_open() {
+                    inc(&self.stats.messages_in);
+                    let frame = self.frame_for(conn, OpCode::Data(Data::Binary), data);
+                    self.push(conn, frame);
+                }
+                ControlFlow::Continue(())
+            }
             Message::Text(text) => {
                 if conn.is_open() {
                     inc(&self.stats.messages_in);

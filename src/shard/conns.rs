@@ -131,6 +131,14 @@ pub struct Conn {
     pub phase_since: u32,
     /// Our write side is shut down (after a close frame was flushed).
     pub write_shut: bool,
+    /// The conformance echo endpoint (`--echo-endpoint`): messages come back unchanged,
+    /// and room traffic and broadcasts never reach it.
+    pub echo: bool,
+    /// permessage-deflate: the largest window the server may compress this client's
+    /// messages with (9–15; 8 means never compress), 0 when not negotiated (see
+    /// `shard::compress`). One byte, not the whole agreement: the client's half of it
+    /// lives in the reader.
+    pub deflate_window: u8,
 }
 
 impl Conn {
@@ -153,6 +161,8 @@ impl Conn {
             strikes: 0,
             phase_since: now,
             write_shut: false,
+            echo: false,
+            deflate_window: 0,
         }
     }
 
@@ -232,6 +242,11 @@ impl Conn {
     /// Whether the connection is upgraded and not closing.
     pub fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open)
+    }
+
+    /// Whether the connection takes the shared full-window compressed frames.
+    pub fn takes_deflated(&self) -> bool {
+        self.deflate_window >= crate::ws::deflate::MAX_WINDOW_BITS
     }
 
     /// Index of the membership of `room`, if any.

@@ -167,7 +167,17 @@ impl Shard {
         // Inline for the usual few frames per room; a backed-up room's larger group pays
         // one allocation per batch (never per delivery).
         let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = frames.iter().map(|f| IoSlice::new(f)).collect();
-        let iov = &iov[..];
+        // The compressed twins of the frames, built once for every local member that
+        // negotiated permessage-deflate, and only if one of them is a member.
+        let zframes: SmallVec<[Bytes; 4]> = if self.deflate_wanted(room) {
+            frames.iter().map(|f| self.shared_deflated(f)).collect()
+        } else {
+            SmallVec::new()
+        };
+        let ziov: SmallVec<[IoSlice<'_>; MAX_IOV]> = zframes.iter().map(|f| IoSlice::new(f)).collect();
+        let plain = (frames, &iov[..]);
+        let deflated = if zframes.is_empty() { plain } else { (&zframes[..], &ziov[..]) };
+        let pick = |conn: &super::conns::Conn| if conn.takes_deflated() { deflated } else { plain };
         ids.clear();
         {
             let members = self.members.borrow();
@@ -178,6 +188,7 @@ impl Shard {
                     if set.len() <= CHUNK {
                         set.for_each(|id| {
                             if let Some(conn) = conns.get_mut(id) {
+                                let (frames, iov) = pick(conn);
                                 self.push_member(id, conn, frames, iov, skips);
                             }
                         });
@@ -186,7 +197,9 @@ impl Shard {
                     }
                     set.for_each(|id| ids.push(id));
                 }
-                None => ids.extend(conns.iter_mut().filter(|(_, c)| c.is_open()).map(|(id, _)| id)),
+                // A broadcast reaches every client, but never an echo connection (it
+                // must send nothing of its own).
+                None => ids.extend(conns.iter_mut().filter(|(_, c)| c.is_open() && !c.echo).map(|(id, _)| id)),
             }
         }
         // Large audience: work from a snapshot in chunks, yielding between them; members
@@ -199,15 +212,36 @@ impl Shard {
                     let Some(conn) = conns.get_mut(*id) else { continue };
                     let wanted = match room {
                         Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined()),
-                        None => conn.is_open(),
+                        None => conn.is_open() && !conn.echo,
                     };
                     if wanted {
+                        let (frames, iov) = pick(conn);
                         self.push_member(*id, conn, frames, iov, skips);
                     }
                 }
             }
             add(&self.stats.deliveries, (chunk.len() * frames.len()) as u64);
             rt::yield_if_needed().await;
+        }
+    }
+
+    /// Whether a group for `room` (`None`: everyone) needs compressed frames: some local
+    /// connection that takes them is a member. Costs nothing while no connection of the
+    /// shard negotiated compression.
+    fn deflate_wanted(&self, room: Option<&str>) -> bool {
+        if !self.deflate_in_use() {
+            return false;
+        }
+        let mut conns = self.conns.borrow_mut();
+        match room {
+            None => true,
+            Some(room) => {
+                let members = self.members.borrow();
+                let Some(set) = members.get(room) else { return false };
+                let mut any = false;
+                set.for_each(|id| any = any || conns.get_mut(id).is_some_and(|c| c.takes_deflated()));
+                any
+            }
         }
     }
 }

@@ -112,7 +112,10 @@ impl Services {
         let body = &buf[req.head_len..used];
         let route = router::route(req.method, req.path);
         if route == Route::WebSocket {
-            return self.upgrade(id, conn, &req, used);
+            return self.upgrade(id, conn, &req, used, false);
+        }
+        if route == Route::Echo && self.cfg.echo_endpoint {
+            return self.upgrade(id, conn, &req, used, true);
         }
         inc(&self.stats.http_requests);
         let keep = keep_alive(req.keep_alive(), self.is_draining());
@@ -200,7 +203,7 @@ impl Services {
                 });
             }
             Route::MethodNotAllowed(allow) => method_not_allowed(allow),
-            Route::NotFound => not_found(),
+            Route::NotFound | Route::Echo => not_found(),
         };
         self.respond(conn, &answer, keep, head_only, used)
     }
@@ -270,8 +273,9 @@ impl Services {
     }
 
     /// Validates an upgrade request and, if it is one, hands it to admission (identity,
-    /// limits), which switches the connection to WebSocket.
-    fn upgrade(&self, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize) -> Step {
+    /// limits), which switches the connection to WebSocket. `echo`: the conformance echo
+    /// endpoint, which has no identity and is opened at once (see `open_echo`).
+    fn upgrade(&self, id: ConnId, conn: &mut Conn, req: &Request<'_, '_>, used: usize, echo: bool) -> Step {
         let upgrade = match handshake::validate(req) {
             Ok(u) => u,
             Err(e) => {
@@ -281,6 +285,9 @@ impl Services {
         };
         if self.is_draining() {
             return self.respond(conn, &draining(), false, false, used);
+        }
+        if echo {
+            return self.open_echo(conn, &upgrade, used);
         }
         self.admit(id, conn, req, upgrade, used)
     }

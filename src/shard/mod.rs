@@ -38,6 +38,7 @@ mod admin;
 mod api;
 mod ask;
 mod auth;
+mod compress;
 pub mod conns;
 mod http;
 pub mod mesh;

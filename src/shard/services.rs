@@ -71,6 +71,8 @@ pub(crate) struct Services {
     pub(super) bans: RefCell<FxHashMap<Arc<str>, u64>>,
     /// Questions to other shards awaiting answers.
     pub(super) asks: Asks,
+    /// permessage-deflate: the shard's compressor and who takes compressed frames.
+    pub(super) deflate: super::compress::Deflate,
     /// Clocks and ids.
     ids: Ids,
     /// Flow control: whether to stop reading, and who stopped.
@@ -118,6 +120,7 @@ impl Services {
             ws_open: Cell::new(0),
             bans: RefCell::new(FxHashMap::default()),
             asks: Asks::default(),
+            deflate: super::compress::Deflate::default(),
             ids: Ids { started: Instant::now(), nonce: fastrand::u32(..), next_token: Cell::new(0) },
             flow: Flow {
                 congested: Cell::new((u32::MAX, false)),

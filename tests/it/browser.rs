@@ -106,7 +106,12 @@ fn two_users_chat_in_headless_chromium() {
     };
 
     // Chromium is heavy on a small machine: run alone, not beside timing-sensitive tests.
-    let server = TestServer::start_alone();
+    // Chromium offers permessage-deflate: with compression on for every frame, the chat
+    // runs on the server's shared compressed frames and Chromium's compressed messages.
+    let server = TestServer::start_alone_with(|c| {
+        c.compression = true;
+        c.compression_min_bytes = 0;
+    });
     let url = format!("http://{}/", server.addr);
     // Screenshots beside the build output: <target>/browser/*.png.
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("browser");
@@ -129,9 +134,13 @@ fn two_users_chat_in_headless_chromium() {
         stdout.join().unwrap_or_default(),
         stderr.join().unwrap_or_default()
     );
+    let compressed = server.http().get("/stats").json()["compression"]["frames"].as_u64().unwrap_or(0);
     server.stop();
     match status {
-        Some(status) if status.success() => println!("{output}"),
+        Some(status) if status.success() => {
+            println!("{output}");
+            assert!(compressed > 0, "Chromium negotiated no compression: no compressed frame was sent");
+        }
         Some(status) => panic!("browser test failed ({status}) against {url}:\n{output}"),
         None => panic!("browser test did not finish within {TIMEOUT:?} against {url}:\n{output}"),
     }

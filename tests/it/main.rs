@@ -7,11 +7,14 @@
 mod support;
 
 mod abuse;
+mod autobahn;
 mod browser;
 mod close;
 mod cluster;
 mod cluster_api;
+mod compression;
 mod core;
+mod echo;
 mod exhaustion;
 mod history;
 mod http;

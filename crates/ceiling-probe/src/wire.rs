@@ -64,7 +64,7 @@ pub fn parse_request(head: &[u8]) -> Request {
 
 /// The 101 response for `accept` (corecast's own [`accept_response`], no subprotocol).
 pub fn upgrade_response(accept: &str, out: &mut Vec<u8>) {
-    let upgrade = Upgrade { accept: accept.to_owned(), protocols: Vec::new() };
+    let upgrade = Upgrade { accept: accept.to_owned(), protocols: Vec::new(), deflate: None };
     out.extend_from_slice(&accept_response(&upgrade, None));
 }
 

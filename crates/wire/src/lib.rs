@@ -2,7 +2,7 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`ws`] | RFC 6455: [`ws::frame`], [`ws::reader`], [`ws::handshake`] |
+//! | [`ws`] | RFC 6455: [`ws::frame`], [`ws::reader`], [`ws::handshake`]; RFC 7692 permessage-deflate: [`ws::deflate`] |
 //! | [`http`] | HTTP/1.1 request heads ([`http::request`], parsed with httparse) |
 //! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames |
 //!

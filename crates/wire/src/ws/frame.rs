@@ -38,6 +38,9 @@ pub struct Header {
     pub fin: bool,
     /// Frame opcode (never a reserved one: those are rejected while parsing).
     pub opcode: OpCode,
+    /// RSV1: "compressed" under permessage-deflate (only ever set when the caller of
+    /// [`parse_header_with`] allowed it).
+    pub rsv1: bool,
     /// Masking key of a client frame.
     pub mask: Option<[u8; 4]>,
     /// Bytes taken by the header itself.
@@ -60,13 +63,27 @@ impl Header {
 /// has arrived, so an oversized frame is refused without buffering it. Errors map to close
 /// codes through [`ProtocolError::close_code`].
 pub fn parse_header(buf: &[u8], role: Role, max_payload: usize) -> Result<Option<Header>, ProtocolError> {
+    parse_header_with(buf, role, max_payload, false)
+}
+
+/// [`parse_header`] for a connection that negotiated permessage-deflate when `rsv1` is
+/// true: RSV1 is then allowed on data frames (whether it is allowed on a continuation is
+/// the message reader's rule) and reported in [`Header::rsv1`]. RSV1 on a control frame,
+/// and RSV2/RSV3, stay protocol errors.
+pub fn parse_header_with(
+    buf: &[u8],
+    role: Role,
+    max_payload: usize,
+    rsv1: bool,
+) -> Result<Option<Header>, ProtocolError> {
     let mut cursor = Cursor::new(buf);
     let (h, len) = match FrameHeader::parse(&mut cursor) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return Ok(None),
         Err(_) => return Err(ProtocolError::ReservedOpcode),
     };
-    if h.rsv1 || h.rsv2 || h.rsv3 {
+    let rsv1_ok = rsv1 && matches!(h.opcode, OpCode::Data(_));
+    if (h.rsv1 && !rsv1_ok) || h.rsv2 || h.rsv3 {
         return Err(ProtocolError::ReservedBits);
     }
     match (role, h.mask.is_some()) {
@@ -88,6 +105,7 @@ pub fn parse_header(buf: &[u8], role: Role, max_payload: usize) -> Result<Option
     Ok(Some(Header {
         fin: h.is_final,
         opcode: h.opcode,
+        rsv1: h.rsv1,
         mask: h.mask,
         header_len: cursor.position() as usize,
         payload_len: len as usize,
@@ -116,7 +134,16 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 /// Writes an unmasked header for a final frame of `opcode` and `len` payload bytes.
 /// Returns the header bytes and how many of them are used.
 pub fn encode_header(opcode: OpCode, len: usize) -> ([u8; MAX_SERVER_HEADER_LEN], usize) {
-    let header = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None };
+    encode_header_with(opcode, len, false)
+}
+
+/// [`encode_header`] with RSV1 set: the header of a permessage-deflate compressed message.
+pub fn encode_header_rsv1(opcode: OpCode, len: usize) -> ([u8; MAX_SERVER_HEADER_LEN], usize) {
+    encode_header_with(opcode, len, true)
+}
+
+fn encode_header_with(opcode: OpCode, len: usize, rsv1: bool) -> ([u8; MAX_SERVER_HEADER_LEN], usize) {
+    let header = FrameHeader { is_final: true, rsv1, rsv2: false, rsv3: false, opcode, mask: None };
     let mut out = [0u8; MAX_SERVER_HEADER_LEN];
     let mut cursor = Cursor::new(&mut out[..]);
     // Ten bytes always hold an unmasked header, so the write cannot run short.
@@ -173,7 +200,13 @@ pub fn pong_frame(payload: &[u8]) -> Bytes {
 /// Encodes a masked client frame (for clients: tests, bench-client). `fin = false` makes a
 /// fragment; continuation frames use `OpCode::Data(Data::Continue)`.
 pub fn client_frame(opcode: OpCode, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let header = FrameHeader { is_final: fin, rsv1: false, rsv2: false, rsv3: false, opcode, mask: Some(mask) };
+    client_frame_with(opcode, fin, false, payload, mask)
+}
+
+/// [`client_frame`] with RSV1 (`compressed`) as given: a permessage-deflate client frame
+/// when `payload` is the compressed data.
+pub fn client_frame_with(opcode: OpCode, fin: bool, compressed: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let header = FrameHeader { is_final: fin, rsv1: compressed, rsv2: false, rsv3: false, opcode, mask: Some(mask) };
     let mut out = Vec::with_capacity(MAX_HEADER_LEN + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, &mut out);

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::deflate::{self, Agreement};
 use crate::http::request::Request;
 
 /// A valid upgrade request, reduced to what the server needs after it.
@@ -12,6 +13,9 @@ pub struct Upgrade {
     pub accept: String,
     /// Subprotocols offered by the client in `Sec-WebSocket-Protocol`, in order.
     pub protocols: Vec<String>,
+    /// What permessage-deflate would be agreed to, if the client offered it acceptably
+    /// (the server decides whether to use it; see [`accept_response_with`]).
+    pub deflate: Option<Agreement>,
 }
 
 /// Why an upgrade request was refused, with the HTTP status that says so.
@@ -83,11 +87,19 @@ pub fn validate(req: &Request<'_, '_>) -> Result<Upgrade, HandshakeError> {
         .map(|p| p.trim().to_owned())
         .filter(|p| !p.is_empty())
         .collect();
-    Ok(Upgrade { accept: tungstenite::handshake::derive_accept_key(key), protocols })
+    let extensions = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
+    let deflate = deflate::negotiate(extensions.map(|h| h.value));
+    Ok(Upgrade { accept: tungstenite::handshake::derive_accept_key(key), protocols, deflate })
 }
 
 /// The `101 Switching Protocols` response, echoing `protocol` when one was selected.
 pub fn accept_response(upgrade: &Upgrade, protocol: Option<&str>) -> Bytes {
+    accept_response_with(upgrade, protocol, None)
+}
+
+/// [`accept_response`] that also accepts permessage-deflate as `deflate` says (its
+/// `Sec-WebSocket-Extensions` answer).
+pub fn accept_response_with(upgrade: &Upgrade, protocol: Option<&str>, deflate: Option<&Agreement>) -> Bytes {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n",
@@ -97,6 +109,9 @@ pub fn accept_response(upgrade: &Upgrade, protocol: Option<&str>) -> Bytes {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(p);
         out.push_str("\r\n");
+    }
+    if let Some(d) = deflate {
+        out.push_str(&d.response_header());
     }
     out.push_str("\r\n");
     Bytes::from(out)
@@ -132,6 +147,24 @@ mod tests {
         let resp = accept_response(&up, Some("chat"));
         assert!(resp.starts_with(b"HTTP/1.1 101 "));
         assert!(resp.ends_with(b"Sec-WebSocket-Protocol: chat\r\n\r\n"));
+        assert_eq!(up.deflate, None);
+    }
+
+    #[test]
+    fn a_deflate_offer_is_negotiated_and_answered_only_when_asked_to() {
+        let offer = GOOD.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: foo, permessage-deflate; client_no_context_takeover\r\n\r\n",
+        );
+        let up = check(&offer).unwrap();
+        let agreed = up.deflate.expect("offer accepted");
+        assert!(agreed.client_no_context_takeover);
+        assert!(!accept_response(&up, None).windows(9).any(|w| w == b"Extension"));
+        let resp = accept_response_with(&up, None, Some(&agreed));
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.ends_with(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n"
+        ), "{text}");
     }
 
     #[test]

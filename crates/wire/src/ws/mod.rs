@@ -3,10 +3,12 @@
 //! * [`frame`]: header parse/encode and unmasking, pure;
 //! * [`reader`]: message assembly (fragments, control frames, UTF-8), pure;
 //! * [`handshake`]: the HTTP upgrade, pure;
+//! * [`deflate`]: permessage-deflate (RFC 7692) negotiation and codec, pure;
 //!
 //! No I/O here: the server's connection code (`shard::conn` in the `corecast` crate) and
 //! bench-client's connections feed them bytes.
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod reader;
@@ -67,16 +69,20 @@ pub enum ProtocolError {
     /// Text (or a close reason) that is not valid UTF-8.
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
-    /// A frame or assembled message over the configured maximum.
+    /// A frame or assembled message over the configured maximum (for a compressed
+    /// message: its inflated size).
     #[error("message too big")]
     TooBig,
+    /// A compressed message (permessage-deflate) whose payload is not valid deflate data.
+    #[error("invalid compressed data")]
+    BadCompressedData,
 }
 
 impl ProtocolError {
     /// The close code the server answers this violation with.
     pub fn close_code(self) -> u16 {
         match self {
-            ProtocolError::InvalidUtf8 => close::INVALID_DATA,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => close::INVALID_DATA,
             ProtocolError::TooBig => close::TOO_BIG,
             _ => close::PROTOCOL,
         }

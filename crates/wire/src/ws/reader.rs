@@ -10,7 +10,8 @@ use std::ops::ControlFlow;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::frame::{parse_header, unmask, Role};
+use super::deflate::Inflater;
+use super::frame::{parse_header_with, unmask, Role};
 use super::ProtocolError;
 
 /// One complete message or control frame, borrowed from the reader's input.
@@ -37,8 +38,23 @@ pub enum Message<'a> {
 #[derive(Debug)]
 pub struct MessageReader {
     role: Role,
+    inflate: Inflate,
     max_message: u32,
     pending: Option<Box<Pending>>,
+}
+
+/// Whether, and how, the peer's compressed messages (permessage-deflate, RFC 7692) are
+/// inflated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inflate {
+    /// Not negotiated: RSV1 is a protocol error.
+    Off,
+    /// Negotiated, and the peer keeps no context between messages: inflate state exists
+    /// only while a compressed message is inflated.
+    NoContext,
+    /// Negotiated, and the peer may take over its context: the inflate state (with its
+    /// window) is created by the first compressed message and kept from then on.
+    Context,
 }
 
 /// Input that waits for more bytes.
@@ -48,12 +64,36 @@ struct Pending {
     tail: Vec<u8>,
     /// A fragmented data message being assembled.
     fragments: Option<Fragments>,
+    /// The peer's inflate context, kept between messages ([`Inflate::Context`] only).
+    inflater: Option<Inflater>,
 }
 
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// RSV1 on the first frame: `data` is deflate data, inflated when the message ends.
+    compressed: bool,
     data: Vec<u8>,
+    /// Text: how much of `data` is known to be complete, valid UTF-8. Each fragment is
+    /// checked as it arrives (from here on), so invalid text fails at the fragment that
+    /// makes it invalid, not at the end of the message (RFC 6455 §8.1 "fail fast").
+    valid: usize,
+}
+
+impl Fragments {
+    /// Checks the bytes added since the last call; a sequence cut at the end of `data`
+    /// may still be completed by the next fragment.
+    fn check_utf8(&mut self) -> Result<(), ProtocolError> {
+        if !self.text || self.compressed {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.valid..]) {
+            Ok(_) => self.valid = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.valid += e.valid_up_to(),
+            Err(_) => return Err(ProtocolError::InvalidUtf8),
+        }
+        Ok(())
+    }
 }
 
 impl MessageReader {
@@ -61,7 +101,19 @@ impl MessageReader {
     /// assembled message over `max_message` payload bytes (close code 1009). Caps above
     /// 4 GiB − 1 are treated as 4 GiB − 1.
     pub fn new(role: Role, max_message: usize) -> Self {
-        MessageReader { role, max_message: u32::try_from(max_message).unwrap_or(u32::MAX), pending: None }
+        MessageReader {
+            role,
+            inflate: Inflate::Off,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
+            pending: None,
+        }
+    }
+
+    /// Accepts compressed messages (permessage-deflate was negotiated) from now on. A
+    /// compressed message is refused with 1009 as soon as its inflated size passes the
+    /// message cap, so inflating never holds more than the cap.
+    pub fn set_inflate(&mut self, inflate: Inflate) {
+        self.inflate = inflate;
     }
 
     /// Bytes currently held for unfinished frames or fragmented messages.
@@ -81,7 +133,7 @@ impl MessageReader {
     {
         let mut pending = self.pending.take().unwrap_or_default();
         let result = if pending.tail.is_empty() {
-            self.process(input, &mut pending.fragments, &mut on_message).map(|(used, flow)| {
+            self.process(input, &mut pending.fragments, &mut pending.inflater, &mut on_message).map(|(used, flow)| {
                 if flow.is_continue() {
                     pending.tail.extend_from_slice(&input[used..]);
                 }
@@ -89,14 +141,16 @@ impl MessageReader {
         } else {
             let mut tail = std::mem::take(&mut pending.tail);
             tail.extend_from_slice(input);
-            self.process(&mut tail, &mut pending.fragments, &mut on_message).map(|(used, flow)| {
-                if flow.is_continue() && used < tail.len() {
-                    tail.drain(..used);
-                    pending.tail = tail;
-                }
-            })
+            self.process(&mut tail, &mut pending.fragments, &mut pending.inflater, &mut on_message).map(
+                |(used, flow)| {
+                    if flow.is_continue() && used < tail.len() {
+                        tail.drain(..used);
+                        pending.tail = tail;
+                    }
+                },
+            )
         };
-        if result.is_ok() && (!pending.tail.is_empty() || pending.fragments.is_some()) {
+        if result.is_ok() && (!pending.tail.is_empty() || pending.fragments.is_some() || pending.inflater.is_some()) {
             self.pending = Some(pending);
         }
         result
@@ -107,6 +161,7 @@ impl MessageReader {
         &self,
         buf: &mut [u8],
         fragments: &mut Option<Fragments>,
+        inflater: &mut Option<Inflater>,
         on_message: &mut F,
     ) -> Result<(usize, ControlFlow<()>), ProtocolError>
     where
@@ -114,7 +169,8 @@ impl MessageReader {
     {
         let max = self.max_message as usize;
         let mut pos = 0;
-        while let Some(h) = parse_header(&buf[pos..], self.role, max)? {
+        let rsv1 = self.inflate != Inflate::Off;
+        while let Some(h) = parse_header_with(&buf[pos..], self.role, max, rsv1)? {
             if buf.len() - pos < h.frame_len() {
                 break;
             }
@@ -123,7 +179,8 @@ impl MessageReader {
             if let Some(mask) = h.mask {
                 unmask(payload, mask);
             }
-            if frame(h.opcode, h.fin, payload, fragments, max, on_message)?.is_break() {
+            let mut inflating = Inflating { mode: self.inflate, state: inflater, max };
+            if frame(h.opcode, h.fin, h.rsv1, payload, fragments, &mut inflating, on_message)?.is_break() {
                 return Ok((pos, ControlFlow::Break(())));
             }
         }
@@ -131,18 +188,42 @@ impl MessageReader {
     }
 }
 
+/// What inflating a compressed message needs: the mode, the kept state, the cap.
+struct Inflating<'s> {
+    mode: Inflate,
+    state: &'s mut Option<Inflater>,
+    max: usize,
+}
+
+impl Inflating<'_> {
+    /// Inflates one complete compressed message, under the cap.
+    fn inflate(&mut self, data: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let mut out = Vec::new();
+        let result = self.state.get_or_insert_with(Inflater::new).inflate(data, self.max, &mut out);
+        // Without context takeover nothing survives the message: the state (its 32 KiB
+        // window above all) is freed until the next compressed message.
+        if self.mode != Inflate::Context || result.is_err() {
+            *self.state = None;
+        }
+        result.map(|()| out)
+    }
+}
+
 /// Handles one complete frame: control frames at once, data frames into messages.
+/// `rsv1` (compressed) can only be set here when inflating was enabled.
 fn frame<F>(
     opcode: OpCode,
     fin: bool,
+    rsv1: bool,
     payload: &mut [u8],
     fragments: &mut Option<Fragments>,
-    max: usize,
+    inflating: &mut Inflating<'_>,
     on_message: &mut F,
 ) -> Result<ControlFlow<()>, ProtocolError>
 where
     F: FnMut(Message<'_>) -> ControlFlow<()>,
 {
+    let max = inflating.max;
     match opcode {
         OpCode::Control(Control::Ping) => Ok(on_message(Message::Ping(payload))),
         OpCode::Control(Control::Pong) => Ok(on_message(Message::Pong(payload))),
@@ -153,11 +234,18 @@ where
             }
             let text = opcode == OpCode::Data(Data::Text);
             if !fin {
-                *fragments = Some(Fragments { text, data: payload.to_vec() });
+                let mut open = Fragments { text, compressed: rsv1, data: payload.to_vec(), valid: 0 };
+                open.check_utf8()?;
+                *fragments = Some(open);
                 return Ok(ControlFlow::Continue(()));
+            }
+            if rsv1 {
+                return deliver(text, &mut inflating.inflate(payload)?, on_message);
             }
             deliver(text, payload, on_message)
         }
+        // RSV1 marks a message, not a frame: only its first frame carries it.
+        OpCode::Data(Data::Continue) if rsv1 => Err(ProtocolError::ReservedBits),
         OpCode::Data(Data::Continue) => {
             let Some(open) = fragments.as_mut() else {
                 return Err(ProtocolError::UnexpectedContinuation);
@@ -167,11 +255,17 @@ where
             }
             open.data.extend_from_slice(payload);
             if !fin {
+                open.check_utf8()?;
                 return Ok(ControlFlow::Continue(()));
             }
             let Some(mut done) = fragments.take() else {
                 return Ok(ControlFlow::Continue(()));
             };
+            if done.compressed {
+                let mut inflated = inflating.inflate(&done.data)?;
+                drop(done.data);
+                return deliver(done.text, &mut inflated, on_message);
+            }
             deliver(done.text, &mut done.data, on_message)
         }
         // Reserved opcodes are refused by `parse_header`.
@@ -258,6 +352,91 @@ mod tests {
         let got = collect(&mut r, &[&wire]).unwrap();
         assert_eq!(got, vec![Owned::Ping(b"p".to_vec()), Owned::Text("hello wörld".as_bytes().to_vec())]);
         assert_eq!(r.buffered(), 0);
+    }
+
+    /// Invalid text is refused at the fragment that makes it invalid, while the message
+    /// is still open; a character split across fragments is not mistaken for one.
+    #[test]
+    fn invalid_utf8_fails_at_the_fragment_not_at_the_end() {
+        let euro = "€".as_bytes();
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let first = client_frame(TEXT, false, &[b'a', euro[0]], M);
+        assert!(collect(&mut r, &[&first]).unwrap().is_empty());
+        let second = client_frame(CONT, false, &euro[1..], M);
+        assert!(collect(&mut r, &[&second]).unwrap().is_empty(), "a split character is fine");
+        let bad = client_frame(CONT, false, &[0xce, 0xba, 0xf4, 0x90], M);
+        assert_eq!(collect(&mut r, &[&bad]), Err(ProtocolError::InvalidUtf8), "before the final fragment");
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let bad_first = client_frame(TEXT, false, &[0xff], M);
+        assert_eq!(collect(&mut r, &[&bad_first]), Err(ProtocolError::InvalidUtf8));
+        // A cut sequence never completed is refused at the end.
+        let mut r = MessageReader::new(Role::Server, 1024);
+        let wire = [client_frame(TEXT, false, &euro[..2], M), client_frame(CONT, true, b"", M)].concat();
+        assert_eq!(collect(&mut r, &[&wire]), Err(ProtocolError::InvalidUtf8));
+    }
+
+    /// Deflate data of `msg` as a client with no context takeover sends it.
+    fn deflated(msg: &[u8]) -> Vec<u8> {
+        let frame = crate::ws::deflate::Compressor::new(15).frame(TEXT, msg);
+        let h = crate::ws::frame::parse_header_with(&frame, Role::Client, usize::MAX, true).unwrap().unwrap();
+        frame[h.header_len..].to_vec()
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_whole_or_fragmented() {
+        use crate::ws::frame::client_frame_with;
+        let text = "{\"type\":\"message\",\"text\":\"wörds wörds wörds\"}".repeat(20);
+        let z = deflated(text.as_bytes());
+        let mut r = MessageReader::new(Role::Server, 4096);
+        r.set_inflate(Inflate::NoContext);
+        let mut wire = client_frame_with(TEXT, true, true, &z, M);
+        let (a, b) = z.split_at(z.len() / 2);
+        wire.extend(client_frame_with(TEXT, false, true, a, M));
+        wire.extend(client_frame(OpCode::Control(Control::Ping), true, b"p", M));
+        wire.extend(client_frame(CONT, true, b, M));
+        wire.extend(client_frame(TEXT, true, b"plain", M));
+        let got = collect(&mut r, &[&wire]).unwrap();
+        let t = Owned::Text(text.clone().into_bytes());
+        assert_eq!(got, vec![t.clone(), Owned::Ping(b"p".to_vec()), t, Owned::Text(b"plain".to_vec())]);
+        assert!(r.pending.is_none(), "no inflate state kept without context takeover");
+        // With context takeover the state stays (the peer may refer back to it).
+        let mut r = MessageReader::new(Role::Server, 4096);
+        r.set_inflate(Inflate::Context);
+        collect(&mut r, &[&client_frame_with(TEXT, true, true, &z, M)]).unwrap();
+        assert!(r.pending.as_ref().is_some_and(|p| p.inflater.is_some()));
+    }
+
+    #[test]
+    fn compression_rules_and_limits() {
+        use crate::ws::frame::client_frame_with;
+        let z = deflated(&[b'a'; 5000]);
+        let cases: Vec<(Inflate, Vec<u8>, ProtocolError)> = vec![
+            // RSV1 without the extension, on a continuation, on a control frame.
+            (Inflate::Off, client_frame_with(TEXT, true, true, &z, M), ProtocolError::ReservedBits),
+            (
+                Inflate::NoContext,
+                [client_frame_with(TEXT, false, true, &z, M), client_frame_with(CONT, true, true, b"", M)].concat(),
+                ProtocolError::ReservedBits,
+            ),
+            (
+                Inflate::NoContext,
+                client_frame_with(OpCode::Control(Control::Ping), true, true, b"", M),
+                ProtocolError::ReservedBits,
+            ),
+            // A small frame inflating past the cap: 1009.
+            (Inflate::NoContext, client_frame_with(TEXT, true, true, &z, M), ProtocolError::TooBig),
+            (Inflate::NoContext, client_frame_with(TEXT, true, true, &[0xff; 8], M), ProtocolError::BadCompressedData),
+            (
+                Inflate::NoContext,
+                client_frame_with(TEXT, true, true, &deflated(&[0xff]), M),
+                ProtocolError::InvalidUtf8,
+            ),
+        ];
+        for (mode, wire, err) in cases {
+            let mut r = MessageReader::new(Role::Server, 4096);
+            r.set_inflate(mode);
+            assert_eq!(collect(&mut r, &[&wire]), Err(err), "{mode:?}");
+        }
     }
 
     #[test]
