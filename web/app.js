@@ -383,6 +383,9 @@ import { Corecast } from '/corecast-client.js';
   }
 
   function onPresenceJoin(room, user) {
+    // In a cluster our own join may come back from the room's presence holder after
+    // `joined` (docs/CLUSTER.md): we are in the list already, and it is no news to us.
+    if (user === state.me) return;
     if (!room.users.has(user)) {
       room.users.add(user);
       room.count += 1;

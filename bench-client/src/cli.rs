@@ -323,7 +323,10 @@ fn ramp_steps(a: &RampArgs) -> Vec<StepSpec> {
     let mut steps = Vec::new();
     let mut rate = a.start_rate;
     while rate <= a.max_rate && steps.len() < a.max_steps as usize {
-        steps.push(StepSpec { rate: rate.round(), duration_secs: a.step_duration });
+        // Whole rates from 1 msg/s up; below that the fraction is the rate (a room of a
+        // million members on a small host sustains less than one message per second).
+        let rate_now = if rate >= 1.0 { rate.round() } else { rate };
+        steps.push(StepSpec { rate: rate_now, duration_secs: a.step_duration });
         rate *= a.factor.max(1.01);
     }
     steps
@@ -431,6 +434,14 @@ mod tests {
         };
         let rates: Vec<f64> = ramp_steps(&a).iter().map(|s| s.rate).collect();
         assert_eq!(rates, [100.0, 200.0, 400.0, 800.0]);
+    }
+
+    #[test]
+    fn regression_ramp_steps_below_one_message_per_second_are_not_rounded_to_zero() {
+        let args = ["ramp", "--start-rate", "0.125", "--factor", "2", "--max-rate", "1.5"];
+        let Cmd::Ramp(a) = parse(&args).command else { panic!() };
+        let rates: Vec<f64> = ramp_steps(&a).iter().map(|s| s.rate).collect();
+        assert_eq!(rates, [0.125, 0.25, 0.5, 1.0]);
     }
 
     #[test]

@@ -68,11 +68,11 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
             );
         }
         println!(
-            "step {}: {:.0} msg/s target, {:.0} published/s, {:.0} deliveries/s, lost {} dup {} reorder {} | \
+            "step {}: {} msg/s target, {} published/s, {:.0} deliveries/s, lost {} dup {} reorder {} | \
              p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} p99.99 {:.2} max {:.2} ms | CPU client {:.0}% ({:.0}% user) server {} | {}",
             s.step,
-            s.spec.rate,
-            s.publish_rate,
+            rate(s.spec.rate),
+            rate(s.publish_rate),
             s.deliveries_per_sec,
             s.verdict.lost,
             s.verdict.duplicates,
@@ -99,11 +99,21 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
     }
     if r.mode == coord::Mode::Ramp {
         match r.steps.iter().filter(|s| s.passed).map(|s| s.spec.rate).reduce(f64::max) {
-            Some(rate) => println!("max sustained rate: {rate:.0} msg/s (clean, p99 ≤ {p99_bound_ms} ms)"),
+            Some(r) => println!("max sustained rate: {} msg/s (clean, p99 ≤ {p99_bound_ms} ms)", rate(r)),
             None => println!("max sustained rate: none (no step was clean with p99 ≤ {p99_bound_ms} ms)"),
         }
     }
     for p in problems {
         println!("PROBLEM: {p}");
+    }
+}
+
+/// A message rate as printed: whole numbers from 10 msg/s up, three significant digits
+/// below (a room of a million sustains a fraction of a message per second on a small host).
+fn rate(r: f64) -> String {
+    if r >= 10.0 || r == 0.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
