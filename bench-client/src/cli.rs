@@ -166,7 +166,8 @@ pub struct Publish {
     #[arg(long, default_value_t = 0)]
     pub data_bytes: usize,
     /// Pad payloads with JSON-like records (compressible like real JSON documents)
-    /// instead of `x`: for compression comparisons (`--deflate`).
+    /// instead of `x`, in `text` and in `--data-bytes` objects (there as real, quoted
+    /// JSON): for compression comparisons (`--deflate`).
     #[arg(long)]
     pub payload_json: bool,
     /// After a publish window, wait at most this long for outstanding deliveries.

@@ -399,6 +399,7 @@ impl Conn {
             match self.stream.read(scratch) {
                 Ok(0) => return Err(self.eof_end()),
                 Ok(n) => {
+                    ctx.record.counts.wire_bytes += n as u64;
                     self.ingest(&mut scratch[..n], ctx)?;
                     if n < scratch.len() {
                         return Ok(());

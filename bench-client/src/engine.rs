@@ -656,7 +656,12 @@ impl Engine {
         let room = conn.session.room;
         let json = if self.plan.data_bytes > 0 {
             stamp.encode(0, &mut self.text);
-            let data = crate::payload::data_object(&self.text, self.plan.data_bytes);
+            let data = if self.plan.payload_json {
+                let seed = u64::from(stamp.publisher) << 40 ^ stamp.n;
+                crate::payload::data_object_json(&self.text, self.plan.data_bytes, seed)
+            } else {
+                crate::payload::data_object(&self.text, self.plan.data_bytes)
+            };
             format!(r#"{{"type":"message","room":"{}-{room}","data":{data}}}"#, self.plan.tag)
         } else {
             stamp.encode_with(self.plan.payload_bytes, self.plan.payload_json, &mut self.text);

@@ -81,7 +81,13 @@ pub fn data_object(stamp: &str, len: usize) -> String {
 
 /// Appends JSON-like records to `out` until it is at least `min_len` long; the values
 /// come from a small generator seeded by `seed`, so messages differ from each other.
+/// Unquoted (`{id:1,user:member-0001,…}`), so the text travels unescaped in `text`.
 fn pad_json(out: &mut String, min_len: usize, seed: u64) {
+    json_records(out, min_len, seed, "");
+}
+
+/// `json_records` with every string quoted by `q` (`"` for real JSON, `""` for none).
+fn json_records(out: &mut String, min_len: usize, seed: u64, q: &str) {
     const STATUS: [&str; 4] = ["online", "away", "busy", "offline"];
     const TAGS: [&str; 6] = ["alpha", "beta", "gamma", "delta", "omega", "sigma"];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -92,11 +98,16 @@ fn pad_json(out: &mut String, min_len: usize, seed: u64) {
         x
     };
     out.push('[');
+    let mut first = true;
     while out.len() < min_len {
         let r = next();
+        if !first {
+            out.push(',');
+        }
+        first = false;
         let _ = write!(
             out,
-            "{{id:{},user:member-{:04},status:{},score:{}.{:02},tags:[{},{}]}},",
+            "{{{q}id{q}:{},{q}user{q}:{q}member-{:04}{q},{q}status{q}:{q}{}{q},{q}score{q}:{}.{:02},{q}tags{q}:[{q}{}{q},{q}{}{q}]}}",
             r % 100_000,
             (r >> 17) % 10_000,
             STATUS[(r >> 31) as usize % STATUS.len()],
@@ -107,6 +118,28 @@ fn pad_json(out: &mut String, min_len: usize, seed: u64) {
         );
     }
     out.push(']');
+}
+
+/// A `data` object of exactly `len` bytes (at least its fixed part) carrying `stamp`,
+/// filled with JSON records like [`pad_json`]'s (quoted: this is real JSON) instead of
+/// `x`: `{"stamp":"<stamp>","items":[{"id":…},…],"pad":"xx"}`. For compression runs
+/// (`--data-bytes` with `--payload-json`), where `x` padding would flatter deflate.
+pub fn data_object_json(stamp: &str, len: usize, seed: u64) -> String {
+    const TAIL: &str = r#","pad":""}"#;
+    let mut out = String::with_capacity(len + 128);
+    out.push_str(r#"{"stamp":""#);
+    out.push_str(stamp);
+    out.push_str(r#"","items":"#);
+    // Records stop at the first one that ends past `fill` (one record is < 128 bytes),
+    // which leaves room for `]` and the tail; the pad then makes the length exact.
+    let fill = len.saturating_sub(TAIL.len() + 128);
+    json_records(&mut out, fill, seed, "\"");
+    out.push_str(r#","pad":""#);
+    while out.len() + 2 < len {
+        out.push('x');
+    }
+    out.push_str(r#""}"#);
+    out
 }
 
 #[cfg(test)]
@@ -133,6 +166,23 @@ mod tests {
         let f = crate::scan::scan(frame.as_bytes()).unwrap();
         assert_eq!(f.text, b"b:1:2:3:4:5:");
         assert!(data_object("b:1:2:3:4:5:", 0).starts_with(r#"{"stamp":"b:1"#));
+    }
+
+    #[test]
+    fn json_data_objects_are_json_of_the_asked_size_and_carry_the_stamp() {
+        for len in [0, 64, 300, 2048, 10_000] {
+            let d = data_object_json("b:1:2:3:4:5:", len, 42);
+            if len >= 200 {
+                assert_eq!(d.len(), len, "exact length once the fixed part and a record fit");
+            }
+            let v: serde_json::Value = serde_json::from_str(&d).expect("valid JSON");
+            assert_eq!(v["stamp"], "b:1:2:3:4:5:");
+            let frame = format!(r#"{{"type":"message","seq":1,"data":{d},"ts":1}}"#);
+            assert_eq!(crate::scan::scan(frame.as_bytes()).unwrap().text, b"b:1:2:3:4:5:");
+        }
+        let d = data_object_json("s", 2048, 7);
+        assert!(d.matches(r#""status":"#).count() > 15, "records, not padding: {d}");
+        assert_ne!(d, data_object_json("s", 2048, 8), "messages differ");
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub struct Deliveries {
     pub late: u64,
     /// Room messages that were not bench payloads.
     pub foreign: u64,
+    /// Bytes read from the sockets while the step was open, as they came off the wire
+    /// (frame headers included; compressed where permessage-deflate was negotiated):
+    /// bytes on the wire per delivery for compression runs.
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
 impl Deliveries {
@@ -98,6 +103,7 @@ impl Deliveries {
         self.gap_messages += o.gap_messages;
         self.late += o.late;
         self.foreign += o.foreign;
+        self.wire_bytes += o.wire_bytes;
     }
 }
 
