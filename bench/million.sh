@@ -29,6 +29,8 @@
 #   --bin DIR          where corecast and bench-client are (default target/release)
 #   --results DIR      run folders go there (default results)
 #   --dry-run          run the host checks, print the plan, start nothing
+#   NODE_ARGS="…"      (environment) extra flags for every corecast node, e.g.
+#                      NODE_ARGS="--cluster-room-buckets 64" for many rooms
 #
 # It checks the host first and refuses (exit 2) with the reason when the target cannot
 # be reached: available memory, fs.file-max, the per-process descriptor limit, the
@@ -273,7 +275,7 @@ nats subscriptions: $peak_subs at peak
 nats-server CPU:    ${nats_secs} s over ${wall} s
 kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
 heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats
-command: $0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag${BC_EXTRA[*]:+ -- ${BC_EXTRA[*]}}
+command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag${BC_EXTRA[*]:+ -- ${BC_EXTRA[*]}}
 EOF
 cat "${run:-$work}/cluster.txt"
 [[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true

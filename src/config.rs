@@ -424,6 +424,12 @@ pub struct ClusterArgs {
     /// This node's name in logs and heartbeats (default: the listen address).
     #[arg(long, env = "CORECAST_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Hash public rooms into this many NATS subscription buckets (0: a subscription per
+    /// room). Bounds a node's subscriptions to the bucket count whatever its rooms; nodes
+    /// then also receive frames of rooms they have no members in (dropped). Must be the
+    /// same on every node of a cluster.
+    #[arg(long, env = "CORECAST_CLUSTER_ROOM_BUCKETS", default_value = "0", value_name = "N")]
+    pub cluster_room_buckets: u32,
     /// Seconds between cluster heartbeats.
     #[arg(long, env = "CORECAST_CLUSTER_HEARTBEAT", default_value = "1", value_parser = secs, value_name = "SECS")]
     pub cluster_heartbeat: Duration,
@@ -604,6 +610,9 @@ impl ClusterArgs {
         {
             return invalid("--cluster-heartbeat must be at least 0.05 s and --cluster-node-timeout at least twice it");
         }
+        if self.cluster_room_buckets > crate::cluster::subject::MAX_ROOM_BUCKETS {
+            return invalid("--cluster-room-buckets must be at most 65536");
+        }
         let mut c = crate::cluster::ClusterConfig::new(url);
         c.creds = self.nats_creds;
         c.user = self.nats_user;
@@ -613,6 +622,7 @@ impl ClusterArgs {
         c.tls_client = self.nats_tls_cert.zip(self.nats_tls_key);
         c.node_name = self.node_name.unwrap_or_else(|| listen.to_string());
         c.subject_prefix = self.nats_subject_prefix;
+        c.room_buckets = self.cluster_room_buckets;
         c.heartbeat = self.cluster_heartbeat;
         c.node_timeout = self.cluster_node_timeout;
         Ok(Some(c))
@@ -722,6 +732,7 @@ mod tests {
         ("node-name", "n1"),
         ("cluster-heartbeat", "0.25"),
         ("cluster-node-timeout", "2"),
+        ("cluster-room-buckets", "64"),
         ("log", "debug"),
         ("log-json", "true"),
     ];

@@ -183,11 +183,12 @@ async fn connect(cfg: &ClusterConfig, events: mpsc::UnboundedSender<Event>) -> R
     opts.connect(urls).await.map_err(|e| ClusterError::Connect(e.to_string()))
 }
 
-/// A room this node receives: its subject, encoded once when subscribing rather than
-/// for every message published to it, and the task feeding its messages to the loop
-/// (aborting it unsubscribes).
-struct RoomSub {
-    subject: Subject,
+/// A NATS subscription for room traffic: one room's subject, or with room buckets the
+/// wildcard of a bucket that several rooms share. The task feeds its messages to the
+/// loop (aborting it unsubscribes).
+struct Interest {
+    /// Rooms of this node it serves; it is dropped when the last one goes.
+    rooms: u32,
     task: JoinHandle<()>,
 }
 
@@ -202,8 +203,13 @@ struct Bridge {
     hb_subject: Subject,
     all_subject: Subject,
     nodes: Nodes,
-    /// Room subscriptions.
-    rooms: HashMap<Arc<str>, RoomSub>,
+    /// Rooms this node receives, each with its subject (encoded once when subscribing
+    /// rather than for every message published to it).
+    rooms: HashMap<Arc<str>, Subject>,
+    /// The subscriptions that receive them, by subscribed subject.
+    interests: HashMap<String, Interest>,
+    /// Nodes already reported as using another `--cluster-room-buckets`.
+    bucket_mismatch: std::collections::HashSet<u64>,
     inbound_tx: mpsc::Sender<async_nats::Message>,
     inbound: mpsc::Receiver<async_nats::Message>,
     /// Fixed subscriptions (heartbeats, this node, broadcasts), kept for the lifetime.
@@ -214,7 +220,7 @@ struct Bridge {
 impl Bridge {
     fn new(cfg: ClusterConfig, client: Client, bus: Bus, shards: Box<dyn Shards>) -> Bridge {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND);
-        let subjects = Subjects::new(&cfg.subject_prefix);
+        let subjects = Subjects::bucketed(&cfg.subject_prefix, cfg.room_buckets);
         let (hb_subject, all_subject) = (subjects.heartbeat().into(), subjects.all().into());
         Bridge {
             me: bus.node,
@@ -227,6 +233,8 @@ impl Bridge {
             bus,
             shards,
             rooms: HashMap::new(),
+            interests: HashMap::new(),
+            bucket_mismatch: std::collections::HashSet::new(),
             inbound_tx,
             inbound,
             fixed: Vec::new(),
@@ -267,7 +275,7 @@ impl Bridge {
         }
         self.publish(self.hb_subject.clone(), &Header::Bye { node: self.me }, &[]).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
-        for task in self.fixed.drain(..).chain(self.rooms.drain().map(|(_, r)| r.task)) {
+        for task in self.fixed.drain(..).chain(self.interests.drain().map(|(_, i)| i.task)) {
             task.abort();
         }
         tracing::info!("cluster bridge stopped");
@@ -314,7 +322,8 @@ impl Bridge {
 
     async fn heartbeat(&self) {
         if self.bus.connected() {
-            let hb = Header::Hb { node: self.me, name: self.cfg.node_name.clone() };
+            let hb =
+                Header::Hb { node: self.me, name: self.cfg.node_name.clone(), room_buckets: self.cfg.room_buckets };
             let _ = self.client.publish(self.hb_subject.clone(), wire::encode(&hb, &[])).await;
         }
     }
@@ -364,9 +373,9 @@ impl Bridge {
                 self.heartbeat().await;
                 // Others may have declared this node dead meanwhile, and this node may
                 // have missed their presence changes: exchange snapshots again.
-                for (room, sub) in &self.rooms {
+                for (room, subject) in &self.rooms {
                     let req = Header::SyncReq { node: self.me, room: room.to_string() };
-                    self.publish(sub.subject.clone(), &req, &[]).await;
+                    self.publish(subject.clone(), &req, &[]).await;
                 }
                 self.to_all(|| BusIn::Resync);
             }
@@ -390,17 +399,34 @@ impl Bridge {
                 if self.rooms.contains_key(&room) || subject::is_personal(&room) {
                     return;
                 }
-                let subject: Subject = self.subjects.room(&room).into();
-                if let Some(task) = self.subscribe(subject.clone()).await {
-                    self.rooms.insert(room.clone(), RoomSub { subject: subject.clone(), task });
-                    let req = Header::SyncReq { node: me, room: room.to_string() };
-                    self.publish(subject, &req, &[]).await;
+                let interest = self.subjects.interest(&room);
+                if let Some(i) = self.interests.get_mut(&interest) {
+                    i.rooms += 1;
+                } else if let Some(task) = self.subscribe(interest.clone().into()).await {
+                    self.interests.insert(interest, Interest { rooms: 1, task });
+                } else {
+                    return;
                 }
+                let subject: Subject = self.subjects.room(&room).into();
+                self.rooms.insert(room.clone(), subject.clone());
+                self.bus.stats.room_subscriptions.store(self.interests.len() as u64, Ordering::Relaxed);
+                let req = Header::SyncReq { node: me, room: room.to_string() };
+                self.publish(subject, &req, &[]).await;
             }
             BusOut::Room(ClusterOut::Unsubscribe(room)) => {
-                if let Some(sub) = self.rooms.remove(&room) {
-                    sub.task.abort();
+                if self.rooms.remove(&room).is_none() {
+                    return;
                 }
+                let interest = self.subjects.interest(&room);
+                if let Some(i) = self.interests.get_mut(&interest) {
+                    i.rooms = i.rooms.saturating_sub(1);
+                    if i.rooms == 0 {
+                        if let Some(i) = self.interests.remove(&interest) {
+                            i.task.abort();
+                        }
+                    }
+                }
+                self.bus.stats.room_subscriptions.store(self.interests.len() as u64, Ordering::Relaxed);
             }
             BusOut::Room(ClusterOut::Frame { room, epoch, seq, frame, skip }) => {
                 let h = Header::Frame { node: me, room: room.to_string(), epoch, seq, skip };
@@ -491,7 +517,7 @@ impl Bridge {
     /// The subject of `room`: the one kept with its subscription, or (a room sequenced
     /// here only for other nodes' members, which this node does not receive) built now.
     fn room_subject(&self, room: &str) -> Subject {
-        self.rooms.get(room).map_or_else(|| self.subjects.room(room).into(), |r| r.subject.clone())
+        self.rooms.get(room).map_or_else(|| self.subjects.room(room).into(), Subject::clone)
     }
 
     /// Hands a message to shard `to`, unless its inbox is over the high-water mark (then
@@ -527,7 +553,17 @@ impl Bridge {
         let shards = self.shards.count();
         let room_msg = |room: &str, m: BusIn| (self.shards.owner(room), Inbound::Bus(m));
         match header {
-            Header::Hb { node, name } => {
+            Header::Hb { node, name, room_buckets } => {
+                if room_buckets != self.cfg.room_buckets && self.bucket_mismatch.insert(node) {
+                    // Frames would go on subjects the other side does not subscribe to.
+                    tracing::error!(
+                        node = format!("{node:016x}"),
+                        %name,
+                        theirs = room_buckets,
+                        ours = self.cfg.room_buckets,
+                        "cluster node uses another --cluster-room-buckets: room traffic between us is lost"
+                    );
+                }
                 let change = self.nodes.heard(node, Instant::now());
                 if change.is_some() {
                     tracing::debug!(node = format!("{node:016x}"), %name, "heartbeat from a new node");

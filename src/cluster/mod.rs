@@ -60,6 +60,9 @@ pub struct ClusterConfig {
     pub node_name: String,
     /// First token(s) of every subject (several clusters can share one NATS).
     pub subject_prefix: String,
+    /// Public rooms hashed into this many NATS subscription buckets (0: a subscription
+    /// per room). The same on every node of a cluster.
+    pub room_buckets: u32,
     /// Interval between this node's heartbeats.
     pub heartbeat: Duration,
     /// A node not heard from for this long is dead: its users leave every room, and its
@@ -80,6 +83,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("tls_client", &self.tls_client)
             .field("node_name", &self.node_name)
             .field("subject_prefix", &self.subject_prefix)
+            .field("room_buckets", &self.room_buckets)
             .field("heartbeat", &self.heartbeat)
             .field("node_timeout", &self.node_timeout)
             .finish()
@@ -99,6 +103,7 @@ impl ClusterConfig {
             tls_client: None,
             node_name: "corecast".to_owned(),
             subject_prefix: "corecast".to_owned(),
+            room_buckets: 0,
             heartbeat: Duration::from_secs(1),
             node_timeout: Duration::from_secs(3),
         }
@@ -167,6 +172,9 @@ pub struct BusStats {
     pub epoch_changes: AtomicU64,
     /// Live nodes, this one included (a gauge).
     pub nodes: AtomicU64,
+    /// NATS subscriptions this node holds for public rooms (a gauge): one per room, or
+    /// at most `--cluster-room-buckets` with buckets.
+    pub room_subscriptions: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -199,6 +207,8 @@ pub struct BusReport {
     pub seq_gaps: u64,
     /// See [`BusStats::epoch_changes`].
     pub epoch_changes: u64,
+    /// See [`BusStats::room_subscriptions`].
+    pub room_subscriptions: u64,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -431,6 +441,7 @@ impl Bus {
             decode_errors: r(&s.decode_errors),
             seq_gaps: r(&s.seq_gaps),
             epoch_changes: r(&s.epoch_changes),
+            room_subscriptions: r(&s.room_subscriptions),
         }
     }
 }

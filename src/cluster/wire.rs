@@ -28,6 +28,10 @@ pub enum Header {
         node: u64,
         /// Its `--node-name`, for logs.
         name: String,
+        /// Its `--cluster-room-buckets` (absent: 0), so a node configured differently
+        /// is reported instead of silently missing room traffic.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        room_buckets: u32,
     },
     /// "I am leaving" (graceful shutdown): others drop the node at once.
     Bye {
@@ -199,6 +203,11 @@ pub enum Header {
         /// The sequence number given (none: not sequenced).
         seq: Option<u64>,
     },
+}
+
+/// Serde helper: leave a zero count out of the header.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Header {

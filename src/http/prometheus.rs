@@ -122,9 +122,14 @@ impl Collector for Bus {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family)?;
         }
-        let gauges: [(&str, &str, i64); 2] = [
+        let gauges: [(&str, &str, i64); 3] = [
             ("bus_connected", "1 while connected to NATS, 0 while reconnecting.", i64::from(b.state == "connected")),
             ("cluster_nodes", "Live cluster nodes, this one included.", b.nodes as i64),
+            (
+                "bus_room_subscriptions",
+                "NATS subscriptions held for public rooms (one per room, or per bucket).",
+                b.room_subscriptions as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

@@ -29,7 +29,9 @@ pub struct OwnedRoom {
     pub(super) stream: u64,
     /// The node that sequenced the current stream (0 on a single node).
     pub(super) sequencer: u64,
-    /// Whether the bridge was asked to subscribe to the room's subject (cluster mode).
+    /// Whether the bridge was asked to subscribe to the room's subject (cluster mode):
+    /// bus traffic of the room (frames, events, counts) is taken only while it is set,
+    /// whatever the bridge's subscriptions deliver.
     pub(super) subscribed: bool,
     /// Last assigned sequence number (0: no message yet).
     pub(super) seq: u64,

@@ -282,7 +282,7 @@ impl OwnedRooms {
         if self.holds(name) {
             return;
         }
-        if let Some(p) = self.rooms.get_mut(name).and_then(|r| r.presence.as_mut()) {
+        if let Some(p) = self.rooms.get_mut(name).filter(|r| r.subscribed).and_then(|r| r.presence.as_mut()) {
             p.reported = Some(count);
         }
     }
@@ -297,7 +297,9 @@ impl OwnedRooms {
     /// of every node: O(users²) deliveries that starved the cluster at 1,000,000 joins
     /// (issue 14). A node that can see the room is larger drops the stale events.
     pub fn remote_event(&self, name: &str, frame: Bytes, sink: &mut Sink<'_>) {
-        if let Some(room) = self.rooms.get(name).filter(|r| announced(r.user_count(), self.presence_events_max)) {
+        if let Some(room) =
+            self.rooms.get(name).filter(|r| r.subscribed && announced(r.user_count(), self.presence_events_max))
+        {
             room.fan_out(&frame, sink);
         }
     }

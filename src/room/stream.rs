@@ -9,8 +9,10 @@ use super::{OwnedRooms, RingsOf};
 
 impl OwnedRooms {
     /// A frame the room's sequencer (another node) published: adopt its stream, keep the
-    /// history in step, and hand the frame to the local members. Frames of a room with no
-    /// local state (no local members left) are ignored; repeated ones are dropped.
+    /// history in step, and hand the frame to the local members. Frames of a room this
+    /// node did not subscribe to are ignored (no local members: it may still keep the
+    /// room's presence, and with `--cluster-room-buckets` it hears every room of a
+    /// bucket); repeated ones are dropped.
     pub fn remote_frame(&mut self, name: &str, stream: u64, seq: u64, node: u64, frame: Bytes, sink: &mut Sink<'_>) {
         self.remote_frame_skipping(name, stream, seq, node, frame, None, sink);
     }
@@ -28,7 +30,7 @@ impl OwnedRooms {
         skip: Option<Sender>,
         sink: &mut Sink<'_>,
     ) {
-        let Some(room) = self.rooms.get_mut(name) else { return };
+        let Some(room) = self.rooms.get_mut(name).filter(|r| r.subscribed) else { return };
         if room.stream != stream {
             room.new_stream(stream, node, &mut self.budget);
             self.epoch_changes += 1;
@@ -51,7 +53,7 @@ impl OwnedRooms {
     /// A volatile frame the room's sequencer (another node) published: handed to the
     /// local members as it is; the stream, its seq and the history are not touched.
     pub fn remote_volatile(&mut self, name: &str, frame: Bytes, skip: Option<Sender>, sink: &mut Sink<'_>) {
-        let Some(room) = self.rooms.get(name) else { return };
+        let Some(room) = self.rooms.get(name).filter(|r| r.subscribed) else { return };
         room.fan_out_skipping(&frame, skip.filter(|s| s.node == self.node), sink);
     }
 }

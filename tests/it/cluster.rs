@@ -257,6 +257,107 @@ fn members_on_three_nodes_see_one_order_and_one_presence() {
     assert!(metrics.contains("corecast_cluster_nodes 3"), "{metrics}");
 }
 
+/// `--cluster-room-buckets`: a node's public-room subscriptions are bounded by the bucket
+/// count whatever its rooms, rooms still cross nodes with one order and presence, and a
+/// node that hears a room of a shared bucket without having members there stays silent
+/// about it (its members of other rooms of the bucket get nothing extra).
+#[test]
+fn room_buckets_bound_subscriptions_and_rooms_without_members_stay_silent() {
+    let test = "room_buckets_bound_subscriptions_and_rooms_without_members_stay_silent";
+    let Some(bin) = nats_binary(test) else { return };
+    let nats = Nats::start(bin);
+    const BUCKETS: u32 = 4;
+    let nodes: Vec<TestServer> = (0..2)
+        .map(|i| {
+            let mut cfg = cluster_cfg(&nats.url(), &format!("b{i}"));
+            cfg.room_buckets = BUCKETS;
+            TestServer::with(move |c| {
+                c.cluster = Some(cfg);
+                c.api_key = Some(KEY.into());
+            })
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    wait_for_cluster(&addrs, 2);
+
+    // 20 rooms with members on both nodes: at most BUCKETS subscriptions on each.
+    // Joins skip presence events: the holder may announce one member to the other
+    // before the other's `joined` (docs/CLUSTER.md, "Events").
+    let join = |c: &mut Client, room: &str| {
+        c.send(json!({"type":"join","room":room}));
+        wait_for(c, PATIENCE, |v| v["type"] == "joined" && v["room"] == room).expect("joined");
+    };
+    let rooms: Vec<String> = (0..20).map(|i| format!("bucketed-{i}")).collect();
+    let mut a = Client::connect(&nodes[0], "a");
+    let mut b = Client::connect(&nodes[1], "b");
+    for r in &rooms {
+        join(&mut a, r);
+        join(&mut b, r);
+    }
+    for r in &rooms[..3] {
+        wait_presence(&mut a, r, &["a", "b"], PATIENCE);
+    }
+    for n in &nodes {
+        let subs = n.http().get("/stats").json()["bus"]["room_subscriptions"].as_u64().unwrap();
+        assert!((1..=u64::from(BUCKETS)).contains(&subs), "{subs} room subscriptions for 20 rooms");
+    }
+
+    // Messages from both nodes into one room: one order, the same seq everywhere.
+    let room = &rooms[7];
+    for k in 0..5 {
+        a.send(json!({"type":"message","room":room,"text":format!("a-{k}")}));
+        b.send(json!({"type":"message","room":room,"text":format!("b-{k}")}));
+    }
+    let read = |c: &mut Client| -> Vec<(u64, String)> {
+        (0..10)
+            .map(|_| {
+                let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("message crosses nodes");
+                (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let (got_a, got_b) = (read(&mut a), read(&mut b));
+    assert_eq!(got_a, got_b, "one order on both nodes");
+
+    // A room with members on node 0 only, sequenced there, in the bucket of a room node 1
+    // has members in: node 1 receives its frames (the bucket's subscription) and drops
+    // them, although it keeps the room's presence (with 2 nodes it is the replica).
+    let id = |n: &TestServer| {
+        let hex = n.http().get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
+        u64::from_str_radix(&hex, 16).unwrap()
+    };
+    let ids = [id(&nodes[0]), id(&nodes[1])];
+    let watched = "watched-on-both";
+    let bucket = corecast::cluster::subject::bucket(watched, BUCKETS);
+    let solo = (0..)
+        .map(|i| format!("solo-{i}"))
+        .find(|r| {
+            corecast::cluster::subject::bucket(r, BUCKETS) == bucket
+                && corecast::room::placement::sequencer(r, &ids) == Some(ids[0])
+        })
+        .unwrap();
+    join(&mut a, watched);
+    join(&mut b, watched);
+    join(&mut a, &solo);
+    wait_presence(&mut b, watched, &["a", "b"], PATIENCE);
+    for k in 0..10 {
+        a.send(json!({"type":"message","room":&solo,"text":format!("solo-{k}")}));
+    }
+    for k in 0..10 {
+        let m = wait_for(&mut a, PATIENCE, |v| v["type"] == "message" && v["room"] == solo.as_str());
+        assert_eq!(m.expect("the solo room's own member receives")["text"], format!("solo-{k}"));
+    }
+    a.send(json!({"type":"message","room":watched,"text":"marker"}));
+    let m = wait_for(&mut b, PATIENCE, |v| v["type"] == "message").expect("marker crosses");
+    assert_eq!(m["room"], watched, "node 1 handed out nothing of {solo}: {m}");
+    assert_eq!(m["text"], "marker");
+    let stats = nodes[1].http().get("/stats").json();
+    assert_eq!(stats["bus"]["seq_gaps"], 0, "{stats}");
+    // Node 1 must not keep the solo room's frames (node 0 holds 10 more).
+    let history = |n: &TestServer| n.http().get("/stats").json()["history"]["messages"].as_u64().unwrap();
+    assert_eq!(history(&nodes[1]) + 10, history(&nodes[0]), "node 1 kept no history of {solo}");
+}
+
 #[test]
 fn api_publish_and_personal_rooms_reach_every_node() {
     let Some(bin) = nats_binary("api_publish_and_personal_rooms_reach_every_node") else { return };
