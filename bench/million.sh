@@ -29,6 +29,10 @@
 #   --bin DIR          where corecast and bench-client are (default target/release)
 #   --results DIR      run folders go there (default results)
 #   --dry-run          run the host checks, print the plan, start nothing
+#   --kill-node-after S  SIGKILL the last node S seconds after 95 % of the connections
+#                      are open (during the hold or the publishing steps); bench-client
+#                      gets --failover, so the node's connections reconnect to the other
+#                      nodes and recover there. The kill is recorded in cluster.txt
 #   NODE_ARGS="…"      (environment) extra flags for every corecast node, e.g.
 #                      NODE_ARGS="--cluster-room-buckets 64" for many rooms
 #
@@ -42,7 +46,7 @@
 # bench-client/README.md ("A cluster on one host").
 set -euo pipefail
 
-N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0 MODE=connect PING=20
+N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0 MODE=connect PING=20 KILL_AFTER=-1
 BC_EXTRA=()
 BIN=${BIN:-target/release} RESULTS=results
 # Estimated bytes per connection, all components (server and client sockets' kernel
@@ -66,6 +70,7 @@ while (($#)); do
         --dry-run) DRY=1 ;;
         --mode) MODE=$2; shift ;;
         --ping-interval) PING=$2; shift ;;
+        --kill-node-after) KILL_AFTER=$2; shift ;;
         --) shift; BC_EXTRA=("$@"); break ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -73,6 +78,12 @@ while (($#)); do
     shift
 done
 ((NODES > 0)) || NODES=$(((N + PER_NODE - 1) / PER_NODE))
+SHOWN_EXTRA=("${BC_EXTRA[@]}") kill_flag=''
+if ((KILL_AFTER >= 0)); then
+    ((!SINGLE && NODES >= 2)) || die "--kill-node-after needs a cluster of at least 2 nodes"
+    BC_EXTRA=(--failover "${BC_EXTRA[@]}")
+    kill_flag=" --kill-node-after $KILL_AFTER"
+fi
 PER=$(((N + NODES - 1) / NODES))
 suffix='' shared_flag='' layout='a port per node'
 if ((SHARED)); then suffix=-shared shared_flag=' --shared-port' layout='one shared port (SO_REUSEPORT)'; fi
@@ -255,6 +266,24 @@ mode_args=()
     --results "$RESULTS" --scenario "$scenario" --quiet "${BC_EXTRA[@]}" &
 bc=$!
 pids+=("$bc")
+if ((KILL_AFTER >= 0)); then
+    # The node kill: once 95 % of the connections are open (or bench-client is gone),
+    # wait S seconds and SIGKILL the last node, as a crash would.
+    (
+        victim=${node_pids[NODES - 1]}
+        while running "$bc"; do
+            ws=$(for port in "${node_ports[@]}"; do curl -sf -m 2 "127.0.0.1:$port/stats" || true; echo; done |
+                python3 -c 'import json,sys; print(sum(json.loads(l).get("connections",{}).get("websockets",0) for l in sys.stdin if l.strip()))' 2>/dev/null || echo 0)
+            ((ws * 100 >= N * 95)) && break
+            sleep 1
+        done
+        sleep "$KILL_AFTER"
+        if running "$victim" && kill -KILL "$victim"; then
+            echo "node n$((NODES - 1)) (pid $victim) killed with SIGKILL at $(date -u +%H:%M:%S) UTC, $KILL_AFTER s after $ws connections were open" >"$work/killed"
+        fi
+    ) &
+    pids+=($!)
+fi
 rc=0
 wait "$bc" || rc=$?
 
@@ -275,7 +304,8 @@ nats subscriptions: $peak_subs at peak
 nats-server CPU:    ${nats_secs} s over ${wall} s
 kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
 heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats
-command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag${BC_EXTRA[*]:+ -- ${BC_EXTRA[*]}}
+node kill: $(cat "$work/killed" 2>/dev/null || echo none)
+command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag$kill_flag${SHOWN_EXTRA[*]:+ -- ${SHOWN_EXTRA[*]}}
 EOF
 cat "${run:-$work}/cluster.txt"
 [[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true

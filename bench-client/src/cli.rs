@@ -123,6 +123,10 @@ pub struct Common {
     /// unexpectedly: server close 1001/1012/1013…, dropped socket, `--churn`. 0 = none.
     #[arg(long, default_value_t = 5)]
     pub reconnect_attempts: u32,
+    /// Reconnection attempts after the first go to the next `--target` in turn (a cluster
+    /// node that died: its connections move to the other nodes and recover there).
+    #[arg(long)]
+    pub failover: bool,
     /// Folder under which the run folder is written.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
@@ -394,6 +398,7 @@ fn prepare(
         tag: format!("bc{:06x}", fastrand::u32(..0x100_0000)),
         connect_timeout_secs: c.connect_timeout,
         reconnect_attempts: c.reconnect_attempts,
+        failover: c.failover,
         churn_per_sec: churn,
         deflate: c.deflate,
         payload_json: publish.is_some_and(|p| p.payload_json),

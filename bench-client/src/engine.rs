@@ -382,7 +382,9 @@ impl Engine {
         let mut result = Ok(());
         if writable {
             let (plan, index) = (&self.plan, u64::from(conn.index));
-            result = conn.on_writable(|| (plan.target_of(index), plan.user_name(index), plan.deflate));
+            // A reconnection may go to another target (`--failover`): its Host header too.
+            let attempt = self.rejoins.get(&conn.index).map_or(0, |r| r.attempt);
+            result = conn.on_writable(|| (plan.reconnect_target(index, attempt), plan.user_name(index), plan.deflate));
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {
@@ -480,8 +482,9 @@ impl Engine {
             let Some(Parked { session, attempt }) = self.parked.remove(&index) else { continue };
             self.note(|r| r.reconnects += 1);
             let c = u64::from(index);
-            let opened = Conn::resume(self.plan.source_addr(c), self.plan.target_of(c), index, session)
-                .and_then(|conn| self.register(conn));
+            let target = self.plan.reconnect_target(c, attempt);
+            let opened =
+                Conn::resume(self.plan.source_addr(c), target, index, session).and_then(|conn| self.register(conn));
             match opened {
                 Ok(key) => {
                     let deadline_ns = now + (self.plan.connect_timeout_secs * 1e9) as u64;

@@ -86,6 +86,10 @@ pub struct Plan {
     /// Pad payloads with JSON-like records instead of `x` (`--payload-json`).
     #[serde(default)]
     pub payload_json: bool,
+    /// Reconnection attempts after the first go to the following targets in turn
+    /// (`--failover`): a cluster node that died loses its connections to the others.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 impl Plan {
@@ -128,6 +132,19 @@ impl Plan {
             _ => c % t,
         };
         self.targets.get(i as usize).copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The target of reconnection attempt `attempt` (1, 2, …) of connection `c`: its own
+    /// target for the first attempt (a restarted node comes back there), then, with
+    /// `failover`, the next targets in turn, wrapping around; always its own without.
+    pub fn reconnect_target(&self, c: u64, attempt: u32) -> SocketAddr {
+        let own = self.target_of(c);
+        if !self.failover || attempt < 2 || self.targets.len() < 2 {
+            return own;
+        }
+        let home = self.targets.iter().position(|t| *t == own).unwrap_or(0);
+        let i = (home + (attempt as usize - 1)) % self.targets.len();
+        self.targets[i]
     }
 
     /// How many of the plan's connections go to each target (same order as `targets`).
@@ -252,7 +269,23 @@ mod tests {
             churn_per_sec: 0.0,
             deflate: false,
             payload_json: false,
+            failover: false,
         }
+    }
+
+    #[test]
+    fn reconnections_fail_over_to_the_next_targets_only_when_asked() {
+        let mut p = plan(10, 1, 1);
+        p.targets = targets(3);
+        let own = p.target_of(4);
+        assert!((1..=6).all(|a| p.reconnect_target(4, a) == own), "no failover: always its own target");
+        p.failover = true;
+        assert_eq!(p.reconnect_target(4, 1), own, "the first attempt retries its own node");
+        let home = p.targets.iter().position(|t| *t == own).unwrap();
+        let tried: Vec<SocketAddr> = (2..=4).map(|a| p.reconnect_target(4, a)).collect();
+        assert_eq!(tried, [1, 2, 0].map(|k| p.targets[(home + k) % 3]), "then the others in turn, wrapping");
+        p.targets = targets(1);
+        assert_eq!(p.reconnect_target(4, 3), p.targets[0], "one target: nowhere else to go");
     }
 
     fn targets(n: u16) -> Vec<SocketAddr> {

@@ -71,6 +71,7 @@ fn spec(
             tag: format!("it{}", fastrand::u32(..)),
             connect_timeout_secs: 30.0,
             reconnect_attempts: 5,
+            failover: false,
             churn_per_sec: 0.0,
             deflate: false,
             payload_json: false,
