@@ -131,7 +131,10 @@ pids=()
 # Still running (a zombie, dead but not yet reaped, does not count).
 running() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
 cleanup() {
-    trap - EXIT INT TERM
+    # A signal during the cleanup must not cut it short: that left 58 nodes running when
+    # a run was stopped while they were still shutting down. It takes at most ~20 s.
+    trap - EXIT
+    trap '' INT TERM
     if ((${#pids[@]})); then
         kill "${pids[@]}" 2>/dev/null || true
         # Graceful first (a node says 1001 to its clients within its shutdown timeout);
