@@ -18,6 +18,12 @@ impl OwnedRooms {
             let mut room = OwnedRoom::new(r.name.clone(), self.shards, self.node, now_ms, r.creator, r.password);
             room.stream = r.epoch;
             room.emptied_ms = now_ms;
+            // In a cluster the stream may have gone on elsewhere while this node was
+            // down: no known sequencer, so sequencing here starts a new epoch, and a
+            // frame from the stream's sequencer is adopted only if it follows on.
+            if self.node != 0 {
+                room.sequencer = 0;
+            }
             if self.history.messages > 0 {
                 for (seq, frame) in r.frames {
                     room.seq = seq;
