@@ -126,8 +126,15 @@ impl Rebuild {
     /// The rooms with a stream to continue (at least one message sequenced), in no
     /// particular order. Rooms that only had their metadata logged are left out: they
     /// have nothing to recover.
+    ///
+    /// The frames are copied out of the buffers they were decoded from, so a segment read
+    /// whole is freed even if one of its frames is kept.
     pub fn finish(self) -> Vec<RestoredRoom> {
-        self.rooms.into_values().filter(|r| r.seq > 0).collect()
+        let mut rooms: Vec<RestoredRoom> = self.rooms.into_values().filter(|r| r.seq > 0).collect();
+        for (_, frame) in rooms.iter_mut().flat_map(|r| r.frames.iter_mut()) {
+            *frame = Bytes::copy_from_slice(frame);
+        }
+        rooms
     }
 }
 

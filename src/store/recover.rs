@@ -253,6 +253,15 @@ mod tests {
     }
 
     #[test]
+    fn a_data_dir_that_is_a_file_is_a_clear_error() {
+        let file = tmp("file");
+        fs::write(&file, b"not a directory").unwrap();
+        let err = recover(&file, 1, (100, 1 << 20), |_| 0).unwrap_err();
+        assert!(!err.to_string().is_empty());
+        fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
     fn an_interrupted_checkpoint_is_ignored() {
         let dir = tmp("partial");
         write(&dir, 0, 1, &[frame("a", 1, 1)]);
