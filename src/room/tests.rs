@@ -907,3 +907,31 @@ fn a_checkpoint_restores_the_same_streams_and_history() {
     restored.expire(1 + RELAY_LINGER_MS, &mut |o| out.push(o));
     assert!(restored.get("a").is_none());
 }
+
+#[test]
+fn a_restored_room_in_a_cluster_follows_on_or_starts_afresh_never_collides() {
+    let frame = |seq: u64| bytes::Bytes::from(format!("frame {seq}"));
+    let restored = || crate::journal::RestoredRoom {
+        name: "r".into(),
+        epoch: 77,
+        seq: 2,
+        frames: [(1, frame(1)), (2, frame(2))].into_iter().collect(),
+        bytes: 14,
+        ..Default::default()
+    };
+    // The sequencer's next frame follows on: adopted, history kept.
+    let mut r = rooms(1, 1000).with_cluster(5).with_journal();
+    r.restore(vec![restored()], 0);
+    r.remote_frame("r", 77, 3, 9, frame(3), &mut |_| {});
+    assert_eq!((r.get("r").unwrap().seq(), r.get("r").unwrap().history_len()), (3, 3));
+    // The stream went on while this node was down: the history restarts after the hole.
+    let mut r = rooms(1, 1000).with_cluster(5).with_journal();
+    r.restore(vec![restored()], 0);
+    r.remote_frame("r", 77, 9, 9, frame(9), &mut |_| {});
+    assert_eq!((r.get("r").unwrap().seq(), r.get("r").unwrap().history_len()), (9, 1));
+    // Sequencing here: a new epoch, not a continuation that could collide.
+    let mut r = rooms(1, 1000).with_cluster(5).with_journal();
+    r.restore(vec![restored()], 0);
+    api_publish(&mut r, "r", "x", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    assert_ne!(r.get("r").unwrap().stream, 77);
+}

@@ -179,6 +179,14 @@ impl<T> Journal<T> {
         self.pending_records.get() > 0 || self.flush_asked.get() > self.flush_done.get()
     }
 
+    /// Whether the segments hold more than twice what a checkpoint would (plus two
+    /// segments), and more than twice the last checkpoint (so that an estimate below
+    /// the truth cannot make every batch a compaction).
+    fn compaction_due(&self, host: &impl Host<T>) -> bool {
+        let disk = self.disk_bytes.get();
+        disk > 2 * host.retained() + 2 * self.segment_bytes && disk > 2 * self.checkpoint_bytes.get()
+    }
+
     fn io_error(&self, stats: &ShardStats, what: &str, e: &io::Error) {
         inc(&stats.log_errors);
         if self.last_error_log.get().is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
@@ -228,7 +236,7 @@ impl<T> Journal<T> {
         let mut file: Option<AppendFile> = None;
         let (mut unsynced, mut dirty_at) = (0u64, None::<Instant>);
         loop {
-            while !self.has_work() {
+            while !self.has_work() && !self.compaction_due(&*host) {
                 match (self.policy, dirty_at) {
                     (Fsync::Interval(every), Some(at)) => {
                         let left = every.saturating_sub(at.elapsed());
@@ -242,8 +250,7 @@ impl<T> Journal<T> {
             }
             let stats = host.stats();
             let flush = self.flush_asked.get();
-            let disk = self.disk_bytes.get();
-            let compact = disk > 2 * host.retained() + 2 * self.segment_bytes && disk > 2 * self.checkpoint_bytes.get();
+            let compact = self.compaction_due(&*host);
             // Taken at one instant, with no await between: the batch holds every record
             // logged before the checkpoint, the next batch every one after it.
             let data = std::mem::take(&mut *self.pending.borrow_mut());
