@@ -105,6 +105,13 @@ pub struct Config {
     pub history_memory: usize,
     /// `--history-ttl`.
     pub history_ttl: Duration,
+    /// `--data-dir`: where each shard keeps its durable log (`None`: history lives in
+    /// memory only and does not survive a restart).
+    pub data_dir: Option<PathBuf>,
+    /// `--fsync`: when the log is synced to the disk.
+    pub fsync: Fsync,
+    /// `--data-segment-bytes`: size at which a log segment is closed and the next begun.
+    pub data_segment_bytes: u64,
     /// `--backlog`.
     pub backlog: i32,
     /// `--spin-before-park-us`, as a duration.
@@ -160,6 +167,36 @@ pub enum ConfigError {
     /// Argument parsing failed (clap prints its own help/usage).
     #[error(transparent)]
     Clap(#[from] clap::Error),
+}
+
+/// When the durable log is synced to the disk (`--fsync`). A process crash (kill -9)
+/// loses nothing the log handed to the kernel under any policy; the policy says what a
+/// crash of the machine (power, kernel) may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Never asked for: the kernel writes back when it likes (typically within 30 s).
+    Never,
+    /// Every batch of records is synced (`fdatasync`) before the answers of its
+    /// publishes (`ack`s, API results) are sent.
+    Always,
+    /// Synced at most this long after a record was written.
+    Interval(Duration),
+}
+
+/// Parses `never`, `always` or `interval=<ms>`.
+fn fsync_policy(s: &str) -> Result<Fsync, String> {
+    let s = s.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "never" => return Ok(Fsync::Never),
+        "always" => return Ok(Fsync::Always),
+        _ => {}
+    }
+    let ms =
+        s.strip_prefix("interval=").ok_or_else(|| format!("expected never, always or interval=<ms>, got `{s}`"))?;
+    match ms.parse::<u64>() {
+        Ok(ms) if (1..=60_000).contains(&ms) => Ok(Fsync::Interval(Duration::from_millis(ms))),
+        _ => Err(format!("interval=<ms> takes 1 to 60000 milliseconds, got `{ms}`")),
+    }
 }
 
 fn secs(s: &str) -> Result<Duration, String> {
@@ -388,6 +425,17 @@ pub struct RoomArgs {
     /// Seconds a room keeps its history after its last member left.
     #[arg(long, env = "CORECAST_HISTORY_TTL", default_value = "300", value_parser = secs, value_name = "SECS")]
     pub history_ttl: Duration,
+    /// Keep history across restarts: each shard logs what it sequences under DIR/shard-N/
+    /// and rebuilds its rooms from it at start (off: history lives in memory only).
+    #[arg(long, env = "CORECAST_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When the log is synced to the disk: never, always (before the publisher's ack), or
+    /// interval=<ms> (docs/DURABILITY.md says what each may lose).
+    #[arg(long, env = "CORECAST_FSYNC", default_value = "interval=200", value_parser = fsync_policy, value_name = "POLICY")]
+    pub fsync: Fsync,
+    /// Size at which a log segment is closed and the next one begun (with --data-dir).
+    #[arg(long, env = "CORECAST_DATA_SEGMENT_BYTES", default_value_t = 16 << 20, value_name = "BYTES")]
+    pub data_segment_bytes: u64,
 }
 
 /// The cluster bus (docs/CLUSTER.md).
@@ -516,6 +564,9 @@ impl Cli {
         if !(1024..=1 << 20).contains(&http.max_request_head) {
             return invalid("--max-request-head must be between 1024 and 1048576 bytes");
         }
+        if rooms.data_segment_bytes < 4096 {
+            return invalid("--data-segment-bytes must be at least 4096");
+        }
         if server.backlog < 1 {
             return invalid("--backlog must be at least 1");
         }
@@ -573,6 +624,9 @@ impl Cli {
             history_bytes: rooms.history_bytes,
             history_memory: rooms.history_memory,
             history_ttl: rooms.history_ttl,
+            data_dir: rooms.data_dir.filter(|d| !d.as_os_str().is_empty()),
+            fsync: rooms.fsync,
+            data_segment_bytes: rooms.data_segment_bytes,
         })
     }
 }
@@ -720,6 +774,9 @@ mod tests {
         ("history-bytes", "12"),
         ("history-memory", "13"),
         ("history-ttl", "14"),
+        ("data-dir", "/var/lib/corecast"),
+        ("fsync", "always"),
+        ("data-segment-bytes", "65536"),
         ("nats-url", "nats://127.0.0.1:4222"),
         ("nats-creds", "/n.creds"),
         ("nats-user", "u"),
@@ -807,6 +864,10 @@ mod tests {
         assert_eq!(c.presence_events_max_members, 1000);
         assert_eq!((c.history_messages, c.history_bytes, c.history_memory), (1000, 1 << 20, 256 << 20));
         assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert_eq!(
+            (c.data_dir, c.fsync, c.data_segment_bytes),
+            (None, Fsync::Interval(Duration::from_millis(200)), 16 << 20)
+        );
         assert!(!c.echo_endpoint, "the conformance echo endpoint is off by default");
         assert_eq!((c.compression, c.compression_min_bytes), (false, 256));
         assert!(c.cluster.is_none());

@@ -31,6 +31,14 @@ pub enum ServerError {
     /// The cluster bridge could not start (bad NATS URL or credentials, no thread).
     #[error(transparent)]
     Cluster(crate::cluster::ClusterError),
+    /// The `--data-dir` log could not be read or rewritten at start.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// The cluster bridge thread panicked.
     #[error("the cluster bridge stopped abnormally")]
     BridgeFailed,

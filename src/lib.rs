@@ -13,6 +13,7 @@
 //! | [`config`] | flags, `CORECAST_*` env, TOML file → validated [`Config`] |
 //! | [`auth`] | JWT validation, guests, room allow-lists, room passwords (argon2) |
 //! | [`limits`] | rate limit (GCRA token bucket), per-IP table |
+//! | [`store`] | the durable log (`--data-dir`): per-shard writer, replay at start |
 //! | [`rt`] | the only code that calls glommio: executors, pinning, listeners, spawning, timers |
 //! | `shard` | a shard: accept loop, inbox, connections, local membership, sweep |
 //! | `shard::mesh` | lock-free inter-shard inboxes with park/wake |
@@ -23,6 +24,7 @@
 //! | [`protocol`] | protocol v1 JSON: [`protocol::client`] parse, [`protocol::server`] frames (crate `corecast-wire`) |
 //! | [`http`] | HTTP/1.1 responses and endpoints; request heads from crate `corecast-wire` |
 //! | [`metrics`] | per-shard counters |
+//! | [`journal`] | the durable log's format (pure): records, scanner, rebuild of rooms' streams |
 //! | [`cluster`] | optional NATS bus between nodes: bridge thread, subjects, sequencer choice, wire format |
 //!
 //! # Embedding
@@ -35,11 +37,13 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod room;
 pub mod rt;
 pub(crate) mod shard;
+pub mod store;
 
 // The pure wire layer lives in its own crate (crates/wire) so that bench-client can
 // share it without linking the server; re-exported here under the old paths, so
@@ -83,7 +87,8 @@ pub struct Stopper {
 
 impl Stopper {
     /// Starts the graceful shutdown: shards stop accepting, send close 1001 to every
-    /// client, flush, and exit within the configured shutdown timeout.
+    /// client (1012 with `--data-dir`, after the log is flushed and synced: the history
+    /// survives, come back), flush, and exit within the configured shutdown timeout.
     pub fn stop(&self) {
         self.mesh.send_all(|| shard::msg::ShardMsg::Shutdown);
         if let Some(bus) = &self.bus {
@@ -150,6 +155,18 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let bind_err = |source| ServerError::Bind { addr: config.listen, source };
     let sockets = rt::bind_listeners(config.listen, shards, config.backlog).map_err(bind_err)?;
     let addr = sockets.first().and_then(|s| s.local_addr().ok()).and_then(|a| a.as_socket()).unwrap_or(config.listen);
+    // With --data-dir: every room rebuilt from the log, handed to its owner under the
+    // current shard count, before any shard runs.
+    let mut starts: Vec<Option<store::ShardStart>> = match &config.data_dir {
+        Some(dir) => {
+            let caps = (config.history_messages, config.history_bytes);
+            let owner = |room: &str| shard::route::owner(room, shards);
+            let recovered = store::recover(dir, shards, caps, owner)
+                .map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
+            recovered.shards.into_iter().map(Some).collect()
+        }
+        None => (0..shards).map(|_| None).collect(),
+    };
     let (mesh, inboxes) = shard::mesh::mesh(shards);
     // Only with --nats-url: one more thread, with its own small tokio runtime.
     let (bus, bridge) = match &config.cluster {
@@ -167,7 +184,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
         let (cfg, mesh, shared) = (config.clone(), mesh.clone(), shared.clone());
-        match rt::spawn_shard(i, cpu, &config, move || shard::run(i, cfg, shared, mesh, inbox, socket)) {
+        let start = starts.get_mut(i).and_then(Option::take);
+        match rt::spawn_shard(i, cpu, &config, move || shard::run(i, cfg, shared, mesh, inbox, socket, start)) {
             Ok(t) => threads.push(t),
             Err(source) => {
                 stopper.stop();

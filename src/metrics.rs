@@ -21,6 +21,8 @@ macro_rules! counters {
             /// Fan-out latency: owner hand-off → every local member's frame written or
             /// queued, in nanoseconds.
             pub fanout: RefCell<Histogram<u64>>,
+            /// Durable log `fdatasync` latency, in nanoseconds.
+            pub fsync: RefCell<Histogram<u64>>,
         }
 
         /// A copy of a shard's counters (or the sum over shards).
@@ -31,7 +33,11 @@ macro_rules! counters {
 
         impl Default for ShardStats {
             fn default() -> Self {
-                ShardStats { $( $name: Cell::new(0), )* fanout: RefCell::new(new_histogram()) }
+                ShardStats {
+                    $( $name: Cell::new(0), )*
+                    fanout: RefCell::new(new_histogram()),
+                    fsync: RefCell::new(new_histogram()),
+                }
             }
         }
 
@@ -111,6 +117,26 @@ counters! {
     compress_bytes_out,
     /// Time spent compressing, in nanoseconds.
     compress_ns,
+    /// Records appended to the durable log (`--data-dir`).
+    log_records,
+    /// Bytes written to the durable log's segments (checkpoints included).
+    log_bytes,
+    /// Records not logged because the disk was more than 64 MiB behind.
+    log_records_dropped,
+    /// Records covered by a completed `fdatasync`.
+    log_records_synced,
+    /// Log segments created (checkpoints included).
+    log_segments_created,
+    /// Log segments deleted by compaction.
+    log_segments_deleted,
+    /// Log compactions (a checkpoint of every room replaced the older segments).
+    log_compactions,
+    /// Log file operations that failed (create, write, sync, compaction).
+    log_errors,
+    /// Records replayed from the log at start.
+    log_replayed_records,
+    /// Log segments whose torn or corrupt tail was cut off at start.
+    log_corrupt_tails,
 }
 
 /// Fan-out latency histogram bounds: 1 µs to 60 s, 3 significant digits.
@@ -132,6 +158,12 @@ pub fn add(c: &Cell<u64>, n: u64) {
 }
 
 impl ShardStats {
+    /// Records one durable-log `fdatasync`'s latency.
+    pub fn record_fsync(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1_000, 60_000_000_000);
+        let _ = self.fsync.borrow_mut().record(ns);
+    }
+
     /// Records one fan-out's latency (saturating at the histogram's range).
     pub fn record_fanout(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1_000, 60_000_000_000);
@@ -165,6 +197,12 @@ pub struct Snapshot {
     pub history_bytes: u64,
     /// Messages of room history held.
     pub history_messages: u64,
+    /// Durable log `fdatasync` latency histogram (ns).
+    pub fsync: Histogram<u64>,
+    /// Bytes of this shard's log segments on disk (0 without `--data-dir`).
+    pub log_disk_bytes: u64,
+    /// This shard's log segments on disk.
+    pub log_segments: u64,
 }
 
 /// A room's figures for `/stats` (kept here, beside the snapshot that carries them, so

@@ -26,13 +26,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The pure core: rooms, limits, counters. No runtime, no cluster, no settings.
     ("limits", &[]),
     ("metrics", &[]),
-    ("room", &["ws", "protocol", "metrics"]),
+    ("journal", &[]),
+    ("room", &["ws", "protocol", "metrics", "journal"]),
     // The cluster bus: speaks the core's types; reaches the shards only through the
     // `cluster::bridge::Shards` trait the runtime implements.
     ("cluster", &["room", "ws", "protocol", "metrics"]),
     // Settings, and the glommio wrapper that reads them.
     ("config", &["cluster"]),
     ("rt", &["config"]),
+    // The durable log's writer and start-time replay: the format, files through `rt`.
+    ("store", &["config", "rt", "journal", "metrics"]),
     // Authentication hashes passwords on the runtime's blocking pool.
     ("auth", &["config", "protocol", "rt"]),
     ("error", &["auth", "cluster"]),
@@ -56,12 +59,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "auth",
             "error",
             "http",
+            "journal",
+            "store",
         ],
     ),
 ];
 
 /// Units that must stay free of any runtime: they are unit-tested without one.
-const PURE: &[&str] = &["http::request", "http::response", "ws", "protocol", "limits", "metrics", "room"];
+const PURE: &[&str] = &["http::request", "http::response", "ws", "protocol", "limits", "metrics", "journal", "room"];
 
 /// Crates that only the runtime (and the cluster bridge thread) may name.
 const RUNTIME_CRATES: &[&str] = &["glommio", "tokio", "async_nats"];

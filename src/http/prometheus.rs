@@ -14,7 +14,7 @@ use crate::metrics::Snapshot;
 /// `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Upper bounds (seconds) of the fan-out latency histogram buckets.
+/// Upper bounds (seconds) of the latency histograms' buckets (fan-out, log sync).
 const BUCKETS: [f64; 16] =
     [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0];
 
@@ -38,6 +38,9 @@ struct Shards(Vec<Snapshot>);
 /// A per-shard gauge: name, help, and how to read it from a snapshot.
 type Gauge = (&'static str, &'static str, fn(&Snapshot) -> u64);
 
+/// A per-shard latency histogram (ns): name, help, and which one of a snapshot.
+type Latency = (&'static str, &'static str, fn(&Snapshot) -> &hdrhistogram::Histogram<u64>);
+
 impl Collector for Shards {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(first) = self.0.first() else { return Ok(()) };
@@ -52,7 +55,7 @@ impl Collector for Shards {
                 ConstCounter::new(value).encode(family.encode_family(&shard)?)?;
             }
         }
-        let gauges: [Gauge; 7] = [
+        let gauges: [Gauge; 9] = [
             ("connections", "Sockets open now (any phase).", |s| s.connections),
             ("websockets", "Upgraded WebSocket connections open now.", |s| s.websockets),
             ("rooms_public", "Public rooms owned by the shard.", |s| s.rooms_public),
@@ -60,6 +63,8 @@ impl Collector for Shards {
             ("inbox_depth", "Messages waiting in the shard's inbox.", |s| s.inbox_depth),
             ("history_bytes", "Bytes of room history held by the shard.", |s| s.history_bytes),
             ("history_messages", "Messages of room history held by the shard.", |s| s.history_messages),
+            ("log_disk_bytes", "Bytes of the shard's durable log segments on disk.", |s| s.log_disk_bytes),
+            ("log_segments", "The shard's durable log segments on disk.", |s| s.log_segments),
         ];
         for (name, help, get) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -68,30 +73,40 @@ impl Collector for Shards {
                 ConstGauge::new(get(s) as i64).encode(family.encode_family(&shard)?)?;
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "fanout_latency_seconds",
-            "Owner hand-off to every local member's frame written or queued, per shard and message.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for s in &self.0 {
-            let h = &s.fanout;
-            // The encoder wants each bucket's own count (it accumulates them itself) and
-            // `f64::MAX` as the +Inf bound.
-            let mut below = 0;
-            let mut buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .map(|&le| {
-                    let cumulative = h.count_between(0, (le * 1e9) as u64).max(below);
-                    let own = cumulative - below;
-                    below = cumulative;
-                    (le, own)
-                })
-                .collect();
-            buckets.push((f64::MAX, h.len().saturating_sub(below)));
-            let sum = h.mean() * h.len() as f64 / 1e9;
-            let shard = [("shard", s.shard.to_string())];
-            family.encode_family(&shard)?.encode_histogram::<Vec<(String, String)>>(sum, h.len(), &buckets, None)?;
+        let histograms: [Latency; 2] = [
+            (
+                "fanout_latency_seconds",
+                "Owner hand-off to every local member's frame written or queued, per shard and message.",
+                |s| &s.fanout,
+            ),
+            ("log_fsync_seconds", "Durable log fdatasync latency, per shard and sync.", |s| &s.fsync),
+        ];
+        for (name, help, get) in histograms {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for s in &self.0 {
+                let h = get(s);
+                // The encoder wants each bucket's own count (it accumulates them itself) and
+                // `f64::MAX` as the +Inf bound.
+                let mut below = 0;
+                let mut buckets: Vec<(f64, u64)> = BUCKETS
+                    .iter()
+                    .map(|&le| {
+                        let cumulative = h.count_between(0, (le * 1e9) as u64).max(below);
+                        let own = cumulative - below;
+                        below = cumulative;
+                        (le, own)
+                    })
+                    .collect();
+                buckets.push((f64::MAX, h.len().saturating_sub(below)));
+                let sum = h.mean() * h.len() as f64 / 1e9;
+                let shard = [("shard", s.shard.to_string())];
+                family.encode_family(&shard)?.encode_histogram::<Vec<(String, String)>>(
+                    sum,
+                    h.len(),
+                    &buckets,
+                    None,
+                )?;
+            }
         }
         Ok(())
     }

@@ -35,10 +35,24 @@ struct Stats<'a> {
     rejections: Rejections,
     compression: Compression,
     fanout_latency_us: Latency,
+    log: Log,
     counters: &'a Counters,
     room_list: Vec<&'a RoomSummary>,
     room_list_limit: usize,
     bus: Bus,
+}
+
+/// The durable log (`--data-dir`; all zero without it).
+#[derive(Serialize)]
+struct Log {
+    disk_bytes: u64,
+    segments: u64,
+    records: u64,
+    records_synced: u64,
+    records_dropped: u64,
+    replayed_records: u64,
+    corrupt_tails: u64,
+    fsync_latency_us: Latency,
 }
 
 #[derive(Serialize)]
@@ -134,6 +148,13 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
         }
     }
     let us = |q: f64| hist.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    let mut fsync = hdrhistogram::Histogram::<u64>::new(3).ok();
+    if let Some(h) = fsync.as_mut() {
+        for s in snaps {
+            let _ = h.add(&s.fsync);
+        }
+    }
+    let fsync_us = |q: f64| fsync.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
     let mut rooms: Vec<&RoomSummary> = snaps.iter().flat_map(|s| &s.rooms).collect();
     rooms.sort_unstable_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
     rooms.truncate(ctx.limit);
@@ -192,6 +213,22 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
             p99: us(0.99),
             p999: us(0.999),
             max: hist.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
+        },
+        log: Log {
+            disk_bytes: snaps.iter().map(|s| s.log_disk_bytes).sum(),
+            segments: snaps.iter().map(|s| s.log_segments).sum(),
+            records: c.log_records,
+            records_synced: c.log_records_synced,
+            records_dropped: c.log_records_dropped,
+            replayed_records: c.log_replayed_records,
+            corrupt_tails: c.log_corrupt_tails,
+            fsync_latency_us: Latency {
+                count: fsync.as_ref().map_or(0, |h| h.len()),
+                p50: fsync_us(0.5),
+                p99: fsync_us(0.99),
+                p999: fsync_us(0.999),
+                max: fsync.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
+            },
         },
         counters: &c,
         room_list: rooms,

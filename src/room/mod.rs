@@ -21,6 +21,7 @@
 //! | [`recent`] | idempotency keys of recent publishes |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
+//! | `restore` | rooms rebuilt from the durable log, and the checkpoint that compacts it |
 //! | [`history`] | the history ring and the shard-wide budget |
 //! | [`users`] | cluster-wide users of a room |
 
@@ -31,6 +32,7 @@ pub mod placement;
 mod presence;
 pub mod recent;
 pub mod request;
+mod restore;
 mod retention;
 mod sequence;
 mod stream;
@@ -150,6 +152,8 @@ pub struct OwnedRooms {
     dirty_counts: Vec<Arc<str>>,
     /// Outcomes of recent publishes with an idempotency key.
     recent: recent::Recent,
+    /// Whether what a restart needs is emitted as [`RoomOut::Log`] (`--data-dir`).
+    journal: bool,
 }
 
 impl OwnedRooms {
@@ -171,7 +175,15 @@ impl OwnedRooms {
             epoch_changes: 0,
             unanswered: 0,
             recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
+            journal: false,
         }
+    }
+
+    /// Turns the durable log on: every sequenced frame, history removal, dropped room and
+    /// created room's metadata is also emitted as a [`RoomOut::Log`] record.
+    pub fn with_journal(mut self) -> Self {
+        self.journal = true;
+        self
     }
 
     /// Takes the idempotency counts since the last call: (retries answered from memory,

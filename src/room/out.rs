@@ -20,6 +20,10 @@ pub enum RoomOut {
     Shard(usize, ToShard),
     /// To the cluster bus (cluster mode only: rooms emit none without a node id).
     Cluster(ClusterOut),
+    /// To the shard's durable log (only when the rooms were made
+    /// [`with_journal`](super::OwnedRooms::with_journal)): what a restart needs to continue
+    /// the room's stream.
+    Log(crate::journal::Record),
 }
 
 /// What a room owner hands one shard.

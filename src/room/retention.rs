@@ -62,6 +62,18 @@ impl OwnedRooms {
         Some(room.epoch())
     }
 
+    /// [`Self::remove_history`], and with the durable log on, the tombstone that makes a
+    /// restart continue the new stream (a client's `since` from before the removal is
+    /// not recovered after a restart either).
+    pub fn remove_history_logged(&mut self, name: &str, now_ms: u64, sink: &mut Sink<'_>) -> Option<String> {
+        let epoch = self.remove_history(name)?;
+        if let Some(room) = self.rooms.get(name).filter(|_| self.journal) {
+            let (room, epoch, seq) = (room.name.clone(), room.stream, room.seq);
+            sink(RoomOut::Log(crate::journal::Record::Reset { room, epoch, seq, ts: now_ms }));
+        }
+        Some(epoch)
+    }
+
     /// Public rooms owned here whose names start with `prefix` and sort after `after`:
     /// the first `limit` by name.
     pub fn rooms_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<crate::metrics::RoomSummary> {
@@ -86,6 +98,9 @@ impl OwnedRooms {
     /// receiving it.
     pub(super) fn drop_room(&mut self, name: &str, sink: &mut Sink<'_>) {
         if let Some(room) = self.rooms.remove(name) {
+            if self.journal && room.seq > 0 {
+                sink(RoomOut::Log(crate::journal::Record::Drop { room: room.name.clone() }));
+            }
             if let Some(h) = room.history {
                 self.budget.dropped(h.bytes(), h.len());
             }

@@ -10,6 +10,7 @@ use super::recent::Outcome;
 use super::request::{DeleteReq, JoinAck, JoinKind, JoinReq, Publish, Reply, Requester, Sender};
 use super::retention::Lingering;
 use super::{announced, JoinStep, OwnedRoom, OwnedRooms, RingsOf, BROADCAST_ROOM};
+use crate::journal::Record;
 use crate::protocol::{server, ErrorCode};
 
 impl OwnedRooms {
@@ -49,6 +50,10 @@ impl OwnedRooms {
             JoinKind::Join { .. } => (None, None),
         };
         let node = self.node;
+        if self.journal && (creator.is_some() || password.is_some()) {
+            let (room, creator, password) = (req.room.clone(), creator.clone(), password.clone());
+            sink(RoomOut::Log(Record::Meta { room, creator, password }));
+        }
         let (keepers, holds) = (self.keepers(&req.room), self.holds(&req.room));
         let room = self
             .rooms
@@ -226,6 +231,10 @@ impl OwnedRooms {
             Some(room.seq)
         };
         let frame = server::room_message(&room.name, seq, &msg.user, &msg.payload(), now_ms);
+        if let (Some(seq), true) = (seq, self.journal) {
+            let (room, epoch, frame) = (room.name.clone(), room.stream, frame.clone());
+            sink(RoomOut::Log(Record::Frame { room, epoch, seq, ts: now_ms, frame }));
+        }
         let skip = msg.extra.skip.filter(|s| s.node == 0 || s.node == node);
         let shards = room.fan_out_skipping(&frame, skip, sink);
         if node != 0 {

@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 
-use super::out::Sink;
+use super::out::{RoomOut, Sink};
 use super::request::Sender;
 use super::{OwnedRooms, RingsOf};
+use crate::journal::Record;
 
 impl OwnedRooms {
     /// A frame the room's sequencer (another node) published: adopt its stream, keep the
@@ -43,6 +44,10 @@ impl OwnedRooms {
         }
         room.sequencer = node;
         room.seq = seq;
+        if self.journal {
+            let (room, epoch, frame) = (room.name.clone(), room.stream, frame.clone());
+            sink(RoomOut::Log(Record::Frame { room, epoch, seq, ts: 0, frame }));
+        }
         room.fan_out_skipping(&frame, skip.filter(|s| s.node == self.node), sink);
         if self.history.messages > 0 {
             room.remember(frame, self.history, &mut self.budget);

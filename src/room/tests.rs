@@ -523,7 +523,7 @@ impl Sim {
                         self.events.push((me, v));
                     }
                 }
-                RoomOut::Shard(..) => {}
+                RoomOut::Shard(..) | RoomOut::Log(_) => {}
                 RoomOut::Cluster(c) => match c {
                     ClusterOut::Presence { room, user, present, to } => {
                         let j = self.at(to);
@@ -822,4 +822,121 @@ fn removing_history_starts_a_new_stream_and_rooms_page_by_name() {
     assert_eq!(names(r.rooms_page("", None, 2)), ["a", "b"]);
     assert_eq!(names(r.rooms_page("", Some("b"), 10)), ["c", "x-1"]);
     assert_eq!(names(r.rooms_page("x-", None, 10)), ["x-1"]);
+}
+
+fn logged(out: &[RoomOut]) -> Vec<crate::journal::Record> {
+    out.iter()
+        .filter_map(|o| match o {
+            RoomOut::Log(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn without_a_journal_nothing_is_logged() {
+    let mut r = rooms(1, 1000);
+    let mut out = join(&mut r, "r", "u", 0, 1);
+    out.extend(api_publish(&mut r, "r", "one", Requester::Api(ReplyTo { shard: 0, req: 1 })));
+    assert!(logged(&out).is_empty());
+}
+
+#[test]
+fn the_journal_gets_sequenced_frames_tombstones_and_drops_never_volatile_ones() {
+    use crate::journal::Record;
+    let mut r = rooms(1, 1000).with_journal();
+    let hash: Arc<str> = Arc::from("$argon2id$stand-in");
+    let out = run(&mut r, req("r", "owner", 0, 1, JoinKind::Create { password_hash: Some(hash.clone()) }));
+    assert!(
+        matches!(&logged(&out)[..], [Record::Meta { creator: Some(c), password: Some(p), .. }] if &**c == "owner" && *p == hash)
+    );
+    let out = api_publish(&mut r, "r", "one", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let stream = r.get("r").unwrap().stream;
+    match &logged(&out)[..] {
+        [Record::Frame { room, epoch, seq: 1, frame, .. }] => {
+            assert_eq!((&**room, *epoch), ("r", stream));
+            assert_eq!(json(frame)["text"], "one");
+        }
+        other => panic!("{other:?}"),
+    }
+    let extra = super::request::Extra { volatile: true, ..Default::default() };
+    let out = publish_with(&mut r, "r", extra, Requester::Api(ReplyTo { shard: 0, req: 2 }));
+    assert!(logged(&out).is_empty(), "volatile messages are never logged");
+    let mut out = Vec::new();
+    let epoch = r.remove_history_logged("r", 7, &mut |o| out.push(o)).unwrap();
+    let stream = r.get("r").unwrap().stream;
+    assert_eq!(format!("{stream:016x}"), epoch);
+    assert_eq!(logged(&out), vec![Record::Reset { room: "r".into(), epoch: stream, seq: 1, ts: 7 }]);
+    let mut out = Vec::new();
+    let e = r.get("r").unwrap().epoch as u32;
+    r.leave("r", "owner", 0, e, 0, &mut |o| out.push(o));
+    assert_eq!(logged(&out), vec![Record::Drop { room: "r".into() }], "ttl 0: the room goes at once");
+}
+
+#[test]
+fn a_checkpoint_restores_the_same_streams_and_history() {
+    let mut r = rooms(2, 1000).with_journal();
+    join(&mut r, "a", "u", 0, 1);
+    join(&mut r, "b", "u", 1, 2);
+    for i in 0..5 {
+        api_publish(&mut r, "a", &format!("a{i}"), Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    }
+    api_publish(&mut r, "b", "b0", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    r.remove_history("b");
+    api_publish(&mut r, "b", "b1", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    let mut rebuild = crate::journal::Rebuild::new(100, 1 << 20);
+    r.checkpoint(1, &mut |rec| rebuild.apply(rec));
+    let mut restored = rooms(2, 1000).with_journal();
+    restored.restore(rebuild.finish(), 1);
+    for name in ["a", "b"] {
+        let (old, new) = (r.get(name).unwrap(), restored.get(name).unwrap());
+        assert_eq!((old.epoch(), old.seq(), old.history_len()), (new.epoch(), new.seq(), new.history_len()), "{name}");
+        let since = request::Since { seq: 0, epoch: Some(old.epoch().into()) };
+        let (a, b) = (old.recover(Some(&since)), new.recover(Some(&since)));
+        assert_eq!(a, b, "{name}");
+    }
+    // "a" recovers everything from seq 0; "b" lost what came before its removal.
+    let since = request::Since { seq: 0, epoch: Some(restored.get("a").unwrap().epoch().into()) };
+    assert_eq!(restored.get("a").unwrap().recover(Some(&since)).1, Some(true));
+    let since = request::Since { seq: 0, epoch: Some(restored.get("b").unwrap().epoch().into()) };
+    assert_eq!(restored.get("b").unwrap().recover(Some(&since)).1, Some(false));
+    // Restored rooms linger empty (at least a minute, even with a history TTL of 0).
+    let mut out = Vec::new();
+    restored.expire(1 + 59_000, &mut |o| out.push(o));
+    assert!(restored.get("a").is_some());
+    restored.expire(1 + RELAY_LINGER_MS, &mut |o| out.push(o));
+    assert!(restored.get("a").is_none());
+}
+
+#[test]
+fn a_restored_room_in_a_cluster_follows_on_or_starts_afresh_never_collides() {
+    let frame = |seq: u64| bytes::Bytes::from(format!("frame {seq}"));
+    let restored = || crate::journal::RestoredRoom {
+        name: "r".into(),
+        epoch: 77,
+        seq: 2,
+        frames: [(1, frame(1)), (2, frame(2))].into_iter().collect(),
+        bytes: 14,
+        ..Default::default()
+    };
+    // Frames reach a node only for rooms it subscribed to (a local member came back):
+    // the room core ignores the others (`--cluster-room-buckets` delivers them too).
+    let subscribe = |r: &mut OwnedRooms| r.rooms.get_mut("r").unwrap().subscribed = true;
+    // The sequencer's next frame follows on: adopted, history kept.
+    let mut r = rooms(1, 1000).with_cluster(5).with_journal();
+    r.restore(vec![restored()], 0);
+    subscribe(&mut r);
+    r.remote_frame("r", 77, 3, 9, frame(3), &mut |_| {});
+    assert_eq!((r.get("r").unwrap().seq(), r.get("r").unwrap().history_len()), (3, 3));
+    // The stream went on while this node was down: the history restarts after the hole.
+    let mut r = rooms(1, 1000).with_cluster(5).with_journal();
+    r.restore(vec![restored()], 0);
+    subscribe(&mut r);
+    r.remote_frame("r", 77, 9, 9, frame(9), &mut |_| {});
+    assert_eq!((r.get("r").unwrap().seq(), r.get("r").unwrap().history_len()), (9, 1));
+    // Sequencing here: a new epoch, not a continuation that could collide.
+    let mut r = rooms(1, 1000).with_cluster(5).with_journal();
+    r.restore(vec![restored()], 0);
+    api_publish(&mut r, "r", "x", Requester::Api(ReplyTo { shard: 0, req: 1 }));
+    assert_ne!(r.get("r").unwrap().stream, 77);
 }

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::Duration;
 
+pub mod file;
+
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;

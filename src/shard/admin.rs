@@ -23,7 +23,11 @@ impl Shard {
         let (mut done, mut refused) = (0u32, 0u32);
         match op {
             AdminOp::HistoryRemove { room } => {
-                return Reply::HistoryRemoved(self.owned.borrow_mut().remove_history(room));
+                return Reply::HistoryRemoved(self.owned.borrow_mut().remove_history_logged(
+                    room,
+                    Services::wall_ms(),
+                    &mut |out| self.route(out),
+                ));
             }
             AdminOp::Disconnect { user, conn, code, reason, ban_secs } => {
                 if let (Some(user), true) = (user, *ban_secs > 0) {

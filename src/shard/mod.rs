@@ -48,6 +48,7 @@ pub mod route;
 mod services;
 
 mod conn;
+mod durable;
 mod fanout;
 mod members;
 mod sweep;
@@ -74,6 +75,7 @@ use crate::room::request::ReplyRef;
 use crate::room::OwnedRooms;
 use crate::room::{HistoryConfig, JoinStep, RoomOut, BROADCAST_ROOM};
 use crate::rt;
+use crate::store::{Journal, ShardStart};
 use crate::Shared;
 
 /// A shard: its [`Services`] and the state only the shard's own tasks (inbox, sweep,
@@ -112,21 +114,33 @@ impl Deref for Shard {
 }
 
 impl Shard {
-    fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh) -> Rc<Shard> {
+    fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh, start: Option<ShardStart>) -> Rc<Shard> {
         let shards = mesh.len();
         let node = shared.bus.as_ref().map_or(0, |b| b.node);
+        let mut owned =
+            OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards)).with_cluster(node);
+        let stats = crate::metrics::ShardStats::default();
+        let journal = match (&cfg.data_dir, start) {
+            (Some(dir), Some(start)) => {
+                let dir = dir.join(crate::journal::shard_dir_name(id));
+                owned = owned.with_journal();
+                owned.restore(start.rooms, Services::wall_ms());
+                add(&stats.log_replayed_records, start.replayed);
+                add(&stats.log_corrupt_tails, start.corrupt_tails);
+                let (policy, seg) = (cfg.fsync, cfg.data_segment_bytes);
+                Some(Rc::new(Journal::new(dir, policy, seg, start.next_gen, start.disk_bytes)))
+            }
+            _ => None,
+        };
         Rc::new_cyclic(|me| Shard {
             ips: RefCell::new(IpTable::default()),
             last_prune: Cell::new(0),
-            owned: RefCell::new(
-                OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
-                    .with_cluster(node),
-            ),
+            owned: RefCell::new(owned),
             nodes: RefCell::new(Arc::from([node])),
             conns: RefCell::new(Conns::default()),
             accept_task: RefCell::new(None),
             done: Notify::default(),
-            svc: Services::new(id, cfg, shared, mesh, me.clone()),
+            svc: Services::new(id, cfg, shared, mesh, me.clone(), journal, stats),
         })
     }
 
@@ -338,13 +352,18 @@ impl Shard {
             rooms: owned.summaries(room, limit),
             history_bytes: history_bytes as u64,
             history_messages: history_messages as u64,
+            fsync: self.stats.fsync.borrow().clone(),
+            log_disk_bytes: self.journal.as_ref().map_or(0, |j| j.disk_bytes()),
+            log_segments: self.journal.as_ref().map_or(0, |j| j.segments()),
         }
     }
 
     /// Starts the shutdown. For `drain_grace` the shard keeps serving while `/health`
     /// answers 503 and upgrades are refused (load balancers move traffic away); then it
     /// stops accepting, asks every client to go away (1001), and finishes once all are
-    /// gone or the shutdown timeout has passed.
+    /// gone or the shutdown timeout has passed. With `--data-dir` the log is flushed and
+    /// synced first and clients are closed with 1012 (service restart: the history
+    /// survives, reconnect and recover); it is synced again at the end.
     fn begin_shutdown(self: &Rc<Self>) {
         if self.start_draining() {
             return;
@@ -362,8 +381,15 @@ impl Shard {
         if let Some(task) = self.accept_task.borrow_mut().take() {
             task.cancel();
         }
+        let code = match &self.journal {
+            Some(journal) => {
+                journal.flush().await;
+                crate::ws::close::SERVICE_RESTART
+            }
+            None => crate::ws::close::GOING_AWAY,
+        };
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
-            self.close(conn, crate::ws::close::GOING_AWAY, "server shutting down", false);
+            self.close(conn, code, "server shutting down", false);
         }
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
         while !self.conns.borrow().is_empty() && Instant::now() < deadline {
@@ -380,6 +406,9 @@ impl Shard {
                 break;
             }
             rt::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(journal) = &self.journal {
+            journal.flush().await;
         }
         tracing::debug!(shard = self.id, "shard drained");
         self.done.notify();
@@ -400,8 +429,12 @@ pub(crate) async fn run(
     mesh: Mesh,
     inbox: Inbox,
     listener: socket2::Socket,
+    start: Option<ShardStart>,
 ) {
-    let shard = Shard::new(id, cfg, shared, mesh);
+    let shard = Shard::new(id, cfg, shared, mesh, start);
+    if let Some(journal) = &shard.journal {
+        rt::spawn(journal.clone().run(shard.clone()));
+    }
     let listener = rt::adopt_listener(listener);
     *shard.accept_task.borrow_mut() = Some(rt::spawn(accept_loop(shard.clone(), listener)));
     rt::spawn(inbox_loop(shard.clone(), inbox));

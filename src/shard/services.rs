@@ -30,6 +30,7 @@ use crate::limits::Rate;
 use crate::metrics::{inc, ShardStats};
 use crate::room::RoomOut;
 use crate::rt;
+use crate::store::Journal;
 use crate::ws::frame;
 use crate::Shared;
 
@@ -73,6 +74,9 @@ pub(crate) struct Services {
     pub(super) asks: Asks,
     /// permessage-deflate: the shard's compressor and who takes compressed frames.
     pub(super) deflate: super::compress::Deflate,
+    /// The durable log (`--data-dir`): what the owner sequences, and the answers that
+    /// wait for it under `--fsync always`.
+    pub(super) journal: Option<Rc<Journal<RoomOut>>>,
     /// Clocks and ids.
     ids: Ids,
     /// Flow control: whether to stop reading, and who stopped.
@@ -103,15 +107,24 @@ struct Flow {
 
 impl Services {
     /// The services of shard `id`; `me` is the shard being built around them.
-    pub(super) fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh, me: Weak<Shard>) -> Services {
+    pub(super) fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        mesh: Mesh,
+        me: Weak<Shard>,
+        journal: Option<Rc<Journal<RoomOut>>>,
+        stats: ShardStats,
+    ) -> Services {
         Services {
             id,
+            journal,
             rate: Rate::new(cfg.rate_limit, cfg.rate_burst),
             caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
             cfg,
             shared,
             mesh,
-            stats: ShardStats::default(),
+            stats,
             ping: frame::ping_frame(b""),
             sessions: RefCell::new(FxHashMap::default()),
             members: RefCell::new(LocalRooms::default()),
@@ -152,6 +165,18 @@ impl Services {
     /// Sends a room owner's output on: to a shard's inbox, or (cluster-bound) to the
     /// bridge's queue. This is the one place room outputs become runtime messages.
     pub fn route(&self, out: RoomOut) {
+        let out = match &self.journal {
+            Some(journal) => match super::durable::intercept(journal, out, &self.stats) {
+                Some(out) => out,
+                None => return,
+            },
+            None => out,
+        };
+        self.send_out(out);
+    }
+
+    /// Sends a room owner's output where it goes, now.
+    pub(super) fn send_out(&self, out: RoomOut) {
         match out {
             RoomOut::Shard(to, m) => self.mesh.send(to, m.into()),
             RoomOut::Cluster(c) => {
@@ -159,6 +184,8 @@ impl Services {
                     bus.send(c.into());
                 }
             }
+            // Taken by `route` when there is a log; none is emitted without one.
+            RoomOut::Log(_) => {}
         }
     }
 

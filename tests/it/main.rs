@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_api;
 mod compression;
 mod core;
+mod durable;
 mod echo;
 mod exhaustion;
 mod history;

@@ -665,6 +665,9 @@ export class Corecast extends Emitter<ClientEvents> {
     }
     let retry = this.wanted && this.opts.reconnect !== false;
     let delay: number | undefined;
+    // 1012: the server restarts and keeps its history (--data-dir): come back promptly,
+    // with the backoff from its start, and recover with `since`.
+    if (code === 1012) this.attempt = 0;
     if (FATAL_CLOSES.has(code)) retry = false;
     if (code >= 4000 && code <= 4999 && !this.opts.reconnectOnAppClose) retry = false;
     if (code === 1008) {

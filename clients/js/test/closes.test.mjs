@@ -71,3 +71,35 @@ test('1008: a retry only for an expired token with getToken', async () => {
   assert.equal((await firstDisconnect(1008, 'token expired', { getToken })).willReconnect, true);
   assert.equal((await firstDisconnect(1008, 'rate limit exceeded repeatedly', { getToken })).willReconnect, false);
 });
+
+/** A WebSocket double whose n-th connection says `welcome` and closes with `codes[n]`. */
+function closingInTurn(codes) {
+  let n = 0;
+  return class FakeWebSocket {
+    static OPEN = 1;
+    constructor(url) {
+      const code = codes[Math.min(n++, codes.length - 1)];
+      return new (closingWith(code, ''))(url);
+    }
+  };
+}
+
+test('1012 (restart with state kept) starts the backoff afresh: the next attempt is the first', async () => {
+  const client = new Corecast('ws://fake.invalid/ws', {
+    name: 'policy',
+    WebSocket: closingInTurn([1006, 1006, 1006, 1012]),
+    backoff: { baseMs: 1, capMs: 1, stableMs: 60_000 },
+  });
+  const attempts = [];
+  const done = new Promise((resolve) =>
+    client.on('disconnected', (d) => {
+      if (d.code === 1012) resolve();
+    }),
+  );
+  client.on('reconnecting', (r) => attempts.push(r.attempt));
+  client.connect().catch(() => {});
+  await done;
+  await new Promise((r) => setImmediate(r));
+  client.close();
+  assert.deepEqual(attempts.slice(0, 4), [1, 2, 3, 1], `attempts ${attempts}`);
+});

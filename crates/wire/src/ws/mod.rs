@@ -31,6 +31,9 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
+    /// Service restart: the server is restarting and keeps its state (`--data-dir`):
+    /// reconnect promptly and recover.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Try again later: the client is too slow to keep up (slow consumer).
     pub const TRY_LATER: u16 = 1013;
 }
