@@ -31,6 +31,9 @@ pub enum ServerError {
     /// The cluster bridge could not start (bad NATS URL or credentials, no thread).
     #[error(transparent)]
     Cluster(crate::cluster::ClusterError),
+    /// The application backend's thread could not start.
+    #[error("cannot start the application backend client: {0}")]
+    Backend(std::io::Error),
     /// The cluster bridge thread panicked.
     #[error("the cluster bridge stopped abnormally")]
     BridgeFailed,

@@ -24,6 +24,7 @@
 //! | [`http`] | HTTP/1.1 responses and endpoints; request heads from crate `corecast-wire` |
 //! | [`metrics`] | per-shard counters |
 //! | [`cluster`] | optional NATS bus between nodes: bridge thread, subjects, sequencer choice, wire format |
+//! | [`backend`] | optional application backend: connect/subscribe/publish proxy, signed webhooks |
 //!
 //! # Embedding
 //!
@@ -31,6 +32,7 @@
 //! real server on port 0 this way and stop it with [`ServerHandle::shutdown`].
 
 pub mod auth;
+pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -140,6 +142,8 @@ pub(crate) struct Shared {
     pub websockets: AtomicU64,
     /// The cluster bridge's queue and state (none: single node).
     pub bus: Option<cluster::Bus>,
+    /// The application backend's client (none: no `--proxy-*-url`, no `--webhook-url`).
+    pub backend: Option<backend::Backend>,
 }
 
 /// Binds `config.listen` once per shard and starts the shards.
@@ -151,6 +155,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let sockets = rt::bind_listeners(config.listen, shards, config.backlog).map_err(bind_err)?;
     let addr = sockets.first().and_then(|s| s.local_addr().ok()).and_then(|a| a.as_socket()).unwrap_or(config.listen);
     let (mesh, inboxes) = shard::mesh::mesh(shards);
+    // Only with a --proxy-*-url or --webhook-url: one more thread, like the bridge.
+    let backend = backend::Backend::start(config.backend.clone()).map_err(ServerError::Backend)?;
     // Only with --nats-url: one more thread, with its own small tokio runtime.
     let (bus, bridge) = match &config.cluster {
         Some(c) => {
@@ -159,7 +165,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
         None => (None, None),
     };
-    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus: bus.clone() });
+    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus: bus.clone(), backend });
     let cpus = rt::allowed_cpus();
     let config = Arc::new(config);
     let stopper = Stopper { mesh: mesh.clone(), bus };

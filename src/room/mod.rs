@@ -47,7 +47,7 @@ use rustc_hash::FxHashMap;
 use history::{Budget, Caps};
 
 pub use crate::metrics::RoomSummary;
-pub use out::{refuse, ClusterOut, RoomOut, Sink, ToShard};
+pub use out::{refuse, ClusterOut, Hook, HookKind, RoomOut, Sink, ToShard};
 pub use owned::OwnedRoom;
 pub use presence::announced;
 pub use request::JoinReq;
@@ -150,6 +150,8 @@ pub struct OwnedRooms {
     dirty_counts: Vec<Arc<str>>,
     /// Outcomes of recent publishes with an idempotency key.
     recent: recent::Recent,
+    /// Whether to emit webhook events ([`RoomOut::Hook`]).
+    hooks: bool,
 }
 
 impl OwnedRooms {
@@ -171,7 +173,14 @@ impl OwnedRooms {
             epoch_changes: 0,
             unanswered: 0,
             recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
+            hooks: false,
         }
+    }
+
+    /// Turns webhook events on: presence changes also emit [`RoomOut::Hook`].
+    pub fn with_hooks(mut self, on: bool) -> Self {
+        self.hooks = on;
+        self
     }
 
     /// Takes the idempotency counts since the last call: (retries answered from memory,

@@ -38,6 +38,7 @@ mod admin;
 mod api;
 mod ask;
 mod auth;
+mod backend;
 mod compress;
 pub mod conns;
 mod http;
@@ -120,7 +121,8 @@ impl Shard {
             last_prune: Cell::new(0),
             owned: RefCell::new(
                 OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
-                    .with_cluster(node),
+                    .with_cluster(node)
+                    .with_hooks(cfg.backend.webhook_url.is_some()),
             ),
             nodes: RefCell::new(Arc::from([node])),
             conns: RefCell::new(Conns::default()),

@@ -73,6 +73,10 @@ pub(crate) struct Services {
     pub(super) asks: Asks,
     /// permessage-deflate: the shard's compressor and who takes compressed frames.
     pub(super) deflate: super::compress::Deflate,
+    /// Application backend: proxy calls this shard has waiting (`--proxy-max-in-flight`).
+    pub(super) proxy_in_flight: Cell<usize>,
+    /// Application backend: each connection's proxied messages, in send order.
+    pub(super) chains: RefCell<FxHashMap<ConnId, super::backend::Chain>>,
     /// Clocks and ids.
     ids: Ids,
     /// Flow control: whether to stop reading, and who stopped.
@@ -121,6 +125,8 @@ impl Services {
             bans: RefCell::new(FxHashMap::default()),
             asks: Asks::default(),
             deflate: super::compress::Deflate::default(),
+            proxy_in_flight: Cell::new(0),
+            chains: RefCell::new(FxHashMap::default()),
             ids: Ids { started: Instant::now(), nonce: fastrand::u32(..), next_token: Cell::new(0) },
             flow: Flow {
                 congested: Cell::new((u32::MAX, false)),
@@ -157,6 +163,11 @@ impl Services {
             RoomOut::Cluster(c) => {
                 if let Some(bus) = &self.shared.bus {
                     bus.send(c.into());
+                }
+            }
+            RoomOut::Hook(h) => {
+                if let Some(backend) = &self.shared.backend {
+                    backend.hook(self.id, h);
                 }
             }
         }
