@@ -94,7 +94,10 @@ impl Services {
         up: Upgrade,
         used: usize,
     ) -> Step {
-        let Some(backend) = self.backend() else { return Step::Busy(used) };
+        let Some(backend) = self.backend() else {
+            let answer = Answer::error(503, "backend_unavailable", "no application backend is configured");
+            return self.respond(conn, &answer, false, false, used);
+        };
         if !self.take_call_slot(backend) {
             let answer = Answer::error(503, "unavailable", "too many connections waiting for the application backend");
             return self.respond(conn, &answer, false, false, used);
