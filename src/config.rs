@@ -121,6 +121,8 @@ pub struct Config {
     /// The `--nats-*` and `--cluster-*` flags; `None` (no `--nats-url`): a single node,
     /// nothing external, no bridge thread.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The `--proxy-*` and `--webhook-*` flags (docs/BACKEND.md).
+    pub backend: crate::backend::BackendConfig,
 }
 
 impl Default for Config {
@@ -239,6 +241,9 @@ pub struct Cli {
     /// The cluster bus.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The application backend: proxy and webhooks.
+    #[command(flatten)]
+    pub backend: crate::backend::args::BackendArgs,
     /// Logging.
     #[command(flatten)]
     pub logging: LogArgs,
@@ -532,7 +537,7 @@ impl Cli {
     /// settings (inverted, clamped, converted or combined).
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        let Cli { config: _, server, connections: c, http, auth, limits, rooms, cluster, logging: _ } = self;
+        let Cli { config: _, server, connections: c, http, auth, limits, rooms, cluster, backend, logging: _ } = self;
         if c.ping_interval < Duration::from_millis(100) {
             return invalid("--ping-interval must be at least 0.1 seconds");
         }
@@ -574,8 +579,10 @@ impl Cli {
             return invalid("--ring-depth must be a power of two between 64 and 32768");
         }
         let cluster = cluster.into_cluster_config(server.listen)?;
+        let backend = backend.into_config().map_err(ConfigError::Invalid)?;
         Ok(Config {
             cluster,
+            backend,
             listen: server.listen,
             shards: server.shards,
             pin: !server.no_pin,
@@ -790,6 +797,22 @@ mod tests {
         ("cluster-heartbeat", "0.25"),
         ("cluster-node-timeout", "2"),
         ("cluster-room-buckets", "64"),
+        ("proxy-connect-url", "http://127.0.0.1:1/connect"),
+        ("proxy-subscribe-url", "http://127.0.0.1:1/subscribe"),
+        ("proxy-publish-url", "http://127.0.0.1:1/publish"),
+        ("proxy-timeout", "3"),
+        ("proxy-max-in-flight", "5"),
+        ("proxy-connect-headers", "x-a"),
+        ("proxy-connect-cookies", "true"),
+        ("proxy-secret", "0123456789abcdef"),
+        ("webhook-url", "http://127.0.0.1:1/hooks"),
+        ("webhook-secret", "0123456789abcdef"),
+        ("webhook-events", "member_joined"),
+        ("webhook-batch-size", "7"),
+        ("webhook-batch-interval", "0.5"),
+        ("webhook-queue", "9"),
+        ("webhook-timeout", "4"),
+        ("webhook-max-backoff", "2"),
         ("log", "debug"),
         ("log-json", "true"),
     ];

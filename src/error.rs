@@ -39,6 +39,9 @@ pub enum ServerError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The application backend's thread could not start.
+    #[error("cannot start the application backend client: {0}")]
+    Backend(std::io::Error),
     /// The cluster bridge thread panicked.
     #[error("the cluster bridge stopped abnormally")]
     BridgeFailed,

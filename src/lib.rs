@@ -26,6 +26,7 @@
 //! | [`metrics`] | per-shard counters |
 //! | [`journal`] | the durable log's format (pure): records, scanner, rebuild of rooms' streams |
 //! | [`cluster`] | optional NATS bus between nodes: bridge thread, subjects, sequencer choice, wire format |
+//! | [`backend`] | optional application backend: connect/subscribe/publish proxy, signed webhooks |
 //!
 //! # Embedding
 //!
@@ -33,6 +34,7 @@
 //! real server on port 0 this way and stop it with [`ServerHandle::shutdown`].
 
 pub mod auth;
+pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -145,6 +147,8 @@ pub(crate) struct Shared {
     pub websockets: AtomicU64,
     /// The cluster bridge's queue and state (none: single node).
     pub bus: Option<cluster::Bus>,
+    /// The application backend's client (none: no `--proxy-*-url`, no `--webhook-url`).
+    pub backend: Option<backend::Backend>,
 }
 
 /// Binds `config.listen` once per shard and starts the shards.
@@ -168,6 +172,8 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         None => (0..shards).map(|_| None).collect(),
     };
     let (mesh, inboxes) = shard::mesh::mesh(shards);
+    // Only with a --proxy-*-url or --webhook-url: one more thread, like the bridge.
+    let backend = backend::Backend::start(config.backend.clone()).map_err(ServerError::Backend)?;
     // Only with --nats-url: one more thread, with its own small tokio runtime.
     let (bus, bridge) = match &config.cluster {
         Some(c) => {
@@ -176,7 +182,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
         None => (None, None),
     };
-    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus: bus.clone() });
+    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus: bus.clone(), backend });
     let cpus = rt::allowed_cpus();
     let config = Arc::new(config);
     let stopper = Stopper { mesh: mesh.clone(), bus };

@@ -31,8 +31,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The cluster bus: speaks the core's types; reaches the shards only through the
     // `cluster::bridge::Shards` trait the runtime implements.
     ("cluster", &["room", "ws", "protocol", "metrics"]),
+    // The application backend: proxy calls and webhooks on a thread of its own; speaks
+    // the core's webhook events, knows nothing of shards.
+    ("backend", &["room", "protocol"]),
     // Settings, and the glommio wrapper that reads them.
-    ("config", &["cluster"]),
+    ("config", &["cluster", "backend"]),
     ("rt", &["config"]),
     // The durable log's writer and start-time replay: the format, files through `rt`.
     ("store", &["config", "rt", "journal", "metrics"]),
@@ -40,7 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["config", "protocol", "rt"]),
     ("error", &["auth", "cluster"]),
     // HTTP endpoints: pure answers built from the core's figures.
-    ("http", &["http::request", "http::response", "protocol", "ws", "metrics", "room", "cluster", "config"]),
+    ("http", &["http::request", "http::response", "protocol", "ws", "metrics", "room", "cluster", "backend", "config"]),
     // The runtime: shards, mesh, connections. May use everything below it.
     (
         "shard",
@@ -54,6 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "room",
             "cluster",
+            "backend",
             "config",
             "rt",
             "auth",

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::backend::BackendReport;
 use crate::cluster::BusReport;
 use crate::metrics::Snapshot;
 
@@ -19,12 +20,15 @@ const BUCKETS: [f64; 16] =
     [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0];
 
 /// Renders every snapshot (one per shard, in shard order), and the cluster bus figures
-/// when there is a cluster.
-pub fn render(snaps: Vec<Snapshot>, bus: Option<BusReport>) -> String {
+/// when there is a cluster, and the application backend's when one is configured.
+pub fn render(snaps: Vec<Snapshot>, bus: Option<BusReport>, backend: Option<BackendReport>) -> String {
     let mut registry = Registry::with_prefix("corecast");
     registry.register_collector(Box::new(Shards(snaps)));
     if let Some(bus) = bus {
         registry.register_collector(Box::new(Bus(bus)));
+    }
+    if let Some(backend) = backend {
+        registry.register_collector(Box::new(Backend(backend)));
     }
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -145,6 +149,61 @@ impl Collector for Bus {
                 "NATS subscriptions held for public rooms (one per room, or per bucket).",
                 b.room_subscriptions as i64,
             ),
+        ];
+        for (name, help, value) in gauges {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// The application backend's client: one sample each (one client per node).
+#[derive(Debug)]
+struct Backend(BackendReport);
+
+impl Collector for Backend {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let b = &self.0;
+        let family = encoder.encode_descriptor(
+            "backend_proxy_calls",
+            "Proxy calls made to the application backend, per endpoint.",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut family = family;
+        for (endpoint, n) in ["connect", "subscribe", "publish"].iter().zip(b.calls) {
+            ConstCounter::new(n).encode(family.encode_family(&[("endpoint", *endpoint)])?)?;
+        }
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "backend_proxy_errors",
+                "Proxy calls without a usable answer (timeout, unreachable, non-2xx, bad body).",
+                b.call_errors,
+            ),
+            ("backend_proxy_timeouts", "Proxy calls that timed out.", b.call_timeouts),
+            (
+                "backend_proxy_busy",
+                "Requests refused over --proxy-max-in-flight (answered `unavailable`).",
+                b.call_busy,
+            ),
+            ("webhook_events_queued", "Webhook events queued for sending.", b.events_queued),
+            ("webhook_events_dropped", "Webhook events dropped because the queue was full.", b.events_dropped),
+            ("webhook_events_delivered", "Webhook events delivered (2xx).", b.events_delivered),
+            ("webhook_batches_delivered", "Webhook batches delivered (2xx).", b.batches_delivered),
+            ("webhook_retries", "Webhook POSTs retried after a failure.", b.batch_retries),
+        ];
+        for (name, help, value) in counters {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        let gauges: [(&str, &str, i64); 2] = [
+            (
+                "backend_up",
+                "1 while the application backend answers, 0 after a failed call.",
+                i64::from(b.state == "up"),
+            ),
+            ("webhook_queue", "Webhook events waiting to be sent.", b.webhook_queue as i64),
         ];
         for (name, help, value) in gauges {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

@@ -49,7 +49,7 @@ use rustc_hash::FxHashMap;
 use history::{Budget, Caps};
 
 pub use crate::metrics::RoomSummary;
-pub use out::{refuse, ClusterOut, RoomOut, Sink, ToShard};
+pub use out::{refuse, ClusterOut, Hook, HookKind, RoomOut, Sink, ToShard};
 pub use owned::OwnedRoom;
 pub use presence::announced;
 pub use request::JoinReq;
@@ -154,6 +154,8 @@ pub struct OwnedRooms {
     recent: recent::Recent,
     /// Whether what a restart needs is emitted as [`RoomOut::Log`] (`--data-dir`).
     journal: bool,
+    /// Whether to emit webhook events ([`RoomOut::Hook`]).
+    hooks: bool,
 }
 
 impl OwnedRooms {
@@ -176,6 +178,7 @@ impl OwnedRooms {
             unanswered: 0,
             recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
             journal: false,
+            hooks: false,
         }
     }
 
@@ -183,6 +186,12 @@ impl OwnedRooms {
     /// created room's metadata is also emitted as a [`RoomOut::Log`] record.
     pub fn with_journal(mut self) -> Self {
         self.journal = true;
+        self
+    }
+
+    /// Turns webhook events on: presence changes also emit [`RoomOut::Hook`].
+    pub fn with_hooks(mut self, on: bool) -> Self {
+        self.hooks = on;
         self
     }
 

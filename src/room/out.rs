@@ -24,6 +24,68 @@ pub enum RoomOut {
     /// [`with_journal`](super::OwnedRooms::with_journal)): what a restart needs to continue
     /// the room's stream.
     Log(crate::journal::Record),
+    /// A webhook event (only with [`super::OwnedRooms::with_hooks`]; in a cluster only
+    /// from the node that decides it, so each happens once cluster-wide).
+    Hook(Hook),
+}
+
+/// What happened, for the application backend's webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// A public room got its first user (cluster-wide).
+    RoomOccupied,
+    /// A public room lost its last user (cluster-wide).
+    RoomVacated,
+    /// A user's first connection joined a public room (cluster-wide).
+    MemberJoined,
+    /// A user's last connection left a public room (cluster-wide).
+    MemberLeft,
+    /// A user's first connection opened (its personal room got its first member).
+    UserOnline,
+    /// A user's last connection closed.
+    UserOffline,
+}
+
+/// One webhook event as the room core emits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// What happened.
+    pub kind: HookKind,
+    /// The room (the personal room for `UserOnline`/`UserOffline`).
+    pub room: Arc<str>,
+    /// The user (none for `RoomOccupied`/`RoomVacated`).
+    pub user: Option<Arc<str>>,
+}
+
+/// Emits the webhook events of `user` arriving in (or leaving) public room `room`, whose
+/// cluster-wide user count is now `count`: `room_occupied` before the first member's
+/// `member_joined`, `room_vacated` after the last one's `member_left`. Nothing unless
+/// `on`.
+pub(super) fn hook_presence(
+    on: bool,
+    room: &Arc<str>,
+    user: &Arc<str>,
+    present: bool,
+    count: u32,
+    sink: &mut Sink<'_>,
+) {
+    if !on {
+        return;
+    }
+    let emit = |kind, user: Option<&Arc<str>>, sink: &mut Sink<'_>| {
+        sink(RoomOut::Hook(Hook { kind, room: room.clone(), user: user.cloned() }))
+    };
+    if present {
+        if count == 1 {
+            emit(HookKind::RoomOccupied, None, sink);
+        }
+        emit(HookKind::MemberJoined, Some(user), sink);
+    } else {
+        emit(HookKind::MemberLeft, Some(user), sink);
+        if count == 0 {
+            emit(HookKind::RoomVacated, None, sink);
+        }
+    }
 }
 
 /// What a room owner hands one shard.

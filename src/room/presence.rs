@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::out::{answer_remote, reference, reply, reply_error, to_conn, ClusterOut, RoomOut, Sink};
+use super::out::{answer_remote, hook_presence, reference, reply, reply_error, to_conn, ClusterOut, RoomOut, Sink};
 use super::placement;
 use super::request::{PresenceReq, Remote, Reply, ReplyRef, Requester};
 use super::users::Users;
@@ -108,7 +108,7 @@ impl OwnedRooms {
         now_ms: u64,
         sink: &mut Sink<'_>,
     ) {
-        let (me, max) = (self.node, self.presence_events_max);
+        let (me, max, hooks) = (self.node, self.presence_events_max, self.hooks);
         let holds = self.holds(name);
         let room = if present { self.kept_room(name, now_ms) } else { self.rooms.get_mut(name).map(|r| &mut **r) };
         let Some(room) = room else { return };
@@ -122,6 +122,9 @@ impl OwnedRooms {
         if holds && announced(counting_them, max) {
             send_event(me, room, server::presence_event(present, &room.name, &user), sink);
         }
+        if holds {
+            hook_presence(hooks, &room.name, &user, present, room.user_count(), sink);
+        }
         self.count_changed(name);
         if !present {
             self.release(name, now_ms, sink);
@@ -134,7 +137,7 @@ impl OwnedRooms {
     /// A holder that just took a room over hears every node's snapshot once and must
     /// not announce all of their users as arrivals.
     pub fn remote_users(&mut self, name: &str, node: u64, users: &[Arc<str>], now_ms: u64, sink: &mut Sink<'_>) {
-        let (me, max) = (self.node, self.presence_events_max);
+        let (me, max, hooks) = (self.node, self.presence_events_max, self.hooks);
         let holds = self.holds(name);
         let existed = self.rooms.contains_key(name);
         let room =
@@ -161,6 +164,17 @@ impl OwnedRooms {
                     send_event(me, room, server::presence_event(false, &room.name, u), sink);
                 }
             }
+            // Webhooks count one change at a time: arrivals from `before` up, then
+            // departures down to the count now.
+            let mut count = before;
+            for u in &arrived {
+                count += 1;
+                hook_presence(hooks, &room.name, u, true, count, sink);
+            }
+            for u in &left {
+                count = count.saturating_sub(1);
+                hook_presence(hooks, &room.name, u, false, count, sink);
+            }
         }
         self.count_changed(name);
         self.release(name, now_ms, sink);
@@ -186,7 +200,7 @@ impl OwnedRooms {
             return;
         }
         let old = std::mem::replace(&mut self.nodes, live);
-        let (me, max) = (self.node, self.presence_events_max);
+        let (me, max, hooks) = (self.node, self.presence_events_max, self.hooks);
         let names: Vec<Arc<str>> = self.rooms.values().filter(|r| !r.is_system()).map(|r| r.name.clone()).collect();
         for name in names {
             let was = placement::keepers(&name, &old);
@@ -204,9 +218,13 @@ impl OwnedRooms {
                 p.reported = None;
             }
             let mut left = Vec::new();
+            let mut hooked = Vec::new();
             for &dead in gone {
                 let before = p.users.count();
                 let gone_users = p.users.drop_node(dead);
+                if holder && hooks {
+                    hooked.extend(gone_users.iter().cloned());
+                }
                 if announced(before, max) {
                     left.extend(gone_users);
                 }
@@ -214,6 +232,11 @@ impl OwnedRooms {
             if holder {
                 for u in &left {
                     send_event(me, room, server::presence_event(false, &room.name, u), sink);
+                }
+                let mut count = room.user_count() + hooked.len() as u32;
+                for u in &hooked {
+                    count = count.saturating_sub(1);
+                    hook_presence(hooks, &room.name, u, false, count, sink);
                 }
             }
             let local: Vec<Arc<str>> = room.users().into_iter().flat_map(Users::local).cloned().collect();

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::out::{refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, RoomOut, Sink, ToShard};
+use super::out::{
+    hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, RoomOut, Sink,
+    ToShard,
+};
 use super::presence::{send_event, tell_keepers};
 use super::recent::Outcome;
 use super::request::{DeleteReq, JoinAck, JoinKind, JoinReq, Publish, Reply, Requester, Sender};
@@ -12,6 +15,10 @@ use super::retention::Lingering;
 use super::{announced, JoinStep, OwnedRoom, OwnedRooms, RingsOf, BROADCAST_ROOM};
 use crate::journal::Record;
 use crate::protocol::{server, ErrorCode};
+
+/// The prefix of personal rooms (`protocol::user_room`): their first and last connection
+/// are a user's `user_online`/`user_offline`.
+const USER_ROOM: &str = "@user:";
 
 impl OwnedRooms {
     /// Sequences a join or create: counts the connection, announces a user's first
@@ -72,6 +79,12 @@ impl OwnedRooms {
             *n += 1;
         }
         let change = room.presence.as_mut().map(|p| p.users.add_local(&req.user));
+        if first && holds {
+            hook_presence(self.hooks, &room.name, &req.user, true, room.user_count(), sink);
+        } else if self.hooks && room.is_system() && room.connections() == 1 && room.name.starts_with(USER_ROOM) {
+            let user = Some(req.user.clone());
+            sink(RoomOut::Hook(Hook { kind: HookKind::UserOnline, room: room.name.clone(), user }));
+        }
         if node != 0 {
             if !room.subscribed {
                 room.subscribed = true;
@@ -125,6 +138,12 @@ impl OwnedRooms {
         // The room had `user_count() + 1` users, the leaver included.
         if gone && announced(room.user_count().saturating_add(1), max) {
             send_event(node, room, server::presence_event(false, &room.name, user), sink);
+        }
+        if gone {
+            hook_presence(self.hooks, &room.name, &Arc::from(user), false, room.user_count(), sink);
+        } else if self.hooks && room.is_system() && room.connections() == 0 && room.name.starts_with(USER_ROOM) {
+            let user = Some(Arc::from(user));
+            sink(RoomOut::Hook(Hook { kind: HookKind::UserOffline, room: room.name.clone(), user }));
         }
         if gone {
             self.count_changed(room_name);

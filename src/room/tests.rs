@@ -490,13 +490,15 @@ struct Sim {
     nodes: Vec<OwnedRooms>,
     /// Join/leave events delivered to local members, per node: (node, event JSON).
     events: Vec<(u64, serde_json::Value)>,
+    /// Webhook events emitted, per node.
+    hooks: Vec<(u64, super::Hook)>,
 }
 
 impl Sim {
     fn new(n: u64) -> Sim {
         let ids: Vec<u64> = (1..=n).map(|i| i * 1_000_003).collect();
-        let nodes = ids.iter().map(|&id| rooms(1, 1000).with_cluster(id)).collect();
-        let mut sim = Sim { ids, nodes, events: Vec::new() };
+        let nodes = ids.iter().map(|&id| rooms(1, 1000).with_cluster(id).with_hooks(true)).collect();
+        let mut sim = Sim { ids, nodes, events: Vec::new(), hooks: Vec::new() };
         let live: Arc<[u64]> = sim.ids.clone().into();
         for i in 0..sim.nodes.len() {
             let mut out = Vec::new();
@@ -524,6 +526,7 @@ impl Sim {
                     }
                 }
                 RoomOut::Shard(..) | RoomOut::Log(_) => {}
+                RoomOut::Hook(h) => self.hooks.push((me, h)),
                 RoomOut::Cluster(c) => match c {
                     ClusterOut::Presence { room, user, present, to } => {
                         let j = self.at(to);
@@ -632,6 +635,66 @@ fn the_holder_alone_announces_and_every_member_hears_each_event_once() {
     sim.leave(3, "r", "ann");
     let leaves: Vec<u64> = sim.events.iter().filter(|(_, v)| v["user"] == "ann").map(|(n, _)| *n).collect();
     assert_eq!(leaves.len(), 4, "each node with members hears it once: {:?}", sim.events);
+}
+
+/// Webhooks: each presence change is emitted once in the cluster, by the room's holder,
+/// whichever node the user connected to.
+#[test]
+fn webhook_events_are_emitted_once_cluster_wide_by_the_holder() {
+    use super::HookKind::*;
+    let mut sim = Sim::new(4);
+    let holder = sim.ids[sim.holder("r")];
+    sim.join(0, "r", "ann", 1);
+    sim.join(1, "r", "ben", 2);
+    sim.join(2, "r", "ann", 3); // ann's second connection: no news
+    sim.leave(0, "r", "ann");
+    sim.leave(2, "r", "ann");
+    sim.leave(1, "r", "ben");
+    let got: Vec<(super::HookKind, Option<String>)> = sim
+        .hooks
+        .iter()
+        .filter(|(_, h)| &*h.room == "r")
+        .map(|(_, h)| (h.kind, h.user.as_deref().map(str::to_owned)))
+        .collect();
+    let u = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            (RoomOccupied, None),
+            (MemberJoined, u("ann")),
+            (MemberJoined, u("ben")),
+            (MemberLeft, u("ann")),
+            (MemberLeft, u("ben")),
+            (RoomVacated, None),
+        ]
+    );
+    assert!(sim.hooks.iter().filter(|(_, h)| &*h.room == "r").all(|(n, _)| *n == holder), "only the holder emits");
+}
+
+#[test]
+fn single_node_webhooks_include_users_online_and_nothing_without_hooks() {
+    use super::HookKind::*;
+    let mut r = rooms(2, 1000).with_hooks(true);
+    let mut kinds = Vec::new();
+    let mut sink = |o: RoomOut| {
+        if let RoomOut::Hook(h) = o {
+            kinds.push((h.kind, h.room.to_string()));
+        }
+    };
+    for (shard, n) in [(0, 1), (1, 2)] {
+        r.join(
+            req("@user:ann", "ann", shard, n, JoinKind::Join { password: None, verified: None, since: None }),
+            0,
+            &mut sink,
+        );
+    }
+    let e = epoch(&r, "@user:ann");
+    r.leave("@user:ann", "ann", 0, e, 0, &mut sink);
+    r.leave("@user:ann", "ann", 1, e, 0, &mut sink);
+    assert_eq!(kinds, vec![(UserOnline, "@user:ann".to_owned()), (UserOffline, "@user:ann".to_owned())]);
+    let mut off = rooms(1, 1000);
+    let out = join(&mut off, "r", "ann", 0, 1);
+    assert!(!out.iter().any(|o| matches!(o, RoomOut::Hook(_))), "no hooks unless turned on");
 }
 
 #[test]

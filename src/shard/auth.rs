@@ -51,6 +51,9 @@ impl Services {
             inc(&self.stats.auth_rejections);
             return self.respond(conn, &Refusal::Origin.answer(), false, false, used);
         }
+        if self.proxies_connect() {
+            return self.admit_via_backend(id, conn, req, up, used);
+        }
         let offered = token_from_protocols(&up.protocols);
         let token = req.query_param("token").or_else(|| offered.map(|(t, _)| t.to_owned()));
         let protocol = offered
@@ -64,6 +67,22 @@ impl Services {
                 return self.respond(conn, &Refusal::Identity(e).answer(), false, false, used);
             }
         };
+        let deflate = self.deflate_offer(up.deflate);
+        let accept = handshake::accept_response_with(&up, protocol.as_deref(), deflate.as_ref());
+        self.admit_identity(id, conn, identity, accept, deflate, used)
+    }
+
+    /// Admission once the identity is known (from a token, as a guest, or from the
+    /// connect proxy): bans, the server-wide limit, then the per-IP slot.
+    pub(super) fn admit_identity(
+        &self,
+        id: ConnId,
+        conn: &mut Conn,
+        identity: Identity,
+        accept: Bytes,
+        deflate: Option<Agreement>,
+        used: usize,
+    ) -> Step {
         if self.banned(&identity.user) {
             inc(&self.stats.auth_rejections);
             return self.respond(conn, &Refusal::Banned.answer(), false, false, used);
@@ -72,8 +91,6 @@ impl Services {
             self.shared.websockets.fetch_sub(1, Ordering::Relaxed);
             return self.respond(conn, &Refusal::ServerFull.answer(), false, false, used);
         }
-        let deflate = self.deflate_offer(up.deflate);
-        let accept = handshake::accept_response_with(&up, protocol.as_deref(), deflate.as_ref());
         let limit = self.cfg.max_connections_per_ip;
         if limit == 0 {
             self.complete_upgrade(id, conn, accept, identity, deflate);
@@ -255,13 +272,17 @@ impl Services {
 impl Shard {
     /// Closes connections whose token expired (beyond the leeway), with 1008.
     pub(super) fn expire_sessions(&self) {
-        let Some(verifier) = self.shared.auth.verifier() else { return };
+        let verifier = self.shared.auth.verifier();
+        // Without token keys, expiries come from the connect proxy: no leeway.
+        if verifier.is_none() && !self.proxies_connect() {
+            return;
+        }
         let now = Services::wall_secs();
         let expired: Vec<ConnId> = self
             .sessions
             .borrow()
             .iter()
-            .filter(|(_, s)| s.expires.is_some_and(|e| verifier.expired(e, now)))
+            .filter(|(_, s)| s.expires.is_some_and(|e| verifier.map_or(e <= now, |v| v.expired(e, now))))
             .map(|(id, _)| *id)
             .collect();
         let mut conns = self.conns.borrow_mut();

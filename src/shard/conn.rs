@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use futures_lite::io::AsyncRead;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use super::backend::{JoinNext, AWAITING_BACKEND};
 use super::conns::{Conn, ConnId, Conns, Membership, Phase};
 use super::msg::{ConnRef, DeleteReq, HistoryReq, JoinKind, JoinReq, PresenceReq, Publish, Requester, ShardMsg, Since};
 use super::{Services, Shard};
@@ -285,13 +286,13 @@ impl Services {
                     None => {
                         let kind = JoinKind::Join { password: None, verified: None, since };
                         let req = self.pending_join(id, conn, room, origin.reference, kind);
-                        self.send_join(req);
+                        self.join_checked(id, conn, req, JoinNext::Send);
                     }
                     Some(pw) => {
                         check_password_len(&pw)?;
                         let kind = JoinKind::Join { password: Some(Box::from(&*pw)), verified: None, since };
                         let req = self.pending_join(id, conn, room, origin.reference, kind);
-                        self.join_with_password(id, conn, req);
+                        self.join_checked(id, conn, req, JoinNext::Password);
                     }
                 }
             }
@@ -300,10 +301,10 @@ impl Services {
                 let kind = JoinKind::Create { password_hash: None };
                 let req = self.pending_join(id, conn, room, origin.reference, kind);
                 match password {
-                    None => self.send_join(req),
+                    None => self.join_checked(id, conn, req, JoinNext::Send),
                     Some(pw) => {
                         check_password_len(&pw)?;
-                        self.create_with_password(req, pw.into_owned());
+                        self.join_checked(id, conn, req, JoinNext::Create(pw.into_owned()));
                     }
                 }
             }
@@ -347,7 +348,7 @@ impl Services {
                     extra,
                     from: Requester::Conn(origin),
                 };
-                self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Publish(Box::new(publish)));
+                self.publish_checked(id, conn, publish)?;
             }
             ClientMsg::Presence { room, after, limit } => {
                 let room = member_room(&conn.rooms, &room)?;
@@ -504,9 +505,14 @@ fn member_index(rooms: &[Membership], room: &str) -> Result<usize, ClientError> 
         .ok_or_else(|| ClientError::new(ErrorCode::NotMember, "join the room first"))
 }
 
-/// The connection's own (shared) name of a room it is in or joining.
+/// The connection's own (shared) name of a room it is in or joining; not one whose join
+/// still waits for the application backend.
 fn member_room(rooms: &[Membership], room: &str) -> Result<Arc<str>, ClientError> {
-    Ok(rooms[member_index(rooms, room)?].room.clone())
+    let m = &rooms[member_index(rooms, room)?];
+    if m.pending != 0 && m.epoch == AWAITING_BACKEND {
+        return Err(ClientError::new(ErrorCode::NotMember, "the join waits for the application backend"));
+    }
+    Ok(m.room.clone())
 }
 
 #[cfg(test)]
@@ -573,6 +579,16 @@ mod tests {
         assert_eq!(member_index(&rs, "b"), Ok(1));
         assert_eq!(code(member_index(&rs, "c")), ErrorCode::NotMember);
         assert!(Arc::ptr_eq(&member_room(&rs, "a").expect("member"), &rs[0].room), "the shared name is reused");
+    }
+
+    #[test]
+    fn a_join_waiting_for_the_backend_is_not_a_membership_yet() {
+        let mut rs = rooms(&["a"]);
+        rs[0].pending = 3;
+        assert!(member_room(&rs, "a").is_ok(), "a pending join counts");
+        rs[0].epoch = AWAITING_BACKEND;
+        assert_eq!(code(member_room(&rs, "a")), ErrorCode::NotMember);
+        assert_eq!(member_index(&rs, "a"), Ok(0), "it can still be left");
     }
 
     #[test]

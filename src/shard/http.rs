@@ -303,10 +303,16 @@ impl Services {
             node: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             nodes: Option<u64>,
+            /// `up`/`down` with an application backend configured (docs/BACKEND.md).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            backend: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            webhook_queue: Option<u64>,
         }
         let draining = self.is_draining();
         let (status, state) = health_status(draining);
         let report = self.shared.bus.as_ref().map(|b| b.report());
+        let backend = self.shared.backend.as_ref().map(|b| b.report());
         let body = Health {
             status: state,
             shard: self.id,
@@ -314,6 +320,8 @@ impl Services {
             bus: report.map_or(crate::cluster::BusState::Off.as_str(), |r| r.state),
             node: report.map(|r| format!("{:016x}", r.node)),
             nodes: report.map(|r| r.nodes),
+            backend: backend.map(|b| b.state),
+            webhook_queue: backend.filter(|_| self.cfg.backend.webhook_url.is_some()).map(|b| b.webhook_queue),
         };
         Answer::json(status, simd_json::to_vec(&body).unwrap_or_default())
     }
@@ -363,7 +371,12 @@ impl Services {
             status: 200,
             content_type: prometheus::CONTENT_TYPE,
             extra: String::new(),
-            body: prometheus::render(snaps, self.shared.bus.as_ref().map(|b| b.report())).into_bytes(),
+            body: prometheus::render(
+                snaps,
+                self.shared.bus.as_ref().map(|b| b.report()),
+                self.shared.backend.as_ref().map(|b| b.report()),
+            )
+            .into_bytes(),
         }
     }
 

@@ -38,6 +38,7 @@ mod admin;
 mod api;
 mod ask;
 mod auth;
+mod backend;
 mod compress;
 pub mod conns;
 mod http;
@@ -117,8 +118,9 @@ impl Shard {
     fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh, start: Option<ShardStart>) -> Rc<Shard> {
         let shards = mesh.len();
         let node = shared.bus.as_ref().map_or(0, |b| b.node);
-        let mut owned =
-            OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards)).with_cluster(node);
+        let mut owned = OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
+            .with_cluster(node)
+            .with_hooks(cfg.backend.webhook_url.is_some());
         let stats = crate::metrics::ShardStats::default();
         let journal = match (&cfg.data_dir, start) {
             (Some(dir), Some(start)) => {

@@ -77,6 +77,10 @@ pub(crate) struct Services {
     /// The durable log (`--data-dir`): what the owner sequences, and the answers that
     /// wait for it under `--fsync always`.
     pub(super) journal: Option<Rc<Journal<RoomOut>>>,
+    /// Application backend: proxy calls this shard has waiting (`--proxy-max-in-flight`).
+    pub(super) proxy_in_flight: Cell<usize>,
+    /// Application backend: each connection's proxied messages, in send order.
+    pub(super) chains: RefCell<FxHashMap<ConnId, super::backend::Chain>>,
     /// Clocks and ids.
     ids: Ids,
     /// Flow control: whether to stop reading, and who stopped.
@@ -134,6 +138,8 @@ impl Services {
             bans: RefCell::new(FxHashMap::default()),
             asks: Asks::default(),
             deflate: super::compress::Deflate::default(),
+            proxy_in_flight: Cell::new(0),
+            chains: RefCell::new(FxHashMap::default()),
             ids: Ids { started: Instant::now(), nonce: fastrand::u32(..), next_token: Cell::new(0) },
             flow: Flow {
                 congested: Cell::new((u32::MAX, false)),
@@ -186,6 +192,11 @@ impl Services {
             }
             // Taken by `route` when there is a log; none is emitted without one.
             RoomOut::Log(_) => {}
+            RoomOut::Hook(h) => {
+                if let Some(backend) = &self.shared.backend {
+                    backend.hook(self.id, h);
+                }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ mod support;
 
 mod abuse;
 mod autobahn;
+mod backend;
 mod browser;
 mod close;
 mod cluster;
