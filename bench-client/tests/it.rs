@@ -272,3 +272,18 @@ fn the_ceiling_probe_serves_the_same_client_exactly() {
     assert_eq!(r.steps[1].verdict.expected, 400 * 30);
     probe.stop().expect("probe stops");
 }
+
+#[test]
+fn the_tokio_peer_serves_the_same_client_exactly() {
+    let peer = corecast_tokio_peer::Peer::start("127.0.0.1:0".parse().unwrap(), 2).expect("peer starts");
+    // Two worker threads, three rooms, three publishers: every room's seq must be exact
+    // for every member however the runtime schedules the tasks.
+    let mut spec = spec(peer.addr, Mode::Ramp, 90, 3, 3, 1);
+    spec.worker_exe = None;
+    spec.steps = vec![StepSpec { rate: 200.0, duration_secs: 1.0 }, StepSpec { rate: 400.0, duration_secs: 1.0 }];
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 90);
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(r.steps[1].verdict.expected, 400 * 30);
+    peer.stop().expect("peer stops");
+}
