@@ -124,6 +124,18 @@ fn fanout_in_process_delivers_every_message_exactly_once_in_order() {
     assert!(r.memory.server_rss_held.is_some());
 }
 
+#[test]
+fn fanout_over_the_io_uring_send_path_is_just_as_exact() {
+    let server = Server::with(|c| c.send_path = corecast::config::SendPath::Uring);
+    let mut spec = spec(server.addr(), Mode::Ramp, 60, 4, 4, 1);
+    spec.worker_exe = None;
+    // A faster second step, so that frames pile up and members get several per send.
+    spec.steps = vec![StepSpec { rate: 200.0, duration_secs: 1.0 }, StepSpec { rate: 2000.0, duration_secs: 1.0 }];
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 60);
+    assert_eq!(r.steps[1].verdict.expected, 2000 * 15);
+}
+
 /// `GET /stats` of the server, as JSON.
 fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
     use std::io::{Read, Write};

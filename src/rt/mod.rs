@@ -15,6 +15,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 
+pub mod send_ring;
+
 /// A TCP connection owned by one shard.
 pub type TcpStream = glommio::net::TcpStream;
 
