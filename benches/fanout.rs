@@ -2,7 +2,11 @@
 //! handed to 1,000 receivers with `Outbox::push_batch` (one vectored send each, the
 //! iovecs built once for all of them), as `src/shard/fanout.rs` does for a room.
 //!
-//! It first proves the path allocates nothing per delivery (the bench aborts if it
+//! The same through the io_uring send path (`--send-path uring`): the 1,000 sends as
+//! `SENDMSG` SQEs of one `SendRing` (one `io_uring_enter` per 256), each outcome applied
+//! with `Outbox::push_batch_via`, as `src/shard/fanout.rs` does.
+//!
+//! It first proves each path allocates nothing per delivery (the bench aborts if it
 //! does), then times it. Receivers are Unix socket pairs, so the time is the syscall and
 //! copy cost without TCP; the loopback TCP cost is in the bench-client runs.
 
@@ -12,7 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{IoSlice, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corecast::outbox::{Caps, Outbox, Pushed};
 use corecast::protocol::server;
+use corecast::rt::send_ring::{Outcome, SendRing};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 #[path = "support/counting.rs"]
@@ -33,6 +38,8 @@ struct Receivers {
     send: Vec<(UnixStream, Outbox)>,
     recv: Vec<UnixStream>,
     scratch: Vec<u8>,
+    fds: Vec<RawFd>,
+    ring: Option<SendRing>,
 }
 
 impl Receivers {
@@ -45,7 +52,19 @@ impl Receivers {
             send.push((a, Outbox::default()));
             recv.push(b);
         }
-        Receivers { send, recv, scratch: vec![0; 1 << 16] }
+        let fds = send.iter().map(|(a, _)| a.as_raw_fd()).collect();
+        Receivers { send, recv, scratch: vec![0; 1 << 16], fds, ring: SendRing::new().ok() }
+    }
+
+    /// [`Self::fan_out`] through the send ring.
+    fn fan_out_uring(&mut self, frames: &[Bytes], iov: &[IoSlice<'_>]) {
+        let Receivers { send, fds, ring, .. } = self;
+        let ring = ring.as_mut().expect("io_uring available");
+        ring.send_all(fds, iov, |i, outcome| {
+            let Outcome::Done(sent) = outcome else { panic!("ring failed") };
+            let pushed = send[i].1.push_batch_via(|_| sent, frames, iov, CAPS);
+            assert_eq!(pushed, Pushed::Sent, "socket buffers are drained between rounds");
+        });
     }
 
     /// One fan-out of `frames` to every receiver; every push must be taken whole.
@@ -80,17 +99,29 @@ fn data_frames(n: u64) -> Vec<Bytes> {
 fn fanout(c: &mut Criterion) {
     let mut rx = Receivers::new();
     let mut g = c.benchmark_group("fanout");
-    for (kind, batch) in [("", 1u64), ("", 8), ("data_", 1), ("data_", 8)] {
-        let frames = if kind.is_empty() { frames(batch) } else { data_frames(batch) };
+    for (kind, batch) in [("", 1u64), ("", 8), ("data_", 1), ("data_", 8), ("uring_", 1), ("uring_", 8)] {
+        if kind == "uring_" && rx.ring.is_none() {
+            println!("fanout/uring: skipped, io_uring unavailable here");
+            continue;
+        }
+        let uring = kind == "uring_";
+        let frames = if kind == "data_" { data_frames(batch) } else { frames(batch) };
+        let send = |rx: &mut Receivers, frames: &[Bytes], iov: &[IoSlice<'_>]| {
+            if uring {
+                rx.fan_out_uring(frames, iov)
+            } else {
+                rx.fan_out(frames, iov)
+            }
+        };
         let iov: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
 
         // The claim first: zero allocations per delivery, warm or cold.
-        rx.fan_out(&frames, &iov);
+        send(&mut rx, &frames, &iov);
         rx.drain();
         let mut during = 0;
         for _ in 0..10 {
             let before = ALLOCATIONS.load(Ordering::Relaxed);
-            rx.fan_out(&frames, &iov);
+            send(&mut rx, &frames, &iov);
             during += ALLOCATIONS.load(Ordering::Relaxed) - before;
             rx.drain();
         }
@@ -104,7 +135,7 @@ fn fanout(c: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    rx.fan_out(&frames, &iov);
+                    send(&mut rx, &frames, &iov);
                     spent += t.elapsed();
                     rx.drain();
                 }

@@ -41,8 +41,9 @@ pub enum Cmd {
     Run(RunArgs),
     /// Start a corecast server, run every scenario of a folder against it, stop it.
     Suite(SuiteArgs),
-    /// Run the issue-8 target shapes against corecast and against the ceiling probe, and
-    /// write compare.md/compare.json (corecast vs ceiling, ratio, pass/miss, client CPU).
+    /// Run the target shapes of issues 8 and 16 against corecast, the ceiling probe and the
+    /// tokio peer, and write compare.md/compare.json (corecast vs the better of the other
+    /// two, ratio, pass/miss, client CPU, server CPU per delivery).
     Compare(CompareArgs),
     /// The ceiling probe: a minimal broadcast server speaking just enough of the protocol
     /// for bench-client, to measure what this host can do at all. Runs until killed.
@@ -273,11 +274,13 @@ pub struct ServerArgs {
 /// `compare` flags.
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
-    /// The corecast server to start (the ceiling probe gets as many threads as it has shards).
+    /// The corecast server to start (the ceiling probe and the tokio peer get as many
+    /// threads as it has shards).
     #[command(flatten)]
     pub server: ServerArgs,
     /// Run only these shapes (repeatable): idle-15k, one-room-10k, rooms-100x100,
-    /// latency-100x100-50k, latency-one-room-100k, cpu-1k, cpu-15k.
+    /// rooms-1000x10, rooms-10x1000, latency-100x100-50k, latency-100x100-100k,
+    /// latency-one-room-100k, latency-1000x10-100k, latency-10x1000-100k, cpu-1k, cpu-15k.
     #[arg(long)]
     pub only: Vec<String>,
     /// Folder under which run folders and the comparison folder are written.

@@ -18,10 +18,11 @@ fn main() -> anyhow::Result<()> {
             println!("\n== comparison ({})", c.dir.join("compare.md").display());
             for r in &c.rows {
                 println!(
-                    "{}: corecast {} | ceiling {} | ratio {} | {:?}",
+                    "{}: corecast {} | ceiling {} | tokio {} | ratio (÷ best) {} | {:?}",
                     r.target,
                     r.corecast.map_or("-".into(), |v| format!("{v:.2}")),
                     r.ceiling.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.tokio.map_or("-".into(), |v| format!("{v:.2}")),
                     r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
                     r.judgement
                 );

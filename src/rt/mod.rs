@@ -17,6 +17,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 
+pub mod send_ring;
+
 /// A TCP connection owned by one shard.
 pub type TcpStream = glommio::net::TcpStream;
 

@@ -123,6 +123,12 @@ impl Outbox {
         self.queue.as_ref().is_none_or(|q| q.frames.is_empty())
     }
 
+    /// Whether a push would go straight to the socket: nothing waits and no close frame
+    /// is queued (the fan-out's io_uring path takes exactly these connections).
+    pub fn sends_directly(&self) -> bool {
+        self.queue.as_ref().is_none_or(|q| !q.sealed && q.frames.is_empty())
+    }
+
     /// Sends `frame` now if nothing is waiting and the kernel takes it, else queues it
     /// within `caps`: [`Outbox::push_batch`] with one frame.
     pub fn push(&mut self, fd: BorrowedFd<'_>, frame: Bytes, caps: Caps) -> Pushed {

@@ -290,6 +290,20 @@ impl Services {
         self.pushed(conn, pushed)
     }
 
+    /// [`Services::push_batch`] whose `sendmsg` already ran elsewhere (the io_uring send
+    /// path) with outcome `sent`: the unsent tail is queued exactly as after a direct send.
+    /// `frames` must fit one `sendmsg` (at most `MAX_IOV`).
+    pub fn push_batch_sent(
+        &self,
+        conn: &mut Conn,
+        frames: &[Bytes],
+        iov: &[std::io::IoSlice<'_>],
+        sent: Result<usize, rustix::io::Errno>,
+    ) -> bool {
+        let pushed = conn.out.push_batch_via(|_| sent, frames, iov, self.caps);
+        self.pushed(conn, pushed)
+    }
+
     /// Acts on the outcome of a push: wake the task to flush, or close a slow consumer.
     fn pushed(&self, conn: &mut Conn, pushed: Pushed) -> bool {
         match pushed {

@@ -4,13 +4,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use corecast::config::SendPath;
 use serde_json::json;
 
 use crate::support::{client_frame, Client, Raw, TestServer, PATIENCE};
 
 #[test]
 fn a_client_that_stops_reading_is_closed_while_the_room_gets_everything() {
+    slow_consumer_is_closed(SendPath::Direct);
+}
+
+#[test]
+fn over_the_io_uring_send_path_a_client_that_stops_reading_is_closed_too() {
+    slow_consumer_is_closed(SendPath::Uring);
+}
+
+fn slow_consumer_is_closed(send_path: SendPath) {
     let server = TestServer::with(|c| {
+        c.send_path = send_path;
         c.queue_bytes = 64 * 1024;
         c.queue_frames = 64;
         // A deliberate flood of large messages: not what the abuse limits are about here.

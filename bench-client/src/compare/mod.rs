@@ -1,10 +1,12 @@
-//! `bench-client compare`: corecast and the ceiling probe, the same client and the same
-//! shapes, one after the other, and a table of how close corecast comes.
+//! `bench-client compare`: corecast, the ceiling probe and the tokio peer, the same client
+//! and the same shapes, one after the other, and a table of how corecast compares with the
+//! better of the other two.
 //!
 //! For each shape of [`shapes::all`]: start corecast (as the suite does, abuse limits
 //! lifted), run the shape, stop it; start the ceiling probe (the `corecast-ceiling`
 //! executable beside this one, see [`probe_exe`], with as many threads as corecast has
-//! shards), run the identical shape, stop it. Throughput shapes are a coarse ×2 ramp followed by a fine ×2^(1/4) ramp from
+//! shards), run the identical shape, stop it; the same with the tokio peer
+//! (`corecast-tokio-peer`, as many worker threads). Throughput shapes are a coarse ×2 ramp followed by a fine ×2^(1/4) ramp from
 //! the best coarse rate, each on a fresh server. Every run leaves its usual run folder
 //! (`<date>-<host>-<shape>-<server>`); the comparison itself goes to
 //! `<date>-<host>-compare/compare.md` and `compare.json` ([`table`]).
@@ -41,8 +43,10 @@ pub struct Comparison {
 /// How the figures are obtained, for compare.md.
 fn method() -> Vec<String> {
     vec![
-        "Both servers run on this host with the same number of threads (corecast `--shards N`, ceiling \
-         `--threads N`), started fresh for every run; bench-client runs with 2 engine threads and 100-byte payloads."
+        "All three servers run on this host with the same number of threads (corecast `--shards N`, ceiling \
+         `--threads N`, tokio peer `--threads N` worker threads), started fresh for every run; bench-client runs \
+         with 2 engine threads and 100-byte payloads. The ratio is corecast ÷ the better of the ceiling probe and \
+         the tokio peer (higher throughput; lower latency, CPU, memory)."
             .into(),
         "Max sustained deliveries/s: `ramp` with 3 s steps, ×2 per step from a low start (5 msg/s in one room, \
          500 msg/s over 100 rooms) until a step loses, duplicates or reorders anything, or its corrected p99 \
@@ -50,16 +54,17 @@ fn method() -> Vec<String> {
          the deliveries/s of the highest clean step of either ramp (resolution ~19 %)."
             .into(),
         "Latency: `fanout` for 8 s at the fixed rate; the figure is the corrected p99 (from the intended send \
-         time, coordinated-omission-safe), only when the run was clean."
+         time, coordinated-omission-safe), only when the run was clean. Server CPU per delivery at 100,000 \
+         deliveries/s comes from the same runs."
             .into(),
         "Idle memory: `connect` of 15,000 connections (unpaced), held 5 s; server RSS growth ÷ connections. \
          The connect rate is that run's: joined connections ÷ time until all joined."
             .into(),
-        "CPU per delivery: server CPU seconds over the step (publish window + drain) ÷ deliveries, at 50,000 \
+        "CPU per delivery (1k/15k rows): server CPU seconds over the step (publish window + drain) ÷ deliveries, at 50,000 \
          deliveries/s in rooms of 100, with 1,000 and with 15,000 connections."
             .into(),
-        "Client CPU: bench-client's CPU (% of one core) and µs per delivery in the step the figure comes from \
-         (for a ramp: the step where it stopped). **client-bound** = the client used > 90 % of a core or more \
+        "Client CPU: bench-client's CPU (% of one core) and µs per delivery, and the server's µs per delivery, \
+         in the step the figure comes from (for a ramp: the step where it stopped). **client-bound** = the client used > 90 % of a core or more \
          than the server: the figure may be bench-client's limit rather than the server's."
             .into(),
     ]
@@ -70,15 +75,15 @@ pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, B
     let started = Instant::now();
     let started_utc = report::utc_now().0;
     std::fs::create_dir_all(&args.results)?;
-    let probe_bin = probe_exe()?;
+    let bins = Bins { probe: probe_exe()?, peer: peer_exe()? };
     let mut runs = Runs::new();
-    let mut commands = (String::new(), String::new());
+    let mut commands = Commands::default();
     for shape in shapes::all() {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == shape.name) {
             continue;
         }
-        for kind in [ServerKind::Corecast, ServerKind::Ceiling] {
-            let out = measure(args, &probe_bin, &shape, kind, invoked_as, &mut commands);
+        for kind in ServerKind::ALL {
+            let out = measure(args, &bins, &shape, kind, invoked_as, &mut commands);
             runs.insert((shape.name.to_owned(), kind), out);
         }
     }
@@ -88,8 +93,9 @@ pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, B
         started_utc,
         duration_secs: started.elapsed().as_secs_f64(),
         command: invoked_as.to_owned(),
-        corecast_command: commands.0,
-        ceiling_command: commands.1,
+        corecast_command: commands.corecast,
+        ceiling_command: commands.ceiling,
+        tokio_command: commands.tokio,
         host: format!("{} ({}, {} cores, {})", ctx.host.hostname, ctx.host.cpu_model, ctx.host.cores, ctx.host.kernel),
         git_commit: ctx.git_commit.clone(),
         method: method(),
@@ -99,19 +105,33 @@ pub fn run_compare(args: &CompareArgs, invoked_as: &str) -> Result<Comparison, B
     Ok(Comparison { dir, rows })
 }
 
+/// The executables of the reference servers.
+struct Bins {
+    probe: PathBuf,
+    peer: PathBuf,
+}
+
+/// The command line each server was first started with (for compare.md).
+#[derive(Default)]
+struct Commands {
+    corecast: String,
+    ceiling: String,
+    tokio: String,
+}
+
 /// One shape against one server: the run (and, for a ramp, the fine ramp).
 fn measure(
     args: &CompareArgs,
-    probe_bin: &std::path::Path,
+    bins: &Bins,
     shape: &Shape,
     kind: ServerKind,
     invoked_as: &str,
-    commands: &mut (String, String),
+    commands: &mut Commands,
 ) -> ShapeRuns {
     let mut out = ShapeRuns::default();
     let name = format!("{}-{}", shape.name, kind.name());
     eprintln!("bench-client compare: {name}");
-    match run_one(args, probe_bin, &shape.args, &name, kind, invoked_as, commands) {
+    match run_one(args, bins, &shape.args, &name, kind, invoked_as, commands) {
         Ok((dir, result)) => {
             out.dirs.push(dir);
             out.main = Some(result);
@@ -127,7 +147,7 @@ fn measure(
     if let (true, Some(best)) = (shape.refine, best) {
         let fine = format!("{name}-fine");
         eprintln!("bench-client compare: {fine}");
-        match run_one(args, probe_bin, &shapes::fine(shape, best), &fine, kind, invoked_as, commands) {
+        match run_one(args, bins, &shapes::fine(shape, best), &fine, kind, invoked_as, commands) {
             Ok((dir, result)) => {
                 out.dirs.push(dir);
                 out.fine = Some(result);
@@ -141,16 +161,28 @@ fn measure(
 /// File name of the ceiling probe's executable.
 pub const PROBE_NAME: &str = "corecast-ceiling";
 
+/// File name of the tokio peer's executable.
+pub const PEER_NAME: &str = "corecast-tokio-peer";
+
 /// The ceiling probe's executable: `corecast-ceiling` in the folder of the running
 /// bench-client (where `cargo build --release --workspace` puts both), or one folder up
 /// when bench-client runs from cargo's `deps/` (a test binary).
 pub fn probe_exe() -> Result<PathBuf, BenchError> {
+    sibling_exe(PROBE_NAME)
+}
+
+/// The tokio peer's executable, found as [`probe_exe`] finds the probe.
+pub fn peer_exe() -> Result<PathBuf, BenchError> {
+    sibling_exe(PEER_NAME)
+}
+
+fn sibling_exe(name: &str) -> Result<PathBuf, BenchError> {
     let exe = std::env::current_exe()?;
     let here = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-    let candidates = [Some(here.join(PROBE_NAME)), here.parent().map(|p| p.join(PROBE_NAME))];
+    let candidates = [Some(here.join(name)), here.parent().map(|p| p.join(name))];
     candidates.into_iter().flatten().find(|p| p.is_file()).ok_or_else(|| {
         BenchError::Server(format!(
-            "{PROBE_NAME} not found beside {}: build it with `cargo build --release --workspace`",
+            "{name} not found beside {}: build it with `cargo build --release --workspace`",
             exe.display()
         ))
     })
@@ -159,25 +191,30 @@ pub fn probe_exe() -> Result<PathBuf, BenchError> {
 /// Starts the server, runs `shape_args` against it as run `name`, stops it.
 fn run_one(
     args: &CompareArgs,
-    probe_bin: &std::path::Path,
+    bins: &Bins,
     shape_args: &[String],
     name: &str,
     kind: ServerKind,
     invoked_as: &str,
-    commands: &mut (String, String),
+    commands: &mut Commands,
 ) -> Result<(PathBuf, crate::coord::RunResult), BenchError> {
     let log = args.results.join(format!(".server-{name}.log"));
     let mut server = match kind {
         ServerKind::Corecast => {
             Server::start(&args.server.server_bin, args.server.shards, &args.server.server_args, log.clone())?
         }
-        ServerKind::Ceiling => {
+        ServerKind::Ceiling | ServerKind::Tokio => {
             let addr = free_addr()?;
-            let probe = vec![format!("--listen={addr}"), format!("--threads={}", args.server.shards)];
-            Server::launch(probe_bin, probe, addr, log.clone())?
+            let flags = vec![format!("--listen={addr}"), format!("--threads={}", args.server.shards)];
+            let bin = if kind == ServerKind::Ceiling { &bins.probe } else { &bins.peer };
+            Server::launch(bin, flags, addr, log.clone())?
         }
     };
-    let slot = if kind == ServerKind::Corecast { &mut commands.0 } else { &mut commands.1 };
+    let slot = match kind {
+        ServerKind::Corecast => &mut commands.corecast,
+        ServerKind::Ceiling => &mut commands.ceiling,
+        ServerKind::Tokio => &mut commands.tokio,
+    };
     if slot.is_empty() {
         *slot = server.command.clone();
     }

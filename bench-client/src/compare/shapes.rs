@@ -1,5 +1,5 @@
-//! The shapes the comparison runs against both servers: bench-client command lines for the
-//! targets of issue 8, identical for corecast and the ceiling probe.
+//! The shapes the comparison runs against every server: bench-client command lines for the
+//! targets of issues 8 and 16, identical for corecast, the ceiling probe and the tokio peer.
 //!
 //! Every shape uses 100-byte payloads and two client engine threads (at millions of
 //! deliveries per second one thread would be the bottleneck before either server). Server
@@ -102,10 +102,19 @@ pub fn all() -> Vec<Shape> {
         ramp("one-room-10k", "1", "5"),
         // 100 rooms × 100, one publisher per room: 1 msg/s = 100 deliveries/s.
         ramp("rooms-100x100", "100", "500"),
+        // Many small rooms and a few large ones, the same 10,000 connections (start: 50,000
+        // deliveries/s, as above).
+        ramp("rooms-1000x10", "1000", "5000"),
+        ramp("rooms-10x1000", "10", "50"),
         // Latency at a fixed load: 500 msg/s × 100 members = 50,000 deliveries/s.
         fanout("latency-100x100-50k", "10000", "100", "500", "2"),
+        // 1,000 msg/s × 100 members = 100,000 deliveries/s (also: server CPU per delivery).
+        fanout("latency-100x100-100k", "10000", "100", "1000", "1000"),
         // 10 msg/s × 10,000 members = 100,000 deliveries/s.
         fanout("latency-one-room-100k", "10000", "1", "10", "40"),
+        // 100,000 deliveries/s in rooms of 10 and of 1,000 (p99 and CPU per delivery).
+        fanout("latency-1000x10-100k", "10000", "1000", "10000", "1000"),
+        fanout("latency-10x1000-100k", "10000", "10", "100", "1000"),
         // Server CPU per delivery at the same load (rooms of 100, 50,000 deliveries/s)
         // with 1,000 and with 15,000 connections.
         fanout("cpu-1k", "1000", "10", "500", "1000"),

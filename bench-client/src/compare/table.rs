@@ -1,7 +1,9 @@
-//! Turns the runs of a comparison into rows: one per target of issue 8, with corecast's
-//! figure, the ceiling probe's, their ratio, pass/miss against the issue's threshold, and
-//! how hard bench-client itself worked (a row whose client was the busier side measures the
-//! client, not the server). Writes `compare.md` and `compare.json`.
+//! Turns the runs of a comparison into rows: one per target of issue 16, with corecast's
+//! figure, the ceiling probe's and the tokio peer's, corecast ÷ the better of the two
+//! (the "best": the higher throughput, the lower latency, CPU or memory), pass/miss
+//! against the issue's threshold, and how hard bench-client and each server worked in the
+//! step a figure comes from (a row whose client was the busier side measures the client,
+//! not the server). Writes `compare.md` and `compare.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,14 +23,20 @@ pub enum ServerKind {
     Corecast,
     /// The ceiling probe (`corecast-ceiling`).
     Ceiling,
+    /// The mainstream peer (`corecast-tokio-peer`: tokio + tokio-tungstenite).
+    Tokio,
 }
 
 impl ServerKind {
+    /// Every server, in run order.
+    pub const ALL: [ServerKind; 3] = [ServerKind::Corecast, ServerKind::Ceiling, ServerKind::Tokio];
+
     /// Lower-case name (run-folder suffix).
     pub fn name(self) -> &'static str {
         match self {
             ServerKind::Corecast => "corecast",
             ServerKind::Ceiling => "ceiling",
+            ServerKind::Tokio => "tokio",
         }
     }
 }
@@ -49,7 +57,7 @@ pub struct ShapeRuns {
 /// All runs, by (shape name, server).
 pub type Runs = BTreeMap<(String, ServerKind), ShapeRuns>;
 
-/// How bench-client itself fared in the run a figure comes from.
+/// How bench-client and the server fared in the run a figure comes from.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ClientUse {
     /// bench-client CPU, % of one core (all its threads and processes).
@@ -58,6 +66,8 @@ pub struct ClientUse {
     pub server_cpu_pct: Option<f64>,
     /// bench-client CPU per delivery, µs.
     pub us_per_delivery: Option<f64>,
+    /// Server CPU per delivery, µs.
+    pub server_us_per_delivery: Option<f64>,
     /// The client used more than 90 % of a core or more than the server: the figure
     /// may be the client's limit, not the server's.
     pub client_bound: bool,
@@ -71,6 +81,7 @@ impl ClientUse {
             cpu_pct: c.client_pct,
             server_cpu_pct: c.server_pct,
             us_per_delivery: (delivered > 0).then(|| c.client_secs * 1e6 / delivered as f64),
+            server_us_per_delivery: c.server_secs.filter(|_| delivered > 0).map(|s| s * 1e6 / delivered as f64),
             client_bound: c.client_pct > 90.0 || c.server_pct.is_some_and(|s| c.client_pct > s),
         }
     }
@@ -89,6 +100,13 @@ pub enum Judgement {
     NotApplicable,
 }
 
+/// Which way a figure is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
 /// One target.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -100,18 +118,24 @@ pub struct Row {
     pub corecast: Option<f64>,
     /// The ceiling probe's figure.
     pub ceiling: Option<f64>,
-    /// corecast ÷ ceiling.
+    /// The tokio peer's figure.
+    pub tokio: Option<f64>,
+    /// Which of the ceiling probe and the tokio peer did better (the reference).
+    pub best: Option<ServerKind>,
+    /// corecast ÷ the better of the ceiling probe and the tokio peer.
     pub ratio: Option<f64>,
     /// The issue's threshold, in words.
     pub threshold: &'static str,
     /// corecast against the threshold.
     pub judgement: Judgement,
-    /// bench-client in the corecast run (for a ramp: the first failing step, where the
-    /// limit was hit, else the best step).
+    /// bench-client and corecast in the corecast run (for a ramp: the first failing
+    /// step, where the limit was hit, else the best step).
     pub client_corecast: Option<ClientUse>,
-    /// bench-client in the ceiling run.
+    /// bench-client and the probe in the ceiling run.
     pub client_ceiling: Option<ClientUse>,
-    /// Run folders (corecast's, then the ceiling's).
+    /// bench-client and the peer in the tokio run.
+    pub client_tokio: Option<ClientUse>,
+    /// Run folders (corecast's, the ceiling's, the tokio peer's).
     pub runs: Vec<String>,
     /// Anything the figures need to be read with.
     pub note: String,
@@ -151,113 +175,166 @@ fn server_us_per_delivery(s: &ShapeRuns) -> Option<f64> {
     (st.clean && delivered > 0).then(|| st.cpu.server_secs.unwrap_or(0.0) * 1e6 / delivered as f64)
 }
 
+/// The reference: the better of the ceiling probe's and the tokio peer's figures.
+fn reference(ceiling: Option<f64>, tokio: Option<f64>, better: Better) -> Option<(f64, ServerKind)> {
+    let candidates = [(ceiling, ServerKind::Ceiling), (tokio, ServerKind::Tokio)];
+    candidates.into_iter().filter_map(|(v, k)| v.map(|v| (v, k))).reduce(|a, b| {
+        let b_wins = match better {
+            Better::Higher => b.0 > a.0,
+            Better::Lower => b.0 < a.0,
+        };
+        if b_wins {
+            b
+        } else {
+            a
+        }
+    })
+}
+
+/// Figures of one shape per server.
+type Figures = [Option<f64>; 3];
+
 /// Builds the rows from the runs (a shape that did not run gives a row without figures).
 pub fn rows(runs: &Runs) -> Vec<Row> {
     let get = |shape: &str, k: ServerKind| runs.get(&(shape.to_owned(), k)).cloned().unwrap_or_default();
     let dirs = |shape: &str| -> Vec<String> {
-        [ServerKind::Corecast, ServerKind::Ceiling]
+        ServerKind::ALL
             .iter()
             .flat_map(|&k| get(shape, k).dirs)
             .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect()
     };
     let errors = |shape: &str| -> String {
-        [ServerKind::Corecast, ServerKind::Ceiling]
+        ServerKind::ALL
             .iter()
             .filter_map(|&k| get(shape, k).error.map(|e| format!("{}: {e}", k.name())))
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let mut out = Vec::new();
-    let row = |target: &str, unit, shape: &str, (cc, cl): (Option<f64>, Option<f64>), threshold, pass: Option<bool>| {
-        let (c, l) = (get(shape, ServerKind::Corecast), get(shape, ServerKind::Ceiling));
-        let client = |s: &ShapeRuns| fanout_step(s).map(ClientUse::of);
+    // A row judged by corecast ÷ the best (`limit` on the ratio) or, with `absolute`, by
+    // corecast's own figure against `limit`.
+    let row = |target: &str, unit, shape: &str, figs: Figures, better: Better, threshold, limit: Option<f64>| {
+        let best = reference(figs[1], figs[2], better);
+        let ratio = figs[0].zip(best).filter(|(_, (b, _))| *b > 0.0).map(|(c, (b, _))| c / b);
+        let judgement = match (ratio, limit) {
+            (Some(r), Some(l)) => judge(Some(if better == Better::Higher { r >= l } else { r <= l })),
+            _ => Judgement::NotApplicable,
+        };
+        let client = |k| fanout_step(&get(shape, k)).map(ClientUse::of);
         Row {
             target: target.to_owned(),
             unit,
-            corecast: cc,
-            ceiling: cl,
-            ratio: cc.zip(cl).filter(|(_, l)| *l > 0.0).map(|(c, l)| c / l),
+            corecast: figs[0],
+            ceiling: figs[1],
+            tokio: figs[2],
+            best: best.map(|(_, k)| k),
+            ratio,
             threshold,
-            judgement: match pass {
-                Some(true) => Judgement::Pass,
-                Some(false) => Judgement::Miss,
-                None => Judgement::NotApplicable,
-            },
-            client_corecast: client(&c),
-            client_ceiling: client(&l),
+            judgement,
+            client_corecast: client(ServerKind::Corecast),
+            client_ceiling: client(ServerKind::Ceiling),
+            client_tokio: client(ServerKind::Tokio),
             runs: dirs(shape),
             note: errors(shape),
         }
     };
+    let each =
+        |f: &dyn Fn(&ShapeRuns) -> Option<f64>, shape: &str| -> Figures { ServerKind::ALL.map(|k| f(&get(shape, k))) };
+    let mut out = Vec::new();
 
-    // (1) idle memory.
-    let idle = |k| get("idle-15k", k).main.and_then(|r| r.memory.server_rss_per_conn);
-    let figs = (idle(ServerKind::Corecast), idle(ServerKind::Ceiling));
-    let mut r = row("idle RSS per connection at 15,000 idle", "B/conn", "idle-15k", figs, "≤ 1,280 B (1.25 KiB)", None);
-    r.judgement = judge(figs.0.map(|v| v <= 1280.0));
+    // (5) idle memory: corecast's own figure against 1,024 B.
+    let idle = |s: &ShapeRuns| s.main.as_ref().and_then(|r| r.memory.server_rss_per_conn);
+    let figs = each(&idle, "idle-15k");
+    let mut r =
+        row("idle RSS per connection at 15,000 idle", "B/conn", "idle-15k", figs, Better::Lower, "≤ 1,024 B", None);
+    r.judgement = judge(figs[0].map(|v| v <= 1024.0));
     r.client_corecast = None;
     r.client_ceiling = None;
+    r.client_tokio = None;
     out.push(r);
 
-    // (2), (3) max sustained throughput.
+    // (1), (3), (4) max sustained throughput.
     for (shape, target, threshold, min) in [
-        ("one-room-10k", "one room of 10,000: max sustained deliveries/s", "≥ 85 % of ceiling", 0.85),
-        ("rooms-100x100", "100 rooms × 100: max sustained deliveries/s", "≥ 70 % of ceiling", 0.70),
+        ("one-room-10k", "one room of 10,000: max sustained deliveries/s", "≥ 1.0 × best", 1.0),
+        ("rooms-100x100", "100 rooms × 100: max sustained deliveries/s", "≥ 0.9 × best", 0.9),
+        ("rooms-1000x10", "1,000 rooms × 10: max sustained deliveries/s", "≥ 0.9 × best", 0.9),
+        ("rooms-10x1000", "10 rooms × 1,000: max sustained deliveries/s", "≥ 0.9 × best", 0.9),
     ] {
-        let (c, l) = (get(shape, ServerKind::Corecast), get(shape, ServerKind::Ceiling));
-        let ((cc, cu), (cl, lu)) = (max_sustained(&c), max_sustained(&l));
-        let mut r = row(target, "deliveries/s", shape, (cc, cl), threshold, None);
-        r.judgement = judge(r.ratio.map(|x| x >= min));
-        r.client_corecast = cu;
-        r.client_ceiling = lu;
+        let figs = each(&|s| max_sustained(s).0, shape);
+        let mut r = row(target, "deliveries/s", shape, figs, Better::Higher, threshold, Some(min));
+        let limit = |k| max_sustained(&get(shape, k)).1;
+        r.client_corecast = limit(ServerKind::Corecast);
+        r.client_ceiling = limit(ServerKind::Ceiling);
+        r.client_tokio = limit(ServerKind::Tokio);
         out.push(r);
     }
 
-    // (4) latency at a fixed load.
-    for (shape, target, bound) in [
-        ("latency-100x100-50k", "100 × 100 at 50,000 deliveries/s: p99", 2.0),
-        ("latency-one-room-100k", "one room of 10,000 at 100,000 deliveries/s (10 msg/s): p99", 40.0),
+    // (1)-(4) latency and CPU per delivery at a fixed load.
+    for (shape, target, threshold, max) in [
+        ("latency-100x100-50k", "100 × 100 at 50,000 deliveries/s: p99", "≤ 1.2 × best", 1.2),
+        ("latency-100x100-100k", "100 × 100 at 100,000 deliveries/s: p99", "≤ 1.2 × best", 1.2),
+        ("latency-one-room-100k", "one room of 10,000 at 100,000 deliveries/s (10 msg/s): p99", "≤ 1.0 × best", 1.0),
+        ("latency-1000x10-100k", "1,000 × 10 at 100,000 deliveries/s: p99", "≤ 1.2 × best", 1.2),
+        ("latency-10x1000-100k", "10 × 1,000 at 100,000 deliveries/s: p99", "≤ 1.2 × best", 1.2),
     ] {
-        let figs = (p99_ms(&get(shape, ServerKind::Corecast)), p99_ms(&get(shape, ServerKind::Ceiling)));
-        let threshold = if bound < 10.0 { "≤ 2 ms" } else { "≤ 40 ms" };
-        out.push(row(target, "ms", shape, figs, threshold, figs.0.map(|p| p <= bound)));
+        out.push(row(target, "ms", shape, each(&p99_ms, shape), Better::Lower, threshold, Some(max)));
+    }
+    for (shape, target) in [
+        ("latency-100x100-100k", "server CPU per delivery, 100 × 100 at 100,000 deliveries/s"),
+        ("latency-1000x10-100k", "server CPU per delivery, 1,000 × 10 at 100,000 deliveries/s"),
+        ("latency-10x1000-100k", "server CPU per delivery, 10 × 1,000 at 100,000 deliveries/s"),
+    ] {
+        let figs = each(&server_us_per_delivery, shape);
+        out.push(row(target, "µs", shape, figs, Better::Lower, "≤ 1.1 × best", Some(1.1)));
     }
 
-    // (5) CPU per delivery, 1k vs 15k connections.
-    let cpu = |shape: &str| {
-        (
-            server_us_per_delivery(&get(shape, ServerKind::Corecast)),
-            server_us_per_delivery(&get(shape, ServerKind::Ceiling)),
-        )
-    };
-    let (c1, c15) = (cpu("cpu-1k"), cpu("cpu-15k"));
-    out.push(row("server CPU per delivery, 1,000 conns (10 × 100, 50K/s)", "µs", "cpu-1k", c1, "–", None));
-    let drift = c15.0.zip(c1.0).filter(|(_, a)| *a > 0.0).map(|(b, a)| b / a);
+    // CPU per delivery, 1k vs 15k connections (issue 8: flat with the connection count).
+    let (c1, c15) = (each(&server_us_per_delivery, "cpu-1k"), each(&server_us_per_delivery, "cpu-15k"));
+    out.push(row(
+        "server CPU per delivery, 1,000 conns (10 × 100, 50K/s)",
+        "µs",
+        "cpu-1k",
+        c1,
+        Better::Lower,
+        "–",
+        None,
+    ));
+    let drift = |i: usize| c15[i].zip(c1[i]).filter(|(_, a)| *a > 0.0).map(|(b, a)| b / a);
     let mut r = row(
         "server CPU per delivery, 15,000 conns (150 × 100, 50K/s)",
         "µs",
         "cpu-15k",
         c15,
-        "within ±20 % of the 1,000-conn figure",
-        drift.map(|d| (0.8..=1.2).contains(&d)),
+        Better::Lower,
+        "corecast within ±20 % of its 1,000-conn figure",
+        None,
     );
-    let ceiling_drift = c15.1.zip(c1.1).filter(|(_, a)| *a > 0.0).map(|(b, a)| b / a);
+    r.judgement = judge(drift(0).map(|d| (0.8..=1.2).contains(&d)));
     r.note = format!(
-        "15k ÷ 1k: corecast {}, ceiling {}{}",
-        fmt_opt(drift, 2),
-        fmt_opt(ceiling_drift, 2),
+        "15k ÷ 1k: corecast {}, ceiling {}, tokio {}{}",
+        fmt_opt(drift(0), 2),
+        fmt_opt(drift(1), 2),
+        fmt_opt(drift(2), 2),
         if r.note.is_empty() { String::new() } else { format!("; {}", r.note) }
     );
     out.push(r);
 
-    // (5) connect + handshake + join rate (from the idle run).
-    let rate = |k| get("idle-15k", k).main.map(|r| r.connect.rate);
-    let figs = (rate(ServerKind::Corecast), rate(ServerKind::Ceiling));
-    let mut r = row("connect + upgrade + join rate (15,000, unpaced)", "conns/s", "idle-15k", figs, "≥ 20,000/s", None);
-    r.judgement = judge(figs.0.map(|v| v >= 20_000.0));
+    // Connect + handshake + join rate (from the idle run).
+    let rate = |s: &ShapeRuns| s.main.as_ref().map(|r| r.connect.rate);
+    let figs = each(&rate, "idle-15k");
+    let mut r = row(
+        "connect + upgrade + join rate (15,000, unpaced)",
+        "conns/s",
+        "idle-15k",
+        figs,
+        Better::Higher,
+        "≥ 20,000/s",
+        None,
+    );
+    r.judgement = judge(figs[0].map(|v| v >= 20_000.0));
     r.client_corecast = None;
     r.client_ceiling = None;
+    r.client_tokio = None;
     out.push(r);
     out
 }
@@ -299,10 +376,11 @@ fn fmt_client(c: &Option<ClientUse>) -> String {
     match c {
         None => "–".to_owned(),
         Some(c) => format!(
-            "{:.0}% ({} µs/dlv){}",
+            "{:.0}% ({} µs/dlv){}; server {} µs/dlv",
             c.cpu_pct,
             fmt_opt(c.us_per_delivery, 2),
-            if c.client_bound { " **client-bound**" } else { "" }
+            if c.client_bound { " **client-bound**" } else { "" },
+            fmt_opt(c.server_us_per_delivery, 2),
         ),
     }
 }
@@ -320,6 +398,8 @@ pub struct Header {
     pub corecast_command: String,
     /// The ceiling probe command.
     pub ceiling_command: String,
+    /// The tokio peer command.
+    pub tokio_command: String,
     /// Host description.
     pub host: String,
     /// git commit of the tree.
@@ -345,37 +425,48 @@ pub fn write(dir: &Path, header: &Header, rows: &[Row]) -> Result<(), BenchError
 /// The comparison as a Markdown page.
 pub fn markdown(h: &Header, rows: &[Row]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# corecast vs the ceiling probe\n");
+    let _ = writeln!(md, "# corecast vs the ceiling probe and the tokio peer\n");
     let _ = writeln!(
         md,
         "Started {} UTC, took {:.0} s. Host: {}. Commit: `{}`.\n",
         h.started_utc, h.duration_secs, h.host, h.git_commit
     );
     let _ = writeln!(md, "```sh\n{}\n```\n", h.command);
-    let _ = writeln!(md, "corecast: `{}`  \nceiling: `{}`\n", h.corecast_command, h.ceiling_command);
     let _ = writeln!(
         md,
-        "| target | unit | corecast | ceiling | ratio | threshold | corecast vs threshold | client CPU (corecast run) | client CPU (ceiling run) | note |"
+        "corecast: `{}`  \nceiling: `{}`  \ntokio peer: `{}`\n",
+        h.corecast_command, h.ceiling_command, h.tokio_command
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| target | unit | corecast | ceiling | tokio peer | ratio (corecast ÷ best) | threshold | corecast vs threshold | \
+         client CPU, server µs/dlv (corecast run) | (ceiling run) | (tokio run) | note |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let verdict = match r.judgement {
             Judgement::Pass => "**pass**",
             Judgement::Miss => "**miss**",
             Judgement::NotApplicable => "–",
         };
+        let ratio = match (r.ratio, r.best) {
+            (Some(x), Some(k)) => format!("{x:.2} (÷ {})", k.name()),
+            _ => "–".to_owned(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.target,
             r.unit,
             fmt_fig(r.corecast),
             fmt_fig(r.ceiling),
-            fmt_opt(r.ratio, 2),
+            fmt_fig(r.tokio),
+            ratio,
             r.threshold,
             verdict,
             fmt_client(&r.client_corecast),
             fmt_client(&r.client_ceiling),
+            fmt_client(&r.client_tokio),
             r.note
         );
     }
@@ -403,7 +494,7 @@ mod tests {
         assert_eq!(group(999), "999");
         assert_eq!(fmt_fig(Some(1.234)), "1.23");
         let rows = rows(&Runs::new());
-        assert_eq!(rows.len(), 8);
+        assert_eq!(rows.len(), 16);
         assert!(rows.iter().all(|r| r.corecast.is_none() && r.judgement == Judgement::NotApplicable));
         let md = markdown(
             &Header {
@@ -412,6 +503,7 @@ mod tests {
                 command: "c".into(),
                 corecast_command: "cc".into(),
                 ceiling_command: "cl".into(),
+                tokio_command: "tk".into(),
                 host: "h".into(),
                 git_commit: "g".into(),
                 method: vec!["m".into()],
@@ -419,5 +511,13 @@ mod tests {
             &rows,
         );
         assert!(md.contains("| idle RSS per connection at 15,000 idle |"));
+    }
+
+    #[test]
+    fn the_reference_is_the_better_of_the_probe_and_the_peer() {
+        assert_eq!(reference(Some(2.0), Some(3.0), Better::Higher), Some((3.0, ServerKind::Tokio)));
+        assert_eq!(reference(Some(2.0), Some(3.0), Better::Lower), Some((2.0, ServerKind::Ceiling)));
+        assert_eq!(reference(None, Some(3.0), Better::Lower), Some((3.0, ServerKind::Tokio)));
+        assert_eq!(reference(None, None, Better::Higher), None);
     }
 }
