@@ -137,7 +137,6 @@ impl Services {
             h.busy = true;
         }
         self.defer(move |shard| async move {
-            later().await;
             let result = rx.await.unwrap_or(Err(CallError::Stopped));
             shard.release_call_slot();
             let answer = result.and_then(|body| parse_answer::<ConnectAnswer>(&body));
@@ -211,7 +210,6 @@ impl Services {
             m.epoch = AWAITING_BACKEND;
         }
         self.defer(move |shard| async move {
-            later().await;
             let result = rx.await.unwrap_or(Err(CallError::Stopped));
             shard.release_call_slot();
             let answer = result.and_then(|body| parse_answer::<RoomAnswer>(&body));
@@ -293,7 +291,6 @@ impl Services {
 
 /// Applies connection `id`'s proxied messages in order until its chain is empty.
 async fn drain_chain(shard: Rc<Shard>, id: ConnId) {
-    later().await;
     loop {
         let next = shard.chains.borrow_mut().get_mut(&id).and_then(|c| c.queue.pop_front());
         let Some((rx, mut publish)) = next else {
@@ -333,22 +330,6 @@ async fn drain_chain(shard: Rc<Shard>, id: ConnId) {
             }
         });
     }
-}
-
-/// Suspends the task once. The runtime may run a new task at once, inside the spawning
-/// call, while the caller still holds the connection table; an answer that is already
-/// there (the backend thread gone) must not reach the table before the caller returns.
-async fn later() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if std::mem::replace(&mut yielded, true) {
-            std::task::Poll::Ready(())
-        } else {
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 /// The pending membership `req` recorded, if the connection still has it.

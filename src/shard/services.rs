@@ -152,9 +152,10 @@ impl Services {
     }
 
     /// Runs `work` as a new task that receives the whole shard (the connection table
-    /// included) when it runs, never before: `work` itself is called inside the task, so
-    /// nothing of it runs while the caller holds the table. Does nothing once the shard
-    /// is gone.
+    /// included) when it runs, never before the caller returns: the runtime may start a
+    /// new task at once, inside the spawning call, so the task first yields once, and
+    /// nothing of `work` runs while the caller holds the table. Does nothing once the
+    /// shard is gone.
     pub(super) fn defer<F, Fut>(&self, work: F)
     where
         F: FnOnce(Rc<Shard>) -> Fut + 'static,
@@ -162,6 +163,7 @@ impl Services {
     {
         let me = self.me.clone();
         rt::spawn(async move {
+            yield_once().await;
             if let Some(shard) = me.upgrade() {
                 work(shard).await;
             }
@@ -347,4 +349,19 @@ impl Services {
         }
         conn.wake();
     }
+}
+
+/// Suspends the task once (it is woken at once and runs again on the executor's next
+/// turn): what [`Services::defer`] needs so its work never runs inside the spawning call.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
