@@ -381,10 +381,14 @@ impl Engine {
         let was_joined = conn.session.state == State::Joined;
         let mut result = Ok(());
         if writable {
-            let (plan, index) = (&self.plan, u64::from(conn.index));
+            let (plan, rejoins, index) = (&self.plan, &self.rejoins, conn.index);
             // A reconnection may go to another target (`--failover`): its Host header too.
-            let attempt = self.rejoins.get(&conn.index).map_or(0, |r| r.attempt);
-            result = conn.on_writable(|| (plan.reconnect_target(index, attempt), plan.user_name(index), plan.deflate));
+            // Looked up only when the handshake is written, not on every writable event.
+            result = conn.on_writable(|| {
+                let attempt = rejoins.get(&index).map_or(0, |r| r.attempt);
+                let c = u64::from(index);
+                (plan.reconnect_target(c, attempt), plan.user_name(c), plan.deflate)
+            });
         }
         if readable && result.is_ok() {
             let mut ctx = Ctx {

@@ -276,13 +276,7 @@ fn the_ceiling_probe_serves_the_same_client_exactly() {
     let probe = corecast_ceiling::Ceiling::start("127.0.0.1:0".parse().unwrap(), 2).expect("probe starts");
     // Rooms spread over both probe threads, members of each room on both threads: every
     // message crosses threads, and seq must still be exact.
-    let mut spec = spec(probe.addr, Mode::Ramp, 90, 3, 3, 1);
-    spec.worker_exe = None;
-    spec.steps = vec![StepSpec { rate: 200.0, duration_secs: 1.0 }, StepSpec { rate: 400.0, duration_secs: 1.0 }];
-    let r = run(&spec).expect("run completes");
-    assert_clean(&r, 90);
-    assert_eq!(r.steps.len(), 2);
-    assert_eq!(r.steps[1].verdict.expected, 400 * 30);
+    two_steps_exactly(probe.addr);
     probe.stop().expect("probe stops");
 }
 
@@ -291,12 +285,18 @@ fn the_tokio_peer_serves_the_same_client_exactly() {
     let peer = corecast_tokio_peer::Peer::start("127.0.0.1:0".parse().unwrap(), 2).expect("peer starts");
     // Two worker threads, three rooms, three publishers: every room's seq must be exact
     // for every member however the runtime schedules the tasks.
-    let mut spec = spec(peer.addr, Mode::Ramp, 90, 3, 3, 1);
+    two_steps_exactly(peer.addr);
+    peer.stop().expect("peer stops");
+}
+
+/// A two-step ramp (200 and 400 messages/s) of 90 connections in 3 rooms with 3
+/// publishers against `addr`: every delivery exactly once, in order.
+fn two_steps_exactly(addr: std::net::SocketAddr) {
+    let mut spec = spec(addr, Mode::Ramp, 90, 3, 3, 1);
     spec.worker_exe = None;
     spec.steps = vec![StepSpec { rate: 200.0, duration_secs: 1.0 }, StepSpec { rate: 400.0, duration_secs: 1.0 }];
     let r = run(&spec).expect("run completes");
     assert_clean(&r, 90);
     assert_eq!(r.steps.len(), 2);
     assert_eq!(r.steps[1].verdict.expected, 400 * 30);
-    peer.stop().expect("peer stops");
 }

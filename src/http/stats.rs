@@ -119,7 +119,8 @@ struct Compression {
     time_ms: f64,
 }
 
-/// Fan-out latency percentiles in microseconds (owner hand-off → frames written).
+/// Latency percentiles in microseconds (fan-out: owner hand-off → frames written; the
+/// log's fsync).
 #[derive(Serialize)]
 struct Latency {
     count: u64,
@@ -127,6 +128,26 @@ struct Latency {
     p99: f64,
     p999: f64,
     max: f64,
+}
+
+impl Latency {
+    /// The percentiles of every shard's histogram (nanoseconds) that `of` picks, merged.
+    fn merged(snaps: &[Snapshot], of: impl Fn(&Snapshot) -> &hdrhistogram::Histogram<u64>) -> Latency {
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3).ok();
+        if let Some(h) = hist.as_mut() {
+            for s in snaps {
+                let _ = h.add(of(s));
+            }
+        }
+        let us = |q: f64| hist.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+        Latency {
+            count: hist.as_ref().map_or(0, |h| h.len()),
+            p50: us(0.5),
+            p99: us(0.99),
+            p999: us(0.999),
+            max: hist.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
+        }
+    }
 }
 
 /// Sums every shard's counters.
@@ -141,20 +162,6 @@ pub fn total(snaps: &[Snapshot]) -> Counters {
 /// Renders the whole-server document, listing the `ctx.limit` largest rooms.
 pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
     let c = total(snaps);
-    let mut hist = hdrhistogram::Histogram::<u64>::new(3).ok();
-    if let Some(h) = hist.as_mut() {
-        for s in snaps {
-            let _ = h.add(&s.fanout);
-        }
-    }
-    let us = |q: f64| hist.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
-    let mut fsync = hdrhistogram::Histogram::<u64>::new(3).ok();
-    if let Some(h) = fsync.as_mut() {
-        for s in snaps {
-            let _ = h.add(&s.fsync);
-        }
-    }
-    let fsync_us = |q: f64| fsync.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
     let mut rooms: Vec<&RoomSummary> = snaps.iter().flat_map(|s| &s.rooms).collect();
     rooms.sort_unstable_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
     rooms.truncate(ctx.limit);
@@ -207,13 +214,7 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
             },
             time_ms: c.compress_ns as f64 / 1e6,
         },
-        fanout_latency_us: Latency {
-            count: hist.as_ref().map_or(0, |h| h.len()),
-            p50: us(0.5),
-            p99: us(0.99),
-            p999: us(0.999),
-            max: hist.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
-        },
+        fanout_latency_us: Latency::merged(snaps, |s| &s.fanout),
         log: Log {
             disk_bytes: snaps.iter().map(|s| s.log_disk_bytes).sum(),
             segments: snaps.iter().map(|s| s.log_segments).sum(),
@@ -222,13 +223,7 @@ pub fn render(snaps: &[Snapshot], ctx: Context) -> Vec<u8> {
             records_dropped: c.log_records_dropped,
             replayed_records: c.log_replayed_records,
             corrupt_tails: c.log_corrupt_tails,
-            fsync_latency_us: Latency {
-                count: fsync.as_ref().map_or(0, |h| h.len()),
-                p50: fsync_us(0.5),
-                p99: fsync_us(0.99),
-                p999: fsync_us(0.999),
-                max: fsync.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
-            },
+            fsync_latency_us: Latency::merged(snaps, |s| &s.fsync),
         },
         counters: &c,
         room_list: rooms,
