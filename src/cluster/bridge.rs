@@ -468,9 +468,15 @@ impl Bridge {
                 self.publish(self.room_subject(&room), &h, &frame).await;
             }
             BusOut::Room(ClusterOut::Count { room, count, to }) => {
-                let subject = to.map_or_else(|| self.room_subject(&room), |n| self.subjects.node(n).into());
                 let h = Header::Count { node: me, room: room.to_string(), count };
-                self.publish(subject, &h, &[]).await;
+                self.publish(self.subjects.node(to).into(), &h, &[]).await;
+            }
+            BusOut::Room(ClusterOut::Counts(counts)) => {
+                // One message per report to every node, not one per room on each room's
+                // subject: rooms × nodes messages per tick drowned a 58-node cluster.
+                for h in wire::counts_headers(me, &counts) {
+                    self.publish(self.all_subject.clone(), &h, &[]).await;
+                }
             }
             BusOut::Room(ClusterOut::PresenceQuery { to, query }) => {
                 let Requester::Remote(r) = &query.from else { return };
@@ -635,6 +641,19 @@ impl Bridge {
                 let room: Arc<str> = room.into();
                 let (to, m) = room_msg(&room, BusIn::Count { room: room.clone(), count });
                 self.deliver(to, m);
+            }
+            Header::Counts { counts, .. } => {
+                // Every node hears every holder's report: keep the rooms subscribed here
+                // (a node without members has no use for a count), one message per shard.
+                let mut per_shard: Vec<Vec<(Arc<str>, u32)>> = vec![Vec::new(); shards];
+                for (room, count) in counts {
+                    if let Some((room, _)) = self.rooms.get_key_value(room.as_str()) {
+                        per_shard[self.shards.owner(room)].push((room.clone(), count));
+                    }
+                }
+                for (shard, counts) in per_shard.into_iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+                    self.deliver(shard, Inbound::Bus(BusIn::Counts(counts)));
+                }
             }
             Header::PresenceQ { node, room, after, limit, private, reply } => {
                 let query = PresenceReq {

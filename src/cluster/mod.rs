@@ -312,6 +312,9 @@ pub enum BusIn {
         /// Distinct users.
         count: u32,
     },
+    /// To an owner shard: cluster-wide counts of its rooms, from their holders (the
+    /// rooms of one [`wire::Header::Counts`] this node subscribed to and the shard owns).
+    Counts(Vec<(Arc<str>, u32)>),
     /// To a room's owner shard: a presence query forwarded by another node.
     PresenceQuery(Box<PresenceReq>),
     /// To a room's owner shard: node `node` subscribed to the room (the holder answers

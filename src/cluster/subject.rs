@@ -14,7 +14,7 @@
 //! | `<prefix>.room.<b64url(room)>` | a room's sequenced frames, presence changes, snapshot requests |
 //! | `<prefix>.rb.<bucket>.<b64url(room)>` | the same with `--cluster-room-buckets` B > 0 (bucket = hash mod B) |
 //! | `<prefix>.user.<b64url(user id)>` | the same for a personal room `@user:<id>` |
-//! | `<prefix>.all` | broadcast frames (`@all`) |
+//! | `<prefix>.all` | broadcast frames (`@all`), operator commands, presence count reports |
 //!
 //! Every node receives every `user.` subject through one wildcard subscription
 //! ([`Subjects::users`]) instead of one subscription per personal room: every connection

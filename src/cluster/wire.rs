@@ -15,6 +15,20 @@ use serde::{Deserialize, Serialize};
 /// The version this build writes and reads.
 pub const VERSION: u8 = 1;
 
+/// The most rooms one [`Header::Counts`] carries: a report of more is split, so a bus
+/// message stays far below NATS's default 1 MiB payload limit (room names are at most
+/// 128 bytes: ~140 KB at worst, ~25 KB typically).
+pub const COUNTS_PER_MESSAGE: usize = 1024;
+
+/// Splits a holder's count report into bus headers of at most [`COUNTS_PER_MESSAGE`]
+/// rooms each.
+pub fn counts_headers(node: u64, counts: &[(Arc<str>, u32)]) -> Vec<Header> {
+    counts
+        .chunks(COUNTS_PER_MESSAGE)
+        .map(|c| Header::Counts { node, counts: c.iter().map(|(r, n)| (r.to_string(), *n)).collect() })
+        .collect()
+}
+
 pub use crate::room::request::{ReplyRef, Sender};
 use crate::room::PresencePage;
 
@@ -121,8 +135,8 @@ pub enum Header {
         /// Room name.
         room: String,
     },
-    /// The room's cluster-wide user count, from its holder (room subject, or the node
-    /// subject of a node that just subscribed).
+    /// The room's cluster-wide user count, from its holder (the node subject of a node
+    /// that just subscribed).
     Count {
         /// Sender (the holder).
         node: u64,
@@ -130,6 +144,15 @@ pub enum Header {
         room: String,
         /// Distinct users.
         count: u32,
+    },
+    /// Cluster-wide user counts of rooms the sender holds that changed since its last
+    /// report (broadcast subject; at most [`COUNTS_PER_MESSAGE`] rooms each): receivers
+    /// keep those of rooms they subscribed to.
+    Counts {
+        /// Sender (the holder).
+        node: u64,
+        /// `(room, distinct users)` pairs.
+        counts: Vec<(String, u32)>,
     },
     /// A presence query forwarded to the room's holder (node subject).
     PresenceQ {
@@ -224,6 +247,7 @@ impl Header {
             | Header::Users { node, .. }
             | Header::Event { node, .. }
             | Header::Count { node, .. }
+            | Header::Counts { node, .. }
             | Header::PresenceQ { node, .. }
             | Header::Page { node, .. }
             | Header::SyncReq { node, .. }
@@ -336,6 +360,24 @@ mod tests {
         assert_eq!(back, h);
         assert_eq!(&body[..], b"body");
         assert_eq!(back.node(), u64::MAX);
+    }
+
+    #[test]
+    fn count_reports_split_into_bounded_messages_and_round_trip() {
+        let counts: Vec<(Arc<str>, u32)> = (0..2500u32).map(|i| (Arc::from(format!("room{i}")), i)).collect();
+        let headers = counts_headers(7, &counts);
+        assert_eq!(headers.len(), 3);
+        let mut back = Vec::new();
+        for h in &headers {
+            let m = encode(h, b"");
+            assert!(m.len() < 64 * 1024, "{} bytes", m.len());
+            let (Header::Counts { node: 7, counts }, _) = decode(&m).unwrap() else { panic!("a counts header") };
+            assert!(counts.len() <= COUNTS_PER_MESSAGE);
+            back.extend(counts);
+        }
+        let want: Vec<(String, u32)> = counts.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+        assert_eq!(back, want, "every room once, in order");
+        assert!(counts_headers(7, &[]).is_empty());
     }
 
     #[test]

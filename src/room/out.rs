@@ -196,16 +196,22 @@ pub enum ClusterOut {
         /// The finished event frame.
         frame: Bytes,
     },
-    /// The room's cluster-wide user count, from its holder (to node `to`, or to every
-    /// node with members on the room subject).
+    /// The room's cluster-wide user count, from its holder, for node `to`, which just
+    /// subscribed to the room.
     Count {
         /// Room name.
         room: Arc<str>,
         /// Distinct users in the cluster.
         count: u32,
-        /// The node that asked, if one did.
-        to: Option<u64>,
+        /// The node that asked.
+        to: u64,
     },
+    /// The cluster-wide user counts of every room this holder's shard saw change since
+    /// its last report, for every node (one report per shard and sweep tick, however
+    /// many rooms changed: per-room messages to every node with members cost the bus
+    /// rooms × nodes messages per tick, and stalled a cluster of 58 nodes and 10,000
+    /// rooms; see `report_counts`).
+    Counts(Vec<(Arc<str>, u32)>),
     /// A presence query for the room's holder, node `to`.
     PresenceQuery {
         /// The holder.

@@ -278,24 +278,27 @@ impl OwnedRooms {
             return;
         }
         if let Some(room) = self.rooms.get(name).filter(|r| !r.is_system()) {
-            let out = ClusterOut::Count { room: room.name.clone(), count: room.user_count(), to: Some(node) };
+            let out = ClusterOut::Count { room: room.name.clone(), count: room.user_count(), to: node };
             sink(RoomOut::Cluster(out));
         }
     }
 
-    /// The holder's counts of rooms that changed since the last call, to every node with
-    /// members (called on a timer, so a join storm costs one report per room per tick,
-    /// not one per join).
+    /// The holder's counts of rooms that changed since the last call, in one report for
+    /// every node (called on a timer, so a join storm costs one report per shard per
+    /// tick, not one per join, nor one per room and node).
     pub fn report_counts(&mut self, sink: &mut Sink<'_>) {
+        let mut counts = Vec::new();
         for name in std::mem::take(&mut self.dirty_counts) {
             let holds = self.holds(&name);
             let Some(room) = self.rooms.get_mut(&name) else { continue };
             let Some(p) = room.presence.as_mut() else { continue };
             p.count_dirty = false;
             if holds {
-                let out = ClusterOut::Count { room: room.name.clone(), count: p.users.count(), to: None };
-                sink(RoomOut::Cluster(out));
+                counts.push((room.name.clone(), p.users.count()));
             }
+        }
+        if !counts.is_empty() {
+            sink(RoomOut::Cluster(ClusterOut::Counts(counts)));
         }
     }
 

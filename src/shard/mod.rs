@@ -214,6 +214,11 @@ impl Shard {
             BusIn::Users { room, node, users } => owned.remote_users(&room, node, &users, now, sink),
             BusIn::Event { room, frame } => owned.remote_event(&room, frame, sink),
             BusIn::Count { room, count } => owned.remote_count(&room, count),
+            BusIn::Counts(counts) => {
+                for (room, count) in counts {
+                    owned.remote_count(&room, count);
+                }
+            }
             BusIn::PresenceQuery(q) => owned.presence(*q, sink),
             BusIn::SyncReq { room, node } => owned.sync_request(&room, node, sink),
             BusIn::Nodes(nodes) => {
