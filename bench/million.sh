@@ -298,6 +298,9 @@ wait "$bc" || rc=$?
 
 read -r peak_nodes peak_nats peak_subs peak_kernel <"$work/peak" || { peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0; }
 nats_secs=$(( ($(cpu_ticks "$nats") - nats_ticks0) / $(getconf CLK_TCK) )) wall=$((SECONDS - t0))
+# Bus traffic of the whole run: messages nats-server received from the nodes and
+# delivered to them (one published message counts once per receiving subscription).
+nats_msgs=$(curl -sf "127.0.0.1:$nats_mon/varz" | python3 -c 'import json,sys; v=json.load(sys.stdin); print("in {:,}, out {:,} ({:,} MiB out)".format(v["in_msgs"], v["out_msgs"], v["out_bytes"] // 1048576))' 2>/dev/null || echo unavailable)
 beats=$(cat "$work/beats" 2>/dev/null || echo unavailable)
 held=$N
 run=$(ls -dt "$RESULTS"/*"$scenario" 2>/dev/null | head -1 || true)
@@ -311,6 +314,7 @@ corecast nodes RSS: $((nodes_base / 1024)) MiB at start, peak $((peak_nodes / 10
 nats-server RSS:    $((nats_base / 1024)) MiB at start, peak $((peak_nats / 1024)) MiB, $(((peak_nats - nats_base) * 1024 / held)) B per connection
 nats subscriptions: $peak_subs at peak
 nats-server CPU:    ${nats_secs} s over ${wall} s
+nats messages:      $nats_msgs
 kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
 heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats
 node kill: $(cat "$work/killed" 2>/dev/null || echo none)

@@ -24,8 +24,8 @@ use super::subject::{self, Subjects};
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
 use crate::room::request::{ConnId, Extra, PresenceReq, Publish, Remote, Reply, Requester, Sender};
-use crate::room::ClusterOut;
 use crate::room::BROADCAST_ROOM;
+use crate::room::{placement, ClusterOut};
 
 /// Messages from NATS waiting for the loop; beyond this the subscription tasks wait and
 /// async-nats reports a slow consumer (counted as dropped).
@@ -408,10 +408,17 @@ impl Bridge {
                     return;
                 }
                 let subject: Subject = self.subjects.room(&room).into();
-                self.rooms.insert(room.clone(), subject.clone());
+                self.rooms.insert(room.clone(), subject);
                 self.bus.stats.room_subscriptions.store(self.interests.len() as u64, Ordering::Relaxed);
-                let req = Header::SyncReq { node: me, room: room.to_string() };
-                self.publish(subject, &req, &[]).await;
+                // Only the room's holder answers: ask it on its node subject. On the room
+                // subject every node with members of the room (or, with buckets, of any
+                // room of its bucket) heard every node's request: rooms × nodes² bus
+                // deliveries during a join storm.
+                let live = self.nodes.live();
+                if let Some(holder) = placement::sequencer(&room, &live).filter(|&h| h != me) {
+                    let req = Header::SyncReq { node: me, room: room.to_string() };
+                    self.publish(self.subjects.node(holder).into(), &req, &[]).await;
+                }
             }
             BusOut::Room(ClusterOut::Unsubscribe(room)) => {
                 if self.rooms.remove(&room).is_none() {

@@ -190,8 +190,8 @@ pub enum Header {
         /// The users, in any order.
         users: Vec<String>,
     },
-    /// "I just subscribed to this room": the room's holder answers with its count (room
-    /// subject).
+    /// "I just subscribed to this room": the room's holder answers with its count (the
+    /// holder's node subject).
     SyncReq {
         /// Sender (answers go to its node subject).
         node: u64,

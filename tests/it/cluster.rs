@@ -525,3 +525,64 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
     // And presence is whole again.
     wait_presence(&mut bob, room, &["alice", "amy", "bob"], PATIENCE);
 }
+
+/// Issue 14 (count reports batched per holder shard and tick, count requests sent to the
+/// holder only): every node shows each room's cluster-wide count, for many rooms whose
+/// holders are spread over the nodes, and follows a departure.
+#[test]
+fn every_node_shows_the_cluster_wide_count_of_every_room() {
+    let Some(bin) = nats_binary("every_node_shows_the_cluster_wide_count_of_every_room") else { return };
+    let nats = Nats::start(bin);
+    let nodes: Vec<TestServer> = (0..3).map(|i| node(&nats.url(), &format!("c{i}"))).collect();
+    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), 3);
+    const ROOMS: usize = 12;
+    // One user per room and node: each room has 3 users, 1 on each node.
+    let mut clients = Vec::new();
+    for r in 0..ROOMS {
+        for (i, n) in nodes.iter().enumerate() {
+            let mut c = Client::connect(n, &format!("u{r}-{i}"));
+            c.join(&format!("count{r:02}"));
+            clients.push(c);
+        }
+    }
+    let members = |n: &TestServer| -> Vec<(String, u64)> {
+        let s = n.http().get("/stats?limit=100").json();
+        let mut v: Vec<(String, u64)> = s["room_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r["room"].as_str()?.to_string(), r["members"].as_u64()?)))
+            .filter(|(r, _)| r.starts_with("count"))
+            .collect();
+        v.sort();
+        v
+    };
+    // `want(room)`: the cluster-wide count; `here(node, room)`: whether the node has
+    // members there (a node without any may still keep the room's presence, and then
+    // lists it with the same count, or may have dropped it).
+    let wait_all = |want: &dyn Fn(usize) -> u64, here: &dyn Fn(usize, usize) -> bool| {
+        for (i, n) in nodes.iter().enumerate() {
+            let expected: Vec<(String, u64)> = (0..ROOMS).map(|r| (format!("count{r:02}"), want(r))).collect();
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let got = members(n);
+                let listed = |r: usize| got.iter().any(|(name, _)| *name == expected[r].0);
+                let shown: Vec<(String, u64)> =
+                    (0..ROOMS).filter(|&r| here(i, r) || listed(r)).map(|r| expected[r].clone()).collect();
+                if got == shown && (0..ROOMS).all(|r| !here(i, r) || listed(r)) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {i} shows {got:?}, not the cluster-wide {shown:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    wait_all(&|_| 3, &|_, _| true);
+    // The user of every even room on node 2 leaves: 2 users there, everywhere.
+    for r in (0..ROOMS).step_by(2) {
+        let c = &mut clients[r * 3 + 2];
+        c.send(json!({"type":"leave","room":format!("count{r:02}")}));
+        c.expect_skipping("left");
+    }
+    wait_all(&|r| if r % 2 == 0 { 2 } else { 3 }, &|node, r| node != 2 || r % 2 == 1);
+}
