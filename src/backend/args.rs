@@ -53,7 +53,8 @@ pub struct BackendArgs {
     #[arg(long, env = "CORECAST_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// Webhook events to send, comma-separated (room_occupied, room_vacated, member_joined,
-    /// member_left, user_online, user_offline), or `all`.
+    /// member_left, user_online, user_offline, message_published); `all` is every one but
+    /// message_published, which is sent only when named (e.g. `all,message_published`).
     #[arg(long, env = "CORECAST_WEBHOOK_EVENTS", default_value = "all", value_name = "LIST")]
     pub webhook_events: String,
     /// Most events in one webhook POST.

@@ -103,6 +103,12 @@ impl BackendConfig {
             || self.webhook_url.is_some()
     }
 
+    /// Whether webhooks are on and `kind` is among `--webhook-events` (the room core
+    /// then does the work that event needs).
+    pub fn wants(&self, kind: crate::room::HookKind) -> bool {
+        self.webhook_url.is_some() && self.webhook_events.contains(kind)
+    }
+
     /// Checks one URL flag: plain `http://` with a host (TLS is not built in; put a
     /// TLS-terminating proxy beside corecast for an `https` backend).
     pub fn check_url(flag: &str, url: &str) -> Result<(), String> {
@@ -255,13 +261,8 @@ impl Backend {
             return;
         }
         let n = self.next_event.fetch_add(1, Ordering::Relaxed);
-        let event = hooks::Event {
-            id: format!("{:08x}-{shard}-{n}", self.nonce),
-            kind: hooks::name(hook.kind),
-            room: hook.room.to_string(),
-            user: hook.user.map(|u| u.to_string()),
-            ts: wall_ms(),
-        };
+        let id = format!("{:08x}-{shard}-{n}", self.nonce);
+        let event = hooks::Event::new(id, &hook, wall_ms());
         match tx.try_send(event) {
             Ok(()) => bump(&self.stats.events_queued),
             Err(e) => {

@@ -463,15 +463,168 @@ fn cluster_emits_room_occupied_and_member_joined_once() {
         (0..4).all(|i| count(&ev, "member_joined", Some(&format!("u{i}"))) > 0)
     });
     // A late marker from each node: its webhook queue is in order, so anything either node
-    // emitted for the joins above has arrived once both markers have.
-    let _marks = (Client::connect(&a, "mark-a"), Client::connect(&b, "mark-b"));
+    // emitted for the joins above has arrived once both markers have. A user's
+    // `user_online` comes from the holder of its personal room: each marker is a user
+    // whose personal room that node holds.
+    let ids = [node_id(&a), node_id(&b)];
+    let (mark_a, mark_b) = (marker(&ids, ids[0], "mark-a"), marker(&ids, ids[1], "mark-b"));
+    let _marks = (Client::connect(&a, &mark_a), Client::connect(&b, &mark_b));
     backend.wait("/hooks", "both markers", |_| {
         let ev = delivered(&backend);
-        ["mark-a", "mark-b"].iter().all(|m| ev.iter().any(|e| e["type"] == "user_online" && e["user"] == *m))
+        [&mark_a, &mark_b].iter().all(|m| ev.iter().any(|e| e["type"] == "user_online" && e["user"] == **m))
     });
     let ev = delivered(&backend);
     assert_eq!(count(&ev, "room_occupied", None), 1, "{ev:?}");
     for i in 0..4 {
         assert_eq!(count(&ev, "member_joined", Some(&format!("u{i}"))), 1, "u{i}: {ev:?}");
     }
+}
+
+/// A cluster node's id (`/stats`).
+fn node_id(server: &TestServer) -> u64 {
+    let hex = server.http().get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
+    u64::from_str_radix(&hex, 16).unwrap()
+}
+
+/// A user name starting with `prefix` whose personal room node `holder` holds (among `ids`).
+fn marker(ids: &[u64], holder: u64, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|u| corecast::room::placement::sequencer(&format!("@user:{u}"), ids) == Some(holder))
+        .unwrap()
+}
+
+/// Waits until `server` owns `n` personal rooms: its users' connections (and departures)
+/// are sequenced, and whatever they tell the cluster is on its way.
+fn wait_personal(server: &TestServer, n: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = server.http().get("/stats").json()["rooms"]["personal"].as_u64();
+        if got == Some(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "personal rooms: {got:?}, not {n}, within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The same user connected to both nodes of a cluster is online once and offline once:
+/// the holder of the user's personal room decides, from each node's first and last
+/// connection.
+#[test]
+fn cluster_emits_user_online_and_offline_once() {
+    let Some(bin) = crate::cluster::nats_binary("backend_users_once") else { return };
+    let nats = crate::cluster::Nats::start(bin);
+    let backend = Backend::start(|_| ok(json!({})));
+    let node = |name: &str| {
+        let (url, hooks) = (nats.url(), backend.url("/hooks"));
+        let mut cc = corecast::cluster::ClusterConfig::new(&url);
+        cc.node_name = name.to_owned();
+        TestServer::with(move |c: &mut Config| {
+            // One shard: a node's webhook events and bus messages keep one order.
+            c.shards = 1;
+            c.cluster = Some(cc);
+            c.backend.webhook_url = Some(hooks);
+            c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
+            c.backend.webhook_batch_interval = Duration::from_millis(20);
+        })
+    };
+    let (a, b) = (node("a"), node("b"));
+    crate::cluster::wait_for_cluster(&[a.addr, b.addr], 2);
+    let ids = [node_id(&a), node_id(&b)];
+    let holder = corecast::room::placement::sequencer("@user:zoe", &ids).unwrap();
+    let zoe = |ev: &[Value], kind: &str| ev.iter().filter(|e| e["type"] == kind && e["user"] == "zoe").count();
+    // Flushes: a marker user held by zoe's holder, connected on `on` after what `on`
+    // did is sequenced; once its `user_online` arrives, so has anything the holder
+    // emitted for zoe before (one shard, bus messages from one node in order).
+    let mut markers = Vec::new();
+    let mut flush = |on: &TestServer, personal: &mut u64| {
+        let m = marker(&ids, holder, &format!("mark{}", markers.len()));
+        markers.push(Client::connect(on, &m));
+        *personal += 1;
+        wait_personal(on, *personal);
+        backend.wait("/hooks", "the marker", |_| {
+            delivered(&backend).iter().any(|e| e["type"] == "user_online" && e["user"] == *m)
+        });
+    };
+    let (mut on_a, mut on_b) = (0u64, 0u64);
+    let zoe_a = Client::connect(&a, "zoe");
+    on_a += 1;
+    wait_personal(&a, on_a);
+    let zoe_b = Client::connect(&b, "zoe");
+    on_b += 1;
+    wait_personal(&b, on_b);
+    flush(&a, &mut on_a);
+    flush(&b, &mut on_b);
+    let ev = delivered(&backend);
+    assert_eq!((zoe(&ev, "user_online"), zoe(&ev, "user_offline")), (1, 0), "one user_online: {ev:?}");
+
+    drop(zoe_a);
+    on_a -= 1;
+    wait_personal(&a, on_a);
+    flush(&a, &mut on_a);
+    let ev = delivered(&backend);
+    assert_eq!((zoe(&ev, "user_online"), zoe(&ev, "user_offline")), (1, 0), "still on b: no event: {ev:?}");
+
+    drop(zoe_b);
+    on_b -= 1;
+    wait_personal(&b, on_b);
+    flush(&b, &mut on_b);
+    flush(&a, &mut on_a);
+    let ev = delivered(&backend);
+    assert_eq!((zoe(&ev, "user_online"), zoe(&ev, "user_offline")), (1, 1), "one user_offline: {ev:?}");
+    let holder_events: Vec<&Value> = ev.iter().filter(|e| e["user"] == "zoe").collect();
+    assert!(holder_events.iter().all(|e| e["room"] == "@user:zoe"), "{holder_events:?}");
+}
+
+/// `message_published` (named in `--webhook-events`): every sequenced message once, in seq
+/// order, with its position and content; volatile messages are not archived, and with
+/// `all` alone nothing is.
+#[test]
+fn message_published_archives_sequenced_messages_in_order() {
+    let backend = Backend::start(|_| ok(json!({})));
+    let url = backend.url("/hooks");
+    let server = TestServer::with(|c: &mut Config| {
+        c.backend.webhook_url = Some(url);
+        c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
+        c.backend.webhook_events = EventSet::parse("all,message_published").unwrap();
+        c.backend.webhook_batch_interval = Duration::from_millis(20);
+    });
+    let mut ann = Client::connect(&server, "ann");
+    let epoch = ann.join("m")["epoch"].as_str().unwrap().to_owned();
+    ann.send(json!({"type":"message","room":"m","text":"one"}));
+    ann.send(json!({"type":"message","room":"m","event":"typing","data":{"on":true},"volatile":true}));
+    ann.send(json!({"type":"message","room":"m","data":{"n":2,"list":[1,"x"]}}));
+    ann.send(json!({"type":"message","room":"m","text":"three","data":"a string"}));
+    let published =
+        |ev: &[Value]| -> Vec<Value> { ev.iter().filter(|e| e["type"] == "message_published").cloned().collect() };
+    backend.wait("/hooks", "three messages", |_| published(&delivered(&backend)).len() >= 3);
+    // A later event of the same node flushes anything emitted after the three.
+    let _marker = Client::connect(&server, "marker");
+    backend.wait("/hooks", "the marker", |_| {
+        delivered(&backend).iter().any(|e| e["type"] == "user_online" && e["user"] == "marker")
+    });
+    let got = published(&delivered(&backend));
+    assert_eq!(got.len(), 3, "the volatile message is not archived: {got:?}");
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!((e["room"].as_str(), e["user"].as_str()), (Some("m"), Some("ann")));
+        assert_eq!((e["seq"].as_u64(), e["epoch"].as_str()), (Some(i as u64 + 1), Some(&*epoch)));
+        assert!(e["ts"].as_u64().is_some_and(|t| t > 0) && e["id"].is_string());
+    }
+    assert_eq!((got[0]["text"].as_str(), got[0].get("data")), (Some("one"), None));
+    assert_eq!(got[1]["data"], json!({"n":2,"list":[1,"x"]}), "data as the JSON it is");
+    assert_eq!((got[2]["text"].as_str(), got[2]["data"].as_str()), (Some("three"), Some("a string")));
+
+    // The default event set (`all`) has no message_published.
+    let quiet = Backend::start(|_| ok(json!({})));
+    let server = hook_server(&quiet);
+    let mut ben = Client::connect(&server, "ben");
+    ben.join("m");
+    ben.send(json!({"type":"message","room":"m","text":"not archived"}));
+    ben.expect_skipping("message");
+    let _marker = Client::connect(&server, "marker");
+    quiet.wait("/hooks", "the marker", |_| {
+        delivered(&quiet).iter().any(|e| e["type"] == "user_online" && e["user"] == "marker")
+    });
+    assert!(published(&delivered(&quiet)).is_empty());
 }
