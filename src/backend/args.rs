@@ -72,10 +72,14 @@ pub struct BackendArgs {
     /// Longest pause in seconds between retries of an undelivered webhook batch.
     #[arg(long, env = "CORECAST_WEBHOOK_MAX_BACKOFF", default_value = "10", value_parser = secs, value_name = "SECS")]
     pub webhook_max_backoff: Duration,
+    /// PEM file of CA certificates trusted for https:// proxy and webhook URLs, besides
+    /// the built-in (Mozilla) roots: for a backend with a privately signed certificate.
+    #[arg(long, env = "CORECAST_BACKEND_CA_FILE", value_name = "PEM")]
+    pub backend_ca_file: Option<std::path::PathBuf>,
 }
 
 impl BackendArgs {
-    /// Validates the flags: http:// URLs, positive bounds, known event names; a secret
+    /// Validates the flags: http:// or https:// URLs, a readable CA file, positive bounds, known event names; a secret
     /// or webhook setting without its URL is an error rather than silently unused.
     pub fn into_config(self) -> Result<BackendConfig, String> {
         let url = |flag: &str, u: Option<String>| -> Result<Option<String>, String> {
@@ -101,6 +105,9 @@ impl BackendArgs {
         if secret_len(&self.webhook_secret) || secret_len(&self.proxy_secret) {
             return Err("--webhook-secret and --proxy-secret must be at least 16 bytes".into());
         }
+        if let Some(path) = &self.backend_ca_file {
+            super::tls::load_ca_file(path).map_err(|e| e.to_string())?;
+        }
         let webhook_events = EventSet::parse(&self.webhook_events).map_err(|e| format!("--webhook-events: {e}"))?;
         Ok(BackendConfig {
             connect_url,
@@ -124,6 +131,7 @@ impl BackendArgs {
             webhook_queue: self.webhook_queue,
             webhook_timeout: self.webhook_timeout,
             webhook_max_backoff: self.webhook_max_backoff,
+            ca_file: self.backend_ca_file,
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,27 +50,44 @@ type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
 struct Backend {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<(Req, u16)>>>,
+    /// Serves https (with this configuration) instead of http.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Backend {
     fn start(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Backend {
+        Backend::start_with(None, handler)
+    }
+
+    fn start_with(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let thread_log = log.clone();
+        let thread_tls = tls.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let (handler, log) = (handler.clone(), thread_log.clone());
-                std::thread::spawn(move || serve(stream, &*handler, &log));
+                let (handler, log, tls) = (handler.clone(), thread_log.clone(), thread_tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(stream, &*handler, &log),
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg) else { return };
+                        serve(rustls::StreamOwned::new(conn, stream), &*handler, &log)
+                    }
+                });
             }
         });
-        Backend { addr, log }
+        Backend { addr, log, tls }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn requests(&self, path: &str) -> Vec<(Req, u16)> {
@@ -92,8 +109,7 @@ impl Backend {
 }
 
 /// Serves one keep-alive connection until the client closes it.
-fn serve(stream: TcpStream, handler: &(dyn Fn(&Req) -> Reply + Send + Sync), log: &Mutex<Vec<(Req, u16)>>) {
-    let mut out = stream.try_clone().unwrap();
+fn serve(stream: impl Read + Write, handler: &(dyn Fn(&Req) -> Reply + Send + Sync), log: &Mutex<Vec<(Req, u16)>>) {
     let mut input = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -130,7 +146,13 @@ fn serve(stream: TcpStream, handler: &(dyn Fn(&Req) -> Reply + Send + Sync), log
             reply.status,
             body.len()
         );
-        if out.write_all(head.as_bytes()).and_then(|()| out.write_all(body.as_bytes())).is_err() {
+        let out = input.get_mut();
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|()| out.write_all(body.as_bytes()))
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -627,4 +649,56 @@ fn message_published_archives_sequenced_messages_in_order() {
         delivered(&quiet).iter().any(|e| e["type"] == "user_online" && e["user"] == "marker")
     });
     assert!(published(&delivered(&quiet)).is_empty());
+}
+
+/// A test CA (its certificate as PEM) and a server configuration whose certificate, for
+/// 127.0.0.1, that CA signed.
+fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "corecast test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .unwrap();
+    (ca.pem(), Arc::new(cfg))
+}
+
+/// An https backend whose certificate a private CA signed: trusted through
+/// `--backend-ca-file`, the connect proxy works over TLS; without the CA the same backend
+/// is not trusted, upgrades fail closed (503) and `/health` says the backend is down.
+#[test]
+fn https_backend_trusted_through_the_ca_file_and_failing_closed_without_it() {
+    let (ca_pem, tls) = test_pki();
+    let backend = Backend::start_with(Some(tls), |_| ok(json!({"result":"allow","user":"over-tls"})));
+    let url = backend.url("/connect");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca_file = std::env::temp_dir().join(format!("corecast-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    let (u, ca) = (url.clone(), ca_file.clone());
+    let server = TestServer::with(move |c: &mut Config| {
+        c.backend.connect_url = Some(u);
+        c.backend.ca_file = Some(ca);
+    });
+    let c = guest(&server, "tls").expect("allowed over https");
+    assert_eq!(c.user, "over-tls");
+    assert_eq!(server.http().get("/health").json()["backend"], "up");
+    assert_eq!(backend.requests("/connect").len(), 1);
+
+    let untrusting = TestServer::with(move |c: &mut Config| c.backend.connect_url = Some(url));
+    assert_eq!(guest(&untrusting, "tls").err(), Some(503), "an untrusted certificate fails closed");
+    let health = untrusting.http().get("/health").json();
+    assert_eq!(health["backend"], "down", "{health}");
+    assert_eq!(backend.requests("/connect").len(), 1, "no request crossed the untrusted connection");
+    let _ = std::fs::remove_file(&ca_file);
 }
