@@ -126,19 +126,22 @@ async fn post(client: &Http, url: &str, ts: u64, body: Vec<u8>, secret: Option<&
 }
 
 /// Why a request got no answer: a TLS failure (untrusted certificate, wrong name, …)
-/// named as such, so the log says what to fix; anything else is `Unreachable`.
+/// named as such, so the log and the refusal say what to fix; anything else is
+/// `Unreachable`.
 fn unreachable(e: &(dyn std::error::Error + 'static)) -> CallError {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        // tokio-rustls reports rustls errors inside an io::Error, whose `source` skips it.
-        let inner =
-            err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|e| e as &dyn std::error::Error);
-        if let Some(tls) = [Some(err), inner].into_iter().flatten().find_map(|e| e.downcast_ref::<rustls::Error>()) {
-            return CallError::Tls(tls.to_string());
-        }
-        cur = err.source();
+    tls_failure(e).map_or(CallError::Unreachable, CallError::Tls)
+}
+
+/// The rustls error in `e`'s chain, if any. The TLS layers report it inside `io::Error`s
+/// (nested), whose `source` skips the error they wrap: those are opened with `get_ref`.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
     }
-    CallError::Unreachable
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        return tls_failure(inner);
+    }
+    e.source().and_then(tls_failure)
 }
 
 /// Collects events into batches (up to `--webhook-batch-size`, the first waiting at
@@ -182,5 +185,18 @@ async fn webhooks(cfg: Arc<BackendConfig>, stats: Arc<BackendStats>, client: Htt
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_found_inside_nested_io_errors() {
+        let tls = rustls::Error::General("bad certificate".into());
+        let nested = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
+        assert!(matches!(unreachable(&nested), CallError::Tls(m) if m.contains("bad certificate")));
+        assert_eq!(unreachable(&std::io::Error::other("connection refused")), CallError::Unreachable);
     }
 }

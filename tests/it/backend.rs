@@ -697,6 +697,13 @@ fn https_backend_trusted_through_the_ca_file_and_failing_closed_without_it() {
 
     let untrusting = TestServer::with(move |c: &mut Config| c.backend.connect_url = Some(url));
     assert_eq!(guest(&untrusting, "tls").err(), Some(503), "an untrusted certificate fails closed");
+    let mut raw = crate::support::Raw::connect(&untrusting);
+    raw.send(
+        b"GET /ws?name=tls HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: close\r\n\r\n",
+    );
+    let answer = String::from_utf8_lossy(&raw.read_to_end()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("TLS with the backend failed"), "{answer}");
     let health = untrusting.http().get("/health").json();
     assert_eq!(health["backend"], "down", "{health}");
     assert_eq!(backend.requests("/connect").len(), 1, "no request crossed the untrusted connection");
