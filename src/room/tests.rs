@@ -1112,3 +1112,37 @@ fn message_published_hooks_carry_sequenced_messages_in_order_and_skip_volatile_o
     join(&mut off, "r", "a", 0, 1);
     assert!(hooks(&publish_with(&mut off, "r", data("1"), api)).is_empty(), "not unless chosen");
 }
+
+#[test]
+fn snapshots_announce_users_online_only_to_a_holder_that_knew_the_room() {
+    let hooks_of = |out: &[RoomOut]| out.iter().filter(|o| matches!(o, RoomOut::Hook(_))).count();
+    let (me, other) = (1_000_003u64, 2_000_006u64);
+    let both: Arc<[u64]> = Arc::from([me, other]);
+    // A user whose personal room `me` holds.
+    let user = (0..).map(|i| format!("u{i}")).find(|u| placement::sequencer(&format!("@user:{u}"), &both) == Some(me));
+    let user = user.unwrap();
+    let room = format!("@user:{user}");
+    let snapshot = [Arc::<str>::from(user.as_str())];
+    // A node that just joined the cluster hears the others' users once: online all along.
+    let mut fresh = rooms(1, 1000).with_cluster(me).with_hooks(true).with_user_hooks(true);
+    let mut out = Vec::new();
+    fresh.set_nodes(both.clone(), 0, &mut |o| out.push(o));
+    fresh.remote_users(&room, other, &snapshot, 0, &mut |o| out.push(o));
+    assert_eq!(hooks_of(&out), 0, "a new holder announces no snapshot");
+    // The other node dies (its user goes offline) and comes back with its snapshot: the
+    // holder, which knew the room, announces the user online again.
+    let mut out = Vec::new();
+    fresh.node_gone(other, 0, &mut |o| out.push(o));
+    assert_eq!(hooks_of(&out), 1, "offline with its node");
+    let mut out = Vec::new();
+    fresh.set_nodes(both, 0, &mut |o| out.push(o));
+    fresh.remote_users(&room, other, &snapshot, 0, &mut |o| out.push(o));
+    let kinds: Vec<HookKind> = out
+        .iter()
+        .filter_map(|o| match o {
+            RoomOut::Hook(h) => Some(h.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, vec![HookKind::UserOnline]);
+}
