@@ -832,6 +832,7 @@ mod tests {
         ("webhook-queue", "9"),
         ("webhook-timeout", "4"),
         ("webhook-max-backoff", "2"),
+        ("backend-ca-file", "/ca.pem"),
         ("log", "debug"),
         ("log-json", "true"),
     ];

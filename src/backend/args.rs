@@ -53,7 +53,8 @@ pub struct BackendArgs {
     #[arg(long, env = "CORECAST_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// Webhook events to send, comma-separated (room_occupied, room_vacated, member_joined,
-    /// member_left, user_online, user_offline), or `all`.
+    /// member_left, user_online, user_offline, message_published); `all` is every one but
+    /// message_published, which is sent only when named (e.g. `all,message_published`).
     #[arg(long, env = "CORECAST_WEBHOOK_EVENTS", default_value = "all", value_name = "LIST")]
     pub webhook_events: String,
     /// Most events in one webhook POST.
@@ -71,10 +72,14 @@ pub struct BackendArgs {
     /// Longest pause in seconds between retries of an undelivered webhook batch.
     #[arg(long, env = "CORECAST_WEBHOOK_MAX_BACKOFF", default_value = "10", value_parser = secs, value_name = "SECS")]
     pub webhook_max_backoff: Duration,
+    /// PEM file of CA certificates trusted for https:// proxy and webhook URLs, besides
+    /// the built-in (Mozilla) roots: for a backend with a privately signed certificate.
+    #[arg(long, env = "CORECAST_BACKEND_CA_FILE", value_name = "PEM")]
+    pub backend_ca_file: Option<std::path::PathBuf>,
 }
 
 impl BackendArgs {
-    /// Validates the flags: http:// URLs, positive bounds, known event names; a secret
+    /// Validates the flags: http:// or https:// URLs, a readable CA file, positive bounds, known event names; a secret
     /// or webhook setting without its URL is an error rather than silently unused.
     pub fn into_config(self) -> Result<BackendConfig, String> {
         let url = |flag: &str, u: Option<String>| -> Result<Option<String>, String> {
@@ -100,6 +105,9 @@ impl BackendArgs {
         if secret_len(&self.webhook_secret) || secret_len(&self.proxy_secret) {
             return Err("--webhook-secret and --proxy-secret must be at least 16 bytes".into());
         }
+        if let Some(path) = &self.backend_ca_file {
+            super::tls::load_ca_file(path).map_err(|e| e.to_string())?;
+        }
         let webhook_events = EventSet::parse(&self.webhook_events).map_err(|e| format!("--webhook-events: {e}"))?;
         Ok(BackendConfig {
             connect_url,
@@ -123,6 +131,7 @@ impl BackendArgs {
             webhook_queue: self.webhook_queue,
             webhook_timeout: self.webhook_timeout,
             webhook_max_backoff: self.webhook_max_backoff,
+            ca_file: self.backend_ca_file,
         })
     }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Request;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -22,7 +23,7 @@ use super::proto::{CallError, MAX_ANSWER_BYTES};
 use super::sign::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::{bump, wall_ms, BackendConfig, BackendStats, Call, CallResult, Endpoint};
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Idle keep-alive connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -32,25 +33,31 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 pub(crate) fn spawn(
     cfg: Arc<BackendConfig>,
     stats: Arc<BackendStats>,
+    tls: rustls::ClientConfig,
     calls: mpsc::UnboundedReceiver<Call>,
     hooks: Option<mpsc::Receiver<Event>>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new()
         .name("corecast-backend".into())
-        .spawn(move || runtime.block_on(run(cfg, stats, calls, hooks)))?;
+        .spawn(move || runtime.block_on(run(cfg, stats, tls, calls, hooks)))?;
     Ok(())
 }
 
 async fn run(
     cfg: Arc<BackendConfig>,
     stats: Arc<BackendStats>,
+    tls: rustls::ClientConfig,
     mut calls: mpsc::UnboundedReceiver<Call>,
     hooks: Option<mpsc::Receiver<Event>>,
 ) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.timeout));
+    // The TLS layer below takes https:// URLs; plain http:// ones pass through.
+    connector.enforce_http(false);
+    let connector =
+        HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector);
     let client: Http = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_max_idle_per_host(1024)
@@ -103,7 +110,7 @@ async fn post(client: &Http, url: &str, ts: u64, body: Vec<u8>, secret: Option<&
     }
     let req = req.body(Full::new(Bytes::from(body))).map_err(|e| CallError::BadAnswer(e.to_string()))?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|_| CallError::Unreachable)?;
+        let resp = client.request(req).await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
             .collect()
@@ -116,6 +123,25 @@ async fn post(client: &Http, url: &str, ts: u64, body: Vec<u8>, secret: Option<&
         Ok(body.to_vec())
     };
     tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(CallError::Timeout))
+}
+
+/// Why a request got no answer: a TLS failure (untrusted certificate, wrong name, …)
+/// named as such, so the log and the refusal say what to fix; anything else is
+/// `Unreachable`.
+fn unreachable(e: &(dyn std::error::Error + 'static)) -> CallError {
+    tls_failure(e).map_or(CallError::Unreachable, CallError::Tls)
+}
+
+/// The rustls error in `e`'s chain, if any. The TLS layers report it inside `io::Error`s
+/// (nested), whose `source` skips the error they wrap: those are opened with `get_ref`.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        return tls_failure(inner);
+    }
+    e.source().and_then(tls_failure)
 }
 
 /// Collects events into batches (up to `--webhook-batch-size`, the first waiting at
@@ -159,5 +185,18 @@ async fn webhooks(cfg: Arc<BackendConfig>, stats: Arc<BackendStats>, client: Htt
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_found_inside_nested_io_errors() {
+        let tls = rustls::Error::General("bad certificate".into());
+        let nested = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
+        assert!(matches!(unreachable(&nested), CallError::Tls(m) if m.contains("bad certificate")));
+        assert_eq!(unreachable(&std::io::Error::other("connection refused")), CallError::Unreachable);
     }
 }

@@ -15,6 +15,7 @@
 //! | [`proto`] | request and answer bodies, pure decisions |
 //! | [`sign`] | `X-Corecast-Signature` |
 //! | [`hooks`] | webhook events, event sets, batch body, retry schedule |
+//! | [`tls`] | `https://` URLs: rustls settings, trusted roots, `--backend-ca-file` |
 //! | `client` | the thread: tokio runtime, HTTP client, webhook batching and retries |
 
 pub mod args;
@@ -22,7 +23,9 @@ pub(crate) mod client;
 pub mod hooks;
 pub mod proto;
 pub mod sign;
+pub mod tls;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,6 +73,9 @@ pub struct BackendConfig {
     pub webhook_timeout: Duration,
     /// `--webhook-max-backoff`: the longest pause between retries of a batch.
     pub webhook_max_backoff: Duration,
+    /// `--backend-ca-file`: PEM certificates trusted for `https://` URLs besides the
+    /// built-in roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for BackendConfig {
@@ -90,6 +96,7 @@ impl std::fmt::Debug for BackendConfig {
             .field("webhook_batch_size", &self.webhook_batch_size)
             .field("webhook_batch_interval", &self.webhook_batch_interval)
             .field("webhook_queue", &self.webhook_queue)
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -103,12 +110,17 @@ impl BackendConfig {
             || self.webhook_url.is_some()
     }
 
-    /// Checks one URL flag: plain `http://` with a host (TLS is not built in; put a
-    /// TLS-terminating proxy beside corecast for an `https` backend).
+    /// Whether webhooks are on and `kind` is among `--webhook-events` (the room core
+    /// then does the work that event needs).
+    pub fn wants(&self, kind: crate::room::HookKind) -> bool {
+        self.webhook_url.is_some() && self.webhook_events.contains(kind)
+    }
+
+    /// Checks one URL flag: `http://` or `https://` with a host.
     pub fn check_url(flag: &str, url: &str) -> Result<(), String> {
         let uri: hyper::Uri = url.parse().map_err(|e| format!("{flag}: not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(format!("{flag}: an http:// URL with a host is required (https is not built in)"));
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!("{flag}: an http:// or https:// URL with a host is required"));
         }
         Ok(())
     }
@@ -216,6 +228,10 @@ impl Backend {
         if !cfg.any() {
             return Ok(None);
         }
+        // Built (and the CA file read) before the thread starts, so a bad file stops
+        // the server with a clear error rather than failing every call.
+        let tls = tls::client_config(cfg.ca_file.as_deref())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BackendStats::default());
         let (calls, calls_rx) = mpsc::unbounded_channel();
@@ -226,7 +242,7 @@ impl Backend {
             }
             None => (None, None),
         };
-        client::spawn(cfg.clone(), stats.clone(), calls_rx, hooks_rx)?;
+        client::spawn(cfg.clone(), stats.clone(), tls, calls_rx, hooks_rx)?;
         Ok(Some(Backend { cfg, calls, hooks, stats, nonce: fastrand::u32(..), next_event: AtomicU64::new(0) }))
     }
 
@@ -255,13 +271,8 @@ impl Backend {
             return;
         }
         let n = self.next_event.fetch_add(1, Ordering::Relaxed);
-        let event = hooks::Event {
-            id: format!("{:08x}-{shard}-{n}", self.nonce),
-            kind: hooks::name(hook.kind),
-            room: hook.room.to_string(),
-            user: hook.user.map(|u| u.to_string()),
-            ts: wall_ms(),
-        };
+        let id = format!("{:08x}-{shard}-{n}", self.nonce);
+        let event = hooks::Event::new(id, &hook, wall_ms());
         match tx.try_send(event) {
             Ok(()) => bump(&self.stats.events_queued),
             Err(e) => {

@@ -152,6 +152,10 @@ pub enum CallError {
     /// The backend could not be reached (connection refused, reset, DNS).
     #[error("the backend is unreachable")]
     Unreachable,
+    /// The TLS handshake with an `https://` backend failed (e.g. its certificate is not
+    /// signed by a trusted CA: see `--backend-ca-file`).
+    #[error("TLS with the backend failed: {0}")]
+    Tls(String),
     /// The backend answered with a non-2xx status.
     #[error("the backend answered HTTP {0}")]
     Status(u16),

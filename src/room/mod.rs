@@ -15,6 +15,7 @@
 //! | [`request`] | requests rooms take, who asked, answers |
 //! | [`out`] | what rooms emit, reply routing |
 //! | `owned` | one room's state |
+//! | `online` | users online cluster-wide: the presence of personal rooms (`user_online`/`user_offline`) |
 //! | `sequence` | join, leave, delete, publish, broadcast |
 //! | [`placement`] | which node sequences a room and keeps its presence (rendezvous) |
 //! | `presence` | the presence-event rule, the cluster's presence keepers, presence pages |
@@ -26,6 +27,7 @@
 //! | [`users`] | cluster-wide users of a room |
 
 pub mod history;
+mod online;
 pub mod out;
 mod owned;
 pub mod placement;
@@ -49,7 +51,7 @@ use rustc_hash::FxHashMap;
 use history::{Budget, Caps};
 
 pub use crate::metrics::RoomSummary;
-pub use out::{refuse, ClusterOut, Hook, HookKind, RoomOut, Sink, ToShard};
+pub use out::{refuse, ClusterOut, Hook, HookKind, HookMessage, RoomOut, Sink, ToShard};
 pub use owned::OwnedRoom;
 pub use presence::announced;
 pub use request::JoinReq;
@@ -156,6 +158,15 @@ pub struct OwnedRooms {
     journal: bool,
     /// Whether to emit webhook events ([`RoomOut::Hook`]).
     hooks: bool,
+    /// Whether `user_online`/`user_offline` are decided cluster-wide (see `online`).
+    user_hooks: bool,
+    /// Whether sequenced messages emit `message_published` hooks.
+    message_hooks: bool,
+    /// Personal rooms kept here: the other nodes where their user is connected (`online`).
+    online: FxHashMap<Arc<str>, Vec<u64>>,
+    /// The live nodes before the last change, once this node has seen other nodes
+    /// (`online`: whose snapshots announce arrivals).
+    online_prev: Option<Arc<[u64]>>,
 }
 
 impl OwnedRooms {
@@ -179,6 +190,10 @@ impl OwnedRooms {
             recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
             journal: false,
             hooks: false,
+            user_hooks: false,
+            message_hooks: false,
+            online: FxHashMap::default(),
+            online_prev: None,
         }
     }
 
@@ -192,6 +207,13 @@ impl OwnedRooms {
     /// Turns webhook events on: presence changes also emit [`RoomOut::Hook`].
     pub fn with_hooks(mut self, on: bool) -> Self {
         self.hooks = on;
+        self
+    }
+
+    /// Turns `message_published` hooks on: every sequenced (not volatile) message also
+    /// emits a [`RoomOut::Hook`] carrying it, where it is sequenced.
+    pub fn with_message_hooks(mut self, on: bool) -> Self {
+        self.message_hooks = on;
         self
     }
 

@@ -44,6 +44,8 @@ pub enum HookKind {
     UserOnline,
     /// A user's last connection closed.
     UserOffline,
+    /// A message was sequenced (not volatile ones); the hook carries it.
+    MessagePublished,
 }
 
 /// One webhook event as the room core emits it.
@@ -53,8 +55,31 @@ pub struct Hook {
     pub kind: HookKind,
     /// The room (the personal room for `UserOnline`/`UserOffline`).
     pub room: Arc<str>,
-    /// The user (none for `RoomOccupied`/`RoomVacated`).
+    /// The user (none for `RoomOccupied`/`RoomVacated`; the sender for
+    /// `MessagePublished`).
     pub user: Option<Arc<str>>,
+    /// The message, for `MessagePublished` only.
+    pub message: Option<Box<HookMessage>>,
+}
+
+/// A sequenced message as a `message_published` hook carries it: its position and its
+/// content as the room's frame has it (shared parts are cloned, not copied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookMessage {
+    /// The room's stream epoch (shown to clients as 16 hex digits).
+    pub epoch: u64,
+    /// The message's `seq` in that stream.
+    pub seq: u64,
+    /// The message's `ts` (ms since the Unix epoch), as in its frame.
+    pub ts: u64,
+    /// Its `text`.
+    pub text: Option<Box<str>>,
+    /// Its `data`: JSON, verbatim.
+    pub data: Option<Arc<[u8]>>,
+    /// Its `event` name.
+    pub event: Option<Arc<str>>,
+    /// Its `tags` (an API publish's): a JSON object, verbatim.
+    pub tags: Option<Arc<[u8]>>,
 }
 
 /// Emits the webhook events of `user` arriving in (or leaving) public room `room`, whose
@@ -73,7 +98,7 @@ pub(super) fn hook_presence(
         return;
     }
     let emit = |kind, user: Option<&Arc<str>>, sink: &mut Sink<'_>| {
-        sink(RoomOut::Hook(Hook { kind, room: room.clone(), user: user.cloned() }))
+        sink(RoomOut::Hook(Hook { kind, room: room.clone(), user: user.cloned(), message: None }))
     };
     if present {
         if count == 1 {

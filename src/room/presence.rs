@@ -108,6 +108,9 @@ impl OwnedRooms {
         now_ms: u64,
         sink: &mut Sink<'_>,
     ) {
+        if self.remote_personal(name, node, &user, present, sink) {
+            return;
+        }
         let (me, max, hooks) = (self.node, self.presence_events_max, self.hooks);
         let holds = self.holds(name);
         let room = if present { self.kept_room(name, now_ms) } else { self.rooms.get_mut(name).map(|r| &mut **r) };
@@ -137,6 +140,9 @@ impl OwnedRooms {
     /// A holder that just took a room over hears every node's snapshot once and must
     /// not announce all of their users as arrivals.
     pub fn remote_users(&mut self, name: &str, node: u64, users: &[Arc<str>], now_ms: u64, sink: &mut Sink<'_>) {
+        if self.remote_personal_users(name, node, users, sink) {
+            return;
+        }
         let (me, max, hooks) = (self.node, self.presence_events_max, self.hooks);
         let holds = self.holds(name);
         let existed = self.rooms.contains_key(name);
@@ -200,6 +206,7 @@ impl OwnedRooms {
             return;
         }
         let old = std::mem::replace(&mut self.nodes, live);
+        self.online_nodes_changed(&old, gone, sink);
         let (me, max, hooks) = (self.node, self.presence_events_max, self.hooks);
         let names: Vec<Arc<str>> = self.rooms.values().filter(|r| !r.is_system()).map(|r| r.name.clone()).collect();
         for name in names {
@@ -259,6 +266,7 @@ impl OwnedRooms {
     /// This node's users of every room, sent to each room's keepers (this node
     /// reconnected to the bus: the others may have declared it dead and dropped them).
     pub fn resync(&self, sink: &mut Sink<'_>) {
+        self.resync_online(sink);
         for room in self.rooms.values().filter(|r| r.subscribed && !r.is_system()) {
             let local: Vec<Arc<str>> = room.users().into_iter().flat_map(Users::local).cloned().collect();
             if local.is_empty() {

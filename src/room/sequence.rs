@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::online::personal;
 use super::out::{
-    hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, RoomOut, Sink,
-    ToShard,
+    hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, HookMessage, RoomOut,
+    Sink, ToShard,
 };
 use super::presence::{send_event, tell_keepers};
 use super::recent::Outcome;
@@ -15,10 +16,6 @@ use super::retention::Lingering;
 use super::{announced, JoinStep, OwnedRoom, OwnedRooms, RingsOf, BROADCAST_ROOM};
 use crate::journal::Record;
 use crate::protocol::{server, ErrorCode};
-
-/// The prefix of personal rooms (`protocol::user_room`): their first and last connection
-/// are a user's `user_online`/`user_offline`.
-const USER_ROOM: &str = "@user:";
 
 impl OwnedRooms {
     /// Sequences a join or create: counts the connection, announces a user's first
@@ -81,10 +78,9 @@ impl OwnedRooms {
         let change = room.presence.as_mut().map(|p| p.users.add_local(&req.user));
         if first && holds {
             hook_presence(self.hooks, &room.name, &req.user, true, room.user_count(), sink);
-        } else if self.hooks && room.is_system() && room.connections() == 1 && room.name.starts_with(USER_ROOM) {
-            let user = Some(req.user.clone());
-            sink(RoomOut::Hook(Hook { kind: HookKind::UserOnline, room: room.name.clone(), user }));
         }
+        // The user's first connection on this node (`user_online`, see `online`).
+        let online = room.is_system() && room.connections() == 1 && personal(&room.name);
         if node != 0 {
             if !room.subscribed {
                 room.subscribed = true;
@@ -115,6 +111,9 @@ impl OwnedRooms {
         if holds && change.is_some_and(|c| c.cluster) {
             self.count_changed(&req.room);
         }
+        if online {
+            self.personal_changed(&req.room, &req.user, true, sink);
+        }
         JoinStep::Done
     }
 
@@ -141,12 +140,15 @@ impl OwnedRooms {
         }
         if gone {
             hook_presence(self.hooks, &room.name, &Arc::from(user), false, room.user_count(), sink);
-        } else if self.hooks && room.is_system() && room.connections() == 0 && room.name.starts_with(USER_ROOM) {
-            let user = Some(Arc::from(user));
-            sink(RoomOut::Hook(Hook { kind: HookKind::UserOffline, room: room.name.clone(), user }));
         }
+        // The user's last connection on this node (`user_offline`, see `online`).
+        let offline = room.is_system() && room.connections() == 0 && personal(&room.name);
+        let name = room.name.clone();
         if gone {
             self.count_changed(room_name);
+        }
+        if offline {
+            self.personal_changed(&name, &Arc::from(user), false, sink);
         }
         self.release(room_name, now_ms, sink);
     }
@@ -253,6 +255,20 @@ impl OwnedRooms {
         if let (Some(seq), true) = (seq, self.journal) {
             let (room, epoch, frame) = (room.name.clone(), room.stream, frame.clone());
             sink(RoomOut::Log(Record::Frame { room, epoch, seq, ts: now_ms, frame }));
+        }
+        if let (Some(seq), true) = (seq, self.message_hooks) {
+            // Emitted where the message is sequenced: once cluster-wide, in seq order.
+            let message = HookMessage {
+                epoch: room.stream,
+                seq,
+                ts: now_ms,
+                text: msg.text.clone(),
+                data: msg.extra.data.clone(),
+                event: msg.extra.event.clone(),
+                tags: msg.extra.tags.clone(),
+            };
+            let (kind, room, user) = (HookKind::MessagePublished, room.name.clone(), Some(msg.user.clone()));
+            sink(RoomOut::Hook(Hook { kind, room, user, message: Some(Box::new(message)) }));
         }
         let skip = msg.extra.skip.filter(|s| s.node == 0 || s.node == node);
         let shards = room.fan_out_skipping(&frame, skip, sink);

@@ -1047,3 +1047,146 @@ fn a_restored_room_in_a_cluster_follows_on_or_starts_afresh_never_collides() {
     api_publish(&mut r, "r", "x", Requester::Api(ReplyTo { shard: 0, req: 1 }));
     assert_ne!(r.get("r").unwrap().stream, 77);
 }
+
+/// The `user_*` hooks each node of `sim` emitted for `user`, in order.
+fn user_hooks(sim: &Sim, user: &str) -> Vec<(u64, HookKind)> {
+    let room = format!("@user:{user}");
+    sim.hooks.iter().filter(|(_, h)| *h.room == *room).map(|(n, h)| (*n, h.kind)).collect()
+}
+
+fn sim_with_user_hooks(n: u64) -> Sim {
+    let mut sim = Sim::new(n);
+    sim.nodes = std::mem::take(&mut sim.nodes).into_iter().map(|r| r.with_user_hooks(true)).collect();
+    sim
+}
+
+#[test]
+fn a_user_on_two_nodes_is_online_and_offline_once_cluster_wide() {
+    let mut sim = sim_with_user_hooks(4);
+    let room = "@user:ann";
+    let holder = sim.holder(room);
+    // Connections on two nodes that are not the holder, then one on the holder.
+    let others: Vec<usize> = (0..4).filter(|&i| i != holder).collect();
+    let (a, b) = (others[0], others[1]);
+    sim.join(a, room, "ann", 1);
+    sim.join(a, room, "ann", 2);
+    sim.join(b, room, "ann", 3);
+    sim.join(holder, room, "ann", 4);
+    let h = sim.ids[holder];
+    assert_eq!(user_hooks(&sim, "ann"), vec![(h, HookKind::UserOnline)], "one user_online, by the holder");
+    sim.leave(holder, room, "ann");
+    sim.leave(a, room, "ann");
+    sim.leave(a, room, "ann");
+    assert_eq!(user_hooks(&sim, "ann").len(), 1, "still connected on another node: no event");
+    sim.leave(b, room, "ann");
+    assert_eq!(user_hooks(&sim, "ann"), vec![(h, HookKind::UserOnline), (h, HookKind::UserOffline)]);
+    assert!(sim.nodes.iter().all(|r| r.online.is_empty()), "nothing is kept for a user who is gone");
+    // Without the user hooks, nodes send nothing about personal rooms.
+    let mut quiet = Sim::new(2);
+    let out = join(&mut quiet.nodes[0], "@user:bob", "bob", 0, 1);
+    assert!(!out.iter().any(|o| matches!(o, RoomOut::Cluster(ClusterOut::Presence { .. }))));
+}
+
+#[test]
+fn when_a_users_holder_dies_the_replica_decides_user_offline() {
+    let mut sim = sim_with_user_hooks(4);
+    let room = "@user:cy";
+    let [holder, replica] = placement::keepers(room, &sim.ids).map(Option::unwrap);
+    let (h, rep) = (sim.at(holder), sim.at(replica));
+    let other = (0..4).find(|&i| i != h && i != rep).unwrap();
+    let kill = |sim: &mut Sim, dead: u64| {
+        let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.ids[i] != dead).collect();
+        for i in live {
+            let mut out = Vec::new();
+            sim.nodes[i].node_gone(dead, 0, &mut |o| out.push(o));
+            sim.route(i, out);
+        }
+    };
+    // Connected on the holder and on a third node: the holder's death changes nothing.
+    sim.join(h, room, "cy", 1);
+    sim.join(other, room, "cy", 2);
+    kill(&mut sim, holder);
+    assert_eq!(user_hooks(&sim, "cy"), vec![(holder, HookKind::UserOnline)]);
+    // The replica holds now; the last connection anywhere closes: one user_offline.
+    sim.leave(other, room, "cy");
+    assert_eq!(user_hooks(&sim, "cy"), vec![(holder, HookKind::UserOnline), (replica, HookKind::UserOffline)]);
+
+    // A user connected only on a node that dies goes offline, announced by the holder.
+    let room = "@user:dee";
+    let [holder, _] = placement::keepers(room, &sim.ids.iter().copied().filter(|&n| n != holder).collect::<Vec<_>>())
+        .map(Option::unwrap);
+    let victim = (0..4).find(|&i| sim.ids[i] != holder && sim.ids[i] != sim.ids[h]).unwrap();
+    sim.nodes[h] = rooms(1, 1000); // the dead node stays dead
+    sim.join(victim, room, "dee", 3);
+    let dead = sim.ids[victim];
+    kill(&mut sim, dead);
+    let got = user_hooks(&sim, "dee");
+    assert_eq!(got, vec![(holder, HookKind::UserOnline), (holder, HookKind::UserOffline)]);
+}
+
+#[test]
+fn message_published_hooks_carry_sequenced_messages_in_order_and_skip_volatile_ones() {
+    let hooks = |out: &[RoomOut]| -> Vec<Hook> {
+        out.iter()
+            .filter_map(|o| match o {
+                RoomOut::Hook(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut r = rooms(1, 1000).with_hooks(true).with_message_hooks(true);
+    join(&mut r, "r", "a", 0, 1);
+    let data = |d: &str| super::request::Extra { data: Some(Arc::from(d.as_bytes())), ..Default::default() };
+    let api = Requester::Api(ReplyTo { shard: 0, req: 1 });
+    let mut got = Vec::new();
+    for (i, d) in ["1", "{\"k\":2}"].into_iter().enumerate() {
+        got.extend(hooks(&publish_with(&mut r, "r", data(d), api.clone())));
+        assert_eq!(got.len(), i + 1);
+    }
+    let volatile = super::request::Extra { volatile: true, ..data("3") };
+    assert!(hooks(&publish_with(&mut r, "r", volatile, api.clone())).is_empty(), "volatile: no event");
+    let stream = r.get("r").unwrap().stream;
+    for (i, h) in got.iter().enumerate() {
+        let m = h.message.as_deref().unwrap();
+        assert_eq!((h.kind, &*h.room, h.user.as_deref()), (HookKind::MessagePublished, "r", Some("u")));
+        assert_eq!((m.epoch, m.seq, m.ts), (stream, i as u64 + 1, 9));
+    }
+    assert_eq!(got[1].message.as_deref().unwrap().data.as_deref(), Some(&b"{\"k\":2}"[..]));
+    let mut off = rooms(1, 1000).with_hooks(true);
+    join(&mut off, "r", "a", 0, 1);
+    assert!(hooks(&publish_with(&mut off, "r", data("1"), api)).is_empty(), "not unless chosen");
+}
+
+#[test]
+fn snapshots_announce_users_online_only_to_a_holder_that_knew_the_room() {
+    let hooks_of = |out: &[RoomOut]| out.iter().filter(|o| matches!(o, RoomOut::Hook(_))).count();
+    let (me, other) = (1_000_003u64, 2_000_006u64);
+    let both: Arc<[u64]> = Arc::from([me, other]);
+    // A user whose personal room `me` holds.
+    let user = (0..).map(|i| format!("u{i}")).find(|u| placement::sequencer(&format!("@user:{u}"), &both) == Some(me));
+    let user = user.unwrap();
+    let room = format!("@user:{user}");
+    let snapshot = [Arc::<str>::from(user.as_str())];
+    // A node that just joined the cluster hears the others' users once: online all along.
+    let mut fresh = rooms(1, 1000).with_cluster(me).with_hooks(true).with_user_hooks(true);
+    let mut out = Vec::new();
+    fresh.set_nodes(both.clone(), 0, &mut |o| out.push(o));
+    fresh.remote_users(&room, other, &snapshot, 0, &mut |o| out.push(o));
+    assert_eq!(hooks_of(&out), 0, "a new holder announces no snapshot");
+    // The other node dies (its user goes offline) and comes back with its snapshot: the
+    // holder, which knew the room, announces the user online again.
+    let mut out = Vec::new();
+    fresh.node_gone(other, 0, &mut |o| out.push(o));
+    assert_eq!(hooks_of(&out), 1, "offline with its node");
+    let mut out = Vec::new();
+    fresh.set_nodes(both, 0, &mut |o| out.push(o));
+    fresh.remote_users(&room, other, &snapshot, 0, &mut |o| out.push(o));
+    let kinds: Vec<HookKind> = out
+        .iter()
+        .filter_map(|o| match o {
+            RoomOut::Hook(h) => Some(h.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, vec![HookKind::UserOnline]);
+}

@@ -73,8 +73,8 @@ use crate::config::Config;
 use crate::limits::IpTable;
 use crate::metrics::{add, inc, Snapshot};
 use crate::room::request::ReplyRef;
-use crate::room::OwnedRooms;
 use crate::room::{HistoryConfig, JoinStep, RoomOut, BROADCAST_ROOM};
+use crate::room::{HookKind, OwnedRooms};
 use crate::rt;
 use crate::store::{Journal, ShardStart};
 use crate::Shared;
@@ -120,7 +120,9 @@ impl Shard {
         let node = shared.bus.as_ref().map_or(0, |b| b.node);
         let mut owned = OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
             .with_cluster(node)
-            .with_hooks(cfg.backend.webhook_url.is_some());
+            .with_hooks(cfg.backend.webhook_url.is_some())
+            .with_user_hooks(cfg.backend.wants(HookKind::UserOnline) || cfg.backend.wants(HookKind::UserOffline))
+            .with_message_hooks(cfg.backend.wants(HookKind::MessagePublished));
         let stats = crate::metrics::ShardStats::default();
         let journal = match (&cfg.data_dir, start) {
             (Some(dir), Some(start)) => {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,27 +50,44 @@ type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
 struct Backend {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<(Req, u16)>>>,
+    /// Serves https (with this configuration) instead of http.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Backend {
     fn start(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Backend {
+        Backend::start_with(None, handler)
+    }
+
+    fn start_with(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let thread_log = log.clone();
+        let thread_tls = tls.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let (handler, log) = (handler.clone(), thread_log.clone());
-                std::thread::spawn(move || serve(stream, &*handler, &log));
+                let (handler, log, tls) = (handler.clone(), thread_log.clone(), thread_tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(stream, &*handler, &log),
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg) else { return };
+                        serve(rustls::StreamOwned::new(conn, stream), &*handler, &log)
+                    }
+                });
             }
         });
-        Backend { addr, log }
+        Backend { addr, log, tls }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn requests(&self, path: &str) -> Vec<(Req, u16)> {
@@ -92,8 +109,7 @@ impl Backend {
 }
 
 /// Serves one keep-alive connection until the client closes it.
-fn serve(stream: TcpStream, handler: &(dyn Fn(&Req) -> Reply + Send + Sync), log: &Mutex<Vec<(Req, u16)>>) {
-    let mut out = stream.try_clone().unwrap();
+fn serve(stream: impl Read + Write, handler: &(dyn Fn(&Req) -> Reply + Send + Sync), log: &Mutex<Vec<(Req, u16)>>) {
     let mut input = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -130,7 +146,13 @@ fn serve(stream: TcpStream, handler: &(dyn Fn(&Req) -> Reply + Send + Sync), log
             reply.status,
             body.len()
         );
-        if out.write_all(head.as_bytes()).and_then(|()| out.write_all(body.as_bytes())).is_err() {
+        let out = input.get_mut();
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|()| out.write_all(body.as_bytes()))
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -463,15 +485,227 @@ fn cluster_emits_room_occupied_and_member_joined_once() {
         (0..4).all(|i| count(&ev, "member_joined", Some(&format!("u{i}"))) > 0)
     });
     // A late marker from each node: its webhook queue is in order, so anything either node
-    // emitted for the joins above has arrived once both markers have.
-    let _marks = (Client::connect(&a, "mark-a"), Client::connect(&b, "mark-b"));
+    // emitted for the joins above has arrived once both markers have. A user's
+    // `user_online` comes from the holder of its personal room: each marker is a user
+    // whose personal room that node holds.
+    let ids = [node_id(&a), node_id(&b)];
+    let (mark_a, mark_b) = (marker(&ids, ids[0], "mark-a"), marker(&ids, ids[1], "mark-b"));
+    let _marks = (Client::connect(&a, &mark_a), Client::connect(&b, &mark_b));
     backend.wait("/hooks", "both markers", |_| {
         let ev = delivered(&backend);
-        ["mark-a", "mark-b"].iter().all(|m| ev.iter().any(|e| e["type"] == "user_online" && e["user"] == *m))
+        [&mark_a, &mark_b].iter().all(|m| ev.iter().any(|e| e["type"] == "user_online" && e["user"] == **m))
     });
     let ev = delivered(&backend);
     assert_eq!(count(&ev, "room_occupied", None), 1, "{ev:?}");
     for i in 0..4 {
         assert_eq!(count(&ev, "member_joined", Some(&format!("u{i}"))), 1, "u{i}: {ev:?}");
     }
+}
+
+/// A cluster node's id (`/stats`).
+fn node_id(server: &TestServer) -> u64 {
+    let hex = server.http().get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
+    u64::from_str_radix(&hex, 16).unwrap()
+}
+
+/// A user name starting with `prefix` whose personal room node `holder` holds (among `ids`).
+fn marker(ids: &[u64], holder: u64, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|u| corecast::room::placement::sequencer(&format!("@user:{u}"), ids) == Some(holder))
+        .unwrap()
+}
+
+/// Waits until `server` owns `n` personal rooms: its users' connections (and departures)
+/// are sequenced, and whatever they tell the cluster is on its way.
+fn wait_personal(server: &TestServer, n: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = server.http().get("/stats").json()["rooms"]["personal"].as_u64();
+        if got == Some(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "personal rooms: {got:?}, not {n}, within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The same user connected to both nodes of a cluster is online once and offline once:
+/// the holder of the user's personal room decides, from each node's first and last
+/// connection.
+#[test]
+fn cluster_emits_user_online_and_offline_once() {
+    let Some(bin) = crate::cluster::nats_binary("backend_users_once") else { return };
+    let nats = crate::cluster::Nats::start(bin);
+    let backend = Backend::start(|_| ok(json!({})));
+    let node = |name: &str| {
+        let (url, hooks) = (nats.url(), backend.url("/hooks"));
+        let mut cc = corecast::cluster::ClusterConfig::new(&url);
+        cc.node_name = name.to_owned();
+        TestServer::with(move |c: &mut Config| {
+            // One shard: a node's webhook events and bus messages keep one order.
+            c.shards = 1;
+            c.cluster = Some(cc);
+            c.backend.webhook_url = Some(hooks);
+            c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
+            c.backend.webhook_batch_interval = Duration::from_millis(20);
+        })
+    };
+    let (a, b) = (node("a"), node("b"));
+    crate::cluster::wait_for_cluster(&[a.addr, b.addr], 2);
+    let ids = [node_id(&a), node_id(&b)];
+    let holder = corecast::room::placement::sequencer("@user:zoe", &ids).unwrap();
+    let zoe = |ev: &[Value], kind: &str| ev.iter().filter(|e| e["type"] == kind && e["user"] == "zoe").count();
+    // Flushes: a marker user held by zoe's holder, connected on `on` after what `on`
+    // did is sequenced; once its `user_online` arrives, so has anything the holder
+    // emitted for zoe before (one shard, bus messages from one node in order).
+    let mut markers = Vec::new();
+    let mut flush = |on: &TestServer, personal: &mut u64| {
+        let m = marker(&ids, holder, &format!("mark{}", markers.len()));
+        markers.push(Client::connect(on, &m));
+        *personal += 1;
+        wait_personal(on, *personal);
+        backend.wait("/hooks", "the marker", |_| {
+            delivered(&backend).iter().any(|e| e["type"] == "user_online" && e["user"] == *m)
+        });
+    };
+    let (mut on_a, mut on_b) = (0u64, 0u64);
+    let zoe_a = Client::connect(&a, "zoe");
+    on_a += 1;
+    wait_personal(&a, on_a);
+    let zoe_b = Client::connect(&b, "zoe");
+    on_b += 1;
+    wait_personal(&b, on_b);
+    flush(&a, &mut on_a);
+    flush(&b, &mut on_b);
+    let ev = delivered(&backend);
+    assert_eq!((zoe(&ev, "user_online"), zoe(&ev, "user_offline")), (1, 0), "one user_online: {ev:?}");
+
+    drop(zoe_a);
+    on_a -= 1;
+    wait_personal(&a, on_a);
+    flush(&a, &mut on_a);
+    let ev = delivered(&backend);
+    assert_eq!((zoe(&ev, "user_online"), zoe(&ev, "user_offline")), (1, 0), "still on b: no event: {ev:?}");
+
+    drop(zoe_b);
+    on_b -= 1;
+    wait_personal(&b, on_b);
+    flush(&b, &mut on_b);
+    flush(&a, &mut on_a);
+    let ev = delivered(&backend);
+    assert_eq!((zoe(&ev, "user_online"), zoe(&ev, "user_offline")), (1, 1), "one user_offline: {ev:?}");
+    let holder_events: Vec<&Value> = ev.iter().filter(|e| e["user"] == "zoe").collect();
+    assert!(holder_events.iter().all(|e| e["room"] == "@user:zoe"), "{holder_events:?}");
+}
+
+/// `message_published` (named in `--webhook-events`): every sequenced message once, in seq
+/// order, with its position and content; volatile messages are not archived, and with
+/// `all` alone nothing is.
+#[test]
+fn message_published_archives_sequenced_messages_in_order() {
+    let backend = Backend::start(|_| ok(json!({})));
+    let url = backend.url("/hooks");
+    let server = TestServer::with(|c: &mut Config| {
+        c.backend.webhook_url = Some(url);
+        c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
+        c.backend.webhook_events = EventSet::parse("all,message_published").unwrap();
+        c.backend.webhook_batch_interval = Duration::from_millis(20);
+    });
+    let mut ann = Client::connect(&server, "ann");
+    let epoch = ann.join("m")["epoch"].as_str().unwrap().to_owned();
+    ann.send(json!({"type":"message","room":"m","text":"one"}));
+    ann.send(json!({"type":"message","room":"m","event":"typing","data":{"on":true},"volatile":true}));
+    ann.send(json!({"type":"message","room":"m","data":{"n":2,"list":[1,"x"]}}));
+    ann.send(json!({"type":"message","room":"m","text":"three","data":"a string"}));
+    let published =
+        |ev: &[Value]| -> Vec<Value> { ev.iter().filter(|e| e["type"] == "message_published").cloned().collect() };
+    backend.wait("/hooks", "three messages", |_| published(&delivered(&backend)).len() >= 3);
+    // A later event of the same node flushes anything emitted after the three.
+    let _marker = Client::connect(&server, "marker");
+    backend.wait("/hooks", "the marker", |_| {
+        delivered(&backend).iter().any(|e| e["type"] == "user_online" && e["user"] == "marker")
+    });
+    let got = published(&delivered(&backend));
+    assert_eq!(got.len(), 3, "the volatile message is not archived: {got:?}");
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!((e["room"].as_str(), e["user"].as_str()), (Some("m"), Some("ann")));
+        assert_eq!((e["seq"].as_u64(), e["epoch"].as_str()), (Some(i as u64 + 1), Some(&*epoch)));
+        assert!(e["ts"].as_u64().is_some_and(|t| t > 0) && e["id"].is_string());
+    }
+    assert_eq!((got[0]["text"].as_str(), got[0].get("data")), (Some("one"), None));
+    assert_eq!(got[1]["data"], json!({"n":2,"list":[1,"x"]}), "data as the JSON it is");
+    assert_eq!((got[2]["text"].as_str(), got[2]["data"].as_str()), (Some("three"), Some("a string")));
+
+    // The default event set (`all`) has no message_published.
+    let quiet = Backend::start(|_| ok(json!({})));
+    let server = hook_server(&quiet);
+    let mut ben = Client::connect(&server, "ben");
+    ben.join("m");
+    ben.send(json!({"type":"message","room":"m","text":"not archived"}));
+    ben.expect_skipping("message");
+    let _marker = Client::connect(&server, "marker");
+    quiet.wait("/hooks", "the marker", |_| {
+        delivered(&quiet).iter().any(|e| e["type"] == "user_online" && e["user"] == "marker")
+    });
+    assert!(published(&delivered(&quiet)).is_empty());
+}
+
+/// A test CA (its certificate as PEM) and a server configuration whose certificate, for
+/// 127.0.0.1, that CA signed.
+fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "corecast test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .unwrap();
+    (ca.pem(), Arc::new(cfg))
+}
+
+/// An https backend whose certificate a private CA signed: trusted through
+/// `--backend-ca-file`, the connect proxy works over TLS; without the CA the same backend
+/// is not trusted, upgrades fail closed (503) and `/health` says the backend is down.
+#[test]
+fn https_backend_trusted_through_the_ca_file_and_failing_closed_without_it() {
+    let (ca_pem, tls) = test_pki();
+    let backend = Backend::start_with(Some(tls), |_| ok(json!({"result":"allow","user":"over-tls"})));
+    let url = backend.url("/connect");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca_file = std::env::temp_dir().join(format!("corecast-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    let (u, ca) = (url.clone(), ca_file.clone());
+    let server = TestServer::with(move |c: &mut Config| {
+        c.backend.connect_url = Some(u);
+        c.backend.ca_file = Some(ca);
+    });
+    let c = guest(&server, "tls").expect("allowed over https");
+    assert_eq!(c.user, "over-tls");
+    assert_eq!(server.http().get("/health").json()["backend"], "up");
+    assert_eq!(backend.requests("/connect").len(), 1);
+
+    let untrusting = TestServer::with(move |c: &mut Config| c.backend.connect_url = Some(url));
+    assert_eq!(guest(&untrusting, "tls").err(), Some(503), "an untrusted certificate fails closed");
+    let mut raw = crate::support::Raw::connect(&untrusting);
+    raw.send(
+        b"GET /ws?name=tls HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: close\r\n\r\n",
+    );
+    let answer = String::from_utf8_lossy(&raw.read_to_end()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("TLS with the backend failed"), "{answer}");
+    let health = untrusting.http().get("/health").json();
+    assert_eq!(health["backend"], "down", "{health}");
+    assert_eq!(backend.requests("/connect").len(), 1, "no request crossed the untrusted connection");
+    let _ = std::fs::remove_file(&ca_file);
 }
