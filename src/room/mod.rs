@@ -21,10 +21,12 @@
 //! | [`recent`] | idempotency keys of recent publishes |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
+//! | [`handoff`] | continuing a stream when its sequencer changes, catching up missed frames (cluster) |
 //! | `restore` | rooms rebuilt from the durable log, and the checkpoint that compacts it |
 //! | [`history`] | the history ring and the shard-wide budget |
 //! | [`users`] | cluster-wide users of a room |
 
+pub mod handoff;
 pub mod history;
 pub mod out;
 mod owned;
@@ -156,6 +158,18 @@ pub struct OwnedRooms {
     journal: bool,
     /// Whether to emit webhook events ([`RoomOut::Hook`]).
     hooks: bool,
+    /// Rooms whose cluster stream waits for a handoff mark or a catch-up ([`handoff`]).
+    pending: FxHashMap<Arc<str>, handoff::Pending>,
+    /// Rooms whose stream this node handed to another node, and to which.
+    handed: FxHashMap<Arc<str>, u64>,
+    /// Nodes that said goodbye lately, with when (wall ms).
+    goodbyes: FxHashMap<u64, u64>,
+    /// Streams continued from a handoff mark, since last taken.
+    continuations: u64,
+    /// The latest wall clock (ms) a caller passed in, for work triggered where none is.
+    clock_ms: u64,
+    /// Whether the cluster bus is connected (see [`Self::set_bus_up`]).
+    bus_up: bool,
 }
 
 impl OwnedRooms {
@@ -179,6 +193,12 @@ impl OwnedRooms {
             recent: recent::Recent::new(recent::WINDOW_MS, recent::MAX_KEYS),
             journal: false,
             hooks: false,
+            pending: FxHashMap::default(),
+            handed: FxHashMap::default(),
+            goodbyes: FxHashMap::default(),
+            continuations: 0,
+            clock_ms: 0,
+            bus_up: true,
         }
     }
 

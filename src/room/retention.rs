@@ -97,6 +97,7 @@ impl OwnedRooms {
     /// Removes a room, gives its history back to the budget, and (cluster) stops
     /// receiving it.
     pub(super) fn drop_room(&mut self, name: &str, sink: &mut Sink<'_>) {
+        self.handed.remove(name);
         if let Some(room) = self.rooms.remove(name) {
             if self.journal && room.seq > 0 {
                 sink(RoomOut::Log(crate::journal::Record::Drop { room: room.name.clone() }));
