@@ -138,10 +138,13 @@ impl OwnedRooms {
     /// bus is down and this node sequences everything itself) this node starts a new
     /// epoch at once, as any takeover without a mark.
     pub(super) fn takeover(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) -> Takeover {
-        self.clock_ms = now_ms;
         let me = self.node;
+        if me == 0 {
+            return Takeover::Go(msg);
+        }
+        self.clock_ms = now_ms;
         let Some(room) = self.rooms.get(&msg.room) else { return Takeover::Go(msg) };
-        if me == 0 || room.sequencer == me {
+        if room.sequencer == me {
             return Takeover::Go(msg);
         }
         let name = room.name.clone();
@@ -354,7 +357,14 @@ impl OwnedRooms {
 
     /// Whether `name` is waiting for a catch-up (frames after a hole are then held).
     pub(super) fn catching_up(&self, name: &str) -> bool {
-        self.pending.get(name).is_some_and(|p| p.asked.is_some())
+        !self.pending.is_empty() && self.pending.get(name).is_some_and(|p| p.asked.is_some())
+    }
+
+    /// Every publish held for a stream that has not come here yet, in order, and the
+    /// waits forgotten: a node shutting down forwards them to the rooms' sequencers
+    /// among the other nodes instead of starting new epochs on its way out.
+    pub fn take_held(&mut self) -> Vec<Publish> {
+        self.pending.drain().flat_map(|(_, p)| p.publishes).collect()
     }
 
     /// A waiting room reached what it waited for: the held frames follow, and after a

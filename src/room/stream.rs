@@ -76,8 +76,10 @@ impl OwnedRooms {
         room.seq = seq;
         // A stream handed on from here may have moved on again: publishes still
         // forwarded here go to whoever sequences it now.
-        if let Some(to) = self.handed.get_mut(name) {
-            *to = node;
+        if !self.handed.is_empty() {
+            if let Some(to) = self.handed.get_mut(name) {
+                *to = node;
+            }
         }
         if self.journal {
             let (room, epoch, frame) = (room.name.clone(), room.stream, frame.clone());

@@ -421,7 +421,17 @@ impl Shard {
         }
         if let Some(bus) = &self.shared.bus {
             let others: Vec<u64> = self.nodes.borrow().iter().copied().filter(|&n| n != bus.node).collect();
-            self.owned.borrow_mut().hand_off(&others, &mut |out: RoomOut| self.route(out));
+            let held = {
+                let mut owned = self.owned.borrow_mut();
+                owned.hand_off(&others, &mut |out: RoomOut| self.route(out));
+                owned.take_held()
+            };
+            for p in held {
+                match self.remote_sequencer(&p.room) {
+                    Some(to) => self.forward(to, p, false),
+                    None => self.owned.borrow_mut().publish(p, Services::wall_ms(), &mut |out| self.route(out)),
+                }
+            }
             bus.shard_left(self.mesh.len());
         }
         let shard = self.clone();
