@@ -20,7 +20,9 @@ use bytes::Bytes;
 
 use super::out::{ClusterOut, RoomOut, Sink};
 use super::request::{Publish, Sender};
-use super::{placement, OwnedRooms};
+use rustc_hash::FxHashMap;
+
+use super::{placement, OwnedRoom, OwnedRooms};
 
 /// How long a node that must sequence a room waits for the previous sequencer's mark
 /// (or, once it has it, for the frames it lacks) before it starts a new epoch instead:
@@ -54,6 +56,8 @@ pub(super) struct Pending {
     upto: u64,
     /// A mark handed the stream to this node: sequence it once caught up.
     take_over: bool,
+    /// The node that sent the mark (it gave the stream up, whatever its view says).
+    handed_by: u64,
     /// When to give up (wall ms).
     deadline_ms: u64,
     /// Frames after the hole, in arrival order.
@@ -69,11 +73,20 @@ impl Pending {
             epoch,
             upto: 0,
             take_over: false,
+            handed_by: 0,
             deadline_ms: now_ms + HANDOFF_WAIT_MS,
             frames: VecDeque::new(),
             publishes: VecDeque::new(),
         }
     }
+}
+
+/// Stops sequencing `room` here and sends its stream to node `to` with a mark.
+fn hand_room(room: &mut OwnedRoom, to: u64, handed: &mut FxHashMap<Arc<str>, u64>, sink: &mut Sink<'_>) {
+    room.sequencer = to;
+    handed.insert(room.name.clone(), to);
+    let mark = ClusterOut::Handoff { room: room.name.clone(), epoch: room.stream, seq: room.seq, to };
+    sink(RoomOut::Cluster(mark));
 }
 
 /// What [`OwnedRooms::takeover`] decided for a publish.
@@ -123,10 +136,7 @@ impl OwnedRooms {
                 continue;
             }
             let Some(to) = placement::sequencer(&room.name, live).filter(|&n| n != me) else { continue };
-            room.sequencer = to;
-            self.handed.insert(room.name.clone(), to);
-            let mark = ClusterOut::Handoff { room: room.name.clone(), epoch: room.stream, seq: room.seq, to };
-            sink(RoomOut::Cluster(mark));
+            hand_room(room, to, &mut self.handed, sink);
         }
     }
 
@@ -216,6 +226,7 @@ impl OwnedRooms {
         let held = room.seq;
         let p = self.pending.entry(room.name.clone()).or_insert_with(|| Pending::new(epoch, now_ms));
         p.take_over = true;
+        p.handed_by = from;
         p.epoch = epoch;
         p.upto = p.upto.max(seq);
         if held < seq {
@@ -389,6 +400,18 @@ impl OwnedRooms {
             }
         }
         self.replay(p.publishes, now_ms, sink);
+        // Handed a room this node does not win (the sender did not know a node that
+        // this one knows): what was held here is sequenced here, then the stream goes
+        // on to the winner. The sender gave the stream up and is left out, whatever
+        // this node's view says of it (it may be leaving).
+        let me = self.node;
+        let others: Vec<u64> = self.nodes.iter().copied().filter(|&n| n != p.handed_by).collect();
+        let winner = placement::sequencer(name, &others).filter(|&w| w != me);
+        if let (true, Some(to), Some(room)) = (p.take_over, winner, self.rooms.get_mut(name)) {
+            if room.sequencer == me {
+                hand_room(room, to, &mut self.handed, sink);
+            }
+        }
     }
 
     /// A waiting room gives up: after a mark or for held publishes this node starts a

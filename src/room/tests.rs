@@ -1230,3 +1230,27 @@ fn a_hole_in_the_frames_is_caught_up_from_the_sequencer_in_order() {
     assert_eq!(b.take_counts().0, 0, "no gap counted");
     assert_eq!(b.get("r").unwrap().history_len(), 5);
 }
+
+#[test]
+fn a_node_handed_a_room_it_does_not_win_passes_it_on_to_the_winner() {
+    // Three nodes x, y, z: x hands "r" to y, but y also sees z, which wins among {y, z}.
+    let (x, y, z) = (1u64, 2u64, 3u64);
+    let (y, z) = if placement::sequencer("r", &[y, z]) == Some(z) { (y, z) } else { (z, y) };
+    let mut b = rooms(1, 1000).with_cluster(y);
+    let mut live = [x, y, z];
+    live.sort_unstable();
+    b.set_nodes(Arc::from(live), 0, &mut |_| {});
+    join(&mut b, "r", "ub", 0, 1);
+    let frame = server::message("r", 1, "x", "t", 1);
+    b.remote_frame("r", 0xabc, 1, x, frame, &mut |_| {});
+    assert!(publish_n(&mut b, 1, 10).is_empty(), "held: x may hand the stream over");
+    let mut out = Vec::new();
+    b.handoff_mark("r", 0xabc, 1, x, 20, &mut |o| out.push(o));
+    assert_eq!(
+        sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+        vec![(0xabc, 2)],
+        "held, sequenced here"
+    );
+    assert_eq!(handoffs(&out), vec![(0xabc, 2, z)], "then on to the winner");
+    assert_eq!((b.take_continuations(), b.handed_to("r")), (1, Some(z)));
+}

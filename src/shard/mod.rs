@@ -174,16 +174,17 @@ impl Shard {
     }
 
     /// Where a publish another node forwarded here goes on to, if anywhere: the node
-    /// this node handed the room's stream to (while it is alive), or, while this node
-    /// shuts down, the room's sequencer among the others. A publish forwarded on once
-    /// already is sequenced here whatever happens, so nothing loops.
+    /// this node handed the room's stream to (while it is alive), or else the room's
+    /// sequencer as this node sees the live set (the sender's view was older, or this
+    /// node is shutting down). It goes on once at most: a publish forwarded a second
+    /// time is sequenced where it lands, whatever the views, so nothing loops.
     fn relay_to(&self, p: &msg::Publish) -> Option<u64> {
         let Requester::Remote(r) = &p.from else { return None };
         if r.relayed {
             return None;
         }
         let handed = self.owned.borrow().handed_to(&p.room).filter(|n| self.nodes.borrow().contains(n));
-        handed.or_else(|| if self.is_draining() { self.remote_sequencer(&p.room) } else { None })
+        handed.or_else(|| self.remote_sequencer(&p.room))
     }
 
     /// Forwards a publish to node `to`, the room's sequencer. If the bridge cannot take
@@ -288,8 +289,7 @@ impl Shard {
                 }
             }
             ShardMsg::Publish(p) => match self.remote_sequencer(&p.room) {
-                // A forwarded publish is sequenced where it lands, even if views of the
-                // live nodes differ for a moment: never forwarded twice, never looping.
+                // A forwarded publish that did not go on (`relay_to`) is sequenced here.
                 Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, false),
                 _ => {
                     inc(&self.stats.messages_published);
