@@ -388,6 +388,23 @@ mod tests {
     }
 
     #[test]
+    fn handoff_marks_and_catch_ups_round_trip() {
+        for h in [
+            Header::Handoff { node: 3, room: "r".into(), epoch: u64::MAX, seq: 41 },
+            Header::CatchUp { node: 4, room: "r".into(), epoch: 7, after: 40 },
+            Header::Frames { node: 3, room: "r".into(), epoch: 7, first: 41, lens: vec![2, 1], done: true },
+        ] {
+            let m = encode(&h, b"abc");
+            let (back, body) = decode(&m).unwrap();
+            assert_eq!((back, &body[..]), (h, &b"abc"[..]));
+        }
+        // A forwarded publish without `origin` (an older node's) still decodes.
+        let old = br#"{"k":"fwd","node":1,"room":"r","user":"u","broadcast":false,"reply":null}"#;
+        let m = [&[1u8][..], &(old.len() as u32).to_be_bytes(), old].concat();
+        assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Fwd { origin: None, .. }, _))));
+    }
+
+    #[test]
     fn damaged_or_foreign_messages_are_refused() {
         let m = encode(&Header::Bye { node: 1 }, b"");
         assert_eq!(decode(&Bytes::new()), Err(WireError::Truncated));

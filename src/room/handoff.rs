@@ -104,6 +104,18 @@ impl OwnedRooms {
         self.bus_up = up;
     }
 
+    /// The live set changed at `now_ms` (the runtime calls this with every new view):
+    /// for [`HANDOFF_WAIT_MS`] marks may be on their way for rooms of unknown sequencer.
+    pub fn view_changed(&mut self, now_ms: u64) {
+        self.view_changed_ms = now_ms;
+    }
+
+    /// Whether the live set changed less than [`HANDOFF_WAIT_MS`] ago, with other nodes
+    /// in it that may hand streams over.
+    pub(super) fn view_unsettled(&self, now_ms: u64) -> bool {
+        self.node != 0 && self.nodes.len() > 1 && now_ms < self.view_changed_ms.saturating_add(HANDOFF_WAIT_MS)
+    }
+
     /// Streams continued from another node's handoff mark since the last call.
     pub fn take_continuations(&mut self) -> u64 {
         std::mem::take(&mut self.continuations)
@@ -168,9 +180,11 @@ impl OwnedRooms {
         }
         let prev = room.sequencer;
         let recent_bye = self.goodbyes.get(&prev).is_some_and(|&at| now_ms < at + HANDOFF_WAIT_MS);
-        // A room restored from the log has no known sequencer: another live node may be
-        // sequencing its stream and hand it over.
-        let unknown = prev == 0 && self.nodes.len() > 1;
+        // A room restored from the log, or created here for a publish just after the
+        // live set changed, has no known sequencer: another live node may have been
+        // sequencing its stream and be handing it over now (it does so as soon as it
+        // sees the change; after the wait, nobody is).
+        let unknown = prev == 0 && self.view_unsettled(now_ms);
         let may_hand_over = unknown || self.nodes.contains(&prev) || recent_bye;
         if !room.is_system() && self.bus_up && may_hand_over {
             let mut p = Pending::new(room.stream, now_ms);
@@ -249,7 +263,7 @@ impl OwnedRooms {
             .and_then(|r| r.history.as_deref().and_then(|h| h.since(after, r.seq)))
             .unwrap_or_default();
         let room: Arc<str> = Arc::from(name);
-        let mut first = after + 1;
+        let mut first = after.saturating_add(1);
         let mut chunk = Vec::new();
         let mut bytes = 0;
         let total = frames.len();
@@ -301,7 +315,7 @@ impl OwnedRooms {
         };
         let sequencer = room.sequencer;
         for (i, frame) in frames.into_iter().enumerate() {
-            let seq = first + i as u64;
+            let seq = first.saturating_add(i as u64);
             let Some(room) = self.rooms.get(name) else { return };
             if seq <= room.seq {
                 continue;

@@ -170,6 +170,8 @@ pub struct OwnedRooms {
     clock_ms: u64,
     /// Whether the cluster bus is connected (see [`Self::set_bus_up`]).
     bus_up: bool,
+    /// When the live set last changed (wall ms; see [`Self::view_changed`]).
+    view_changed_ms: u64,
 }
 
 impl OwnedRooms {
@@ -199,6 +201,7 @@ impl OwnedRooms {
             continuations: 0,
             clock_ms: 0,
             bus_up: true,
+            view_changed_ms: 0,
         }
     }
 

@@ -1254,3 +1254,25 @@ fn a_node_handed_a_room_it_does_not_win_passes_it_on_to_the_winner() {
     assert_eq!(handoffs(&out), vec![(0xabc, 2, z)], "then on to the winner");
     assert_eq!((b.take_continuations(), b.handed_to("r")), (1, Some(z)));
 }
+
+#[test]
+fn a_room_unknown_here_waits_for_a_mark_only_just_after_the_live_set_changed() {
+    let mut b = rooms(1, 1000).with_cluster(2);
+    b.set_nodes(Arc::from([1, 2]), 1_000, &mut |_| {});
+    b.view_changed(1_000);
+    let from = || Requester::Remote(Box::new(Remote { node: 1, reply: None, relayed: false }));
+    let publish = |b: &mut OwnedRooms, room: &str, now: u64| {
+        let mut out = Vec::new();
+        b.publish(Publish::text(room.into(), "srv".into(), "x", from()), now, &mut |o| out.push(o));
+        sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>()
+    };
+    assert!(publish(&mut b, "moved", 1_500).is_empty(), "node 1 may be handing it over");
+    let mut out = Vec::new();
+    b.handoff_mark("moved", 0xabc, 7, 1, 1_600, &mut |o| out.push(o));
+    assert_eq!(sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(0xabc, 8)]);
+    assert_eq!(b.take_continuations(), 1);
+    let settled = 1_000 + handoff::HANDOFF_WAIT_MS;
+    let fresh = publish(&mut b, "fresh", settled);
+    assert_eq!(fresh.len(), 1, "a settled view: nobody is handing it over");
+    assert_eq!(fresh[0].1, 1);
+}

@@ -245,6 +245,7 @@ impl Shard {
             BusIn::Nodes(nodes) => {
                 owned.set_nodes(nodes.clone(), now, sink);
                 owned.hand_off(&nodes, sink);
+                owned.view_changed(now);
                 *self.nodes.borrow_mut() = nodes;
             }
             BusIn::Handoff { room, epoch, seq, node } => owned.handoff_mark(&room, epoch, seq, node, now, sink),
