@@ -239,6 +239,11 @@ impl OwnedRooms {
         room.sequencer = from;
         let held = room.seq;
         let p = self.pending.entry(room.name.clone()).or_insert_with(|| Pending::new(epoch, now_ms));
+        if p.epoch != epoch {
+            // A wait for another stream's frames: that stream is over here.
+            (p.asked, p.upto) = (None, 0);
+            p.frames.clear();
+        }
         p.take_over = true;
         p.handed_by = from;
         p.epoch = epoch;

@@ -284,24 +284,26 @@ impl Shard {
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
             ShardMsg::RoomDeleted { room, epoch, frame, by } => self.on_room_deleted(&room, epoch, frame, &by),
             ShardMsg::Ip { ip, op } => self.on_ip(ip, op),
-            ShardMsg::Publish(p) if self.relay_to(&p).is_some() => {
-                if let Some(to) = self.relay_to(&p) {
-                    self.forward(to, *p, false);
+            ShardMsg::Publish(p) => {
+                let to = match &p.from {
+                    // A forwarded publish goes on at most once (`relay_to`), else it is
+                    // sequenced here.
+                    Requester::Remote(_) => self.relay_to(&p),
+                    _ => self.remote_sequencer(&p.room),
+                };
+                match to {
+                    Some(node) => self.forward(node, *p, false),
+                    None => {
+                        inc(&self.stats.messages_published);
+                        let mut owned = self.owned.borrow_mut();
+                        owned.set_bus_up(self.shared.bus.as_ref().is_some_and(|b| b.connected()));
+                        owned.publish(*p, Services::wall_ms(), sink);
+                        drop(owned);
+                        self.count_cluster();
+                        self.count_idempotency();
+                    }
                 }
             }
-            ShardMsg::Publish(p) => match self.remote_sequencer(&p.room) {
-                // A forwarded publish that did not go on (`relay_to`) is sequenced here.
-                Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, false),
-                _ => {
-                    inc(&self.stats.messages_published);
-                    let mut owned = self.owned.borrow_mut();
-                    owned.set_bus_up(self.shared.bus.as_ref().is_some_and(|b| b.connected()));
-                    owned.publish(*p, Services::wall_ms(), sink);
-                    drop(owned);
-                    self.count_cluster();
-                    self.count_idempotency();
-                }
-            },
             ShardMsg::Broadcast(p) => match self.remote_sequencer(BROADCAST_ROOM) {
                 Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, true),
                 _ => {
