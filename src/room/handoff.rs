@@ -226,9 +226,10 @@ impl OwnedRooms {
             }
         }
         let Some(room) = self.rooms.get_mut(name) else { return };
-        if room.sequencer == me || (room.stream == epoch && room.seq > seq) {
-            // This node sequences the room already (a stream of its own), or the mark
-            // is older than what it holds: nothing to continue.
+        if (room.sequencer == me && room.seq > 0) || (room.stream == epoch && room.seq > seq) {
+            // This node sequences the room already (a stream of its own, which its
+            // members follow), or the mark is older than what it holds: nothing to
+            // continue. A room created here that never had a message takes the mark.
             return;
         }
         if room.stream != epoch {

@@ -1276,3 +1276,20 @@ fn a_room_unknown_here_waits_for_a_mark_only_just_after_the_live_set_changed() {
     assert_eq!(fresh.len(), 1, "a settled view: nobody is handing it over");
     assert_eq!(fresh[0].1, 1);
 }
+
+#[test]
+fn a_room_created_here_without_a_message_takes_a_mark_one_with_its_own_messages_does_not() {
+    let mut b = rooms(1, 1000).with_cluster(2);
+    b.set_nodes(Arc::from([1, 2]), 0, &mut |_| {});
+    join(&mut b, "r", "ub", 0, 1);
+    let mut out = Vec::new();
+    b.handoff_mark("r", 0xabc, 5, 1, 10, &mut |o| out.push(o));
+    assert_eq!((b.take_continuations(), b.take_counts()), (1, (0, 1)), "adopted at the mark, continued");
+    assert_eq!(publish_n(&mut b, 1, 20).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(0xabc, 6)]);
+    // Its own stream with messages: a late mark of another stream changes nothing.
+    let mut out = Vec::new();
+    b.handoff_mark("r", 0xdef, 9, 1, 30, &mut |o| out.push(o));
+    assert!(to_bus(&out).is_empty());
+    assert_eq!(b.take_continuations(), 0);
+    assert_eq!(publish_n(&mut b, 1, 40).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(0xabc, 7)]);
+}
