@@ -84,7 +84,6 @@ pub struct ServerHandle {
 #[derive(Clone)]
 pub struct Stopper {
     mesh: shard::mesh::Mesh,
-    bus: Option<cluster::Bus>,
 }
 
 impl Stopper {
@@ -92,11 +91,10 @@ impl Stopper {
     /// client (1012 with `--data-dir`, after the log is flushed and synced: the history
     /// survives, come back), flush, and exit within the configured shutdown timeout.
     pub fn stop(&self) {
+        // In a cluster each shard first hands its rooms' streams on; after the last one
+        // the bridge says goodbye (others drop this node's users at once) and stops
+        // (`cluster::Bus::shard_left`).
         self.mesh.send_all(|| shard::msg::ShardMsg::Shutdown);
-        if let Some(bus) = &self.bus {
-            // The bridge says goodbye (others drop this node's users at once) and stops.
-            bus.send(cluster::BusOut::Shutdown);
-        }
     }
 }
 
@@ -182,10 +180,10 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
         None => (None, None),
     };
-    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus: bus.clone(), backend });
+    let shared = Arc::new(Shared { auth, websockets: AtomicU64::new(0), bus, backend });
     let cpus = rt::allowed_cpus();
     let config = Arc::new(config);
-    let stopper = Stopper { mesh: mesh.clone(), bus };
+    let stopper = Stopper { mesh: mesh.clone() };
     let mut threads = Vec::with_capacity(shards);
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);

@@ -31,6 +31,10 @@ use crate::room::{placement, ClusterOut};
 /// async-nats reports a slow consumer (counted as dropped).
 const INBOUND: usize = 16 * 1024;
 
+/// How long the bridge keeps relaying after its goodbye (catch-up answers, publishes
+/// forwarded on to the rooms' new sequencers).
+const LINGER: Duration = Duration::from_millis(500);
+
 /// How often dead nodes are looked for.
 const SWEEP: Duration = Duration::from_millis(250);
 
@@ -275,6 +279,27 @@ impl Bridge {
         }
         self.publish(self.hb_subject.clone(), &Header::Bye { node: self.me }, &[]).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+        // A node this one just handed rooms to may still ask it for frames (catch-up),
+        // and publishes forwarded here before the others heard the goodbye still go on
+        // to the new sequencers: keep relaying for a moment.
+        let _ = tokio::time::timeout(LINGER, async {
+            loop {
+                tokio::select! {
+                    out = poll_fn(|cx| outbox.poll_recv(cx)) => match out {
+                        None => break,
+                        Some(BusOut::Shutdown) => {}
+                        Some(out) => self.on_out(out).await,
+                    },
+                    Some(msg) = self.inbound.recv() => {
+                        if !matches!(wire::decode(&msg.payload), Ok((Header::Hb { .. }, _))) {
+                            self.on_inbound(msg).await;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
         for task in self.fixed.drain(..).chain(self.interests.drain().map(|(_, i)| i.task)) {
             task.abort();
         }
@@ -446,7 +471,20 @@ impl Bridge {
             BusOut::Room(ClusterOut::Broadcast { seq, frame }) => {
                 self.publish(self.all_subject.clone(), &Header::Bcast { node: me, seq }, &frame).await;
             }
-            BusOut::Forward { to, room, user, text, extra, broadcast, reply } => {
+            BusOut::Room(ClusterOut::Handoff { room, epoch, seq, to }) => {
+                let h = Header::Handoff { node: me, room: room.to_string(), epoch, seq };
+                self.publish(self.subjects.node(to).into(), &h, &[]).await;
+            }
+            BusOut::Room(ClusterOut::CatchUp { room, epoch, after, to }) => {
+                let h = Header::CatchUp { node: me, room: room.to_string(), epoch, after };
+                self.publish(self.subjects.node(to).into(), &h, &[]).await;
+            }
+            BusOut::Room(ClusterOut::Frames { room, epoch, first, frames, done, to }) => {
+                let lens = frames.iter().map(|f| f.len() as u32).collect();
+                let h = Header::Frames { node: me, room: room.to_string(), epoch, first, lens, done };
+                self.publish(self.subjects.node(to).into(), &h, &frames.concat()).await;
+            }
+            BusOut::Forward { to, room, user, text, extra, broadcast, reply, origin } => {
                 let h = Header::Fwd {
                     node: me,
                     room: room.to_string(),
@@ -460,6 +498,7 @@ impl Bridge {
                     // A local sender (node 0) is named with this node's id.
                     skip: extra.skip.map(|s| Sender { node: if s.node == 0 { me } else { s.node }, ..s }),
                     idem: extra.idempotency_key.as_deref().map(String::from),
+                    origin,
                 };
                 let body = extra.data.as_deref().unwrap_or(&[]);
                 if self.publish(self.subjects.node(to).into(), &h, body).await {
@@ -586,6 +625,7 @@ impl Bridge {
                 self.apply(change.into_iter().collect());
             }
             Header::Bye { node } => {
+                self.to_all(|| BusIn::Goodbye(node));
                 let change = self.nodes.gone(node);
                 self.apply(change.into_iter().collect());
             }
@@ -605,7 +645,7 @@ impl Bridge {
                     self.deliver(shard, Inbound::DeliverAll { frame: body.clone(), sent_at });
                 }
             }
-            Header::Fwd { node, room, user, text, broadcast, reply, event, tags, volatile, skip, idem } => {
+            Header::Fwd { node, room, user, text, broadcast, reply, event, tags, volatile, skip, idem, origin } => {
                 // The origin validated every part; the body is `data`, verbatim.
                 let extra = Extra {
                     data: (!body.is_empty()).then(|| Arc::from(&body[..])),
@@ -620,7 +660,11 @@ impl Bridge {
                     user: user.into(),
                     text: text.map(Box::from),
                     extra,
-                    from: Requester::Remote(Box::new(Remote { node, reply })),
+                    from: Requester::Remote(Box::new(Remote {
+                        node: origin.unwrap_or(node),
+                        reply,
+                        relayed: origin.is_some(),
+                    })),
                 });
                 if broadcast {
                     self.deliver(self.shards.owner(BROADCAST_ROOM), Inbound::Broadcast(publish));
@@ -668,7 +712,7 @@ impl Bridge {
                     after: after.map(Into::into),
                     limit,
                     private,
-                    from: Requester::Remote(Box::new(Remote { node, reply: Some(reply) })),
+                    from: Requester::Remote(Box::new(Remote { node, reply: Some(reply), relayed: false })),
                 };
                 let (to, m) = room_msg(&room, BusIn::PresenceQuery(Box::new(query)));
                 self.deliver(to, m);
@@ -698,6 +742,32 @@ impl Bridge {
                         }
                     }
                 }
+            }
+            Header::Handoff { node, room, epoch, seq } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Handoff { room: room.clone(), epoch, seq, node });
+                self.deliver(to, m);
+            }
+            Header::CatchUp { node, room, epoch, after } => {
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::CatchUp { room: room.clone(), epoch, after, node });
+                self.deliver(to, m);
+            }
+            Header::Frames { node, room, epoch, first, lens, done } => {
+                let mut frames = Vec::with_capacity(lens.len());
+                let mut at = 0usize;
+                for len in lens {
+                    let end = at.saturating_add(len as usize);
+                    if end > body.len() {
+                        self.bus.count(|s| &s.decode_errors);
+                        return;
+                    }
+                    frames.push(body.slice(at..end));
+                    at = end;
+                }
+                let room: Arc<str> = room.into();
+                let (to, m) = room_msg(&room, BusIn::Frames { room: room.clone(), epoch, first, frames, done, node });
+                self.deliver(to, m);
             }
             Header::Published { shard, req, seq, .. } => {
                 let reply = Reply::Published { seq, shards: Vec::new() };

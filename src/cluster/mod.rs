@@ -170,6 +170,9 @@ pub struct BusStats {
     /// Times a room's stream epoch changed on this node (sequencer moved, or adopted
     /// another node's stream).
     pub epoch_changes: AtomicU64,
+    /// Streams this node continued after another node handed them over (same epoch,
+    /// next seq) instead of starting a new epoch.
+    pub stream_continuations: AtomicU64,
     /// Live nodes, this one included (a gauge).
     pub nodes: AtomicU64,
     /// NATS subscriptions this node holds for public rooms (a gauge): one per room, or
@@ -209,6 +212,8 @@ pub struct BusReport {
     pub epoch_changes: u64,
     /// See [`BusStats::room_subscriptions`].
     pub room_subscriptions: u64,
+    /// See [`BusStats::stream_continuations`].
+    pub stream_continuations: u64,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -237,6 +242,9 @@ pub enum BusOut {
         broadcast: bool,
         /// Who hears the outcome.
         reply: Option<wire::ReplyRef>,
+        /// The node it came from, when this node forwards another node's publish on
+        /// (it handed the room's stream to `to`).
+        origin: Option<u64>,
     },
     /// Tell every other node to carry out an operator command (server API).
     Admin(Arc<crate::room::request::AdminOp>),
@@ -325,6 +333,47 @@ pub enum BusIn {
         /// The asking node.
         node: u64,
     },
+    /// To a room's owner shard: node `node` handed the room's stream (`epoch`, last
+    /// `seq`) to this node.
+    Handoff {
+        /// Room name.
+        room: Arc<str>,
+        /// The stream.
+        epoch: u64,
+        /// Its last seq.
+        seq: u64,
+        /// The old sequencer.
+        node: u64,
+    },
+    /// To a room's owner shard: node `node` asks for the frames of stream `epoch` after
+    /// `after`.
+    CatchUp {
+        /// Room name.
+        room: Arc<str>,
+        /// The stream.
+        epoch: u64,
+        /// The last seq it holds.
+        after: u64,
+        /// The asking node.
+        node: u64,
+    },
+    /// To a room's owner shard: part of the answer to a catch-up this node asked for.
+    Frames {
+        /// Room name.
+        room: Arc<str>,
+        /// The stream.
+        epoch: u64,
+        /// Seq of the first frame.
+        first: u64,
+        /// The frames, in order.
+        frames: Vec<Bytes>,
+        /// The last part.
+        done: bool,
+        /// The answering node.
+        node: u64,
+    },
+    /// To every shard: node `.0` said goodbye (its handoff marks came just before).
+    Goodbye(u64),
     /// To every shard: the live nodes (sorted, this one included).
     Nodes(Arc<[u64]>),
     /// To every shard: node `0` is dead; its users leave every room.
@@ -350,6 +399,8 @@ pub(crate) struct Bus {
     state: Arc<AtomicU8>,
     /// Counters.
     pub stats: Arc<BusStats>,
+    /// Shards that handed their rooms on at shutdown (see [`Bus::shard_left`]).
+    left: Arc<AtomicU64>,
 }
 
 /// The bridge's end of the queue.
@@ -385,6 +436,7 @@ pub(crate) fn queue(node: u64) -> (Bus, Outbox) {
         waker: waker.clone(),
         state: Arc::new(AtomicU8::new(BusState::Disconnected as u8)),
         stats: Arc::new(BusStats::default()),
+        left: Arc::new(AtomicU64::new(0)),
     };
     (bus, Outbox { rx, waker })
 }
@@ -403,6 +455,15 @@ impl Bus {
                 false
             }
             Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// One of the node's `shards` shards has handed its rooms' streams on at shutdown;
+    /// after the last one, the bridge says goodbye and stops. The goodbye thus follows
+    /// every handoff mark in the bridge's queue, so other nodes see the marks first.
+    pub fn shard_left(&self, shards: usize) {
+        if self.left.fetch_add(1, Ordering::AcqRel) + 1 == shards as u64 {
+            self.send(BusOut::Shutdown);
         }
     }
 
@@ -445,6 +506,7 @@ impl Bus {
             seq_gaps: r(&s.seq_gaps),
             epoch_changes: r(&s.epoch_changes),
             room_subscriptions: r(&s.room_subscriptions),
+            stream_continuations: r(&s.stream_continuations),
         }
     }
 }

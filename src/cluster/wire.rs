@@ -114,6 +114,51 @@ pub enum Header {
         /// The API caller's idempotency key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idem: Option<String>,
+        /// The node the publish came from, when the sender forwards it a second time
+        /// (it handed the room's stream on): answers go there, and the receiver
+        /// sequences it without forwarding it again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<u64>,
+    },
+    /// The sender stopped sequencing a room; its stream `epoch` ends at `seq`, and the
+    /// receiver, the room's new sequencer, may continue it (node subject).
+    Handoff {
+        /// The old sequencer.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The stream.
+        epoch: u64,
+        /// Its last seq.
+        seq: u64,
+    },
+    /// "Send me the room's frames of stream `epoch` after `after`" (node subject of the
+    /// stream's sequencer).
+    CatchUp {
+        /// The asking node (answers go to its node subject).
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The stream.
+        epoch: u64,
+        /// The last seq the asker holds.
+        after: u64,
+    },
+    /// Part of the answer to a catch-up: frames `first..` of the room's stream, their
+    /// lengths here and the frames one after another in the body (node subject).
+    Frames {
+        /// The answering node.
+        node: u64,
+        /// Room name.
+        room: String,
+        /// The stream.
+        epoch: u64,
+        /// Seq of the first frame.
+        first: u64,
+        /// Each frame's length in the body.
+        lens: Vec<u32>,
+        /// The last part (an empty last part: the frames are not held there).
+        done: bool,
     },
     /// A user's first connection on the sender arrived in a room, or its last one left
     /// (node subject of each of the room's presence keepers).
@@ -253,6 +298,9 @@ impl Header {
             | Header::SyncReq { node, .. }
             | Header::ToConn { node, .. }
             | Header::Published { node, .. }
+            | Header::Handoff { node, .. }
+            | Header::CatchUp { node, .. }
+            | Header::Frames { node, .. }
             | Header::Admin { node, .. } => *node,
         }
     }
@@ -354,6 +402,7 @@ mod tests {
             volatile: false,
             skip: None,
             idem: None,
+            origin: None,
         };
         let m = encode(&h, b"body");
         let (back, body) = decode(&m).unwrap();
@@ -378,6 +427,23 @@ mod tests {
         let want: Vec<(String, u32)> = counts.iter().map(|(r, n)| (r.to_string(), *n)).collect();
         assert_eq!(back, want, "every room once, in order");
         assert!(counts_headers(7, &[]).is_empty());
+    }
+
+    #[test]
+    fn handoff_marks_and_catch_ups_round_trip() {
+        for h in [
+            Header::Handoff { node: 3, room: "r".into(), epoch: u64::MAX, seq: 41 },
+            Header::CatchUp { node: 4, room: "r".into(), epoch: 7, after: 40 },
+            Header::Frames { node: 3, room: "r".into(), epoch: 7, first: 41, lens: vec![2, 1], done: true },
+        ] {
+            let m = encode(&h, b"abc");
+            let (back, body) = decode(&m).unwrap();
+            assert_eq!((back, &body[..]), (h, &b"abc"[..]));
+        }
+        // A forwarded publish without `origin` (an older node's) still decodes.
+        let old = br#"{"k":"fwd","node":1,"room":"r","user":"u","broadcast":false,"reply":null}"#;
+        let m = [&[1u8][..], &(old.len() as u32).to_be_bytes(), old].concat();
+        assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Fwd { origin: None, .. }, _))));
     }
 
     #[test]

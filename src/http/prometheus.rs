@@ -123,7 +123,7 @@ struct Bus(BusReport);
 impl Collector for Bus {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let b = &self.0;
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             ("bus_relayed_out", "Bus messages published to NATS.", b.relayed_out),
             ("bus_relayed_in", "Bus messages received from other nodes and handed to shards.", b.relayed_in),
             (
@@ -136,6 +136,11 @@ impl Collector for Bus {
             ("bus_decode_errors", "Bus messages that could not be decoded.", b.decode_errors),
             ("bus_seq_gaps", "Room frames received after a gap in the sequence.", b.seq_gaps),
             ("bus_epoch_changes", "Room stream epoch changes on this node.", b.epoch_changes),
+            (
+                "bus_stream_continuations",
+                "Room streams continued here after another node handed them over.",
+                b.stream_continuations,
+            ),
         ];
         for (name, help, value) in counters {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -22,10 +22,12 @@
 //! | [`recent`] | idempotency keys of recent publishes |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
+//! | [`handoff`] | continuing a stream when its sequencer changes, catching up missed frames (cluster) |
 //! | `restore` | rooms rebuilt from the durable log, and the checkpoint that compacts it |
 //! | [`history`] | the history ring and the shard-wide budget |
 //! | [`users`] | cluster-wide users of a room |
 
+pub mod handoff;
 pub mod history;
 mod online;
 pub mod out;
@@ -167,6 +169,20 @@ pub struct OwnedRooms {
     /// The live nodes before the last change, once this node has seen other nodes
     /// (`online`: whose snapshots announce arrivals).
     online_prev: Option<Arc<[u64]>>,
+    /// Rooms whose cluster stream waits for a handoff mark or a catch-up ([`handoff`]).
+    pending: FxHashMap<Arc<str>, handoff::Pending>,
+    /// Rooms whose stream this node handed to another node, and to which.
+    handed: FxHashMap<Arc<str>, u64>,
+    /// Nodes that said goodbye lately, with when (wall ms).
+    goodbyes: FxHashMap<u64, u64>,
+    /// Streams continued from a handoff mark, since last taken.
+    continuations: u64,
+    /// The latest wall clock (ms) a caller passed in, for work triggered where none is.
+    clock_ms: u64,
+    /// Whether the cluster bus is connected (see [`Self::set_bus_up`]).
+    bus_up: bool,
+    /// When the live set last changed (wall ms; see [`Self::view_changed`]).
+    view_changed_ms: u64,
 }
 
 impl OwnedRooms {
@@ -194,6 +210,13 @@ impl OwnedRooms {
             message_hooks: false,
             online: FxHashMap::default(),
             online_prev: None,
+            pending: FxHashMap::default(),
+            handed: FxHashMap::default(),
+            goodbyes: FxHashMap::default(),
+            continuations: 0,
+            clock_ms: 0,
+            bus_up: true,
+            view_changed_ms: 0,
         }
     }
 

@@ -185,6 +185,47 @@ pub enum ClusterOut {
         /// The sending connection, left out (`skip_self`), with its node.
         skip: Option<Sender>,
     },
+    /// This node stopped sequencing `room`: its stream `epoch` ends at `seq` here, and
+    /// node `to`, the room's new sequencer, may continue it (node subject of `to`).
+    Handoff {
+        /// Room name.
+        room: Arc<str>,
+        /// The stream handed on.
+        epoch: u64,
+        /// Its last seq.
+        seq: u64,
+        /// The new sequencer.
+        to: u64,
+    },
+    /// Ask node `to` for `room`'s frames of stream `epoch` after seq `after` (node
+    /// subject of `to`).
+    CatchUp {
+        /// Room name.
+        room: Arc<str>,
+        /// The stream.
+        epoch: u64,
+        /// The last seq held here.
+        after: u64,
+        /// The node asked (the stream's sequencer, or the mark's sender).
+        to: u64,
+    },
+    /// Part of the answer to a [`ClusterOut::CatchUp`]: frames `first..` of `room`'s
+    /// stream `epoch`, in order (node subject of `to`). None in a `done` part: the
+    /// asked node does not hold them.
+    Frames {
+        /// Room name.
+        room: Arc<str>,
+        /// The stream.
+        epoch: u64,
+        /// Seq of the first frame.
+        first: u64,
+        /// The finished frames.
+        frames: Vec<Bytes>,
+        /// The last part.
+        done: bool,
+        /// The node that asked.
+        to: u64,
+    },
     /// Publish a volatile room frame: no seq, not stored; members of every node get it.
     Volatile {
         /// Room name.

@@ -406,7 +406,7 @@ impl OwnedRooms {
             after: req.after,
             limit: req.limit,
             private,
-            from: Requester::Remote(Box::new(Remote { node: self.node, reply: Some(reply) })),
+            from: Requester::Remote(Box::new(Remote { node: self.node, reply: Some(reply), relayed: false })),
         };
         sink(RoomOut::Cluster(ClusterOut::PresenceQuery { to: holder, query: Box::new(query) }));
     }

@@ -104,6 +104,9 @@ pub struct Remote {
     pub node: u64,
     /// Who there hears the outcome (none: nobody asked).
     pub reply: Option<ReplyRef>,
+    /// Forwarded a second time, by a node that handed the room's stream on: sequenced
+    /// where it lands, never forwarded again.
+    pub relayed: bool,
 }
 
 /// What a join asks for.

@@ -97,6 +97,7 @@ impl OwnedRooms {
     /// Removes a room, gives its history back to the budget, and (cluster) stops
     /// receiving it.
     pub(super) fn drop_room(&mut self, name: &str, sink: &mut Sink<'_>) {
+        self.handed.remove(name);
         if let Some(room) = self.rooms.remove(name) {
             if self.journal && room.seq > 0 {
                 sink(RoomOut::Log(crate::journal::Record::Drop { room: room.name.clone() }));
@@ -167,6 +168,10 @@ impl OwnedRooms {
     pub(super) fn relay_room(&mut self, name: &str, now_ms: u64) {
         let name: Arc<str> = Arc::from(name);
         let mut room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
+        if self.view_unsettled(now_ms) {
+            // Another node may be handing this room's stream over (see `handoff`).
+            room.sequencer = 0;
+        }
         let epoch = room.epoch;
         room.emptied_ms = now_ms;
         self.rooms.insert(name.clone(), Box::new(room));

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::handoff::Takeover;
 use super::online::personal;
 use super::out::{
     hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, HookMessage, RoomOut,
@@ -210,8 +211,8 @@ impl OwnedRooms {
     ///
     /// In a cluster this runs on the room's sequencer node only. Then the frame also goes
     /// to the bus, a room without local members is created to carry the stream (other
-    /// nodes may have members), and taking over a stream another node sequenced starts a
-    /// new epoch (the old sequencer's last messages may not have reached us).
+    /// nodes may have members), and taking over a stream another node sequenced waits
+    /// for its handoff mark and continues it, or starts a new epoch (see `handoff`).
     pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
         if let Some(key) = &msg.extra.idempotency_key {
             if let Some(first) = self.recent.get(&msg.room, key, now_ms) {
@@ -223,6 +224,12 @@ impl OwnedRooms {
         if node != 0 && !self.rooms.contains_key(&msg.room) && !matches!(msg.from, Requester::Conn(_)) {
             self.relay_room(&msg.room, now_ms);
         }
+        // Taking over a stream another node sequenced continues it after that node's
+        // handoff mark, or starts a new epoch (see `handoff`).
+        let msg = match self.takeover(msg, now_ms, sink) {
+            Takeover::Go(msg) => msg,
+            Takeover::Held => return,
+        };
         let Some(room) = self.rooms.get_mut(&msg.room) else {
             if let Some(key) = &msg.extra.idempotency_key {
                 // A retry answers "nobody reached" too, even if someone arrived since.
@@ -237,10 +244,6 @@ impl OwnedRooms {
             }
             return;
         };
-        if node != 0 && room.sequencer != node {
-            room.new_stream(fastrand::u64(..), node, &mut self.budget);
-            self.epoch_changes += 1;
-        }
         if room.emptied_ms != 0 && room.connections() == 0 {
             room.emptied_ms = now_ms;
         }

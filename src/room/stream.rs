@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::handoff::HeldFrame;
 use super::out::{RoomOut, Sink};
 use super::request::Sender;
 use super::{OwnedRooms, RingsOf};
@@ -13,7 +14,8 @@ impl OwnedRooms {
     /// history in step, and hand the frame to the local members. Frames of a room this
     /// node did not subscribe to are ignored (no local members: it may still keep the
     /// room's presence, and with `--cluster-room-buckets` it hears every room of a
-    /// bucket); repeated ones are dropped.
+    /// bucket); repeated ones are dropped. After a hole in the stream the frame is held
+    /// and the missing ones are asked from the sequencer (see `handoff`).
     pub fn remote_frame(&mut self, name: &str, stream: u64, seq: u64, node: u64, frame: Bytes, sink: &mut Sink<'_>) {
         self.remote_frame_skipping(name, stream, seq, node, frame, None, sink);
     }
@@ -35,15 +37,50 @@ impl OwnedRooms {
         if room.stream != stream {
             room.new_stream(stream, node, &mut self.budget);
             self.epoch_changes += 1;
-        } else if seq <= room.seq && room.sequencer == node {
+        } else if seq <= room.seq {
+            // Already here (a catch-up brought it, or the bus repeated it).
             return;
         } else if seq != room.seq + 1 && room.seq != 0 {
-            // Messages in between were lost on the bus: the history cannot bridge them.
+            // Messages in between were lost on the bus: ask the sequencer (a live node)
+            // for them and hold this one meanwhile; if that cannot be, the history
+            // cannot bridge them.
+            let name = room.name.clone();
+            let held = HeldFrame { seq, node, frame: frame.clone(), skip };
+            if self.nodes.contains(&node) && self.hold_after_gap(&name, held, stream, sink) {
+                return;
+            }
             self.gaps += 1;
+            let Some(room) = self.rooms.get_mut(name.as_ref()) else { return };
             room.new_stream(stream, node, &mut self.budget);
         }
+        self.adopt(name, seq, node, frame, skip, sink);
+        if self.catching_up(name) {
+            let now_ms = self.clock_ms;
+            self.settle(name, now_ms, sink);
+        }
+    }
+
+    /// Appends frame `seq` (the next one) of the room's current stream, sequenced by
+    /// `node`: logged, handed to the local members, remembered.
+    pub(super) fn adopt(
+        &mut self,
+        name: &str,
+        seq: u64,
+        node: u64,
+        frame: Bytes,
+        skip: Option<Sender>,
+        sink: &mut Sink<'_>,
+    ) {
+        let Some(room) = self.rooms.get_mut(name) else { return };
         room.sequencer = node;
         room.seq = seq;
+        // A stream handed on from here may have moved on again: publishes still
+        // forwarded here go to whoever sequences it now.
+        if !self.handed.is_empty() {
+            if let Some(to) = self.handed.get_mut(name) {
+                *to = node;
+            }
+        }
         if self.journal {
             let (room, epoch, frame) = (room.name.clone(), room.stream, frame.clone());
             sink(RoomOut::Log(Record::Frame { room, epoch, seq, ts: 0, frame }));

@@ -248,7 +248,11 @@ fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
     join(&mut r, "r", "a", 0, 1);
     r.remote_frame("r", 0xabc, 5, 9, server::message("r", 5, "x", "t", 1), &mut |_| {});
     r.take_counts();
-    let from = Requester::Remote(Box::new(Remote { node: 4, reply: Some(ReplyRef::Api { shard: 1, req: 77 }) }));
+    let from = Requester::Remote(Box::new(Remote {
+        node: 4,
+        reply: Some(ReplyRef::Api { shard: 1, req: 77 }),
+        relayed: false,
+    }));
     let out = api_publish(&mut r, "r", "mine now", from);
     let room = r.get("r").unwrap();
     assert_ne!(room.epoch(), "0000000000000abc", "a new stream");
@@ -259,7 +263,12 @@ fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
         [ClusterOut::Frame { seq: 6, .. }, ClusterOut::Published { node: 4, req: 77, seq: Some(6), .. }]
     ));
     // A publish for a room with no local member creates a relay room on the sequencer.
-    let out = api_publish(&mut r, "elsewhere", "x", Requester::Remote(Box::new(Remote { node: 4, reply: None })));
+    let out = api_publish(
+        &mut r,
+        "elsewhere",
+        "x",
+        Requester::Remote(Box::new(Remote { node: 4, reply: None, relayed: false })),
+    );
     assert!(matches!(to_bus(&out)[..], [ClusterOut::Frame { seq: 1, .. }]));
     assert_eq!(r.get("elsewhere").unwrap().connections(), 0);
 }
@@ -428,6 +437,7 @@ fn remote_history_and_presence_requests_are_answered_or_counted() {
     let conn = Requester::Remote(Box::new(Remote {
         node: 4,
         reply: Some(ReplyRef::Conn { shard: 1, conn: 9, reference: "q".into() }),
+        relayed: false,
     }));
     let mut out = Vec::new();
     r.presence(
@@ -441,7 +451,7 @@ fn remote_history_and_presence_requests_are_answered_or_counted() {
     assert_eq!(json(frame)["code"], "no_such_room");
     assert_eq!(r.take_unanswered(), 0);
     // Nobody named to answer: counted, not dropped without a trace.
-    let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None }));
+    let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None, relayed: false }));
     r.history(HistoryReq { room: "r".into(), before: None, limit: 10, from: nobody.clone() }, &mut |_| {});
     r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, private: false, from: nobody }, &mut |_| {});
     assert_eq!(r.take_unanswered(), 2);
@@ -1189,4 +1199,284 @@ fn snapshots_announce_users_online_only_to_a_holder_that_knew_the_room() {
         })
         .collect();
     assert_eq!(kinds, vec![HookKind::UserOnline]);
+}
+
+// --- Continuing a stream across a change of sequencer (`handoff`) ---
+
+/// Two nodes with a member each in room "r"; `.0` is the room's sequencer among both.
+fn two_nodes() -> (OwnedRooms, OwnedRooms) {
+    let (a, b) = if placement::sequencer("r", &[1, 2]) == Some(1) { (1, 2) } else { (2, 1) };
+    let (mut na, mut nb) = (rooms(1, 1000).with_cluster(a), rooms(1, 1000).with_cluster(b));
+    for (r, user) in [(&mut na, "ua"), (&mut nb, "ub")] {
+        r.set_nodes(Arc::from([1, 2]), 0, &mut |_| {});
+        join(r, "r", user, 0, 1);
+    }
+    (na, nb)
+}
+
+/// The sequenced frames in `out`: (epoch, seq, frame).
+fn sequenced(out: &[RoomOut]) -> Vec<(u64, u64, bytes::Bytes)> {
+    to_bus(out)
+        .into_iter()
+        .filter_map(|o| match o {
+            ClusterOut::Frame { epoch, seq, frame, .. } => Some((*epoch, *seq, frame.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `n` API publishes on `r` (node `from` forwarded them); their frames.
+fn publish_n(r: &mut OwnedRooms, n: usize, now: u64) -> Vec<(u64, u64, bytes::Bytes)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let from = Requester::Api(ReplyTo { shard: 0, req: i as u64 });
+        r.publish(Publish::text("r".into(), "srv".into(), &format!("m{i}"), from), now, &mut |o| out.push(o));
+    }
+    sequenced(&out)
+}
+
+/// Hands `frames` (published by node `by`) to `r` as the bus would; the seqs its local
+/// members got.
+fn feed(r: &mut OwnedRooms, by: u64, frames: &[(u64, u64, bytes::Bytes)]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (epoch, seq, frame) in frames {
+        r.remote_frame("r", *epoch, *seq, by, frame.clone(), &mut |o| out.push(o));
+    }
+    seqs(&out)
+}
+
+fn seqs(out: &[RoomOut]) -> Vec<u64> {
+    delivered(out).iter().filter_map(|(_, v)| v["seq"].as_u64()).collect()
+}
+
+fn handoffs(out: &[RoomOut]) -> Vec<(u64, u64, u64)> {
+    to_bus(out)
+        .into_iter()
+        .filter_map(|o| match o {
+            ClusterOut::Handoff { epoch, seq, to, .. } => Some((*epoch, *seq, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_mark_then_a_publish_continues_the_same_epoch() {
+    let (mut a, mut b) = two_nodes();
+    let (ia, ib) = (a.node, b.node);
+    let sent = publish_n(&mut a, 3, 10);
+    assert_eq!(feed(&mut b, ia, &sent), vec![1, 2, 3]);
+    let epoch = sent[0].0;
+    b.take_counts();
+    // Node a shuts down: it hands the room to b, and stops sequencing it.
+    let mut out = Vec::new();
+    a.hand_off(&[ib], &mut |o| out.push(o));
+    assert_eq!(handoffs(&out), vec![(epoch, 3, ib)]);
+    assert_eq!(a.handed_to("r"), Some(ib));
+    let mut out = Vec::new();
+    b.handoff_mark("r", epoch, 3, ia, 20, &mut |o| out.push(o));
+    assert!(to_bus(&out).is_empty(), "b holds the stream up to the mark: nothing to ask");
+    assert_eq!(b.take_continuations(), 1);
+    let next = publish_n(&mut b, 2, 30);
+    assert_eq!(next.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(epoch, 4), (epoch, 5)]);
+    assert_eq!(b.take_counts(), (0, 0), "no new epoch");
+    assert_eq!(b.get("r").unwrap().history_len(), 5, "one history across the handoff");
+}
+
+#[test]
+fn a_publish_before_the_mark_waits_and_never_duplicates_a_seq() {
+    // The mark comes: the held publish is sequenced after it, in the same epoch.
+    let (mut a, mut b) = two_nodes();
+    let (ia, ib) = (a.node, b.node);
+    let sent = publish_n(&mut a, 3, 10);
+    feed(&mut b, ia, &sent);
+    let epoch = sent[0].0;
+    assert!(publish_n(&mut b, 1, 20).is_empty(), "a is alive and may hand over: held");
+    let mut out = Vec::new();
+    a.hand_off(&[ib], &mut |o| out.push(o));
+    let mut out = Vec::new();
+    b.handoff_mark("r", epoch, 3, ia, 30, &mut |o| out.push(o));
+    assert_eq!(sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(epoch, 4)]);
+    assert_eq!(b.take_continuations(), 1);
+
+    // No mark within the bound: a new epoch, and a late mark changes nothing.
+    let (mut a, mut b) = two_nodes();
+    let sent = publish_n(&mut a, 3, 10);
+    feed(&mut b, a.node, &sent);
+    b.take_counts();
+    assert!(publish_n(&mut b, 1, 20).is_empty());
+    let mut out = Vec::new();
+    b.handoff_tick(20 + handoff::HANDOFF_WAIT_MS, &mut |o| out.push(o));
+    let mine = sequenced(&out);
+    assert_eq!(mine.len(), 1);
+    assert_ne!(mine[0].0, sent[0].0, "a new epoch");
+    assert_eq!(b.take_counts(), (0, 1));
+    // The old sequencer went on meanwhile (views differed); its mark comes late.
+    let more = publish_n(&mut a, 1, 25);
+    let mut out = Vec::new();
+    b.handoff_mark("r", sent[0].0, 4, a.node, 40, &mut |o| out.push(o));
+    assert!(to_bus(&out).is_empty());
+    assert_eq!(b.take_continuations(), 0);
+    let later = publish_n(&mut b, 1, 50);
+    let all: Vec<(u64, u64)> = sent.iter().chain(&more).chain(&mine).chain(&later).map(|f| (f.0, f.1)).collect();
+    let unique: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "never two frames with one (epoch, seq): {all:?}");
+}
+
+#[test]
+fn missing_frames_are_caught_up_before_continuing_or_else_a_new_epoch() {
+    let (mut a, mut b) = two_nodes();
+    let (ia, ib) = (a.node, b.node);
+    let sent = publish_n(&mut a, 5, 10);
+    feed(&mut b, ia, &sent[..2]);
+    let epoch = sent[0].0;
+    b.take_counts();
+    let mut out = Vec::new();
+    a.hand_off(&[ib], &mut |o| out.push(o));
+    let mut out = Vec::new();
+    b.handoff_mark("r", epoch, 5, ia, 20, &mut |o| out.push(o));
+    let ask = to_bus(&out);
+    assert!(matches!(ask[..], [ClusterOut::CatchUp { after: 2, to, .. }] if *to == ia), "{ask:?}");
+    assert!(publish_n(&mut b, 1, 21).is_empty(), "held until caught up");
+    let mut answer = Vec::new();
+    a.catch_up_request("r", epoch, 2, ib, &mut |o| answer.push(o));
+    let mut out = Vec::new();
+    for part in to_bus(&answer) {
+        let ClusterOut::Frames { epoch, first, frames, done, to, .. } = part else { panic!("{part:?}") };
+        assert_eq!(*to, ib);
+        b.catch_up_frames("r", *epoch, ia, *first, frames.clone(), *done, 22, &mut |o| out.push(o));
+    }
+    assert_eq!(seqs(&out), vec![3, 4, 5, 6], "the missing frames, then the held publish");
+    assert_eq!(sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(epoch, 6)]);
+    assert_eq!((b.take_continuations(), b.take_counts()), (1, (0, 0)));
+
+    // The old sequencer no longer holds them: an empty answer, and a new epoch.
+    let (mut a, mut b) = two_nodes();
+    let sent = publish_n(&mut a, 5, 10);
+    feed(&mut b, a.node, &sent[..2]);
+    b.take_counts();
+    let mut out = Vec::new();
+    b.handoff_mark("r", sent[0].0, 5, a.node, 20, &mut |o| out.push(o));
+    let mut answer = Vec::new();
+    a.catch_up_request("r", 12345, 2, b.node, &mut |o| answer.push(o));
+    let Some(ClusterOut::Frames { frames, done: true, first, .. }) = to_bus(&answer).first().copied() else {
+        panic!("one empty answer")
+    };
+    assert!(frames.is_empty());
+    let mut out = Vec::new();
+    b.catch_up_frames("r", sent[0].0, a.node, *first, Vec::new(), true, 21, &mut |o| out.push(o));
+    assert_eq!((b.take_continuations(), b.take_counts()), (0, (0, 1)), "a new epoch, counted");
+    let next = publish_n(&mut b, 1, 30);
+    assert_ne!(next[0].0, sent[0].0);
+}
+
+#[test]
+fn a_crashed_sequencer_means_a_new_epoch_at_once_a_goodbye_means_a_wait() {
+    let (mut a, mut b) = two_nodes();
+    let sent = publish_n(&mut a, 3, 10);
+    feed(&mut b, a.node, &sent);
+    b.take_counts();
+    // a timed out (no goodbye, no mark): b sequences a new epoch at once.
+    b.set_nodes(Arc::from([b.node]), 20, &mut |_| {});
+    let next = publish_n(&mut b, 1, 20);
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].0, sent[0].0);
+    assert_eq!((next[0].1, b.take_counts()), (4, (0, 1)));
+
+    // a said goodbye (its mark may still be on the way): b waits for the mark.
+    let (mut a, mut b) = two_nodes();
+    let sent = publish_n(&mut a, 3, 10);
+    feed(&mut b, a.node, &sent);
+    b.goodbye(a.node, 20);
+    b.set_nodes(Arc::from([b.node]), 20, &mut |_| {});
+    assert!(publish_n(&mut b, 1, 21).is_empty());
+    let mut out = Vec::new();
+    b.handoff_mark("r", sent[0].0, 3, a.node, 22, &mut |o| out.push(o));
+    assert_eq!(sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(sent[0].0, 4)]);
+}
+
+#[test]
+fn a_hole_in_the_frames_is_caught_up_from_the_sequencer_in_order() {
+    let (mut a, mut b) = two_nodes();
+    let (ia, ib) = (a.node, b.node);
+    let sent = publish_n(&mut a, 5, 10);
+    assert_eq!(feed(&mut b, ia, &sent[..1]), vec![1]);
+    let mut out = Vec::new();
+    for (epoch, seq, frame) in &sent[3..] {
+        b.remote_frame("r", *epoch, *seq, ia, frame.clone(), &mut |o| out.push(o));
+    }
+    assert!(seqs(&out).is_empty(), "held after the hole");
+    assert!(matches!(to_bus(&out)[..], [ClusterOut::CatchUp { after: 1, .. }]), "asked once");
+    let mut answer = Vec::new();
+    a.catch_up_request("r", sent[0].0, 1, ib, &mut |o| answer.push(o));
+    let mut out = Vec::new();
+    for part in to_bus(&answer) {
+        let ClusterOut::Frames { epoch, first, frames, done, .. } = part else { panic!() };
+        b.catch_up_frames("r", *epoch, ia, *first, frames.clone(), *done, 20, &mut |o| out.push(o));
+    }
+    assert_eq!(seqs(&out), vec![2, 3, 4, 5], "gap-free, nothing twice");
+    assert_eq!(b.take_counts().0, 0, "no gap counted");
+    assert_eq!(b.get("r").unwrap().history_len(), 5);
+}
+
+#[test]
+fn a_node_handed_a_room_it_does_not_win_passes_it_on_to_the_winner() {
+    // Three nodes x, y, z: x hands "r" to y, but y also sees z, which wins among {y, z}.
+    let (x, y, z) = (1u64, 2u64, 3u64);
+    let (y, z) = if placement::sequencer("r", &[y, z]) == Some(z) { (y, z) } else { (z, y) };
+    let mut b = rooms(1, 1000).with_cluster(y);
+    let mut live = [x, y, z];
+    live.sort_unstable();
+    b.set_nodes(Arc::from(live), 0, &mut |_| {});
+    join(&mut b, "r", "ub", 0, 1);
+    let frame = server::message("r", 1, "x", "t", 1);
+    b.remote_frame("r", 0xabc, 1, x, frame, &mut |_| {});
+    assert!(publish_n(&mut b, 1, 10).is_empty(), "held: x may hand the stream over");
+    let mut out = Vec::new();
+    b.handoff_mark("r", 0xabc, 1, x, 20, &mut |o| out.push(o));
+    assert_eq!(
+        sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+        vec![(0xabc, 2)],
+        "held, sequenced here"
+    );
+    assert_eq!(handoffs(&out), vec![(0xabc, 2, z)], "then on to the winner");
+    assert_eq!((b.take_continuations(), b.handed_to("r")), (1, Some(z)));
+}
+
+#[test]
+fn a_room_unknown_here_waits_for_a_mark_only_just_after_the_live_set_changed() {
+    let mut b = rooms(1, 1000).with_cluster(2);
+    b.set_nodes(Arc::from([1, 2]), 1_000, &mut |_| {});
+    b.view_changed(1_000);
+    let from = || Requester::Remote(Box::new(Remote { node: 1, reply: None, relayed: false }));
+    let publish = |b: &mut OwnedRooms, room: &str, now: u64| {
+        let mut out = Vec::new();
+        b.publish(Publish::text(room.into(), "srv".into(), "x", from()), now, &mut |o| out.push(o));
+        sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>()
+    };
+    assert!(publish(&mut b, "moved", 1_500).is_empty(), "node 1 may be handing it over");
+    let mut out = Vec::new();
+    b.handoff_mark("moved", 0xabc, 7, 1, 1_600, &mut |o| out.push(o));
+    assert_eq!(sequenced(&out).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(0xabc, 8)]);
+    assert_eq!(b.take_continuations(), 1);
+    let settled = 1_000 + handoff::HANDOFF_WAIT_MS;
+    let fresh = publish(&mut b, "fresh", settled);
+    assert_eq!(fresh.len(), 1, "a settled view: nobody is handing it over");
+    assert_eq!(fresh[0].1, 1);
+}
+
+#[test]
+fn a_room_created_here_without_a_message_takes_a_mark_one_with_its_own_messages_does_not() {
+    let mut b = rooms(1, 1000).with_cluster(2);
+    b.set_nodes(Arc::from([1, 2]), 0, &mut |_| {});
+    join(&mut b, "r", "ub", 0, 1);
+    let mut out = Vec::new();
+    b.handoff_mark("r", 0xabc, 5, 1, 10, &mut |o| out.push(o));
+    assert_eq!((b.take_continuations(), b.take_counts()), (1, (0, 1)), "adopted at the mark, continued");
+    assert_eq!(publish_n(&mut b, 1, 20).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(0xabc, 6)]);
+    // Its own stream with messages: a late mark of another stream changes nothing.
+    let mut out = Vec::new();
+    b.handoff_mark("r", 0xdef, 9, 1, 30, &mut |o| out.push(o));
+    assert!(to_bus(&out).is_empty());
+    assert_eq!(b.take_continuations(), 0);
+    assert_eq!(publish_n(&mut b, 1, 40).iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), vec![(0xabc, 7)]);
 }

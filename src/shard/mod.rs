@@ -160,12 +160,33 @@ impl Shard {
     /// The node that must sequence `room`, when that is another node: the rendezvous
     /// winner among the live nodes. `None` (sequence here) without a cluster, and while
     /// the bus is down, so local traffic keeps flowing during an outage.
+    ///
+    /// A node shutting down has handed its rooms on: it leaves itself out.
     fn remote_sequencer(&self, room: &str) -> Option<u64> {
         let bus = self.shared.bus.as_ref()?;
         if !bus.connected() {
             return None;
         }
-        crate::cluster::nodes::sequencer(room, &self.nodes.borrow()).filter(|&n| n != bus.node)
+        let nodes = self.nodes.borrow();
+        if self.is_draining() {
+            let others: Vec<u64> = nodes.iter().copied().filter(|&n| n != bus.node).collect();
+            return crate::cluster::nodes::sequencer(room, &others);
+        }
+        crate::cluster::nodes::sequencer(room, &nodes).filter(|&n| n != bus.node)
+    }
+
+    /// Where a publish another node forwarded here goes on to, if anywhere: the node
+    /// this node handed the room's stream to (while it is alive), or else the room's
+    /// sequencer as this node sees the live set (the sender's view was older, or this
+    /// node is shutting down). It goes on once at most: a publish forwarded a second
+    /// time is sequenced where it lands, whatever the views, so nothing loops.
+    fn relay_to(&self, p: &msg::Publish) -> Option<u64> {
+        let Requester::Remote(r) = &p.from else { return None };
+        if r.relayed {
+            return None;
+        }
+        let handed = self.owned.borrow().handed_to(&p.room).filter(|n| self.nodes.borrow().contains(n));
+        handed.or_else(|| self.remote_sequencer(&p.room))
     }
 
     /// Forwards a publish to node `to`, the room's sequencer. If the bridge cannot take
@@ -179,7 +200,11 @@ impl Shard {
                 reference: r.to_string(),
             }),
             Requester::Api(r) => Some(ReplyRef::Api { shard: r.shard as u16, req: r.req }),
-            Requester::Remote(_) => None,
+            Requester::Remote(r) => r.reply.clone(),
+        };
+        let origin = match &p.from {
+            Requester::Remote(r) => Some(r.node),
+            _ => None,
         };
         let out = crate::cluster::BusOut::Forward {
             to,
@@ -189,6 +214,7 @@ impl Shard {
             extra: Box::new(p.extra),
             broadcast,
             reply,
+            origin,
         };
         if !bus.send(out) {
             if let Requester::Api(r) = p.from {
@@ -225,8 +251,16 @@ impl Shard {
             BusIn::SyncReq { room, node } => owned.sync_request(&room, node, sink),
             BusIn::Nodes(nodes) => {
                 owned.set_nodes(nodes.clone(), now, sink);
+                owned.hand_off(&nodes, sink);
+                owned.view_changed(now);
                 *self.nodes.borrow_mut() = nodes;
             }
+            BusIn::Handoff { room, epoch, seq, node } => owned.handoff_mark(&room, epoch, seq, node, now, sink),
+            BusIn::CatchUp { room, epoch, after, node } => owned.catch_up_request(&room, epoch, after, node, sink),
+            BusIn::Frames { room, epoch, first, frames, done, node } => {
+                owned.catch_up_frames(&room, epoch, node, first, frames, done, now, sink)
+            }
+            BusIn::Goodbye(node) => owned.goodbye(node, now),
             BusIn::NodeGone(node) => owned.node_gone(node, now, sink),
             BusIn::Resync => owned.resync(sink),
             BusIn::Admin(op) => {
@@ -257,17 +291,26 @@ impl Shard {
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
             ShardMsg::RoomDeleted { room, epoch, frame, by } => self.on_room_deleted(&room, epoch, frame, &by),
             ShardMsg::Ip { ip, op } => self.on_ip(ip, op),
-            ShardMsg::Publish(p) => match self.remote_sequencer(&p.room) {
-                // A forwarded publish is sequenced where it lands, even if views of the
-                // live nodes differ for a moment: never forwarded twice, never looping.
-                Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, false),
-                _ => {
-                    inc(&self.stats.messages_published);
-                    self.owned.borrow_mut().publish(*p, Services::wall_ms(), sink);
-                    self.count_cluster();
-                    self.count_idempotency();
+            ShardMsg::Publish(p) => {
+                let to = match &p.from {
+                    // A forwarded publish goes on at most once (`relay_to`), else it is
+                    // sequenced here.
+                    Requester::Remote(_) => self.relay_to(&p),
+                    _ => self.remote_sequencer(&p.room),
+                };
+                match to {
+                    Some(node) => self.forward(node, *p, false),
+                    None => {
+                        inc(&self.stats.messages_published);
+                        let mut owned = self.owned.borrow_mut();
+                        owned.set_bus_up(self.shared.bus.as_ref().is_some_and(|b| b.connected()));
+                        owned.publish(*p, Services::wall_ms(), sink);
+                        drop(owned);
+                        self.count_cluster();
+                        self.count_idempotency();
+                    }
                 }
-            },
+            }
             ShardMsg::Broadcast(p) => match self.remote_sequencer(BROADCAST_ROOM) {
                 Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, true),
                 _ => {
@@ -319,7 +362,11 @@ impl Shard {
     fn count_cluster(&self) {
         if let Some(bus) = &self.shared.bus {
             let (gaps, epochs) = self.owned.borrow_mut().take_counts();
-            for (counter, n) in [(&bus.stats.seq_gaps, gaps), (&bus.stats.epoch_changes, epochs)] {
+            let continued = self.owned.borrow_mut().take_continuations();
+            let stats = &bus.stats;
+            for (counter, n) in
+                [(&stats.seq_gaps, gaps), (&stats.epoch_changes, epochs), (&stats.stream_continuations, continued)]
+            {
                 if n > 0 {
                     counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -373,9 +420,29 @@ impl Shard {
     /// gone or the shutdown timeout has passed. With `--data-dir` the log is flushed and
     /// synced first and clients are closed with 1012 (service restart: the history
     /// survives, reconnect and recover); it is synced again at the end.
+    ///
+    /// In a cluster the shard first hands every room it sequences on to the room's
+    /// sequencer among the other nodes (see `room::handoff`), and stops sequencing: what
+    /// reaches it from then on is forwarded. The last shard to do so lets the bridge say
+    /// goodbye, after the marks.
     fn begin_shutdown(self: &Rc<Self>) {
         if self.start_draining() {
             return;
+        }
+        if let Some(bus) = &self.shared.bus {
+            let others: Vec<u64> = self.nodes.borrow().iter().copied().filter(|&n| n != bus.node).collect();
+            let held = {
+                let mut owned = self.owned.borrow_mut();
+                owned.hand_off(&others, &mut |out: RoomOut| self.route(out));
+                owned.take_held()
+            };
+            for p in held {
+                match self.remote_sequencer(&p.room) {
+                    Some(to) => self.forward(to, p, false),
+                    None => self.owned.borrow_mut().publish(p, Services::wall_ms(), &mut |out| self.route(out)),
+                }
+            }
+            bus.shard_left(self.mesh.len());
         }
         let shard = self.clone();
         rt::spawn(async move {

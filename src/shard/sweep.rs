@@ -130,7 +130,9 @@ impl Shard {
         let mut owned = self.owned.borrow_mut();
         owned.expire(Services::wall_ms(), &mut |out| self.route(out));
         owned.report_counts(&mut |out| self.route(out));
+        owned.handoff_tick(Services::wall_ms(), &mut |out| self.route(out));
         drop(owned);
+        self.count_cluster();
         if now / crate::limits::Window::MS != self.last_prune.get() {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);

@@ -24,4 +24,5 @@ mod js_client;
 mod lifecycle;
 mod payloads;
 mod protocol_errors;
+mod rolling;
 mod server_api;
