@@ -484,8 +484,17 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
         let m = wait_for(cl, PATIENCE, |v| v["type"] == "message").expect("local delivery in an outage");
         assert_eq!(m["text"], "during outage");
     }
-    // What could not cross is counted, not silently lost.
-    let stats = a.http().get("/stats").json();
+    // What could not cross is counted, not silently lost. The bridge thread counts it
+    // when it takes the frame from its queue, which may be after the local members got
+    // theirs: wait for the count (a CI run on a loaded host read it a moment too early).
+    let deadline = Instant::now() + PATIENCE;
+    let stats = loop {
+        let stats = a.http().get("/stats").json();
+        if stats["bus"]["relay_dropped"].as_u64().unwrap() > dropped_before || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(stats["bus"]["state"], "disconnected");
     assert!(stats["bus"]["relay_dropped"].as_u64().unwrap() > dropped_before, "{}", stats["bus"]);
     let metrics = a.http().get("/metrics").body;
