@@ -326,6 +326,18 @@ impl Bridge {
         }
     }
 
+    /// Asks `room`'s holder among `live` for the room's count (nothing when this node
+    /// holds it). Only the holder answers, so the request goes to its node subject: on
+    /// the room subject every node with members of the room (or, with buckets, of any
+    /// room of its bucket) heard every node's request, rooms × nodes² bus deliveries in
+    /// a join storm or after a NATS restart.
+    async fn ask_count(&self, room: &str, live: &[u64]) {
+        if let Some(holder) = placement::sequencer(room, live).filter(|&h| h != self.me) {
+            let req = Header::SyncReq { node: self.me, room: room.to_string() };
+            self.publish(self.subjects.node(holder).into(), &req, &[]).await;
+        }
+    }
+
     /// Publishes one bus message if connected; otherwise (or on error) drops and counts it.
     async fn publish(&self, subject: Subject, header: &Header, body: &[u8]) -> bool {
         if !self.bus.connected() {
@@ -387,20 +399,22 @@ impl Bridge {
     async fn on_event(&mut self, event: Event) {
         match event {
             Event::Connected => {
-                self.bus.set_state(BusState::Connected);
+                // Counted before the state shows it, so whoever sees "connected" after a
+                // reconnection also sees the reconnection counted.
                 if self.ever_connected {
                     self.bus.count(|s| &s.reconnects);
                     tracing::info!("cluster bus reconnected");
                 } else {
                     tracing::info!("cluster bus connected");
                 }
+                self.bus.set_state(BusState::Connected);
                 self.ever_connected = true;
                 self.heartbeat().await;
                 // Others may have declared this node dead meanwhile, and this node may
                 // have missed their presence changes: exchange snapshots again.
-                for (room, subject) in &self.rooms {
-                    let req = Header::SyncReq { node: self.me, room: room.to_string() };
-                    self.publish(subject.clone(), &req, &[]).await;
+                let live = self.nodes.live();
+                for room in self.rooms.keys() {
+                    self.ask_count(room, &live).await;
                 }
                 self.to_all(|| BusIn::Resync);
             }
@@ -435,15 +449,7 @@ impl Bridge {
                 let subject: Subject = self.subjects.room(&room).into();
                 self.rooms.insert(room.clone(), subject);
                 self.bus.stats.room_subscriptions.store(self.interests.len() as u64, Ordering::Relaxed);
-                // Only the room's holder answers: ask it on its node subject. On the room
-                // subject every node with members of the room (or, with buckets, of any
-                // room of its bucket) heard every node's request: rooms × nodes² bus
-                // deliveries during a join storm.
-                let live = self.nodes.live();
-                if let Some(holder) = placement::sequencer(&room, &live).filter(|&h| h != me) {
-                    let req = Header::SyncReq { node: me, room: room.to_string() };
-                    self.publish(self.subjects.node(holder).into(), &req, &[]).await;
-                }
+                self.ask_count(&room, &self.nodes.live()).await;
             }
             BusOut::Room(ClusterOut::Unsubscribe(room)) => {
                 if self.rooms.remove(&room).is_none() {
