@@ -361,8 +361,10 @@ impl Shard {
     /// and the bridge: they are only written when there is something to add (rarely).
     fn count_cluster(&self) {
         if let Some(bus) = &self.shared.bus {
-            let (gaps, epochs) = self.owned.borrow_mut().take_counts();
-            let continued = self.owned.borrow_mut().take_continuations();
+            let ((gaps, epochs), continued) = {
+                let mut owned = self.owned.borrow_mut();
+                (owned.take_counts(), owned.take_continuations())
+            };
             let stats = &bus.stats;
             for (counter, n) in
                 [(&stats.seq_gaps, gaps), (&stats.epoch_changes, epochs), (&stats.stream_continuations, continued)]

@@ -451,6 +451,23 @@ fn over_max_in_flight_is_refused_unavailable_and_counted() {
     assert!(metrics.contains("corecast_backend_proxy_busy_total 1"), "{metrics}");
 }
 
+/// A cluster node on `nats` sending its webhooks, in batches every 20 ms, to `backend`
+/// (`shards`: the default when `None`).
+fn webhook_node(nats: &crate::cluster::Nats, backend: &Backend, name: &str, shards: Option<usize>) -> TestServer {
+    let (url, hooks) = (nats.url(), backend.url("/hooks"));
+    let mut cc = corecast::cluster::ClusterConfig::new(&url);
+    cc.node_name = name.to_owned();
+    TestServer::with(move |c: &mut Config| {
+        if let Some(n) = shards {
+            c.shards = n;
+        }
+        c.cluster = Some(cc);
+        c.backend.webhook_url = Some(hooks);
+        c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
+        c.backend.webhook_batch_interval = Duration::from_millis(20);
+    })
+}
+
 /// A cluster of two nodes, both sending webhooks to one backend: each presence change is
 /// emitted once, by the room's holder.
 #[test]
@@ -458,17 +475,7 @@ fn cluster_emits_room_occupied_and_member_joined_once() {
     let Some(bin) = crate::cluster::nats_binary("backend_webhooks_once") else { return };
     let nats = crate::cluster::Nats::start(bin);
     let backend = Backend::start(|_| ok(json!({})));
-    let node = |name: &str| {
-        let (url, hooks) = (nats.url(), backend.url("/hooks"));
-        let mut cc = corecast::cluster::ClusterConfig::new(&url);
-        cc.node_name = name.to_owned();
-        TestServer::with(move |c: &mut Config| {
-            c.cluster = Some(cc);
-            c.backend.webhook_url = Some(hooks);
-            c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
-            c.backend.webhook_batch_interval = Duration::from_millis(20);
-        })
-    };
+    let node = |name: &str| webhook_node(&nats, &backend, name, None);
     let (a, b) = (node("a"), node("b"));
     crate::cluster::wait_for_cluster(&[a.addr, b.addr], 2);
     let mut clients = Vec::new();
@@ -538,19 +545,8 @@ fn cluster_emits_user_online_and_offline_once() {
     let Some(bin) = crate::cluster::nats_binary("backend_users_once") else { return };
     let nats = crate::cluster::Nats::start(bin);
     let backend = Backend::start(|_| ok(json!({})));
-    let node = |name: &str| {
-        let (url, hooks) = (nats.url(), backend.url("/hooks"));
-        let mut cc = corecast::cluster::ClusterConfig::new(&url);
-        cc.node_name = name.to_owned();
-        TestServer::with(move |c: &mut Config| {
-            // One shard: a node's webhook events and bus messages keep one order.
-            c.shards = 1;
-            c.cluster = Some(cc);
-            c.backend.webhook_url = Some(hooks);
-            c.backend.webhook_secret = Some(WEBHOOK_SECRET.into());
-            c.backend.webhook_batch_interval = Duration::from_millis(20);
-        })
-    };
+    // One shard: a node's webhook events and bus messages keep one order.
+    let node = |name: &str| webhook_node(&nats, &backend, name, Some(1));
     let (a, b) = (node("a"), node("b"));
     crate::cluster::wait_for_cluster(&[a.addr, b.addr], 2);
     let ids = [node_id(&a), node_id(&b)];
