@@ -280,10 +280,11 @@ pub struct ServerArgs {
     /// io_uring ring depth per shard.
     #[arg(long, env = "CORECAST_RING_DEPTH", default_value_t = 1024, value_name = "N")]
     pub ring_depth: usize,
-    /// How the fan-out writes to idle members: `direct` (one non-blocking `sendmsg` each)
-    /// or `uring` (a room's members in one `io_uring_enter` of `SENDMSG`s, on a second
-    /// small ring per shard).
-    #[arg(long, env = "CORECAST_SEND_PATH", value_enum, default_value_t = SendPath::Direct)]
+    /// How the fan-out writes to idle members: `uring` (the default: a room's members in
+    /// one `io_uring_enter` of `SENDMSG`s, on a second small ring per shard; where that
+    /// ring cannot be created the shard logs it and sends directly) or `direct` (one
+    /// non-blocking `sendmsg` each).
+    #[arg(long, env = "CORECAST_SEND_PATH", value_enum, default_value_t = SendPath::Uring)]
     pub send_path: SendPath,
     /// Listen backlog of each shard's listener (the kernel clips it to net.core.somaxconn).
     #[arg(long, env = "CORECAST_BACKLOG", default_value_t = 65535, value_name = "N")]
@@ -885,6 +886,7 @@ mod tests {
             (c.shards, c.pin, c.spin_before_park, c.ring_depth, c.backlog),
             (0, true, Duration::ZERO, 1024, 65535)
         );
+        assert_eq!(c.send_path, SendPath::Uring, "the io_uring send path is the default (issue 16)");
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.close_timeout, Duration::from_secs(2));
