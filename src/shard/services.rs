@@ -107,6 +107,9 @@ struct Flow {
     paused: RefCell<Vec<ConnId>>,
     /// Whether the task that resumes them is running.
     resuming: Cell<bool>,
+    /// Shard time the last paused connections were resumed, while it can still matter
+    /// to a heartbeat (see [`Services::reading_since`]).
+    resumed_at: Cell<Option<u32>>,
 }
 
 impl Services {
@@ -145,6 +148,7 @@ impl Services {
                 congested: Cell::new((u32::MAX, false)),
                 paused: RefCell::new(Vec::new()),
                 resuming: Cell::new(false),
+                resumed_at: Cell::new(None),
             },
             draining: Cell::new(false),
             me,
@@ -257,6 +261,26 @@ impl Services {
         congested
     }
 
+    /// Shard time since which this shard reads every connection: now while connections
+    /// are paused by congestion, else when they were last resumed; `None` when no pause
+    /// is recent enough to matter. A peer's silence before that proves nothing: its bytes
+    /// may be waiting unread.
+    pub fn reading_since(&self) -> Option<u32> {
+        let now = self.now();
+        if !self.flow.paused.borrow().is_empty() {
+            return Some(now);
+        }
+        let at = self.flow.resumed_at.get()?;
+        // A resume older than two ping intervals cannot spare anyone; forgetting it also
+        // keeps the wrapping u32 clock from ever making an old stamp look recent.
+        let horizon = 2 * self.cfg.ping_interval.as_millis() as u32;
+        if now.wrapping_sub(at) > horizon {
+            self.flow.resumed_at.set(None);
+            return None;
+        }
+        Some(at)
+    }
+
     /// Parks connection `id` until congestion clears; one task per shard resumes them all.
     pub fn pause(&self, id: ConnId) {
         self.flow.paused.borrow_mut().push(id);
@@ -268,6 +292,7 @@ impl Services {
                 rt::sleep(Duration::from_millis(1)).await;
             }
             shard.flow.resuming.set(false);
+            shard.flow.resumed_at.set(Some(shard.now()));
             let paused = std::mem::take(&mut *shard.flow.paused.borrow_mut());
             let mut conns = shard.conns.borrow_mut();
             for id in paused {

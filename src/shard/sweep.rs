@@ -5,7 +5,10 @@
 //! Each tick walks the connection table once: pings connections silent for one interval
 //! (so pings are spread by when each connection last spoke, not sent in one burst, and
 //! busy connections are never pinged), closes connections silent for two intervals, and
-//! enforces the handshake and close timeouts. What to do with one connection is decided
+//! enforces the handshake and close timeouts. Silence that closes is counted only while
+//! the shard reads: when congestion pauses reading (see `Services::pause`), the pongs
+//! wait unread in the kernel, and a shard must not close healthy peers for its own
+//! backlog. What to do with one connection is decided
 //! by [`decide`], a pure function of the connection's clocks.
 
 use std::rc::Rc;
@@ -38,6 +41,9 @@ pub(super) struct Limits {
     pub handshake: u32,
     /// Longest the server lingers in a closing phase.
     pub close: u32,
+    /// Shard time since which the shard reads every connection
+    /// (`Services::reading_since`; `None`: always): silence before it does not close.
+    pub reading_since: Option<u32>,
 }
 
 /// What a connection needs from one sweep.
@@ -105,11 +111,13 @@ fn elapsed(now: u32, since: u32) -> u32 {
 pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
     let in_phase = elapsed(now, c.phase_since);
     let silent = elapsed(now, c.last_seen);
+    // Only silence while this shard was reading can prove the peer gone.
+    let unheard = limits.reading_since.map_or(silent, |since| silent.min(elapsed(now, since)));
     match c.phase {
         Phase::Http if in_phase >= limits.handshake && !c.http_busy => {
             Action::HandshakeTimeout { partial: c.http_partial }
         }
-        Phase::Open if silent >= 2 * limits.ping => Action::HeartbeatClose,
+        Phase::Open if unheard >= 2 * limits.ping => Action::HeartbeatClose,
         Phase::Open if !c.pinged && silent >= limits.ping => Action::Ping,
         Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done if in_phase >= limits.close => {
             Action::CloseTimeout
@@ -124,6 +132,7 @@ impl Shard {
             ping: self.cfg.ping_interval.as_millis() as u32,
             handshake: self.cfg.handshake_timeout.as_millis() as u32,
             close: self.cfg.close_timeout.as_millis() as u32,
+            reading_since: self.reading_since(),
         };
         self.expire_sessions();
         let now = self.now();
@@ -177,7 +186,7 @@ impl Shard {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { ping: 30_000, handshake: 10_000, close: 2_000 };
+    const LIMITS: Limits = Limits { ping: 30_000, handshake: 10_000, close: 2_000, reading_since: None };
 
     fn clocks(phase: Phase, phase_since: u32) -> Clocks {
         Clocks { phase, phase_since, last_seen: phase_since, pinged: false, http_busy: false, http_partial: false }
@@ -216,6 +225,29 @@ mod tests {
         c.pinged = true;
         assert_eq!(decide(c, 31_000, LIMITS), Action::Keep, "one ping per silence");
         assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose);
+    }
+
+    /// At a million connections a saturated node paused reading (congestion) long enough
+    /// that the pongs to its pings waited unread in the kernel, and its sweep closed
+    /// healthy clients with 1001 "heartbeat timeout" by the tens of thousands. Silence
+    /// counts only from when the shard reads again.
+    #[test]
+    fn regression_silence_while_reads_were_paused_does_not_close() {
+        let mut c = clocks(Phase::Open, 0);
+        c.last_seen = 1_000;
+        c.pinged = true;
+        // Reads were paused until 40,000: the 61,000 silence is only 21,000 unheard.
+        let paused = Limits { reading_since: Some(40_000), ..LIMITS };
+        assert_eq!(decide(c, 61_000, paused), Action::Keep);
+        assert_eq!(decide(c, 99_999, paused), Action::Keep);
+        assert_eq!(decide(c, 100_000, paused), Action::HeartbeatClose, "two intervals unheard since reads resumed");
+        // Paused now (reading_since = now): never closed for silence meanwhile.
+        assert_eq!(decide(c, 500_000, Limits { reading_since: Some(500_000), ..LIMITS }), Action::Keep);
+        // A resume long ago changes nothing.
+        assert_eq!(decide(c, 61_000, Limits { reading_since: Some(500), ..LIMITS }), Action::HeartbeatClose);
+        // Pings still go out while paused: they are ours to send.
+        c.pinged = false;
+        assert_eq!(decide(c, 31_000, Limits { reading_since: Some(31_000), ..LIMITS }), Action::Ping);
     }
 
     #[test]
