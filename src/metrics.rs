@@ -89,6 +89,10 @@ counters! {
     protocol_errors,
     /// Connections closed for missing heartbeats.
     heartbeat_closes,
+    /// Sweeps that kept a connection silent for two intervals as reads had been paused meanwhile.
+    heartbeat_closes_deferred,
+    /// Connections that stopped reading because some shard's inbox was over its high-water mark.
+    congestion_pauses,
     /// Heartbeat pings sent to connections silent for one ping interval.
     heartbeat_pings,
     /// Pong frames received (answers to heartbeat pings, or unsolicited).

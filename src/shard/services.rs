@@ -283,6 +283,7 @@ impl Services {
 
     /// Parks connection `id` until congestion clears; one task per shard resumes them all.
     pub fn pause(&self, id: ConnId) {
+        inc(&self.stats.congestion_pauses);
         self.flow.paused.borrow_mut().push(id);
         if self.flow.resuming.replace(true) {
             return;

@@ -55,6 +55,8 @@ pub(super) enum Action {
     Ping,
     /// Silent for two intervals: close it with 1001.
     HeartbeatClose,
+    /// Silent for two intervals, but not while the shard was reading: keep it for now.
+    HeartbeatDeferred,
     /// An HTTP connection over the handshake timeout; `partial` when it has sent part
     /// of a request (it is told 408).
     HandshakeTimeout {
@@ -118,6 +120,7 @@ pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
             Action::HandshakeTimeout { partial: c.http_partial }
         }
         Phase::Open if unheard >= 2 * limits.ping => Action::HeartbeatClose,
+        Phase::Open if silent >= 2 * limits.ping => Action::HeartbeatDeferred,
         Phase::Open if !c.pinged && silent >= limits.ping => Action::Ping,
         Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done if in_phase >= limits.close => {
             Action::CloseTimeout
@@ -149,6 +152,7 @@ impl Shard {
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             match decide(Clocks::of(conn), now, limits) {
                 Action::Keep => {}
+                Action::HeartbeatDeferred => inc(&self.stats.heartbeat_closes_deferred),
                 Action::HandshakeTimeout { partial } => {
                     // An idle keep-alive connection just goes; a partial request is told.
                     if partial {
@@ -227,10 +231,12 @@ mod tests {
         assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose);
     }
 
-    /// At a million connections a saturated node paused reading (congestion) long enough
-    /// that the pongs to its pings waited unread in the kernel, and its sweep closed
-    /// healthy clients with 1001 "heartbeat timeout" by the tens of thousands. Silence
-    /// counts only from when the shard reads again.
+    /// A shard whose inboxes stay over their high-water mark pauses reading; the pongs to
+    /// its pings then wait unread in the kernel, and the sweep closed healthy clients with
+    /// 1001 "heartbeat timeout" for the shard's own backlog (the suspected cause of the
+    /// 66,503 heartbeat closes while publishing at a million, issue 14: the nodes were
+    /// saturated; `heartbeat_closes_deferred` now shows it). Silence counts only from when
+    /// the shard reads again.
     #[test]
     fn regression_silence_while_reads_were_paused_does_not_close() {
         let mut c = clocks(Phase::Open, 0);
@@ -238,11 +244,11 @@ mod tests {
         c.pinged = true;
         // Reads were paused until 40,000: the 61,000 silence is only 21,000 unheard.
         let paused = Limits { reading_since: Some(40_000), ..LIMITS };
-        assert_eq!(decide(c, 61_000, paused), Action::Keep);
-        assert_eq!(decide(c, 99_999, paused), Action::Keep);
+        assert_eq!(decide(c, 61_000, paused), Action::HeartbeatDeferred);
+        assert_eq!(decide(c, 99_999, paused), Action::HeartbeatDeferred);
         assert_eq!(decide(c, 100_000, paused), Action::HeartbeatClose, "two intervals unheard since reads resumed");
         // Paused now (reading_since = now): never closed for silence meanwhile.
-        assert_eq!(decide(c, 500_000, Limits { reading_since: Some(500_000), ..LIMITS }), Action::Keep);
+        assert_eq!(decide(c, 500_000, Limits { reading_since: Some(500_000), ..LIMITS }), Action::HeartbeatDeferred);
         // A resume long ago changes nothing.
         assert_eq!(decide(c, 61_000, Limits { reading_since: Some(500), ..LIMITS }), Action::HeartbeatClose);
         // Pings still go out while paused: they are ours to send.
