@@ -244,9 +244,6 @@ for line in sys.stdin:
 print(ws, " ".join(f"{k} {v}" for k, v in t.items()))' 2>/dev/null || echo 0)
         ws=${sample%% *}
         if ((ws > 0 && ws >= peak_ws)); then peak_ws=$ws; echo "${sample#* } (at $ws connections)" >"$work/beats"; fi
-        # ... and as they stand at the last sample with connections open (after the
-        # publishing steps: heartbeat closes while nodes are saturated show here).
-        ((ws > 0)) && echo "${sample#* } (at $ws connections)" >"$work/beats-last"
         s=0
         for p in "${node_pids[@]}"; do s=$((s + $(rss_kb "$p"))); done
         n=$(rss_kb "$nats") u=$(subs) k=$(kernel_kb)
@@ -305,7 +302,19 @@ nats_secs=$(( ($(cpu_ticks "$nats") - nats_ticks0) / $(getconf CLK_TCK) )) wall=
 # delivered to them (one published message counts once per receiving subscription).
 nats_msgs=$(curl -sf "127.0.0.1:$nats_mon/varz" | python3 -c 'import json,sys; v=json.load(sys.stdin); print("in {:,}, out {:,} ({:,} MiB out)".format(v["in_msgs"], v["out_msgs"], v["out_bytes"] // 1048576))' 2>/dev/null || echo unavailable)
 beats=$(cat "$work/beats" 2>/dev/null || echo unavailable)
-beats_last=$(cat "$work/beats-last" 2>/dev/null || echo unavailable)
+# The same counters once bench-client has finished (they only grow): the closes of the
+# publishing steps are in them. Asked with a long timeout, as saturated nodes answer late,
+# and the answering nodes are counted (during the run a sample misses nodes that are slow).
+beats_last=$(for port in "${node_ports[@]}"; do curl -sf -m 30 "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
+import json, sys
+t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0, "heartbeat_closes_deferred": 0, "congestion_pauses": 0}
+n = 0
+for line in sys.stdin:
+    if line.strip():
+        s = json.loads(line)
+        n += 1
+        for k in t: t[k] += s.get("counters", {}).get(k, 0)
+print(" ".join(f"{k} {v}" for k, v in t.items()), f"({n} of {sys.argv[1]} nodes answered)")' "${#node_ports[@]}" 2>/dev/null || echo unavailable)
 held=$N
 run=$(ls -dt "$RESULTS"/*"$scenario" 2>/dev/null | head -1 || true)
 if [[ -n $run && -f $run/summary.json ]]; then
@@ -321,7 +330,7 @@ nats-server CPU:    ${nats_secs} s over ${wall} s
 nats messages:      $nats_msgs
 kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start, peak $((peak_kernel / 1024)) MiB, $(((peak_kernel - kernel_base) * 1024 / held)) B per connection (a client and a server socket)
 heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats
-heartbeats (the same at the last sample with connections open): $beats_last
+heartbeats (every node's counters after bench-client finished): $beats_last
 node kill: $(cat "$work/killed" 2>/dev/null || echo none)
 command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag$kill_flag${SHOWN_EXTRA[*]:+ -- ${SHOWN_EXTRA[*]}}
 EOF
