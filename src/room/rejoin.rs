@@ -67,8 +67,9 @@ pub(super) struct Rejoins {
 
 /// The stream a rejoin with `since` waits for if this node's copy of `room` is behind
 /// it (`Some(want)`, `want` as in [`Held::want`]), or `None` when it is answered at
-/// once: the client's `since` is here already, or the room is sequenced here (then
-/// nothing ahead of it exists), or the epoch is not one this server ever shows.
+/// once: the client's `since` is here already, the room is sequenced here (then
+/// nothing ahead of it exists), it names another epoch than the one this node follows
+/// with frames, or an epoch this server never shows.
 fn behind(room: &OwnedRoom, since: &Since, me: u64) -> Option<Option<u64>> {
     if room.is_system() {
         return None;
@@ -81,11 +82,18 @@ fn behind(room: &OwnedRoom, since: &Since, me: u64) -> Option<Option<u64>> {
             _ => return None,
         },
     };
-    // A stream is on its way from another node, or this node has none of its own yet
-    // (a room created by this very join).
-    let follows = room.sequencer != me || room.seq == 0;
-    let ours = want.is_none_or(|w| w == room.stream);
-    (follows && (!ours || since.seq > room.seq)).then_some(want)
+    // This node has no frame of the room yet (a room created by this very join, or kept
+    // only for its presence): whatever stream the client names may be on its way.
+    let fresh = room.seq == 0;
+    if want.is_none_or(|w| w == room.stream) {
+        // Ahead of a stream another node sequences: the frames are on their way.
+        (since.seq > room.seq && (room.sequencer != me || fresh)).then_some(want)
+    } else {
+        // Another epoch than the one this node follows with frames: an older stream (a
+        // crash started a new one) far more often than a newer one not heard of yet, so
+        // it is answered at once rather than after the wait.
+        fresh.then_some(want)
+    }
 }
 
 impl Rejoins {
