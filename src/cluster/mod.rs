@@ -173,6 +173,12 @@ pub struct BusStats {
     /// Streams this node continued after another node handed them over (same epoch,
     /// next seq) instead of starting a new epoch.
     pub stream_continuations: AtomicU64,
+    /// Rejoins with `since` ahead of this node's copy of the room's stream, held until
+    /// the copy caught up (or for at most a few seconds) instead of answered
+    /// `recovered: false` at once.
+    pub rejoins_held: AtomicU64,
+    /// Of [`Self::rejoins_held`], those answered `recovered: true`.
+    pub rejoins_held_recovered: AtomicU64,
     /// Live nodes, this one included (a gauge).
     pub nodes: AtomicU64,
     /// NATS subscriptions this node holds for public rooms (a gauge): one per room, or
@@ -214,6 +220,10 @@ pub struct BusReport {
     pub room_subscriptions: u64,
     /// See [`BusStats::stream_continuations`].
     pub stream_continuations: u64,
+    /// See [`BusStats::rejoins_held`].
+    pub rejoins_held: u64,
+    /// See [`BusStats::rejoins_held_recovered`].
+    pub rejoins_held_recovered: u64,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -507,6 +517,8 @@ impl Bus {
             epoch_changes: r(&s.epoch_changes),
             room_subscriptions: r(&s.room_subscriptions),
             stream_continuations: r(&s.stream_continuations),
+            rejoins_held: r(&s.rejoins_held),
+            rejoins_held_recovered: r(&s.rejoins_held_recovered),
         }
     }
 }

@@ -123,7 +123,7 @@ struct Bus(BusReport);
 impl Collector for Bus {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let b = &self.0;
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             ("bus_relayed_out", "Bus messages published to NATS.", b.relayed_out),
             ("bus_relayed_in", "Bus messages received from other nodes and handed to shards.", b.relayed_in),
             (
@@ -141,6 +141,12 @@ impl Collector for Bus {
                 "Room streams continued here after another node handed them over.",
                 b.stream_continuations,
             ),
+            (
+                "bus_rejoins_held",
+                "Rejoins ahead of this node's copy of the room's stream, held until it caught up.",
+                b.rejoins_held,
+            ),
+            ("bus_rejoins_held_recovered", "Held rejoins answered recovered: true.", b.rejoins_held_recovered),
         ];
         for (name, help, value) in counters {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

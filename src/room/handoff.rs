@@ -342,9 +342,11 @@ impl OwnedRooms {
         }
     }
 
-    /// Rooms that waited too long give up (see [`Self::give_up`]).
+    /// Rooms that waited too long give up (see [`Self::give_up`]); rejoins held too
+    /// long are answered (see `rejoin`).
     pub fn handoff_tick(&mut self, now_ms: u64, sink: &mut Sink<'_>) {
         self.clock_ms = now_ms;
+        self.rejoin_tick(now_ms, sink);
         if self.pending.is_empty() {
             return;
         }

@@ -20,6 +20,7 @@
 //! | [`placement`] | which node sequences a room and keeps its presence (rendezvous) |
 //! | `presence` | the presence-event rule, the cluster's presence keepers, presence pages |
 //! | [`recent`] | idempotency keys of recent publishes |
+//! | `rejoin` | rejoins ahead of this node's copy of a stream, held until it catches up (cluster) |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
 //! | [`handoff`] | continuing a stream when its sequencer changes, catching up missed frames (cluster) |
@@ -35,6 +36,7 @@ mod owned;
 pub mod placement;
 mod presence;
 pub mod recent;
+mod rejoin;
 pub mod request;
 mod restore;
 mod retention;
@@ -183,6 +185,8 @@ pub struct OwnedRooms {
     bus_up: bool,
     /// When the live set last changed (wall ms; see [`Self::view_changed`]).
     view_changed_ms: u64,
+    /// Rejoins held until this node's copy of their stream catches up (`rejoin`).
+    rejoins: rejoin::Rejoins,
 }
 
 impl OwnedRooms {
@@ -217,6 +221,7 @@ impl OwnedRooms {
             clock_ms: 0,
             bus_up: true,
             view_changed_ms: 0,
+            rejoins: rejoin::Rejoins::default(),
         }
     }
 

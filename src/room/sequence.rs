@@ -82,6 +82,7 @@ impl OwnedRooms {
         }
         // The user's first connection on this node (`user_online`, see `online`).
         let online = room.is_system() && room.connections() == 1 && personal(&room.name);
+        let name = room.name.clone();
         if node != 0 {
             if !room.subscribed {
                 room.subscribed = true;
@@ -91,29 +92,23 @@ impl OwnedRooms {
                 tell_keepers(node, keepers, &room.name, &req.user, true, sink);
             }
         }
-        let private = room.password().is_some();
-        let since = match &req.kind {
-            JoinKind::Join { since, .. } => since.as_ref(),
-            JoinKind::Create { .. } => None,
+        // A rejoin ahead of this node's copy of the stream is answered once the copy
+        // catches up (cluster; see `rejoin`).
+        let counted = holds && change.is_some_and(|c| c.cluster);
+        let Some(req) = self.hold_rejoin(req, now_ms) else {
+            if counted {
+                self.count_changed(&name);
+            }
+            return JoinStep::Done;
         };
-        let (replay, recovered) = room.recover(since);
-        let frame = (!req.silent)
-            .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), recovered, private));
-        let ack = JoinAck {
-            room: room.name.clone(),
-            conn: req.origin.conn,
-            token: req.token,
-            epoch: room.epoch as u32,
-            user: req.user.clone(),
-            replay,
-            frame,
-        };
-        sink(RoomOut::Shard(req.origin.shard, ToShard::JoinAck(Box::new(ack))));
-        if holds && change.is_some_and(|c| c.cluster) {
-            self.count_changed(&req.room);
+        if let Some(room) = self.rooms.get(&req.room) {
+            ack_join(room, &req, sink);
+        }
+        if counted {
+            self.count_changed(&name);
         }
         if online {
-            self.personal_changed(&req.room, &req.user, true, sink);
+            self.personal_changed(&name, &req.user, true, sink);
         }
         JoinStep::Done
     }
@@ -182,6 +177,9 @@ impl OwnedRooms {
             reply_error(&req.origin, ErrorCode::Forbidden, "only the room's creator can delete it", sink);
             return;
         }
+        // Held rejoins are answered first, so that their members hear of the deletion.
+        self.answer_rejoins(&req.room, true, sink);
+        let Some(room) = self.rooms.get(&req.room) else { return };
         let frame = server::deleted(&room.name);
         for (shard, &n) in room.shard_members.iter().enumerate() {
             if n > 0 {
@@ -289,6 +287,10 @@ impl OwnedRooms {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
+        if node != 0 {
+            // Rejoins held here for a stream this node now sequences (see `rejoin`).
+            self.answer_rejoins(&msg.room, false, sink);
+        }
         // A volatile message answers `Some(0)`: handed out, with no position.
         let seq = Some(seq.unwrap_or(0));
         if let Some(key) = &msg.extra.idempotency_key {
@@ -332,6 +334,31 @@ impl OwnedRooms {
             _ => answer_publish(&msg, seq, shards, sink),
         }
     }
+}
+
+/// Answers a counted join on `room` as things stand: the frames after its `since`
+/// (if the history reaches back that far), then `joined`; the joiner becomes a local
+/// member when this reaches its shard. Returns what `joined` says of the recovery.
+pub(super) fn ack_join(room: &OwnedRoom, req: &JoinReq, sink: &mut Sink<'_>) -> Option<bool> {
+    let private = room.password().is_some();
+    let since = match &req.kind {
+        JoinKind::Join { since, .. } => since.as_ref(),
+        JoinKind::Create { .. } => None,
+    };
+    let (replay, recovered) = room.recover(since);
+    let frame = (!req.silent)
+        .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), recovered, private));
+    let ack = JoinAck {
+        room: room.name.clone(),
+        conn: req.origin.conn,
+        token: req.token,
+        epoch: room.epoch as u32,
+        user: req.user.clone(),
+        replay,
+        frame,
+    };
+    sink(RoomOut::Shard(req.origin.shard, ToShard::JoinAck(Box::new(ack))));
+    recovered
 }
 
 /// Answers whoever published `msg`: an `ack` to a client that gave an `id` (without

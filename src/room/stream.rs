@@ -33,10 +33,23 @@ impl OwnedRooms {
         skip: Option<Sender>,
         sink: &mut Sink<'_>,
     ) {
+        let floor = self.rejoin_floor(name, stream, seq);
         let Some(room) = self.rooms.get_mut(name).filter(|r| r.subscribed) else { return };
         if room.stream != stream {
             room.new_stream(stream, node, &mut self.budget);
             self.epoch_changes += 1;
+            if let Some(after) = floor {
+                // A rejoin held here asked for this stream from before its first frame
+                // to arrive here (see `rejoin`): the frames in between are fetched from
+                // the sequencer, as after a hole; if that cannot be, the copy starts at
+                // this frame as it always did.
+                room.seq = after;
+                let name = room.name.clone();
+                let held = HeldFrame { seq, node, frame: frame.clone(), skip };
+                if self.nodes.contains(&node) && self.hold_after_gap(&name, held, stream, sink) {
+                    return;
+                }
+            }
         } else if seq <= room.seq {
             // Already here (a catch-up brought it, or the bus repeated it).
             return;
@@ -90,6 +103,7 @@ impl OwnedRooms {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
+        self.answer_rejoins(name, false, sink);
     }
 
     /// A volatile frame the room's sequencer (another node) published: handed to the

@@ -356,19 +356,24 @@ impl Shard {
         }
     }
 
-    /// Moves the owner's cluster counts (sequence gaps, epoch changes) to the bus counters.
-    /// Runs after every publish in a cluster, and the counters are shared by every shard
-    /// and the bridge: they are only written when there is something to add (rarely).
+    /// Moves the owner's cluster counts (sequence gaps, epoch changes, held rejoins) to the
+    /// bus counters. Runs after every publish in a cluster, and the counters are shared by
+    /// every shard and the bridge: they are only written when there is something to add
+    /// (rarely).
     fn count_cluster(&self) {
         if let Some(bus) = &self.shared.bus {
-            let ((gaps, epochs), continued) = {
+            let ((gaps, epochs), continued, (held, recovered)) = {
                 let mut owned = self.owned.borrow_mut();
-                (owned.take_counts(), owned.take_continuations())
+                (owned.take_counts(), owned.take_continuations(), owned.take_rejoin_counts())
             };
             let stats = &bus.stats;
-            for (counter, n) in
-                [(&stats.seq_gaps, gaps), (&stats.epoch_changes, epochs), (&stats.stream_continuations, continued)]
-            {
+            for (counter, n) in [
+                (&stats.seq_gaps, gaps),
+                (&stats.epoch_changes, epochs),
+                (&stats.stream_continuations, continued),
+                (&stats.rejoins_held, held),
+                (&stats.rejoins_held_recovered, recovered),
+            ] {
                 if n > 0 {
                     counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }

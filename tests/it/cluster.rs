@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corecast::cluster::ClusterConfig;
+use corecast::room::placement;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
@@ -594,4 +595,100 @@ fn every_node_shows_the_cluster_wide_count_of_every_room() {
         c.expect_skipping("left");
     }
     wait_all(&|r| if r % 2 == 0 { 2 } else { 3 }, &|node, r| node != 2 || r % 2 == 1);
+}
+
+/// Issue 14: a client that saw seq N on one node and rejoined on another whose copy of
+/// the stream had not reached N got `recovered: false` although nothing was lost. Here
+/// node 1 has no member of the room before the rejoin, so its copy starts only once it
+/// has subscribed: the answer waits for the frames the client needs and the client
+/// recovers, then reads every seq after N once, in order. Twice: rejoining as soon as
+/// it read N (node 1's first frame is about N + 1), and after the stream went 20 further
+/// (node 1's first frame is well after N: the frames between come from node 0, the
+/// room's sequencer).
+#[test]
+fn a_rejoin_on_a_node_without_the_room_recovers_without_a_gap() {
+    let Some(bin) = nats_binary("a_rejoin_on_a_node_without_the_room_recovers_without_a_gap") else { return };
+    let nats = Nats::start(bin);
+    let nodes: Vec<TestServer> = (0..2).map(|i| node(&nats.url(), &format!("r{i}"))).collect();
+    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), 2);
+    let id = |n: &TestServer| {
+        let stats = n.http().get("/stats").json();
+        u64::from_str_radix(stats["bus"]["node"].as_str().unwrap(), 16).unwrap()
+    };
+    let (id0, id1) = (id(&nodes[0]), id(&nodes[1]));
+    let mut live = [id0, id1];
+    live.sort_unstable();
+    // Rooms that node 0 sequences: node 1 only ever follows their streams.
+    let mut rooms = (0..).map(|i| format!("lag{i}")).filter(|r| placement::sequencer(r, &live) == Some(id0));
+    for lead in [0, 20] {
+        let room = rooms.next().unwrap();
+        rejoin_on_a_node_without_the_room(&nodes, &room, lead);
+    }
+    // The owner shard hands its counts to the bus counters at its next sweep.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let bus = nodes[1].http().get("/stats").json()["bus"].clone();
+        if bus["rejoins_held"].as_u64() >= Some(2) && bus["rejoins_held_recovered"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "held rejoins never counted: {bus}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = nodes[1].http().get("/metrics").body;
+    assert!(metrics.contains("corecast_bus_rejoins_held_recovered_total"), "{metrics}");
+}
+
+/// A client on `nodes[0]` reads `room` (streaming from an API publisher there) up to
+/// some seq N, and once the stream reached N + `lead`, rejoins on `nodes[1]` with
+/// `since` N: it must recover exactly the frames after N, then follow live.
+fn rejoin_on_a_node_without_the_room(nodes: &[TestServer], room: &str, lead: u64) {
+    let mut first = Client::connect(&nodes[0], &format!("first-{room}"));
+    let epoch = first.join(room)["epoch"].as_str().unwrap().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (http, room, stop) = (nodes[0].http(), room.to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http.post("/api/publish", Some(KEY), &json!({"room":room,"text":format!("m{k}")}));
+                assert_eq!(r.status, 200, "{}", r.body);
+                k += 1;
+                // Paced, so that the stream stays within the history a catch-up reads.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let read_to = |c: &mut Client, seq: u64| {
+        let mut at = 0;
+        while at < seq {
+            let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("the stream flows");
+            at = m["seq"].as_u64().unwrap();
+        }
+        at
+    };
+    let seen = read_to(&mut first, 20);
+    read_to(&mut first, seen + lead);
+    let mut moved = Client::connect(&nodes[1], &format!("moved-{room}"));
+    moved.send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":seen}}));
+    let mut replayed = Vec::new();
+    let joined = loop {
+        let v = wait_for(&mut moved, PATIENCE, |v| v["type"] == "message" || v["type"] == "joined")
+            .expect("an answer to the rejoin");
+        if v["type"] == "joined" {
+            break v;
+        }
+        replayed.push(v["seq"].as_u64().unwrap());
+    };
+    assert_eq!(joined["recovered"], true, "lead {lead}: {joined}");
+    assert_eq!(joined["epoch"].as_str(), Some(epoch.as_str()), "{joined}");
+    let head = joined["seq"].as_u64().unwrap();
+    assert_eq!(replayed, (seen + 1..=head).collect::<Vec<_>>(), "exactly the frames after since, up to joined");
+    let mut next = head;
+    while next < head + 30 {
+        let m = wait_for(&mut moved, PATIENCE, |v| v["type"] == "message").expect("the live stream follows");
+        assert_eq!(m["seq"].as_u64(), Some(next + 1), "no gap, no duplicate: {m}");
+        next += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().unwrap();
 }
