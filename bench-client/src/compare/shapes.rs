@@ -97,7 +97,13 @@ pub fn all() -> Vec<Shape> {
     vec![
         // Idle memory at 15,000 connections, and the connect + handshake + join rate
         // (connects unpaced: the pacing limit is far above what either server takes).
-        shape("idle-15k", false, &["connect", "-n", "15000", "--duration", "5", "--connect-rate", "1000000"]),
+        // Each connection joins one of 100 rooms: issue 16's memory target is per idle
+        // connection in that shape (a room membership costs memory; one room hid it).
+        shape(
+            "idle-15k",
+            false,
+            &["connect", "-n", "15000", "--rooms", "100", "--duration", "5", "--connect-rate", "1000000"],
+        ),
         // One room of 10,000, full broadcast: 1 msg/s = 10,000 deliveries/s.
         ramp("one-room-10k", "1", "5"),
         // 100 rooms × 100, one publisher per room: 1 msg/s = 100 deliveries/s.

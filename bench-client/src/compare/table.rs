@@ -245,8 +245,15 @@ pub fn rows(runs: &Runs) -> Vec<Row> {
     // (5) idle memory: corecast's own figure against 1,024 B.
     let idle = |s: &ShapeRuns| s.main.as_ref().and_then(|r| r.memory.server_rss_per_conn);
     let figs = each(&idle, "idle-15k");
-    let mut r =
-        row("idle RSS per connection at 15,000 idle", "B/conn", "idle-15k", figs, Better::Lower, "≤ 1,024 B", None);
+    let mut r = row(
+        "idle RSS per connection at 15,000 idle (each in one of 100 rooms)",
+        "B/conn",
+        "idle-15k",
+        figs,
+        Better::Lower,
+        "≤ 1,024 B",
+        None,
+    );
     r.judgement = judge(figs[0].map(|v| v <= 1024.0));
     r.client_corecast = None;
     r.client_ceiling = None;
@@ -510,7 +517,7 @@ mod tests {
             },
             &rows,
         );
-        assert!(md.contains("| idle RSS per connection at 15,000 idle |"));
+        assert!(md.contains("| idle RSS per connection at 15,000 idle (each in one of 100 rooms) |"));
     }
 
     #[test]
