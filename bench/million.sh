@@ -226,22 +226,28 @@ for p in "${node_pids[@]}"; do nodes_base=$((nodes_base + $(rss_kb "$p"))); done
 # Peak RSS (nodes, nats-server) and NATS subscriptions while the connections are held,
 # sampled once a second.
 subs() { curl -sf "127.0.0.1:$nats_mon/subsz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_subscriptions"])' 2>/dev/null || echo 0; }
+# The nodes' heartbeat and congestion counters, summed over the nodes that answer within
+# $1 seconds each: "<websockets open> <name value>... (<answered> of <nodes> nodes answered)".
+node_counters() {
+    for port in "${node_ports[@]}"; do curl -sf -m "$1" "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
+import json, sys
+t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0, "heartbeat_closes_deferred": 0, "congestion_pauses": 0}
+ws = n = 0
+for line in sys.stdin:
+    if line.strip():
+        s = json.loads(line)
+        n += 1
+        ws += s.get("connections", {}).get("websockets", 0)
+        for k in t: t[k] += s.get("counters", {}).get(k, 0)
+print(ws, " ".join(f"{k} {v}" for k, v in t.items()), f"({n} of {sys.argv[1]} nodes answered)")' "${#node_ports[@]}" 2>/dev/null || echo 0
+}
 (
     peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0 peak_ws=0
     while sleep 1; do
         # The nodes' heartbeat counters, summed, as they stood the last time the most
         # connections were open: the end of the hold, before bench-client's teardown
         # (after it, nodes rightly close the sockets it no longer answers on).
-        sample=$(for port in "${node_ports[@]}"; do curl -sf -m 2 "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
-import json, sys
-t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0, "heartbeat_closes_deferred": 0, "congestion_pauses": 0}
-ws = 0
-for line in sys.stdin:
-    if line.strip():
-        s = json.loads(line)
-        ws += s.get("connections", {}).get("websockets", 0)
-        for k in t: t[k] += s.get("counters", {}).get(k, 0)
-print(ws, " ".join(f"{k} {v}" for k, v in t.items()))' 2>/dev/null || echo 0)
+        sample=$(node_counters 2)
         ws=${sample%% *}
         if ((ws > 0 && ws >= peak_ws)); then peak_ws=$ws; echo "${sample#* } (at $ws connections)" >"$work/beats"; fi
         s=0
@@ -305,16 +311,8 @@ beats=$(cat "$work/beats" 2>/dev/null || echo unavailable)
 # The same counters once bench-client has finished (they only grow): the closes of the
 # publishing steps are in them. Asked with a long timeout, as saturated nodes answer late,
 # and the answering nodes are counted (during the run a sample misses nodes that are slow).
-beats_last=$(for port in "${node_ports[@]}"; do curl -sf -m 30 "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
-import json, sys
-t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0, "heartbeat_closes_deferred": 0, "congestion_pauses": 0}
-n = 0
-for line in sys.stdin:
-    if line.strip():
-        s = json.loads(line)
-        n += 1
-        for k in t: t[k] += s.get("counters", {}).get(k, 0)
-print(" ".join(f"{k} {v}" for k, v in t.items()), f"({n} of {sys.argv[1]} nodes answered)")' "${#node_ports[@]}" 2>/dev/null || echo unavailable)
+beats_last=$(node_counters 30)
+if [[ $beats_last == *" "* ]]; then beats_last=${beats_last#* }; else beats_last=unavailable; fi
 held=$N
 run=$(ls -dt "$RESULTS"/*"$scenario" 2>/dev/null | head -1 || true)
 if [[ -n $run && -f $run/summary.json ]]; then
