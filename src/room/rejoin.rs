@@ -102,6 +102,28 @@ impl Rejoins {
     pub(super) fn take_counts(&mut self) -> (u64, u64) {
         (std::mem::take(&mut self.held), std::mem::take(&mut self.recovered))
     }
+
+    /// Takes the held rejoins of `name` that `pick` chooses (in the order they were
+    /// held), keeping the others and the count in step.
+    fn take(&mut self, name: &str, pick: impl Fn(&Held) -> bool) -> Vec<Held> {
+        let Some(held) = self.rooms.get_mut(name) else { return Vec::new() };
+        let (taken, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held).into_iter().partition(|h| pick(h));
+        *held = kept;
+        if held.is_empty() {
+            self.rooms.remove(name);
+        }
+        self.len -= taken.len();
+        taken
+    }
+
+    /// Answers `taken` (rejoins of `room`) as things stand now.
+    fn answer(&mut self, room: &OwnedRoom, taken: Vec<Held>, sink: &mut Sink<'_>) {
+        for h in taken {
+            if ack_join(room, &h.req, sink) == Some(true) {
+                self.recovered += 1;
+            }
+        }
+    }
 }
 
 impl OwnedRooms {
@@ -149,31 +171,13 @@ impl OwnedRooms {
             return;
         }
         let Some(room) = self.rooms.get(name) else { return };
-        let Some(held) = self.rejoins.rooms.get_mut(name) else { return };
-        let ready = |h: &Held| {
+        let ready = self.rejoins.take(name, |h| {
             all || match h.want {
                 Some(w) if w != room.stream => room.stream != h.stream,
                 _ => room.seq >= h.seq,
             }
-        };
-        let mut answer = Vec::new();
-        let mut i = 0;
-        while i < held.len() {
-            if ready(&held[i]) {
-                answer.push(held.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        if held.is_empty() {
-            self.rejoins.rooms.remove(name);
-        }
-        self.rejoins.len -= answer.len();
-        for h in answer {
-            if ack_join(room, &h.req, sink) == Some(true) {
-                self.rejoins.recovered += 1;
-            }
-        }
+        });
+        self.rejoins.answer(room, ready, sink);
     }
 
     /// Answers every held rejoin whose wait is over, as it would have been answered
@@ -192,26 +196,13 @@ impl OwnedRooms {
             .collect();
         for name in due {
             let Some(room) = self.rooms.get(&name) else {
-                let gone = self.rejoins.rooms.remove(&name).unwrap_or_default();
-                self.rejoins.len -= gone.len();
-                for h in gone {
+                for h in self.rejoins.take(&name, |_| true) {
                     refuse(&h.req, ErrorCode::NoSuchRoom, "the room was deleted", sink);
                 }
                 continue;
             };
-            let Some(held) = self.rejoins.rooms.get_mut(&name) else { continue };
-            let (due, keep): (Vec<Held>, Vec<Held>) =
-                std::mem::take(held).into_iter().partition(|h| h.deadline_ms <= now_ms);
-            *held = keep;
-            if held.is_empty() {
-                self.rejoins.rooms.remove(&name);
-            }
-            self.rejoins.len -= due.len();
-            for h in due {
-                if ack_join(room, &h.req, sink) == Some(true) {
-                    self.rejoins.recovered += 1;
-                }
-            }
+            let due = self.rejoins.take(&name, |h| h.deadline_ms <= now_ms);
+            self.rejoins.answer(room, due, sink);
         }
     }
 }

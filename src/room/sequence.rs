@@ -93,21 +93,16 @@ impl OwnedRooms {
             }
         }
         // A rejoin ahead of this node's copy of the stream is answered once the copy
-        // catches up (cluster; see `rejoin`).
-        let counted = holds && change.is_some_and(|c| c.cluster);
-        let Some(req) = self.hold_rejoin(req, now_ms) else {
-            if counted {
-                self.count_changed(&name);
-            }
-            return JoinStep::Done;
-        };
-        if let Some(room) = self.rooms.get(&req.room) {
-            ack_join(room, &req, sink);
+        // catches up (cluster; see `rejoin`); every other join is answered now.
+        let unheld = self.hold_rejoin(req, now_ms);
+        if let Some((req, room)) = unheld.as_ref().zip(self.rooms.get(&name)) {
+            ack_join(room, req, sink);
         }
-        if counted {
+        if holds && change.is_some_and(|c| c.cluster) {
             self.count_changed(&name);
         }
-        if online {
+        // Personal rooms are never held.
+        if let Some(req) = unheld.filter(|_| online) {
             self.personal_changed(&name, &req.user, true, sink);
         }
         JoinStep::Done

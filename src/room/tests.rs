@@ -1245,6 +1245,16 @@ fn feed(r: &mut OwnedRooms, by: u64, frames: &[(u64, u64, bytes::Bytes)]) -> Vec
     seqs(&out)
 }
 
+/// [`two_nodes`] after `a` sequenced `n` frames and `b` followed all of them, with the
+/// stream's epoch as `joined` shows it.
+fn followed(n: usize) -> (OwnedRooms, OwnedRooms, String) {
+    let (mut a, mut b) = two_nodes();
+    let sent = publish_n(&mut a, n, 10);
+    feed(&mut b, a.node, &sent);
+    let epoch = format!("{:016x}", sent[0].0);
+    (a, b, epoch)
+}
+
 fn seqs(out: &[RoomOut]) -> Vec<u64> {
     delivered(out).iter().filter_map(|(_, v)| v["seq"].as_u64()).collect()
 }
@@ -1598,10 +1608,7 @@ fn a_rejoin_that_subscribes_a_node_to_the_room_fetches_the_frames_before_its_fir
 #[test]
 fn a_rejoin_the_stream_never_reaches_is_answered_not_recovered_after_the_bound() {
     // A seq the stream does not reach: answered as before once the wait is over.
-    let (mut a, mut b) = two_nodes();
-    let sent = publish_n(&mut a, 3, 10);
-    feed(&mut b, a.node, &sent);
-    let epoch = format!("{:016x}", sent[0].0);
+    let (a, mut b, epoch) = followed(3);
     assert!(seen(&run(&mut b, rejoin_req("r", "uc", 7, &epoch, 99))).is_empty());
     let mut out = Vec::new();
     b.handoff_tick(1 + rejoin::REJOIN_WAIT_MS - 1, &mut |o| out.push(o));
@@ -1633,10 +1640,7 @@ fn a_rejoin_the_stream_never_reaches_is_answered_not_recovered_after_the_bound()
 
     // Answered at once, as before: the node sequences the stream itself (nothing
     // ahead of it exists), a malformed epoch, a client already in step.
-    let (mut a, mut b) = two_nodes();
-    let sent = publish_n(&mut a, 3, 10);
-    feed(&mut b, a.node, &sent);
-    let epoch = format!("{:016x}", sent[0].0);
+    let (mut a, mut b, epoch) = followed(3);
     assert_eq!(the_ack(&run(&mut a, rejoin_req("r", "uc", 7, &epoch, 5))), (vec![], Some(false), 3));
     assert_eq!(the_ack(&run(&mut b, rejoin_req("r", "uc", 8, &epoch.to_uppercase(), 5))), (vec![], Some(false), 3));
     assert_eq!(the_ack(&run(&mut b, rejoin_req("r", "uc", 9, &epoch, 2))), (vec![3], Some(true), 3));
@@ -1655,10 +1659,7 @@ fn a_single_node_answers_a_since_ahead_of_the_room_at_once() {
 
 #[test]
 fn held_rejoins_are_bounded_per_shard() {
-    let (mut a, mut b) = two_nodes();
-    let sent = publish_n(&mut a, 1, 10);
-    feed(&mut b, a.node, &sent);
-    let epoch = format!("{:016x}", sent[0].0);
+    let (mut a, mut b, epoch) = followed(1);
     for n in 0..rejoin::MAX_HELD_JOINS as u32 {
         assert!(seen(&run(&mut b, rejoin_req("r", "u", 10 + n, &epoch, 2))).is_empty());
     }

@@ -100,6 +100,13 @@ pub(crate) fn node(url: &str, name: &str) -> TestServer {
     })
 }
 
+/// `n` in-process nodes named `<prefix>0`, `<prefix>1`, … on `nats`, once each sees all `n`.
+fn live_nodes(nats: &Nats, n: usize, prefix: &str) -> Vec<TestServer> {
+    let nodes: Vec<TestServer> = (0..n).map(|i| node(&nats.url(), &format!("{prefix}{i}"))).collect();
+    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), n as u64);
+    nodes
+}
+
 /// A node as a child process (so that it can be killed with SIGKILL).
 fn child_node(url: &str, name: &str) -> ChildServer {
     ChildServer::spawn(ChildServer::command().args(["--nats-url", url, "--node-name", name, "--api-key", KEY]))
@@ -363,8 +370,7 @@ fn room_buckets_bound_subscriptions_and_rooms_without_members_stay_silent() {
 fn api_publish_and_personal_rooms_reach_every_node() {
     let Some(bin) = nats_binary("api_publish_and_personal_rooms_reach_every_node") else { return };
     let nats = Nats::start(bin);
-    let nodes: Vec<TestServer> = (0..3).map(|i| node(&nats.url(), &format!("p{i}"))).collect();
-    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), 3);
+    let nodes = live_nodes(&nats, 3, "p");
 
     let mut a = Client::connect(&nodes[0], "ann");
     let mut b = Client::connect(&nodes[1], "ben");
@@ -543,8 +549,7 @@ fn nats_restart_local_delivery_continues_and_the_cluster_heals() {
 fn every_node_shows_the_cluster_wide_count_of_every_room() {
     let Some(bin) = nats_binary("every_node_shows_the_cluster_wide_count_of_every_room") else { return };
     let nats = Nats::start(bin);
-    let nodes: Vec<TestServer> = (0..3).map(|i| node(&nats.url(), &format!("c{i}"))).collect();
-    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), 3);
+    let nodes = live_nodes(&nats, 3, "c");
     const ROOMS: usize = 12;
     // One user per room and node: each room has 3 users, 1 on each node.
     let mut clients = Vec::new();
@@ -609,8 +614,7 @@ fn every_node_shows_the_cluster_wide_count_of_every_room() {
 fn a_rejoin_on_a_node_without_the_room_recovers_without_a_gap() {
     let Some(bin) = nats_binary("a_rejoin_on_a_node_without_the_room_recovers_without_a_gap") else { return };
     let nats = Nats::start(bin);
-    let nodes: Vec<TestServer> = (0..2).map(|i| node(&nats.url(), &format!("r{i}"))).collect();
-    wait_for_cluster(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>(), 2);
+    let nodes = live_nodes(&nats, 2, "r");
     let id = |n: &TestServer| {
         let stats = n.http().get("/stats").json();
         u64::from_str_radix(stats["bus"]["node"].as_str().unwrap(), 16).unwrap()
