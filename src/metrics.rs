@@ -89,7 +89,7 @@ counters! {
     protocol_errors,
     /// Connections closed for missing heartbeats.
     heartbeat_closes,
-    /// Sweeps that kept a connection silent for two intervals as reads had been paused meanwhile.
+    /// Sweeps that kept a connection silent for two intervals (reads were paused, or its bytes wait unread).
     heartbeat_closes_deferred,
     /// Connections that stopped reading because some shard's inbox was over its high-water mark.
     congestion_pauses,

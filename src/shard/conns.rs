@@ -173,6 +173,12 @@ impl Conn {
         unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
     }
 
+    /// Whether bytes from the peer wait unread in the socket's receive queue: the
+    /// heartbeat asks before it closes a connection for silence.
+    pub fn unread_input(&self) -> bool {
+        unread(self.fd())
+    }
+
     /// Sends `frame` at once or queues it (see [`Outbox::push`]).
     pub fn push(&mut self, frame: Bytes, caps: Caps) -> Pushed {
         let fd = self.fd();
@@ -298,8 +304,35 @@ impl Conns {
     }
 }
 
+/// Whether bytes wait in the receive queue of socket `fd` (`FIONREAD` > 0). An error
+/// (the descriptor is not a socket) counts as nothing waiting.
+fn unread(fd: BorrowedFd<'_>) -> bool {
+    rustix::io::ioctl_fionread(fd).is_ok_and(|n| n > 0)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn unread_sees_bytes_waiting_in_the_socket_until_they_are_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut ours, _) = listener.accept().unwrap();
+        assert!(!super::unread(ours.as_fd()), "nothing sent yet");
+        peer.write_all(b"\x8a\x80pong").unwrap();
+        // Loopback delivers at once, but wait for it rather than assume it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !super::unread(ours.as_fd()) {
+            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut buf = [0u8; 6];
+        ours.read_exact(&mut buf).unwrap();
+        assert!(!super::unread(ours.as_fd()), "all read");
+    }
+
     /// Per-connection memory is a product feature (docs/DESIGN-NOTES.md, "Memory per connection"): this fails when
     /// someone makes every connection bigger, so the cost is a conscious decision.
     #[test]

@@ -8,7 +8,10 @@
 //! enforces the handshake and close timeouts. Silence that closes is counted only while
 //! the shard reads: when congestion pauses reading (see `Services::pause`), the pongs
 //! wait unread in the kernel, and a shard must not close healthy peers for its own
-//! backlog. What to do with one connection is decided
+//! backlog. Nor is a connection silent whose bytes wait unread in the kernel: a shard
+//! that fell behind (starved of CPU on a crowded host, or busy with a burst) runs its
+//! sweep before the readers that would see those bytes, so the sweep asks the socket
+//! before it closes ([`heard_meanwhile`]). What to do with one connection is decided
 //! by [`decide`], a pure function of the connection's clocks.
 
 use std::rc::Rc;
@@ -109,6 +112,18 @@ fn elapsed(now: u32, since: u32) -> u32 {
     }
 }
 
+/// Turns a heartbeat close into a deferral when the peer has spoken after all: `unread`
+/// (asked only for a connection about to be closed, so one syscall per such
+/// connection, not per sweep) says whether bytes from it wait in the socket's receive
+/// queue. They are most likely the pong to the ping that the silence began with; the
+/// shard reads them as soon as it gets to the connection's reader.
+pub(super) fn heard_meanwhile(action: Action, unread: impl FnOnce() -> bool) -> Action {
+    match action {
+        Action::HeartbeatClose if unread() => Action::HeartbeatDeferred,
+        other => other,
+    }
+}
+
 /// Decides what one sweep does to a connection at shard time `now`.
 pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
     let in_phase = elapsed(now, c.phase_since);
@@ -150,7 +165,7 @@ impl Shard {
             self.ips.borrow_mut().prune(now);
         }
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
-            match decide(Clocks::of(conn), now, limits) {
+            match heard_meanwhile(decide(Clocks::of(conn), now, limits), || conn.unread_input()) {
                 Action::Keep => {}
                 Action::HeartbeatDeferred => inc(&self.stats.heartbeat_closes_deferred),
                 Action::HandshakeTimeout { partial } => {
@@ -229,6 +244,26 @@ mod tests {
         c.pinged = true;
         assert_eq!(decide(c, 31_000, LIMITS), Action::Keep, "one ping per silence");
         assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose);
+    }
+
+    /// The million-connection runs (issue 14): nodes starved of CPU on a crowded host
+    /// closed tens of thousands of healthy clients with 1001 while publishing
+    /// (`heartbeat_closes` summed over the nodes afterwards: 39,457). A shard that falls
+    /// behind runs its sweep before the readers holding the pongs; the bytes waiting in
+    /// the socket prove the peer alive, so the close waits for the reader.
+    #[test]
+    fn regression_a_pong_waiting_unread_defers_the_heartbeat_close() {
+        let mut c = clocks(Phase::Open, 0);
+        c.last_seen = 1_000;
+        c.pinged = true;
+        let close = decide(c, 61_000, LIMITS);
+        assert_eq!(close, Action::HeartbeatClose);
+        assert_eq!(heard_meanwhile(close, || true), Action::HeartbeatDeferred);
+        assert_eq!(heard_meanwhile(close, || false), Action::HeartbeatClose, "really silent: closed");
+        // Only a close asks the socket (one syscall per connection about to go, not per sweep).
+        for action in [Action::Keep, Action::Ping, Action::CloseTimeout, Action::HeartbeatDeferred] {
+            assert_eq!(heard_meanwhile(action, || panic!("asked for {action:?}")), action);
+        }
     }
 
     /// A shard whose inboxes stay over their high-water mark pauses reading; the pongs to

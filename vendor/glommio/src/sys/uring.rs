@@ -1096,6 +1096,7 @@ impl SleepableRing {
                     .or_else(Reactor::busy_ok)
                     .or_else(Reactor::again_ok)
                     .or_else(Reactor::intr_ok)
+                    .or_else(Reactor::dropped_ok)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1716,6 +1717,19 @@ impl Reactor {
     fn intr_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
         match x.raw_os_error() {
             Some(libc::EINTR) => Ok(Default::default()),
+            Some(_) => Err(x),
+            None => Err(x),
+        }
+    }
+
+    /// corecast patch: io_uring can return `EBADR` when the kernel dropped completions
+    /// it could not allocate overflow room for (the host is critically low on memory;
+    /// seen on a host running a million sockets). The call clears that state, so the
+    /// reactor just wakes and reaps what is there. Upstream `expect`s here, which panics
+    /// the executor's thread and takes a whole shard down.
+    fn dropped_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
+        match x.raw_os_error() {
+            Some(libc::EBADR) => Ok(Default::default()),
             Some(_) => Err(x),
             None => Err(x),
         }
