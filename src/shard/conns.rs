@@ -173,6 +173,11 @@ impl Conn {
         unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
     }
 
+    /// The connection's generation: unique on its shard for its life (ids carry it).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
     /// Whether bytes from the peer wait unread in the socket's receive queue: the
     /// heartbeat asks before it closes a connection for silence.
     pub fn unread_input(&self) -> bool {

@@ -2,9 +2,9 @@
 //! connection (a timer costs memory per connection and slows every reactor pass when
 //! there are a million of them).
 //!
-//! Each tick walks the connection table once: pings connections silent for one interval
-//! (so pings are spread by when each connection last spoke, not sent in one burst, and
-//! busy connections are never pinged), closes connections silent for two intervals, and
+//! Each tick walks the connection table once: pings connections silent for about one
+//! interval (so busy connections are never pinged, and pings are spread by when each
+//! connection last spoke), closes connections silent for two intervals, and
 //! enforces the handshake and close timeouts. Silence that closes is counted only while
 //! the shard reads: when congestion pauses reading (see `Services::pause`), the pongs
 //! wait unread in the kernel, and a shard must not close healthy peers for its own
@@ -13,6 +13,14 @@
 //! sweep before the readers that would see those bytes, so the sweep asks the socket
 //! before it closes ([`heard_meanwhile`]). What to do with one connection is decided
 //! by [`decide`], a pure function of the connection's clocks.
+//!
+//! Connections that connected in one burst (a deploy, a load test, a network coming
+//! back) would stay in step forever: pinged in the same sweep, answering together, then
+//! silent for exactly one interval again, so every interval one sweep sends a ping to
+//! each of them and the readers take all the pongs at once, a stall for every room's
+//! traffic on the shard. So each connection is pinged up to a quarter interval early, by
+//! an offset of its own ([`Clocks::spread`]), which scatters such a burst over a quarter
+//! interval of sweeps and keeps it scattered.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -85,6 +93,9 @@ pub(super) struct Clocks {
     pub http_busy: bool,
     /// HTTP: part of a request is buffered.
     pub http_partial: bool,
+    /// A number of the connection's own, fixed for its life and scattered across
+    /// connections: how early within a quarter interval it is pinged.
+    pub spread: u32,
 }
 
 impl Clocks {
@@ -96,6 +107,8 @@ impl Clocks {
             pinged: conn.pinged,
             http_busy: conn.http.as_ref().is_some_and(|h| h.busy),
             http_partial: conn.http.as_ref().is_some_and(|h| !h.buf.is_empty()),
+            // Fibonacci hashing of the generation, unique per connection on the shard.
+            spread: conn.generation().wrapping_mul(0x9E37_79B9),
         }
     }
 }
@@ -124,6 +137,12 @@ pub(super) fn heard_meanwhile(action: Action, unread: impl FnOnce() -> bool) -> 
     }
 }
 
+/// How much earlier than one full interval `ping` a connection with `spread` is
+/// pinged: below a quarter interval, so it still has more than one interval to answer.
+fn early(spread: u32, ping: u32) -> u32 {
+    spread % (ping / 4).max(1)
+}
+
 /// Decides what one sweep does to a connection at shard time `now`.
 pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
     let in_phase = elapsed(now, c.phase_since);
@@ -136,7 +155,7 @@ pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
         }
         Phase::Open if unheard >= 2 * limits.ping => Action::HeartbeatClose,
         Phase::Open if silent >= 2 * limits.ping => Action::HeartbeatDeferred,
-        Phase::Open if !c.pinged && silent >= limits.ping => Action::Ping,
+        Phase::Open if !c.pinged && silent >= limits.ping - early(c.spread, limits.ping) => Action::Ping,
         Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done if in_phase >= limits.close => {
             Action::CloseTimeout
         }
@@ -208,7 +227,15 @@ mod tests {
     const LIMITS: Limits = Limits { ping: 30_000, handshake: 10_000, close: 2_000, reading_since: None };
 
     fn clocks(phase: Phase, phase_since: u32) -> Clocks {
-        Clocks { phase, phase_since, last_seen: phase_since, pinged: false, http_busy: false, http_partial: false }
+        Clocks {
+            phase,
+            phase_since,
+            last_seen: phase_since,
+            pinged: false,
+            http_busy: false,
+            http_partial: false,
+            spread: 0,
+        }
     }
 
     /// The bug behind `abuse::an_expiring_token_closes_with_1008_unless_refreshed`
@@ -244,6 +271,34 @@ mod tests {
         c.pinged = true;
         assert_eq!(decide(c, 31_000, LIMITS), Action::Keep, "one ping per silence");
         assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose);
+    }
+
+    /// Connections that connected together were pinged together every interval, forever
+    /// (each answer restarts the silence at the same moment): one sweep pinged them all and
+    /// the pongs came back at once. Each is pinged up to a quarter interval early by its
+    /// own offset, never later than one interval, so a burst spreads and stays spread.
+    #[test]
+    fn regression_connections_that_joined_together_are_not_pinged_in_one_sweep() {
+        let mut c = clocks(Phase::Open, 0);
+        // 1,000 connections in a row, as a burst of connects gives them.
+        let mut first_ping = |generation: u32| {
+            c.spread = generation.wrapping_mul(0x9E37_79B9);
+            (0..=LIMITS.ping).step_by(1_000).find(|&now| decide(c, now, LIMITS) == Action::Ping)
+        };
+        let mut per_sweep = std::collections::BTreeMap::<u32, u32>::new();
+        for generation in 1..=1_000 {
+            let at = first_ping(generation).expect("pinged within one interval");
+            assert!(at > LIMITS.ping * 3 / 4, "never more than a quarter interval early: {at}");
+            *per_sweep.entry(at).or_default() += 1;
+        }
+        // A quarter of 30 s is 7 or 8 one-second sweeps, so about 130 per sweep; all 1,000
+        // in one sweep before.
+        assert!(per_sweep.len() >= 7, "{per_sweep:?}");
+        assert!(per_sweep.values().all(|&n| n <= 250), "{per_sweep:?}");
+        // Still: one ping per silence, and the close after two full intervals.
+        c.pinged = true;
+        assert_eq!(decide(c, LIMITS.ping, LIMITS), Action::Keep);
+        assert_eq!(decide(c, 2 * LIMITS.ping, LIMITS), Action::HeartbeatClose);
     }
 
     /// The million-connection runs (issue 14): nodes starved of CPU on a crowded host
