@@ -194,14 +194,17 @@ impl OwnedRooms {
 
     /// On the room's holder (its sequencer), answering a node that subscribed: a public
     /// room it has no copy of is created here, so that its stream, whose epoch it tells
-    /// that node, is the one its first publish continues (at seq 1). Not while the live
-    /// set just changed: another node may be handing the room's stream over.
+    /// that node, is the one its first publish continues (at seq 1).
+    ///
+    /// Also just after the live set changed, when another node may be handing the
+    /// room's stream over: the asking node's presence message, right behind its request,
+    /// creates the same room here anyway (`kept_room`), and a mark then still replaces
+    /// its stream while it has no message. The asking node then follows the mark's
+    /// stream from its first frame, and its first joiners hold an epoch no stream has,
+    /// as they would without an answer; in a cluster that just formed, where no stream
+    /// can be handed over, they get the right one.
     pub(super) fn stream_room(&mut self, name: &str, now_ms: u64) {
-        if self.node == 0
-            || self.rooms.contains_key(name)
-            || name.starts_with(SYSTEM_ROOM_PREFIX)
-            || self.view_unsettled(now_ms)
-        {
+        if self.node == 0 || self.rooms.contains_key(name) || name.starts_with(SYSTEM_ROOM_PREFIX) {
             return;
         }
         let name: Arc<str> = name.into();
@@ -213,8 +216,8 @@ impl OwnedRooms {
     /// last seq) when it is settled here (this node sequences it, or follows one with
     /// frames, and no handoff is under way); `None` otherwise (that node's first joins
     /// then wait for a frame, or the bound).
-    pub(super) fn stream_position(&self, room: &OwnedRoom, now_ms: u64) -> Option<(u64, u64)> {
-        let own = room.sequencer == self.node && !(room.seq == 0 && self.view_unsettled(now_ms));
+    pub(super) fn stream_position(&self, room: &OwnedRoom) -> Option<(u64, u64)> {
+        let own = room.sequencer == self.node;
         ((own || room.seq > 0) && !self.pending.contains_key(&room.name)).then_some((room.stream, room.seq))
     }
 }

@@ -289,7 +289,7 @@ impl OwnedRooms {
         }
         self.stream_room(name, now_ms);
         if let Some(room) = self.rooms.get(name).filter(|r| !r.is_system()) {
-            let stream = self.stream_position(room, now_ms);
+            let stream = self.stream_position(room);
             let out = ClusterOut::Count { room: room.name.clone(), count: room.user_count(), to: node, stream };
             sink(RoomOut::Cluster(out));
         }

@@ -666,10 +666,9 @@ fn a_first_join_on_a_node_that_does_not_sequence_the_room_gets_the_streams_epoch
         c.send(json!({"type":"join","room":room}));
         wait_for(c, PATIENCE, |v| v["type"] == "joined").expect("joined")
     };
-    // For a few seconds after the live set changed (here: the cluster just formed) the
-    // sequencer does not answer for a room it has never seen, because another node may be
-    // handing that room's stream over (docs/CLUSTER.md); the join then gets node 1's own
-    // epoch after the bound, as before. A room joined in that window is left for the next.
+    // A node's shards learn the live set a moment after its /health shows it: a join
+    // node 1's owner shard handled while it still saw itself alone was answered at once
+    // with its own epoch, as on a single node. Such a room is left for the next.
     let deadline = Instant::now() + PATIENCE;
     let (room, mut client, epoch) = loop {
         let room = rooms.next().unwrap();
