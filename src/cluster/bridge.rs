@@ -519,8 +519,9 @@ impl Bridge {
                 let h = Header::Event { node: me, room: room.to_string() };
                 self.publish(self.room_subject(&room), &h, &frame).await;
             }
-            BusOut::Room(ClusterOut::Count { room, count, to }) => {
-                let h = Header::Count { node: me, room: room.to_string(), count };
+            BusOut::Room(ClusterOut::Count { room, count, to, stream }) => {
+                let (epoch, seq) = (stream.map(|s| s.0), stream.map(|s| s.1));
+                let h = Header::Count { node: me, room: room.to_string(), count, epoch, seq };
                 self.publish(self.subjects.node(to).into(), &h, &[]).await;
             }
             BusOut::Room(ClusterOut::Counts(counts)) => {
@@ -694,9 +695,10 @@ impl Bridge {
                 let (to, m) = room_msg(&room, BusIn::Event { room: room.clone(), frame: body });
                 self.deliver(to, m);
             }
-            Header::Count { room, count, .. } => {
+            Header::Count { node, room, count, epoch, seq } => {
                 let room: Arc<str> = room.into();
-                let (to, m) = room_msg(&room, BusIn::Count { room: room.clone(), count });
+                let stream = epoch.zip(seq);
+                let (to, m) = room_msg(&room, BusIn::Count { room: room.clone(), count, stream, node });
                 self.deliver(to, m);
             }
             Header::Counts { counts, .. } => {

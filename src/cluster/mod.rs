@@ -179,6 +179,13 @@ pub struct BusStats {
     pub rejoins_held: AtomicU64,
     /// Of [`Self::rejoins_held`], those answered `recovered: true`.
     pub rejoins_held_recovered: AtomicU64,
+    /// First joins of a room on a node with no copy of its stream (not its sequencer,
+    /// no frame yet), whose `joined` waited for the sequencer's stream position instead
+    /// of showing an epoch of this node's own that no stream has.
+    pub joins_held_for_stream: AtomicU64,
+    /// Of [`Self::joins_held_for_stream`], those answered after the bound without the
+    /// stream (the sequencer never answered and no frame came: a provisional epoch).
+    pub joins_held_timed_out: AtomicU64,
     /// Live nodes, this one included (a gauge).
     pub nodes: AtomicU64,
     /// NATS subscriptions this node holds for public rooms (a gauge): one per room, or
@@ -224,6 +231,10 @@ pub struct BusReport {
     pub rejoins_held: u64,
     /// See [`BusStats::rejoins_held_recovered`].
     pub rejoins_held_recovered: u64,
+    /// See [`BusStats::joins_held_for_stream`].
+    pub joins_held_for_stream: u64,
+    /// See [`BusStats::joins_held_timed_out`].
+    pub joins_held_timed_out: u64,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -329,6 +340,10 @@ pub enum BusIn {
         room: Arc<str>,
         /// Distinct users.
         count: u32,
+        /// The holder's stream of the room, (epoch, last seq), when it has a settled one.
+        stream: Option<(u64, u64)>,
+        /// The holder.
+        node: u64,
     },
     /// To an owner shard: cluster-wide counts of its rooms, from their holders (the
     /// rooms of one [`wire::Header::Counts`] this node subscribed to and the shard owns).
@@ -336,7 +351,7 @@ pub enum BusIn {
     /// To a room's owner shard: a presence query forwarded by another node.
     PresenceQuery(Box<PresenceReq>),
     /// To a room's owner shard: node `node` subscribed to the room (the holder answers
-    /// with the room's count).
+    /// with the room's count and stream position).
     SyncReq {
         /// Room name.
         room: Arc<str>,
@@ -519,6 +534,8 @@ impl Bus {
             stream_continuations: r(&s.stream_continuations),
             rejoins_held: r(&s.rejoins_held),
             rejoins_held_recovered: r(&s.rejoins_held_recovered),
+            joins_held_for_stream: r(&s.joins_held_for_stream),
+            joins_held_timed_out: r(&s.joins_held_timed_out),
         }
     }
 }

@@ -189,6 +189,15 @@ pub enum Header {
         room: String,
         /// Distinct users.
         count: u32,
+        /// The room's stream on the holder (its sequencer): epoch, with [`Header::Count`]'s
+        /// `seq`. A node whose first members wait for the stream (see `OwnedRooms::remote_stream`)
+        /// starts its copy there; absent while the holder's stream is unsettled (and from
+        /// nodes that predate it, whose answers still decode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        /// The stream's last seq on the holder (with `epoch`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     /// Cluster-wide user counts of rooms the sender holds that changed since its last
     /// report (broadcast subject; at most [`COUNTS_PER_MESSAGE`] rooms each): receivers
@@ -235,8 +244,8 @@ pub enum Header {
         /// The users, in any order.
         users: Vec<String>,
     },
-    /// "I just subscribed to this room": the room's holder answers with its count (the
-    /// holder's node subject).
+    /// "I just subscribed to this room": the room's holder answers with its count and its
+    /// stream position (the holder's node subject).
     SyncReq {
         /// Sender (answers go to its node subject).
         node: u64,
@@ -444,6 +453,17 @@ mod tests {
         let old = br#"{"k":"fwd","node":1,"room":"r","user":"u","broadcast":false,"reply":null}"#;
         let m = [&[1u8][..], &(old.len() as u32).to_be_bytes(), old].concat();
         assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Fwd { origin: None, .. }, _))));
+    }
+
+    #[test]
+    fn count_answers_carry_the_stream_position_and_older_ones_still_decode() {
+        let h = Header::Count { node: 2, room: "r".into(), count: 3, epoch: Some(u64::MAX), seq: Some(41) };
+        let (back, _) = decode(&encode(&h, b"")).unwrap();
+        assert_eq!(back, h);
+        // An answer from a node that predates the stream position: no position.
+        let old = br#"{"k":"count","node":1,"room":"r","count":3}"#;
+        let m = [&[1u8][..], &(old.len() as u32).to_be_bytes(), old].concat();
+        assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Count { epoch: None, seq: None, .. }, _))));
     }
 
     #[test]

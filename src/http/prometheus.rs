@@ -123,7 +123,7 @@ struct Bus(BusReport);
 impl Collector for Bus {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let b = &self.0;
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 13] = [
             ("bus_relayed_out", "Bus messages published to NATS.", b.relayed_out),
             ("bus_relayed_in", "Bus messages received from other nodes and handed to shards.", b.relayed_in),
             (
@@ -147,6 +147,16 @@ impl Collector for Bus {
                 b.rejoins_held,
             ),
             ("bus_rejoins_held_recovered", "Held rejoins answered recovered: true.", b.rejoins_held_recovered),
+            (
+                "bus_joins_held_for_stream",
+                "First joins on a node without the room's stream, answered once the sequencer's stream was known.",
+                b.joins_held_for_stream,
+            ),
+            (
+                "bus_joins_held_timed_out",
+                "Joins held for the room's stream answered after the bound with this node's own epoch.",
+                b.joins_held_timed_out,
+            ),
         ];
         for (name, help, value) in counters {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -347,6 +347,7 @@ impl OwnedRooms {
     pub fn handoff_tick(&mut self, now_ms: u64, sink: &mut Sink<'_>) {
         self.clock_ms = now_ms;
         self.rejoin_tick(now_ms, sink);
+        self.first_join_tick(now_ms, sink);
         if self.pending.is_empty() {
             return;
         }
@@ -388,6 +389,27 @@ impl OwnedRooms {
         true
     }
 
+    /// Asks node `from` for `name`'s frames of stream `epoch` after `after` up to `upto`:
+    /// a copy that starts at the sequencer's position `upto` (see `fresh`) while a held
+    /// rejoin needs the frames before it. Frames arriving meanwhile are held as after a
+    /// hole; if the ones asked for cannot come, the copy starts at `upto`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn catch_up_to(
+        &mut self,
+        name: &Arc<str>,
+        epoch: u64,
+        after: u64,
+        upto: u64,
+        from: u64,
+        now_ms: u64,
+        sink: &mut Sink<'_>,
+    ) {
+        let mut p = Pending::new(epoch, now_ms);
+        (p.asked, p.upto) = (Some(from), upto);
+        self.pending.insert(name.clone(), p);
+        sink(RoomOut::Cluster(ClusterOut::CatchUp { room: name.clone(), epoch, after, to: from }));
+    }
+
     /// Whether `name` is waiting for a catch-up (frames after a hole are then held).
     pub(super) fn catching_up(&self, name: &str) -> bool {
         !self.pending.is_empty() && self.pending.get(name).is_some_and(|p| p.asked.is_some())
@@ -422,6 +444,8 @@ impl OwnedRooms {
             }
         }
         self.replay(p.publishes, now_ms, sink);
+        // First joins waited for the stream while it was caught up (see `fresh`).
+        self.answer_first_joins(name, false, sink);
         // Handed a room this node does not win (the sender did not know a node that
         // this one knows): what was held here is sequenced here, then the stream goes
         // on to the winner. The sender gave the stream up and is left out, whatever
@@ -449,6 +473,16 @@ impl OwnedRooms {
                 let sequencer = f.node;
                 room.new_stream(p.epoch, sequencer, &mut self.budget);
                 room.seq = f.seq - 1;
+            } else if room.seq < p.upto {
+                // A copy started at the sequencer's position (`catch_up_to`) without the
+                // frames before it: it starts there, as after a hole, and what waited
+                // for it is answered now.
+                self.gaps += 1;
+                let sequencer = room.sequencer;
+                room.new_stream(p.epoch, sequencer, &mut self.budget);
+                room.seq = p.upto;
+                self.answer_rejoins(name, false, sink);
+                self.answer_first_joins(name, false, sink);
             }
             for f in p.frames {
                 self.remote_frame_skipping(name, p.epoch, f.seq, f.node, f.frame, f.skip, sink);

@@ -21,6 +21,7 @@
 //! | `presence` | the presence-event rule, the cluster's presence keepers, presence pages |
 //! | [`recent`] | idempotency keys of recent publishes |
 //! | `rejoin` | rejoins ahead of this node's copy of a stream, held until it catches up (cluster) |
+//! | `fresh` | first joins on a node with no copy of a room's stream, held until it knows the sequencer's (cluster) |
 //! | `retention` | history pages, lingering empty rooms, the memory budget's room side |
 //! | `stream` | adopting the stream another node sequences (cluster) |
 //! | [`handoff`] | continuing a stream when its sequencer changes, catching up missed frames (cluster) |
@@ -28,6 +29,7 @@
 //! | [`history`] | the history ring and the shard-wide budget |
 //! | [`users`] | cluster-wide users of a room |
 
+mod fresh;
 pub mod handoff;
 pub mod history;
 mod online;
@@ -187,6 +189,8 @@ pub struct OwnedRooms {
     view_changed_ms: u64,
     /// Rejoins held until this node's copy of their stream catches up (`rejoin`).
     rejoins: rejoin::Rejoins,
+    /// First joins held until this node knows the room's stream (`fresh`).
+    first_joins: fresh::FirstJoins,
 }
 
 impl OwnedRooms {
@@ -222,6 +226,7 @@ impl OwnedRooms {
             bus_up: true,
             view_changed_ms: 0,
             rejoins: rejoin::Rejoins::default(),
+            first_joins: fresh::FirstJoins::default(),
         }
     }
 

@@ -263,7 +263,8 @@ pub enum ClusterOut {
         frame: Bytes,
     },
     /// The room's cluster-wide user count, from its holder, for node `to`, which just
-    /// subscribed to the room.
+    /// subscribed to the room; with the holder's stream position, which a node whose
+    /// first joins wait for the stream adopts (see `OwnedRooms::remote_stream`).
     Count {
         /// Room name.
         room: Arc<str>,
@@ -271,6 +272,9 @@ pub enum ClusterOut {
         count: u32,
         /// The node that asked.
         to: u64,
+        /// The holder's (the sequencer's) stream, (epoch, last seq); none while it is
+        /// not settled there (a handoff in progress).
+        stream: Option<(u64, u64)>,
     },
     /// The cluster-wide user counts of every room this holder's shard saw change since
     /// its last report, for every node (one report per shard and sweep tick, however

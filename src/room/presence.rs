@@ -280,13 +280,17 @@ impl OwnedRooms {
     }
 
     /// Node `node` subscribed to `room`: the holder tells it the room's count now, so its
-    /// members see the cluster-wide figure before the next change.
-    pub fn sync_request(&self, name: &str, node: u64, sink: &mut Sink<'_>) {
+    /// members see the cluster-wide figure before the next change, and its stream
+    /// position, so that its first joiners get the stream's epoch (see `fresh`; the
+    /// holder is the sequencer, and creates the room to fix its stream if it has none).
+    pub fn sync_request(&mut self, name: &str, node: u64, now_ms: u64, sink: &mut Sink<'_>) {
         if !self.holds(name) {
             return;
         }
+        self.stream_room(name, now_ms);
         if let Some(room) = self.rooms.get(name).filter(|r| !r.is_system()) {
-            let out = ClusterOut::Count { room: room.name.clone(), count: room.user_count(), to: node };
+            let stream = self.stream_position(room);
+            let out = ClusterOut::Count { room: room.name.clone(), count: room.user_count(), to: node, stream };
             sink(RoomOut::Cluster(out));
         }
     }

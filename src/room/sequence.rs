@@ -83,9 +83,12 @@ impl OwnedRooms {
         // The user's first connection on this node (`user_online`, see `online`).
         let online = room.is_system() && room.connections() == 1 && personal(&room.name);
         let name = room.name.clone();
+        // Subscribing asks the room's sequencer for its stream position (see `fresh`).
+        let mut asked = false;
         if node != 0 {
             if !room.subscribed {
                 room.subscribed = true;
+                asked = true;
                 sink(RoomOut::Cluster(ClusterOut::Subscribe(room.name.clone())));
             }
             if change.is_some_and(|c| c.local) {
@@ -93,8 +96,9 @@ impl OwnedRooms {
             }
         }
         // A rejoin ahead of this node's copy of the stream is answered once the copy
-        // catches up (cluster; see `rejoin`); every other join is answered now.
-        let unheld = self.hold_rejoin(req, now_ms);
+        // catches up (cluster; see `rejoin`), a first join on a node with no copy of the
+        // stream once it knows the stream (see `fresh`); every other join is answered now.
+        let unheld = self.hold_rejoin(req, now_ms).and_then(|req| self.hold_first_join(req, asked, now_ms));
         if let Some((req, room)) = unheld.as_ref().zip(self.rooms.get(&name)) {
             ack_join(room, req, sink);
         }
@@ -172,8 +176,9 @@ impl OwnedRooms {
             reply_error(&req.origin, ErrorCode::Forbidden, "only the room's creator can delete it", sink);
             return;
         }
-        // Held rejoins are answered first, so that their members hear of the deletion.
+        // Held joins are answered first, so that their members hear of the deletion.
         self.answer_rejoins(&req.room, true, sink);
+        self.answer_first_joins(&req.room, true, sink);
         let Some(room) = self.rooms.get(&req.room) else { return };
         let frame = server::deleted(&room.name);
         for (shard, &n) in room.shard_members.iter().enumerate() {
@@ -283,8 +288,9 @@ impl OwnedRooms {
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
         if node != 0 {
-            // Rejoins held here for a stream this node now sequences (see `rejoin`).
+            // Joins held here for a stream this node now sequences (see `rejoin`, `fresh`).
             self.answer_rejoins(&msg.room, false, sink);
+            self.answer_first_joins(&msg.room, false, sink);
         }
         // A volatile message answers `Some(0)`: handed out, with no position.
         let seq = Some(seq.unwrap_or(0));

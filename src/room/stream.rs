@@ -104,6 +104,7 @@ impl OwnedRooms {
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
         self.answer_rejoins(name, false, sink);
+        self.answer_first_joins(name, false, sink);
     }
 
     /// A volatile frame the room's sequencer (another node) published: handed to the

@@ -1673,3 +1673,220 @@ fn held_rejoins_are_bounded_per_shard() {
     assert_eq!(acks, rejoin::MAX_HELD_JOINS);
     assert_eq!(b.take_rejoin_counts(), (rejoin::MAX_HELD_JOINS as u64, rejoin::MAX_HELD_JOINS as u64));
 }
+
+// --- First joins on a node with no copy of the room's stream (`fresh`) ---
+
+/// Nodes 1 and 2, nothing joined; `.0` sequences room "r".
+fn fresh_pair() -> (OwnedRooms, OwnedRooms) {
+    let (ia, ib) = if placement::sequencer("r", &[1, 2]) == Some(1) { (1, 2) } else { (2, 1) };
+    let (mut a, mut b) = (rooms(1, 1000).with_cluster(ia), rooms(1, 1000).with_cluster(ib));
+    for r in [&mut a, &mut b] {
+        r.set_nodes(Arc::from([1, 2]), 0, &mut |_| {});
+    }
+    (a, b)
+}
+
+/// The bridge's part of `b` subscribing to "r": `a` (the room's holder) answers the
+/// request, and `b` takes the answer; what `b` emitted.
+fn sync(a: &mut OwnedRooms, b: &mut OwnedRooms, now: u64) -> Vec<RoomOut> {
+    let mut answer = Vec::new();
+    a.sync_request("r", b.node, now, &mut |o| answer.push(o));
+    let mut out = Vec::new();
+    for o in to_bus(&answer) {
+        if let ClusterOut::Count { room, count, to, stream } = o {
+            assert_eq!(*to, b.node);
+            b.remote_count(room, *count);
+            if let Some((epoch, seq)) = stream {
+                b.remote_stream(room, a.node, *epoch, *seq, now, &mut |o| out.push(o));
+            }
+        }
+    }
+    out
+}
+
+/// The `joined` frame of the one ack in `out`.
+fn joined(out: &[RoomOut]) -> serde_json::Value {
+    let acks: Vec<serde_json::Value> =
+        seen(out).into_iter().filter_map(|s| if let Seen::Ack(_, j) = s { Some(j) } else { None }).collect();
+    assert_eq!(acks.len(), 1, "one ack: {:?}", seen(out));
+    acks.into_iter().next().unwrap()
+}
+
+/// Issue 14: a node that got a room's first local member before any frame of it created
+/// the room with an epoch of its own and answered `joined` with it; frames carry no
+/// epoch, so the client kept it, and each later rejoin with it, anywhere, answered
+/// `recovered: false` (most of the 1,364 unrecovered clients of a killed node at 6,000
+/// connections over 3 nodes). Now the answer waits for the sequencer's stream.
+#[test]
+fn regression_first_join_on_a_fresh_node_gets_the_streams_epoch() {
+    let (mut a, mut b) = fresh_pair();
+    join(&mut a, "r", "ua", 0, 1);
+    let sent = publish_n(&mut a, 3, 10);
+    let stream = format!("{:016x}", sent[0].0);
+    // b gets the room's first local member; its subscription asks a for the stream.
+    let mut out = join(&mut b, "r", "ub", 0, 1);
+    out.extend(sync(&mut a, &mut b, 20));
+    let first = joined(&out);
+    assert_eq!(first["epoch"].as_str(), Some(stream.as_str()), "the stream's epoch, not b's own: {first}");
+    assert_eq!(first["seq"], 3);
+    // The stream goes on; b's client reads it, then moves to a (or any node) with `since`.
+    let more = publish_n(&mut a, 2, 30);
+    assert_eq!(feed(&mut b, a.node, &more), vec![4, 5]);
+    let back = the_ack(&run(&mut a, rejoin_req("r", "ub", 2, first["epoch"].as_str().unwrap(), 5)));
+    assert_eq!(back, (vec![], Some(true), 5), "nothing was lost: recovered");
+    let on_b = the_ack(&run(&mut b, rejoin_req("r", "ub", 3, first["epoch"].as_str().unwrap(), 4)));
+    assert_eq!(on_b, (vec![5], Some(true), 5));
+    assert_eq!(b.take_first_join_counts(), (1, 0));
+    // The sequencer's own joins are answered at once, as before.
+    assert_eq!(the_ack(&join(&mut a, "r", "uc", 0, 4)), (vec![], None, 5));
+    assert_eq!(a.take_first_join_counts(), (0, 0));
+}
+
+/// A room nobody has published to: the sequencer, which has no copy of the room yet,
+/// creates it to answer, and its first publish continues that very epoch at seq 1.
+#[test]
+fn a_quiet_room_is_answered_by_the_sequencer_whose_publish_continues_that_epoch() {
+    let (mut a, mut b) = fresh_pair();
+    let out = join(&mut b, "r", "ub", 0, 1);
+    assert!(seen(&out).is_empty(), "held: b has no stream of the room");
+    let joins_counted = b.get("r").unwrap().user_count();
+    assert_eq!(joins_counted, 1, "the join is counted at once, only the answer waits");
+    let out = sync(&mut a, &mut b, 20);
+    let first = joined(&out);
+    let epoch = a.get("r").expect("the sequencer created the room to answer").epoch();
+    assert_eq!((first["epoch"].as_str(), &first["seq"]), (Some(epoch.as_str()), &serde_json::json!(0)));
+    // Further joins on b are answered at once now: b follows the stream.
+    assert_eq!(the_ack(&join(&mut b, "r", "uc", 0, 2)), (vec![], None, 0));
+    let sent = publish_n(&mut a, 2, 30);
+    assert_eq!(format!("{:016x}", sent[0].0), epoch, "a's first publish continues the epoch it told b");
+    assert_eq!((sent[0].1, sent[1].1), (1, 2));
+    let mut fed = Vec::new();
+    for (e, s, f) in &sent {
+        b.remote_frame("r", *e, *s, a.node, f.clone(), &mut |o| fed.push(o));
+    }
+    assert_eq!(seqs(&fed), vec![1, 2]);
+    assert_eq!(b.take_counts(), (0, 1), "no gap; b's copy left its provisional stream once");
+    assert_eq!(b.take_first_join_counts(), (1, 0));
+    // b's client rejoins on a: in step.
+    assert_eq!(the_ack(&run(&mut a, rejoin_req("r", "ub", 3, &epoch, 2))), (vec![], Some(true), 2));
+}
+
+/// The room's frames reach b before the sequencer's answer: the held join is answered
+/// after the first frame b hands out (the joiner is not a member for it), and the late
+/// answer changes nothing.
+#[test]
+fn a_frame_before_the_answer_answers_the_held_join_after_it() {
+    let (mut a, mut b) = fresh_pair();
+    join(&mut a, "r", "ua", 0, 1);
+    let early = publish_n(&mut a, 3, 10);
+    assert!(seen(&join(&mut b, "r", "ub", 0, 1)).is_empty());
+    let later = publish_n(&mut a, 2, 20);
+    let mut out = Vec::new();
+    for (e, s, f) in &later {
+        b.remote_frame("r", *e, *s, a.node, f.clone(), &mut |o| out.push(o));
+    }
+    let order: Vec<_> = seen(&out)
+        .into_iter()
+        .map(|s| if let Seen::Ack(r, j) = s { Seen::Ack(r, j["seq"].clone()) } else { s })
+        .collect();
+    assert_eq!(order, vec![Seen::Frame(4), Seen::Ack(vec![], 4.into()), Seen::Frame(5)]);
+    assert_eq!(joined(&out)["epoch"].as_str(), Some(format!("{:016x}", early[0].0).as_str()));
+    // The answer a sent when b subscribed arrives late: b follows the stream already.
+    assert!(seen(&sync(&mut a, &mut b, 30)).is_empty());
+    assert_eq!(b.get("r").unwrap().seq(), 5);
+    assert_eq!(b.take_first_join_counts(), (1, 0));
+}
+
+/// A sequencer that never answers (dead, or the bus lost the request) and no frame:
+/// the join is answered as before once the bound is over, and is counted; joins after
+/// that are not held again.
+#[test]
+fn a_silent_sequencer_means_the_old_answer_after_the_bound() {
+    let (_a, mut b) = fresh_pair();
+    assert!(seen(&join(&mut b, "r", "ub", 0, 1)).is_empty());
+    assert!(seen(&join(&mut b, "r", "uc", 0, 2)).is_empty(), "held with the first: the request is on its way");
+    let mut out = Vec::new();
+    b.handoff_tick(1 + fresh::STREAM_WAIT_MS - 1, &mut |o| out.push(o));
+    assert!(seen(&out).is_empty(), "not yet");
+    b.handoff_tick(1 + fresh::STREAM_WAIT_MS, &mut |o| out.push(o));
+    let own = b.get("r").unwrap().epoch();
+    let acks: Vec<_> = seen(&out).into_iter().filter(|s| matches!(s, Seen::Ack(..))).collect();
+    assert_eq!(acks.len(), 2);
+    for s in acks {
+        let Seen::Ack(_, j) = s else { unreachable!() };
+        assert_eq!((j["epoch"].as_str(), &j["seq"]), (Some(own.as_str()), &serde_json::json!(0)));
+    }
+    assert_eq!(b.take_first_join_counts(), (2, 2));
+    assert_eq!(the_ack(&join(&mut b, "r", "ud", 0, 3)), (vec![], None, 0), "not held twice");
+    assert_eq!(b.take_first_join_counts(), (0, 0));
+    // Unchanged: a single node, a personal room, a node whose bus is down.
+    let mut single = rooms(1, 1000);
+    assert_eq!(the_ack(&join(&mut single, "r", "ua", 0, 1)), (vec![], None, 0));
+    let (_a, mut b) = fresh_pair();
+    b.set_bus_up(false);
+    assert_eq!(the_ack(&join(&mut b, "r", "ua", 0, 1)), (vec![], None, 0));
+    let (_a, mut b) = fresh_pair();
+    let personal = format!("{}x", crate::protocol::SYSTEM_ROOM_PREFIX);
+    let out = join(&mut b, &personal, "x", 0, 1);
+    assert!(out.iter().any(|o| matches!(o, RoomOut::Shard(0, ToShard::JoinAck(_)))), "answered at once");
+    assert_eq!(b.take_first_join_counts(), (0, 0));
+}
+
+/// The joiner's connection closes while its join is held: its shard undoes the join
+/// when the answer reaches it (the one rule for joins answered after their connection
+/// went away), and nothing of it stays.
+#[test]
+fn a_joiner_that_leaves_while_held_is_undone_by_its_answer() {
+    let (mut a, mut b) = fresh_pair();
+    let out = join(&mut b, "r", "ub", 0, 1);
+    assert!(seen(&out).is_empty());
+    let told: Vec<bool> = to_bus(&out)
+        .into_iter()
+        .filter_map(|o| if let ClusterOut::Presence { present, .. } = o { Some(*present) } else { None })
+        .collect();
+    assert_eq!(told, vec![true], "the user is counted (and its keepers told) at once");
+    let out = sync(&mut a, &mut b, 20);
+    let ack = out.iter().find_map(|o| match o {
+        RoomOut::Shard(0, ToShard::JoinAck(ack)) => Some(ack.epoch),
+        _ => None,
+    });
+    // The shard sees its connection gone and sends the leave the ack names.
+    let mut out = Vec::new();
+    b.leave("r", "ub", 0, ack.expect("answered"), 30, &mut |o| out.push(o));
+    let told: Vec<bool> = to_bus(&out)
+        .into_iter()
+        .filter_map(|o| if let ClusterOut::Presence { present, .. } = o { Some(*present) } else { None })
+        .collect();
+    assert_eq!(told, vec![false]);
+    assert!(b.get("r").is_none(), "the room is gone from b");
+    assert!(to_bus(&out).iter().any(|o| matches!(o, ClusterOut::Unsubscribe(_))));
+    let mut out = Vec::new();
+    b.handoff_tick(1 + fresh::STREAM_WAIT_MS, &mut |o| out.push(o));
+    assert!(out.is_empty(), "nothing held any more");
+}
+
+/// A rejoin held on b (it subscribes with it) from before the position the sequencer
+/// answers: the frames in between are fetched from the sequencer, so the client still
+/// recovers, and a first join held beside it is answered once the copy is in step.
+#[test]
+fn a_held_rejoin_from_before_the_answered_position_is_caught_up() {
+    let (mut a, mut b) = fresh_pair();
+    join(&mut a, "r", "ua", 0, 1);
+    let sent = publish_n(&mut a, 6, 10);
+    let epoch = format!("{:016x}", sent[0].0);
+    assert!(seen(&run(&mut b, rejoin_req("r", "ub", 1, &epoch, 3))).is_empty());
+    let out = sync(&mut a, &mut b, 20);
+    let ask = to_bus(&out);
+    assert!(matches!(ask[..], [ClusterOut::CatchUp { after: 3, .. }]), "{ask:?}");
+    assert!(seen(&out).is_empty());
+    let mut answer = Vec::new();
+    a.catch_up_request("r", sent[0].0, 3, b.node, &mut |o| answer.push(o));
+    let mut out = Vec::new();
+    for part in to_bus(&answer) {
+        let ClusterOut::Frames { epoch, first, frames, done, .. } = part else { panic!("{part:?}") };
+        b.catch_up_frames("r", *epoch, a.node, *first, frames.clone(), *done, 25, &mut |o| out.push(o));
+    }
+    assert_eq!(the_ack(&out), (vec![4], Some(true), 4));
+    assert_eq!(b.get("r").unwrap().seq(), 6);
+    assert_eq!(b.take_rejoin_counts(), (1, 1));
+}

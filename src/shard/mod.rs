@@ -241,14 +241,19 @@ impl Shard {
             }
             BusIn::Users { room, node, users } => owned.remote_users(&room, node, &users, now, sink),
             BusIn::Event { room, frame } => owned.remote_event(&room, frame, sink),
-            BusIn::Count { room, count } => owned.remote_count(&room, count),
+            BusIn::Count { room, count, stream, node } => {
+                owned.remote_count(&room, count);
+                if let Some((epoch, seq)) = stream {
+                    owned.remote_stream(&room, node, epoch, seq, now, sink);
+                }
+            }
             BusIn::Counts(counts) => {
                 for (room, count) in counts {
                     owned.remote_count(&room, count);
                 }
             }
             BusIn::PresenceQuery(q) => owned.presence(*q, sink),
-            BusIn::SyncReq { room, node } => owned.sync_request(&room, node, sink),
+            BusIn::SyncReq { room, node } => owned.sync_request(&room, node, now, sink),
             BusIn::Nodes(nodes) => {
                 owned.set_nodes(nodes.clone(), now, sink);
                 owned.hand_off(&nodes, sink);
@@ -362,9 +367,10 @@ impl Shard {
     /// (rarely).
     fn count_cluster(&self) {
         if let Some(bus) = &self.shared.bus {
-            let ((gaps, epochs), continued, (held, recovered)) = {
+            let ((gaps, epochs), continued, (held, recovered), (waited, timed_out)) = {
                 let mut owned = self.owned.borrow_mut();
-                (owned.take_counts(), owned.take_continuations(), owned.take_rejoin_counts())
+                let first = owned.take_first_join_counts();
+                (owned.take_counts(), owned.take_continuations(), owned.take_rejoin_counts(), first)
             };
             let stats = &bus.stats;
             for (counter, n) in [
@@ -373,6 +379,8 @@ impl Shard {
                 (&stats.stream_continuations, continued),
                 (&stats.rejoins_held, held),
                 (&stats.rejoins_held_recovered, recovered),
+                (&stats.joins_held_for_stream, waited),
+                (&stats.joins_held_timed_out, timed_out),
             ] {
                 if n > 0 {
                     counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -642,6 +642,86 @@ fn a_rejoin_on_a_node_without_the_room_recovers_without_a_gap() {
     assert!(metrics.contains("corecast_bus_rejoins_held_recovered_total"), "{metrics}");
 }
 
+/// Issue 14: a client whose first `joined` came from a node that had no frame of the
+/// room yet got that node's own epoch, which no stream has (frames do not carry the
+/// epoch), so each later rejoin with it answered `recovered: false`. Here the client
+/// joins a quiet room on node 1 (node 0 sequences it) before anything is published,
+/// reads what is published, then rejoins on node 0 with `since` from its `joined`: it
+/// recovers, and reads every later seq once, in order.
+#[test]
+fn a_first_join_on_a_node_that_does_not_sequence_the_room_gets_the_streams_epoch() {
+    let test = "a_first_join_on_a_node_that_does_not_sequence_the_room_gets_the_streams_epoch";
+    let Some(bin) = nats_binary(test) else { return };
+    let nats = Nats::start(bin);
+    let nodes = live_nodes(&nats, 2, "f");
+    let id = |n: &TestServer| {
+        let stats = n.http().get("/stats").json();
+        u64::from_str_radix(stats["bus"]["node"].as_str().unwrap(), 16).unwrap()
+    };
+    let (id0, id1) = (id(&nodes[0]), id(&nodes[1]));
+    let mut live = [id0, id1];
+    live.sort_unstable();
+    let mut rooms = (0..).map(|i| format!("quiet{i}")).filter(|r| placement::sequencer(r, &live) == Some(id0));
+    let join = |c: &mut Client, room: &str| {
+        c.send(json!({"type":"join","room":room}));
+        wait_for(c, PATIENCE, |v| v["type"] == "joined").expect("joined")
+    };
+    // A node's shards learn the live set a moment after its /health shows it: a join
+    // node 1's owner shard handled while it still saw itself alone was answered at once
+    // with its own epoch, as on a single node. Such a room is left for the next.
+    let deadline = Instant::now() + PATIENCE;
+    let (room, mut client, epoch) = loop {
+        let room = rooms.next().unwrap();
+        let mut client = Client::connect(&nodes[1], &format!("c-{room}"));
+        let joined = join(&mut client, &room);
+        assert_eq!(joined["seq"], 0, "a quiet room: {joined}");
+        // A client of node 0, the sequencer, is answered at once with the stream's epoch.
+        let mut probe = Client::connect(&nodes[0], &format!("p-{room}"));
+        let stream = join(&mut probe, &room)["epoch"].clone();
+        if joined["epoch"] == stream {
+            break (room, client, stream.as_str().unwrap().to_owned());
+        }
+        assert!(Instant::now() < deadline, "node 1 never answered a first join with the stream's epoch: {joined}");
+    };
+    let http = nodes[0].http();
+    let publish = |k: u64| {
+        let r = http.post("/api/publish", Some(KEY), &json!({"room":room,"text":format!("m{k}")}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["seq"].as_u64().unwrap()
+    };
+    let read = |c: &mut Client, want: u64| {
+        let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("the stream flows");
+        assert_eq!(m["seq"].as_u64(), Some(want), "no gap, no duplicate: {m}");
+    };
+    for k in 1..=5 {
+        assert_eq!(publish(k), k, "the sequencer continues the epoch it told node 1 from seq 1");
+        read(&mut client, k);
+    }
+    drop(client);
+    // The client moves to node 0 with what it saw.
+    let mut moved = Client::connect(&nodes[0], &format!("m-{room}"));
+    moved.send(json!({"type":"join","room":room,"since":{"epoch":epoch,"seq":5}}));
+    let joined = wait_for(&mut moved, PATIENCE, |v| v["type"] == "joined").expect("an answer to the rejoin");
+    assert_eq!(joined["recovered"], true, "nothing was lost: {joined}");
+    assert_eq!((joined["epoch"].as_str(), joined["seq"].as_u64()), (Some(epoch.as_str()), Some(5)), "{joined}");
+    for k in 6..=10 {
+        publish(k);
+        read(&mut moved, k);
+    }
+    // The owner shard hands its counts to the bus counters at its next sweep.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let bus = nodes[1].http().get("/stats").json()["bus"].clone();
+        if bus["joins_held_for_stream"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "held first joins never counted: {bus}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = nodes[1].http().get("/metrics").body;
+    assert!(metrics.contains("corecast_bus_joins_held_timed_out_total"), "{metrics}");
+}
+
 /// A client on `nodes[0]` reads `room` (streaming from an API publisher there) up to
 /// some seq N, and once the stream reached N + `lead`, rejoins on `nodes[1]` with
 /// `since` N: it must recover exactly the frames after N, then follow live.
