@@ -81,7 +81,7 @@ counters! {
     deliveries,
     /// Deliveries the socket did not take at once and that were queued.
     deliveries_queued,
-    /// Hand-offs of a room's corked frames to one member by the fan-out (one write, or one queueing, however many frames it carries): `deliveries` / this is the frames per write.
+    /// Fan-out hand-offs of a room's corked frames to one member (one write or queueing each).
     fanout_handoffs,
     /// Requests answered with an error frame.
     client_errors,
