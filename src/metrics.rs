@@ -81,6 +81,8 @@ counters! {
     deliveries,
     /// Deliveries the socket did not take at once and that were queued.
     deliveries_queued,
+    /// Fan-out hand-offs of a room's corked frames to one member (one write or queueing each).
+    fanout_handoffs,
     /// Requests answered with an error frame.
     client_errors,
     /// Connections closed as slow consumers (1013).

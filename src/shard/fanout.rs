@@ -13,6 +13,14 @@
 //! per delivery drops exactly when the load is highest. Steady state allocates nothing:
 //! the batch, its groups and the member snapshot are reused.
 //!
+//! A join ack does not deliver the batch either: the new member becomes a member at
+//! once, and its room's group notes where it joined, so it gets only the frames corked
+//! after its ack (see [`Batch::joined`]). Why: in a join storm every join's presence
+//! event comes just before its ack, and delivering the batch at each ack meant one
+//! `sendmsg` per member per join (10 rooms of 1,000 filled at once: ~5 M syscalls, and
+//! half the joins timed out behind them); corked, each member gets all of a pass's
+//! events in one.
+//!
 //! With `--send-path uring`, the members of a group whose queue is empty get their
 //! `sendmsg` as SQEs of the shard's send ring ([`crate::rt::send_ring`]): one
 //! `io_uring_enter` per group (up to 256 members) instead of one syscall each. The
@@ -55,6 +63,29 @@ struct Group {
     /// (frame index, member) pairs: that member does not get that frame (`skip_self`).
     /// Almost always empty.
     skips: Vec<(usize, ConnId)>,
+    /// (member, frame index) pairs: that member joined (its ack was handled) after the
+    /// group had that many frames, so it gets only the frames from that index on. Empty
+    /// except while joins arrive during a backlog.
+    late: Vec<(ConnId, usize)>,
+}
+
+impl Group {
+    /// Sorts `late` for [`Self::start`], one entry per member: its latest join (the
+    /// largest index: a member that left and joined again within the batch gets only
+    /// what followed its last join).
+    fn settle_late(&mut self) {
+        self.late.sort_unstable_by_key(|&(id, from)| (id, std::cmp::Reverse(from)));
+        self.late.dedup_by_key(|(id, _)| *id);
+    }
+
+    /// Where `id`'s frames start: after the frames corked before its join, if it joined
+    /// during this batch (`late` is sorted by member, one entry each, see `deliver`).
+    fn start(&self, id: ConnId) -> usize {
+        if self.late.is_empty() {
+            return 0;
+        }
+        self.late.binary_search_by_key(&id, |(c, _)| *c).map_or(0, |i| self.late[i].1)
+    }
 }
 
 /// Deliveries waiting to be fanned out, grouped by room. Owned by the inbox loop and
@@ -104,7 +135,13 @@ impl Batch {
             Some(i) => i,
             None => {
                 if self.used == self.groups.len() {
-                    self.groups.push(Group { room: None, frames: Vec::new(), sent_at: Vec::new(), skips: Vec::new() });
+                    self.groups.push(Group {
+                        room: None,
+                        frames: Vec::new(),
+                        sent_at: Vec::new(),
+                        skips: Vec::new(),
+                        late: Vec::new(),
+                    });
                 }
                 let i = self.used;
                 self.used += 1;
@@ -124,6 +161,18 @@ impl Batch {
         }
         group.frames.push(frame);
         group.sent_at.push(sent_at);
+    }
+
+    /// Connection `id` becomes a local member of `room` now (its join ack is handled
+    /// while this batch waits): it must get none of the room's frames corked so far
+    /// (they were sequenced before its join; its `joined` says so), and every frame
+    /// corked from here on. The everyone-broadcast group is not concerned (it goes to
+    /// every open connection whatever its rooms).
+    pub fn joined(&mut self, room: &str, id: ConnId) {
+        if let Some(&g) = self.index.get(room) {
+            let group = &mut self.groups[g];
+            group.late.push((id, group.frames.len()));
+        }
     }
 
     /// Whether the batch should be delivered before taking more.
@@ -156,13 +205,15 @@ impl Shard {
         }
         // Groups are emptied, not dropped, so their vectors' capacity is reused.
         for group in &mut groups[..*used] {
-            let room = group.room.take();
-            self.deliver_group(room.as_deref(), &group.frames, &group.skips, ids, uring.as_deref_mut()).await;
+            group.settle_late();
+            self.deliver_group(group, ids, uring.as_deref_mut()).await;
             for at in group.sent_at.drain(..) {
                 self.stats.record_fanout(at.elapsed());
             }
+            group.room = None;
             group.frames.clear();
             group.skips.clear();
+            group.late.clear();
         }
         *used = 0;
         *frames = 0;
@@ -170,48 +221,60 @@ impl Shard {
         *all = None;
     }
 
-    /// Hands `frames` to one member, leaving out those listed for it in `skips`.
+    /// Hands `frames` from index `from` on to one member (`from` > 0: it joined during
+    /// the batch), leaving out those listed for it in `skips`.
     fn push_member(
         &self,
         id: ConnId,
         conn: &mut Conn,
-        frames: &[Bytes],
-        iov: &[IoSlice<'_>],
+        (frames, iov): Variant<'_, '_>,
         skips: &[(usize, ConnId)],
+        from: usize,
     ) {
+        let (Some(own), Some(own_iov)) = (frames.get(from..), iov.get(from..)) else { return };
+        if own.is_empty() {
+            return;
+        }
         if skips.iter().all(|(_, s)| *s != id) {
-            self.push_batch(conn, frames, iov);
+            self.push_batch(conn, own, own_iov);
             return;
         }
         // The sender of a `skip_self` message: its own copy of the group (rare, so the
         // allocation is fine), in the same order minus what it sent.
-        let mine: Vec<Bytes> =
-            frames.iter().enumerate().filter(|(i, _)| !skips.contains(&(*i, id))).map(|(_, f)| f.clone()).collect();
+        let mine: Vec<Bytes> = frames
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(|(i, _)| !skips.contains(&(*i, id)))
+            .map(|(_, f)| f.clone())
+            .collect();
         if !mine.is_empty() {
             let iov: Vec<IoSlice<'_>> = mine.iter().map(|f| IoSlice::new(f)).collect();
             self.push_batch(conn, &mine, &iov);
         }
     }
 
-    /// Hands a group's frames to one member: directly, or (`ring`) by noting it for the
-    /// group's io_uring submission when its queue is empty and it gets the plain frames
-    /// whole (not the sender of a `skip_self` message).
+    /// Hands a group's frames (from index `from` on) to one member: directly, or
+    /// (`ring`) by noting it for the group's io_uring submission when its queue is empty
+    /// and it gets the plain frames whole (not the sender of a `skip_self` message, nor
+    /// a member that joined during the batch).
     #[allow(clippy::too_many_arguments)]
     fn member(
         &self,
         id: ConnId,
         conn: &mut Conn,
-        (frames, iov): Variant<'_, '_>,
+        variant: Variant<'_, '_>,
         plain: bool,
         skips: &[(usize, ConnId)],
+        from: usize,
         ring: Option<&mut UringSends>,
     ) {
         match ring {
-            Some(u) if plain && conn.out.sends_directly() && skips.iter().all(|(_, s)| *s != id) => {
+            Some(u) if plain && from == 0 && conn.out.sends_directly() && skips.iter().all(|(_, s)| *s != id) => {
                 u.ids.push(id);
                 u.fds.push(conn.stream.as_raw_fd());
             }
-            _ => self.push_member(id, conn, frames, iov, skips),
+            _ => self.push_member(id, conn, variant, skips, from),
         }
     }
 
@@ -230,14 +293,8 @@ impl Shard {
         fds.clear();
     }
 
-    async fn deliver_group(
-        self: &Rc<Self>,
-        room: Option<&str>,
-        frames: &[Bytes],
-        skips: &[(usize, ConnId)],
-        ids: &mut Vec<ConnId>,
-        mut uring: Option<&mut UringSends>,
-    ) {
+    async fn deliver_group(self: &Rc<Self>, group: &Group, ids: &mut Vec<ConnId>, mut uring: Option<&mut UringSends>) {
+        let (room, frames, skips) = (group.room.as_deref(), &group.frames[..], &group.skips[..]);
         // Inline for the usual few frames per room; a backed-up room's larger group pays
         // one allocation per batch (never per delivery).
         let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = frames.iter().map(|f| IoSlice::new(f)).collect();
@@ -271,16 +328,21 @@ impl Shard {
                 Some(room) => {
                     let Some(set) = members.get(room) else { return };
                     if set.len() <= CHUNK {
+                        let (mut delivered, mut handoffs) = (0, 0);
                         set.for_each(|id| {
+                            let from = group.start(id);
+                            delivered += frames.len().saturating_sub(from);
+                            handoffs += usize::from(from < frames.len());
                             if let Some(conn) = conns.get_mut(id) {
                                 let (variant, is_plain) = pick(conn);
-                                self.member(id, conn, variant, is_plain, skips, uring.as_deref_mut());
+                                self.member(id, conn, variant, is_plain, skips, from, uring.as_deref_mut());
                             }
                         });
                         if let Some(u) = uring {
                             self.send_noted(u, &mut conns, frames, &iov);
                         }
-                        add(&self.stats.deliveries, (set.len() * frames.len()) as u64);
+                        add(&self.stats.deliveries, delivered as u64);
+                        add(&self.stats.fanout_handoffs, handoffs as u64);
                         return;
                     }
                     set.for_each(|id| ids.push(id));
@@ -292,11 +354,15 @@ impl Shard {
         }
         // Large audience: work from a snapshot in chunks, yielding between them; members
         // may leave meanwhile (checked), joins cannot interleave (their acks come through
-        // the inbox, after this batch).
+        // the inbox, handled after this delivery).
         for chunk in ids.chunks(CHUNK) {
+            let (mut delivered, mut handoffs) = (0, 0);
             {
                 let mut conns = self.conns.borrow_mut();
                 for id in chunk {
+                    let from = group.start(*id);
+                    delivered += frames.len().saturating_sub(from);
+                    handoffs += usize::from(from < frames.len());
                     let Some(conn) = conns.get_mut(*id) else { continue };
                     let wanted = match room {
                         Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined()),
@@ -304,14 +370,15 @@ impl Shard {
                     };
                     if wanted {
                         let (variant, is_plain) = pick(conn);
-                        self.member(*id, conn, variant, is_plain, skips, uring.as_deref_mut());
+                        self.member(*id, conn, variant, is_plain, skips, from, uring.as_deref_mut());
                     }
                 }
                 if let Some(u) = uring.as_deref_mut() {
                     self.send_noted(u, &mut conns, frames, &iov);
                 }
             }
-            add(&self.stats.deliveries, (chunk.len() * frames.len()) as u64);
+            add(&self.stats.deliveries, delivered as u64);
+            add(&self.stats.fanout_handoffs, handoffs as u64);
             rt::yield_if_needed().await;
         }
     }
@@ -370,6 +437,31 @@ mod tests {
         b.push(Some("c".into()), Bytes::from_static(b"5"), now);
         assert_eq!((b.used, b.groups.len()), (1, 3));
         assert_eq!(room(&b, 0), Some("c"));
+    }
+
+    #[test]
+    fn a_member_joined_during_the_batch_gets_only_the_frames_after_its_ack() {
+        let now = Instant::now();
+        let mut b = Batch::default();
+        let (x, y, z) = (ConnId::for_test(7), ConnId::for_test(3), ConnId::for_test(9));
+        // Acks for a room without frames yet, or for the everyone-broadcast's members,
+        // note nothing: the room's first frame comes after them.
+        b.joined("a", z);
+        b.push(None, Bytes::from_static(b"all"), now);
+        b.push(Some("a".into()), Bytes::from_static(b"1"), now);
+        b.joined("a", x);
+        b.push(Some("a".into()), Bytes::from_static(b"2"), now);
+        b.joined("a", y);
+        b.joined("b", y);
+        // x left and joined again: only its last join counts.
+        b.joined("a", x);
+        b.push(Some("a".into()), Bytes::from_static(b"3"), now);
+        assert_eq!(room(&b, 0), None);
+        assert!(b.groups[0].late.is_empty());
+        let g = &mut b.groups[1];
+        g.settle_late();
+        assert_eq!((g.start(z), g.start(x), g.start(y)), (0, 2, 2));
+        assert_eq!(g.start(ConnId::for_test(1)), 0, "a member from before the batch gets every frame");
     }
 
     #[test]

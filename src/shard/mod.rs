@@ -333,7 +333,11 @@ impl Shard {
                 self.owned.borrow_mut().history(*q, sink);
                 self.count_unanswered();
             }
-            ShardMsg::JoinAck(ack) => self.on_join_ack(*ack),
+            ShardMsg::JoinAck(ack) => {
+                // Before it becomes a member: the frames corked so far are not its own.
+                batch.joined(&ack.room, ack.conn);
+                self.on_join_ack(*ack);
+            }
             ShardMsg::Deliver { room, frame, sent_at, skip } => batch.push_skipping(Some(room), frame, sent_at, skip),
             ShardMsg::DeliverAll { frame, sent_at } => batch.push(None, frame, sent_at),
             ShardMsg::ToConn { conn, frame } => {
@@ -569,8 +573,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
 
 /// Processes the inbox in arrival order, parking when it is empty. Deliveries are
 /// corked into a [`Batch`] while more messages are waiting (see [`fanout`]); a message
-/// that is not pure owner work ([`msg::Class::Ordered`]) first delivers the batch, so
-/// frames keep their order against acks, replies and membership changes.
+/// that touches local connections ([`msg::Class::Ordered`]) first delivers the batch, so
+/// frames keep their order against replies and membership changes. A join ack
+/// ([`msg::Class::Joined`]) does not: the batch notes where the joiner came in.
 async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
     let mut batch = Batch::default();
     loop {

@@ -132,8 +132,15 @@ pub enum Class {
     /// back through the inbox, behind every frame already waiting, so the fan-out may
     /// keep corking frames across it.
     OwnerWork,
-    /// Touches local connections (acks, replies, frames to one connection, bus input,
-    /// shutdown): ordered against the frames, so the waiting batch is delivered first.
+    /// A join ack: the joiner becomes a local member now, and the batch keeps corking
+    /// (its room's group notes the join, so the joiner gets only the frames corked after
+    /// it: see `Batch::joined`). Why: in a join storm each join's presence event comes
+    /// just before its ack, and delivering at every ack made the events cost one send
+    /// per member per join.
+    Joined,
+    /// Touches local connections (refusals, replies, frames to one connection, bus
+    /// input, shutdown): ordered against the frames, so the waiting batch is delivered
+    /// first.
     Ordered,
 }
 
@@ -152,8 +159,8 @@ impl ShardMsg {
             | ShardMsg::History(_)
             | ShardMsg::Query { .. }
             | ShardMsg::Ip { .. } => Class::OwnerWork,
-            ShardMsg::JoinAck(_)
-            | ShardMsg::JoinRefused(_)
+            ShardMsg::JoinAck(_) => Class::Joined,
+            ShardMsg::JoinRefused(_)
             | ShardMsg::RoomDeleted { .. }
             | ShardMsg::ToConn { .. }
             | ShardMsg::Reply { .. }
