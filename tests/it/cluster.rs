@@ -107,6 +107,21 @@ fn live_nodes(nats: &Nats, n: usize, prefix: &str) -> Vec<TestServer> {
     nodes
 }
 
+/// The bus id of node `n` (its `/stats`).
+fn node_id(n: &TestServer) -> u64 {
+    let hex = n.http().get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
+    u64::from_str_radix(&hex, 16).unwrap()
+}
+
+/// The bus ids of `nodes`, in their order, and the same sorted: the live set every node
+/// sees once the cluster has formed.
+fn node_ids(nodes: &[TestServer]) -> (Vec<u64>, Vec<u64>) {
+    let ids: Vec<u64> = nodes.iter().map(node_id).collect();
+    let mut live = ids.clone();
+    live.sort_unstable();
+    (ids, live)
+}
+
 /// A node as a child process (so that it can be killed with SIGKILL).
 fn child_node(url: &str, name: &str) -> ChildServer {
     ChildServer::spawn(ChildServer::command().args(["--nats-url", url, "--node-name", name, "--api-key", KEY]))
@@ -330,11 +345,7 @@ fn room_buckets_bound_subscriptions_and_rooms_without_members_stay_silent() {
     // A room with members on node 0 only, sequenced there, in the bucket of a room node 1
     // has members in: node 1 receives its frames (the bucket's subscription) and drops
     // them, although it keeps the room's presence (with 2 nodes it is the replica).
-    let id = |n: &TestServer| {
-        let hex = n.http().get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
-        u64::from_str_radix(&hex, 16).unwrap()
-    };
-    let ids = [id(&nodes[0]), id(&nodes[1])];
+    let (ids, _) = node_ids(&nodes);
     let watched = "watched-on-both";
     let bucket = corecast::cluster::subject::bucket(watched, BUCKETS);
     let solo = (0..)
@@ -615,13 +626,8 @@ fn a_rejoin_on_a_node_without_the_room_recovers_without_a_gap() {
     let Some(bin) = nats_binary("a_rejoin_on_a_node_without_the_room_recovers_without_a_gap") else { return };
     let nats = Nats::start(bin);
     let nodes = live_nodes(&nats, 2, "r");
-    let id = |n: &TestServer| {
-        let stats = n.http().get("/stats").json();
-        u64::from_str_radix(stats["bus"]["node"].as_str().unwrap(), 16).unwrap()
-    };
-    let (id0, id1) = (id(&nodes[0]), id(&nodes[1]));
-    let mut live = [id0, id1];
-    live.sort_unstable();
+    let (ids, live) = node_ids(&nodes);
+    let id0 = ids[0];
     // Rooms that node 0 sequences: node 1 only ever follows their streams.
     let mut rooms = (0..).map(|i| format!("lag{i}")).filter(|r| placement::sequencer(r, &live) == Some(id0));
     for lead in [0, 20] {
@@ -654,13 +660,8 @@ fn a_first_join_on_a_node_that_does_not_sequence_the_room_gets_the_streams_epoch
     let Some(bin) = nats_binary(test) else { return };
     let nats = Nats::start(bin);
     let nodes = live_nodes(&nats, 2, "f");
-    let id = |n: &TestServer| {
-        let stats = n.http().get("/stats").json();
-        u64::from_str_radix(stats["bus"]["node"].as_str().unwrap(), 16).unwrap()
-    };
-    let (id0, id1) = (id(&nodes[0]), id(&nodes[1]));
-    let mut live = [id0, id1];
-    live.sort_unstable();
+    let (ids, live) = node_ids(&nodes);
+    let id0 = ids[0];
     let mut rooms = (0..).map(|i| format!("quiet{i}")).filter(|r| placement::sequencer(r, &live) == Some(id0));
     let join = |c: &mut Client, room: &str| {
         c.send(json!({"type":"join","room":room}));
