@@ -117,8 +117,8 @@ impl Outbox {
         self.queue.as_ref().map_or(0, |q| q.bytes)
     }
 
-    /// Whether nothing is waiting (the heartbeat gives a peer with frames waiting, its
-    /// ping perhaps among them, one more interval).
+    /// Whether nothing is waiting.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.queue.as_ref().is_none_or(|q| q.frames.is_empty())
     }

@@ -8,12 +8,11 @@
 //! enforces the handshake and close timeouts. Silence that closes is counted only while
 //! the shard reads: when congestion pauses reading (see `Services::pause`), the pongs
 //! wait unread in the kernel, and a shard must not close healthy peers for its own
-//! backlog. A connection whose own frames are still queued in the server gets a third
-//! interval: its ping may wait behind them. Nor is a connection silent whose bytes wait
-//! unread in the kernel: a shard that fell behind (starved of CPU on a crowded host, or
-//! busy with a burst) runs its sweep before the readers that would see those bytes, so
-//! the sweep asks the socket before it closes ([`heard_meanwhile`]). What to do with one
-//! connection is decided by [`decide`], a pure function of the connection's clocks.
+//! backlog. Nor is a connection silent whose bytes wait unread in the kernel: a shard
+//! that fell behind (starved of CPU on a crowded host, or busy with a burst) runs its
+//! sweep before the readers that would see those bytes, so the sweep asks the socket
+//! before it closes ([`heard_meanwhile`]). What to do with one connection is decided
+//! by [`decide`], a pure function of the connection's clocks.
 //!
 //! Connections that connected in one burst (a deploy, a load test, a network coming
 //! back) would stay in step forever: pinged in the same sweep, answering together, then
@@ -94,9 +93,6 @@ pub(super) struct Clocks {
     pub http_busy: bool,
     /// HTTP: part of a request is buffered.
     pub http_partial: bool,
-    /// Frames to it are still queued in the server (its ping may be among them, behind
-    /// a backlog it reads slowly).
-    pub backlog: bool,
     /// A number of the connection's own, fixed for its life and scattered across
     /// connections: how early within a quarter interval it is pinged.
     pub spread: u32,
@@ -111,7 +107,6 @@ impl Clocks {
             pinged: conn.pinged,
             http_busy: conn.http.as_ref().is_some_and(|h| h.busy),
             http_partial: conn.http.as_ref().is_some_and(|h| !h.buf.is_empty()),
-            backlog: !conn.out.is_empty(),
             // Fibonacci hashing of the generation, unique per connection on the shard.
             spread: conn.generation().wrapping_mul(0x9E37_79B9),
         }
@@ -158,11 +153,7 @@ pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
         Phase::Http if in_phase >= limits.handshake && !c.http_busy => {
             Action::HandshakeTimeout { partial: c.http_partial }
         }
-        // A peer cannot answer a ping still queued behind its backlog: one more interval.
-        // (A peer that reads nothing fills its queue and meets the slow-consumer limit.)
-        Phase::Open if unheard >= 2 * limits.ping && (!c.backlog || unheard >= 3 * limits.ping) => {
-            Action::HeartbeatClose
-        }
+        Phase::Open if unheard >= 2 * limits.ping => Action::HeartbeatClose,
         Phase::Open if silent >= 2 * limits.ping => Action::HeartbeatDeferred,
         Phase::Open if !c.pinged && silent >= limits.ping - early(c.spread, limits.ping) => Action::Ping,
         Phase::Closing | Phase::ClosingDiscard | Phase::Linger | Phase::Done if in_phase >= limits.close => {
@@ -243,7 +234,6 @@ mod tests {
             pinged: false,
             http_busy: false,
             http_partial: false,
-            backlog: false,
             spread: 0,
         }
     }
@@ -281,25 +271,6 @@ mod tests {
         c.pinged = true;
         assert_eq!(decide(c, 31_000, LIMITS), Action::Keep, "one ping per silence");
         assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose);
-    }
-
-    /// The quiet million rerun (issue 14) still closed 66,878 clients for silence while
-    /// publishing, almost none with a pong waiting unread, at a step p99 of 29 s: a ping
-    /// queued behind a backlog the client reads slowly reaches it late, and the close
-    /// came first. While frames to the peer are still queued it gets a third interval;
-    /// then it is closed whatever its queue (a peer that stalls with a small queue must
-    /// not stay forever).
-    #[test]
-    fn regression_a_ping_queued_behind_a_backlog_gets_one_more_interval() {
-        let mut c = clocks(Phase::Open, 0);
-        c.last_seen = 1_000;
-        c.pinged = true;
-        c.backlog = true;
-        assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatDeferred);
-        assert_eq!(decide(c, 90_999, LIMITS), Action::HeartbeatDeferred);
-        assert_eq!(decide(c, 91_000, LIMITS), Action::HeartbeatClose, "three intervals: closed anyway");
-        c.backlog = false;
-        assert_eq!(decide(c, 61_000, LIMITS), Action::HeartbeatClose, "nothing queued: two intervals");
     }
 
     /// Connections that connected together were pinged together every interval, forever
