@@ -126,6 +126,15 @@ impl OwnedRooms {
         }
     }
 
+    /// Answers every join held for `name` that can be answered now: rejoins waiting for
+    /// the copy to reach their `since` (see `rejoin`), and first joins waiting for the
+    /// stream; with `all`, every one (the room is going away). Called wherever the
+    /// room's copy of the stream moves.
+    pub(super) fn answer_held(&mut self, name: &str, all: bool, sink: &mut Sink<'_>) {
+        self.answer_rejoins(name, all, sink);
+        self.answer_first_joins(name, all, sink);
+    }
+
     /// Answers the first joins whose wait is over as they would have been answered at
     /// once (counted); those of a room that is gone are refused (their shard must hear
     /// back).
@@ -186,8 +195,7 @@ impl OwnedRooms {
             }
             None => {
                 room.seq = seq;
-                self.answer_rejoins(&name, false, sink);
-                self.answer_first_joins(&name, false, sink);
+                self.answer_held(&name, false, sink);
             }
         }
     }

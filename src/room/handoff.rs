@@ -481,8 +481,7 @@ impl OwnedRooms {
                 let sequencer = room.sequencer;
                 room.new_stream(p.epoch, sequencer, &mut self.budget);
                 room.seq = p.upto;
-                self.answer_rejoins(name, false, sink);
-                self.answer_first_joins(name, false, sink);
+                self.answer_held(name, false, sink);
             }
             for f in p.frames {
                 self.remote_frame_skipping(name, p.epoch, f.seq, f.node, f.frame, f.skip, sink);

@@ -177,8 +177,7 @@ impl OwnedRooms {
             return;
         }
         // Held joins are answered first, so that their members hear of the deletion.
-        self.answer_rejoins(&req.room, true, sink);
-        self.answer_first_joins(&req.room, true, sink);
+        self.answer_held(&req.room, true, sink);
         let Some(room) = self.rooms.get(&req.room) else { return };
         let frame = server::deleted(&room.name);
         for (shard, &n) in room.shard_members.iter().enumerate() {
@@ -289,8 +288,7 @@ impl OwnedRooms {
         }
         if node != 0 {
             // Joins held here for a stream this node now sequences (see `rejoin`, `fresh`).
-            self.answer_rejoins(&msg.room, false, sink);
-            self.answer_first_joins(&msg.room, false, sink);
+            self.answer_held(&msg.room, false, sink);
         }
         // A volatile message answers `Some(0)`: handed out, with no position.
         let seq = Some(seq.unwrap_or(0));

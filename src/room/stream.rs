@@ -103,8 +103,7 @@ impl OwnedRooms {
             room.remember(frame, self.history, &mut self.budget);
             self.budget.enforce(&mut RingsOf(&mut self.rooms));
         }
-        self.answer_rejoins(name, false, sink);
-        self.answer_first_joins(name, false, sink);
+        self.answer_held(name, false, sink);
     }
 
     /// A volatile frame the room's sequencer (another node) published: handed to the
