@@ -29,10 +29,15 @@
 #   --bin DIR          where corecast and bench-client are (default target/release)
 #   --results DIR      run folders go there (default results)
 #   --dry-run          run the host checks, print the plan, start nothing
-#   --kill-node-after S  SIGKILL the last node S seconds after 95 % of the connections
-#                      are open (during the hold or the publishing steps); bench-client
+#   --kill-node-after S  SIGKILL the last node S seconds after bench-client's first
+#                      publishing step begins (--mode connect: once it has connected,
+#                      during the hold), as it reports in its progress log; bench-client
 #                      gets --failover, so the node's connections reconnect to the other
 #                      nodes and recover there. The kill is recorded in cluster.txt
+#   --profile S        5 s after the load is on (as for --kill-node-after), record a
+#                      host-wide CPU profile for S seconds (`perf record -a -g`, when
+#                      perf is on PATH): profile.txt (CPU by process, hottest symbols)
+#                      and profile.folded (for a flamegraph) in the run folder
 #   NODE_ARGS="…"      (environment) extra flags for every corecast node, e.g.
 #                      NODE_ARGS="--cluster-room-buckets 64" for many rooms
 #
@@ -46,7 +51,7 @@
 # bench-client/README.md ("A cluster on one host").
 set -euo pipefail
 
-N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0 MODE=connect PING=20 KILL_AFTER=-1
+N=60000 ROOMS=1 NODES=0 PER_NODE=18000 DURATION=15 RATE=5000 SHARED=0 DRY=0 SINGLE=0 MODE=connect PING=20 KILL_AFTER=-1 PROFILE=0
 BC_EXTRA=()
 BIN=${BIN:-target/release} RESULTS=results
 # Estimated bytes per connection, all components (server and client sockets' kernel
@@ -71,6 +76,7 @@ while (($#)); do
         --mode) MODE=$2; shift ;;
         --ping-interval) PING=$2; shift ;;
         --kill-node-after) KILL_AFTER=$2; shift ;;
+        --profile) PROFILE=$2; shift ;;
         --) shift; BC_EXTRA=("$@"); break ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -84,6 +90,7 @@ if ((KILL_AFTER >= 0)); then
     BC_EXTRA=(--failover "${BC_EXTRA[@]}")
     kill_flag=" --kill-node-after $KILL_AFTER"
 fi
+((PROFILE == 0)) || kill_flag+=" --profile $PROFILE"
 PER=$(((N + NODES - 1) / NODES))
 suffix='' shared_flag='' layout='a port per node'
 if ((SHARED)); then suffix=-shared shared_flag=' --shared-port' layout='one shared port (SO_REUSEPORT)'; fi
@@ -276,31 +283,66 @@ bound=$((3 * N / RATE + DURATION + 300))
 [[ $MODE == connect ]] || bound=$((3 * N / RATE + 1800)) # ramp steps: bench-client stops them itself
 mode_args=()
 [[ $MODE == connect ]] && mode_args=(--duration "$DURATION")
-"$BIN/bench-client" "$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" \
-    --server-pid "$pid_arg" "${mode_args[@]}" --connect-rate "$RATE" --timeout "$bound" \
-    --results "$RESULTS" --scenario "$scenario" --quiet "${BC_EXTRA[@]}" &
+# The node kill and the profile start when bench-client says the load is on: its progress
+# log (kept in the work folder, not shown) names the start of each step. Asking the nodes
+# instead took minutes per round on a saturated host, and the asking slowed the connects.
+progress=$work/progress.log
+: >"$progress"
+if ((KILL_AFTER >= 0 || PROFILE > 0)); then
+    "$BIN/bench-client" "$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" \
+        --server-pid "$pid_arg" "${mode_args[@]}" --connect-rate "$RATE" --timeout "$bound" \
+        --results "$RESULTS" --scenario "$scenario" "${BC_EXTRA[@]}" 2> >(tee "$progress" | grep -v '^\[\|^bench-client: ' >&2) &
+else
+    "$BIN/bench-client" "$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" \
+        --server-pid "$pid_arg" "${mode_args[@]}" --connect-rate "$RATE" --timeout "$bound" \
+        --results "$RESULTS" --scenario "$scenario" --quiet "${BC_EXTRA[@]}" &
+fi
 bc=$!
 pids+=("$bc")
+# Returns once the load is on: the first publishing step has begun (bench-client's
+# "step 0" line), or in connect mode all connections are up ("connected"), or
+# bench-client is gone.
+load_mark='^bench-client: step 0:'
+[[ $MODE != connect ]] || load_mark='^bench-client: connected '
+wait_for_load() {
+    until grep -q "$load_mark" "$progress"; do
+        running "$bc" || return 0
+        sleep 1
+    done
+}
 if ((KILL_AFTER >= 0)); then
-    # The node kill: once 95 % of the connections are open (or bench-client is gone),
-    # wait S seconds and SIGKILL the last node, as a crash would.
+    # The node kill: S seconds after the load is on, SIGKILL the last node, as a crash would.
     (
         victim=${node_pids[NODES - 1]}
-        while running "$bc"; do
-            ws=$(for port in "${node_ports[@]}"; do curl -sf -m 2 "127.0.0.1:$port/stats" || true; echo; done |
-                python3 -c 'import json,sys; print(sum(json.loads(l).get("connections",{}).get("websockets",0) for l in sys.stdin if l.strip()))' 2>/dev/null || echo 0)
-            ((ws * 100 >= N * 95)) && break
-            sleep 1
-        done
+        wait_for_load
+        running "$bc" || exit 0
         sleep "$KILL_AFTER"
         if running "$victim" && kill -KILL "$victim"; then
-            echo "node n$((NODES - 1)) (pid $victim) killed with SIGKILL at $(date -u +%H:%M:%S) UTC, $KILL_AFTER s after $ws connections were open" >"$work/killed"
+            echo "node n$((NODES - 1)) (pid $victim) killed with SIGKILL at $(date -u +%H:%M:%S) UTC, $KILL_AFTER s after bench-client's \"$(grep -m1 "$load_mark" "$progress" | sed 's/^bench-client: //')\"" >"$work/killed"
         fi
     ) &
     pids+=($!)
 fi
+if ((PROFILE > 0)); then
+    if command -v perf >/dev/null; then
+        # The profile of the limit: the whole host (nodes, nats-server, bench-client and
+        # the kernel's loopback work) while the first publishing step runs.
+        (
+            wait_for_load
+            running "$bc" || exit 0
+            sleep 5
+            perf record -a -g -F 99 -o "$work/perf.data" -- sleep "$PROFILE" >"$work/perf.log" 2>&1 || true
+        ) &
+        profiler=$!
+        pids+=("$profiler")
+    else
+        echo "million: --profile: skipped: perf not on PATH" >&2
+    fi
+fi
 rc=0
 wait "$bc" || rc=$?
+# A profile still recording (bench-client ended early) is finished, not cut: S seconds at most.
+[[ -z ${profiler:-} ]] || wait "$profiler" 2>/dev/null || true
 
 read -r peak_nodes peak_nats peak_subs peak_kernel <"$work/peak" || { peak_nodes=0 peak_nats=0 peak_subs=0 peak_kernel=0; }
 nats_secs=$(( ($(cpu_ticks "$nats") - nats_ticks0) / $(getconf CLK_TCK) )) wall=$((SECONDS - t0))
@@ -334,5 +376,13 @@ command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $N
 EOF
 cat "${run:-$work}/cluster.txt"
 [[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true
+if [[ -n $run && -s $work/perf.data ]]; then
+    {
+        echo "# CPU samples by process name, then the hottest symbols (perf report, flat)"
+        perf report -i "$work/perf.data" --no-children --sort comm -g none --stdio 2>/dev/null | grep -v '^$' | head -60
+        perf report -i "$work/perf.data" --no-children --sort comm,dso,sym -g none --stdio 2>/dev/null | grep -v '^$' | head -150
+    } >"$run/profile.txt" || true
+    perf script -i "$work/perf.data" 2>/dev/null | { command -v inferno-collapse-perf >/dev/null && inferno-collapse-perf || cat; } >"$run/profile.folded" 2>/dev/null || true
+fi
 [[ -n $run ]] && echo "run folder: $run"
 exit "$rc"

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::engine::{conn_slot_bytes, PublishReport};
 use crate::error::BenchError;
 use crate::plan::Plan;
-use crate::record::{merge_into, new_hist, ConnStats, Deliveries, Recovery, StepRecord, Verdict, WireStep};
+use crate::record::{merge_into, new_hist, ConnStats, Deliveries, Recovery, StepRecord, Timeline, Verdict, WireStep};
 use crate::schedule::Schedule;
 use crate::sys;
 use crate::worker::{Down, Link, Up};
@@ -197,6 +197,9 @@ pub struct StepResult {
     /// Uncorrected latency (receive − actual send).
     #[serde(skip)]
     pub uncorrected: Histogram<u64>,
+    /// Corrected latency per 10 s window (summary.json shows it as `timeline`).
+    #[serde(skip)]
+    pub timeline: Timeline,
 }
 
 /// Outcome of the hold phase of `connect`.
@@ -498,6 +501,7 @@ impl<'a> Coordinator<'a> {
             passed,
             corrected: record.corrected,
             uncorrected: record.uncorrected,
+            timeline: record.timeline,
         };
         let rec = &result.recovery;
         self.log(&format!(

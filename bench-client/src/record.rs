@@ -151,6 +151,79 @@ impl Recovery {
     }
 }
 
+/// Width of a [`Timeline`] window, in nanoseconds of intended send time.
+pub const WINDOW_NS: u64 = 10_000_000_000;
+
+/// Most windows one timeline keeps (4,096 × 10 s: over 11 hours).
+pub const MAX_WINDOWS: usize = 4096;
+
+/// Corrected latencies counted per window as "over", in microseconds (1, 5, 10, 50 ms).
+pub const OVER_US: [u64; 4] = [1_000, 5_000, 10_000, 50_000];
+
+/// The deliveries of one window of intended send times.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Window {
+    /// The window holds the messages intended for `[start_ns, start_ns + WINDOW_NS)`
+    /// (CLOCK_MONOTONIC, the same clock in every worker process of the host).
+    pub start_ns: u64,
+    /// Deliveries timed (duplicates are not).
+    pub deliveries: u64,
+    /// Of those, how many took longer than each of [`OVER_US`].
+    pub over: [u64; 4],
+    /// The slowest, in microseconds.
+    pub max_us: u64,
+}
+
+/// Latency over the course of a step: one [`Window`] per 10 s of intended send times, so
+/// a tail made of a few stalls is told apart from one spread over the whole run. Windows
+/// are sorted by start and aligned on multiples of [`WINDOW_NS`], so records of different
+/// threads and processes merge window by window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Timeline(pub Vec<Window>);
+
+impl Timeline {
+    /// Counts one delivery of a message intended at `intended_ns` that took `latency_us`.
+    /// Beyond [`MAX_WINDOWS`] distinct windows (only a corrupt stamp gets there: that is
+    /// 11 hours of one step) a new window is not opened and the delivery is left out.
+    pub fn record(&mut self, intended_ns: u64, latency_us: u64) {
+        let Some(w) = self.window(intended_ns - intended_ns % WINDOW_NS) else { return };
+        w.deliveries += 1;
+        for (n, limit) in w.over.iter_mut().zip(OVER_US) {
+            *n += u64::from(latency_us > limit);
+        }
+        w.max_us = w.max_us.max(latency_us);
+    }
+
+    /// Adds another record's windows.
+    pub fn merge(&mut self, o: &Timeline) {
+        for ow in &o.0 {
+            let Some(w) = self.window(ow.start_ns) else { continue };
+            w.deliveries += ow.deliveries;
+            for (n, m) in w.over.iter_mut().zip(ow.over) {
+                *n += m;
+            }
+            w.max_us = w.max_us.max(ow.max_us);
+        }
+    }
+
+    /// The window starting at `start`, created in order if new and there is room.
+    /// Deliveries arrive roughly in intended order, so the last window is the usual one.
+    fn window(&mut self, start: u64) -> Option<&mut Window> {
+        let i = match self.0.last() {
+            Some(w) if w.start_ns == start => self.0.len() - 1,
+            _ => match self.0.binary_search_by_key(&start, |w| w.start_ns) {
+                Ok(i) => i,
+                Err(_) if self.0.len() >= MAX_WINDOWS => return None,
+                Err(i) => {
+                    self.0.insert(i, Window { start_ns: start, ..Window::default() });
+                    i
+                }
+            },
+        };
+        self.0.get_mut(i)
+    }
+}
+
 /// One thread's (or, merged, one run's) record of a step: both histograms and the counters.
 #[derive(Debug, Clone)]
 pub struct StepRecord {
@@ -162,6 +235,8 @@ pub struct StepRecord {
     pub counts: Deliveries,
     /// Reconnections while the step was open.
     pub recovery: Recovery,
+    /// Corrected latency per 10 s of the step.
+    pub timeline: Timeline,
 }
 
 impl Default for StepRecord {
@@ -171,6 +246,7 @@ impl Default for StepRecord {
             uncorrected: new_hist(),
             counts: Deliveries::default(),
             recovery: Recovery::default(),
+            timeline: Timeline::default(),
         }
     }
 }
@@ -195,6 +271,7 @@ impl StepRecord {
         }
         let corrected = now_ns.saturating_sub(stamp.intended_ns) / 1000;
         self.corrected.saturating_record(corrected);
+        self.timeline.record(stamp.intended_ns, corrected);
         self.uncorrected.saturating_record(now_ns.saturating_sub(stamp.actual_ns) / 1000);
         Some(corrected)
     }
@@ -205,6 +282,7 @@ impl StepRecord {
         merge_into(&mut self.uncorrected, &o.uncorrected)?;
         self.counts.merge(&o.counts);
         self.recovery.merge(&o.recovery);
+        self.timeline.merge(&o.timeline);
         Ok(())
     }
 
@@ -215,6 +293,7 @@ impl StepRecord {
             uncorrected: SerHist::encode(&self.uncorrected)?,
             counts: self.counts,
             recovery: self.recovery,
+            timeline: self.timeline.clone(),
         })
     }
 }
@@ -231,6 +310,9 @@ pub struct WireStep {
     /// Reconnections.
     #[serde(default)]
     pub recovery: Recovery,
+    /// Latency per window.
+    #[serde(default)]
+    pub timeline: Timeline,
 }
 
 impl WireStep {
@@ -241,6 +323,7 @@ impl WireStep {
             uncorrected: self.uncorrected.decode()?,
             counts: self.counts,
             recovery: self.recovery,
+            timeline: self.timeline.clone(),
         })
     }
 }
@@ -406,6 +489,52 @@ mod tests {
         merged.merge(&rec).unwrap();
         assert_eq!(merged.corrected.len(), 6);
         assert_eq!(merged.counts.received, 6);
+        assert_eq!(merged.timeline.0.len(), 1);
+        assert_eq!(merged.timeline.0[0].deliveries, 6);
+        // A worker of an older build sends no timeline: still decodable.
+        let mut old = serde_json::to_value(rec.to_wire().unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("timeline");
+        assert!(serde_json::from_value::<WireStep>(old).is_ok_and(|w| w.timeline.0.is_empty()));
         assert!(SerHist("not base64!".into()).decode().is_err());
+    }
+
+    /// A stall shows as the windows it fell in, not smeared over the step: each window
+    /// counts its own deliveries, how many were over each threshold, and its maximum,
+    /// and records of two threads merge window by window, whatever order they came in.
+    #[test]
+    fn the_timeline_keeps_each_window_apart_and_merges_by_window() {
+        let at = |s: u64| 1_000 * WINDOW_NS + s * 1_000_000_000;
+        let mut a = Timeline::default();
+        a.record(at(1), 300);
+        a.record(at(12), 7_000); // the second window: one stall
+        a.record(at(3), 2_000); // late arrival for the first window
+        a.record(at(25), 60_000);
+        let mut b = Timeline::default();
+        b.record(at(15), 20_000);
+        b.record(at(0), 100);
+        a.merge(&b);
+        let starts: Vec<u64> = a.0.iter().map(|w| w.start_ns).collect();
+        assert_eq!(starts, [at(0), at(10), at(20)]);
+        assert_eq!(a.0[0], Window { start_ns: at(0), deliveries: 3, over: [1, 0, 0, 0], max_us: 2_000 });
+        assert_eq!(a.0[1], Window { start_ns: at(10), deliveries: 2, over: [2, 2, 1, 0], max_us: 20_000 });
+        assert_eq!(a.0[2], Window { start_ns: at(20), deliveries: 1, over: [1, 1, 1, 1], max_us: 60_000 });
+    }
+
+    /// A corrupt stamp (any intended time at all) cannot grow the timeline without bound:
+    /// past MAX_WINDOWS windows, new ones are not opened, and the open ones still count.
+    #[test]
+    fn regression_corrupt_stamps_cannot_grow_the_timeline_without_bound() {
+        let mut t = Timeline::default();
+        for i in 0..(MAX_WINDOWS as u64 + 100) {
+            t.record(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), 1);
+        }
+        assert_eq!(t.0.len(), MAX_WINDOWS);
+        let first = t.0[0].start_ns;
+        t.record(first + 1, 7);
+        assert_eq!((t.0[0].deliveries, t.0[0].max_us), (2, 7));
+        let mut merged = Timeline::default();
+        merged.merge(&t);
+        merged.merge(&t);
+        assert_eq!(merged.0.len(), MAX_WINDOWS);
     }
 }

@@ -105,6 +105,18 @@ fn assert_clean(r: &RunResult, connections: u64) {
         assert_eq!(s.corrected.len(), v.delivered, "every delivery is timed");
         assert_eq!(s.uncorrected.len(), v.delivered);
         assert!(s.corrected.max() >= s.uncorrected.min());
+        // The timeline accounts for every timed delivery, shipped and merged from every
+        // thread and worker process, window by window in order.
+        let windows = &s.timeline.0;
+        assert_eq!(windows.iter().map(|w| w.deliveries).sum::<u64>(), v.delivered, "{windows:?}");
+        assert!(windows.windows(2).all(|p| p[0].start_ns < p[1].start_ns), "{windows:?}");
+        assert!(windows.iter().all(|w| w.over[0] <= w.deliveries && w.over.windows(2).all(|o| o[0] >= o[1])));
+        let slowest = windows.iter().map(|w| w.max_us).max().unwrap_or(0);
+        assert_eq!(
+            s.corrected.max(),
+            s.corrected.highest_equivalent(slowest),
+            "the slowest window holds the slowest delivery"
+        );
         assert!(s.passed);
         assert!(s.recovery.clean(), "{:?}", s.recovery);
     }

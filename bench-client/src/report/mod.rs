@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::coord::{Mode, RunResult, StepResult};
 use crate::error::BenchError;
 use crate::plan::Plan;
+use crate::record::Timeline;
 use crate::sys::HostInfo;
 pub use hgrm::hgrm;
 use plot::{latency_svg, Curve};
@@ -112,6 +113,45 @@ struct StepSummary<'a> {
     result: &'a StepResult,
     latency_ms: Percentiles,
     uncorrected_latency_ms: Percentiles,
+    /// Corrected latency per 10 s of intended send time.
+    timeline: Vec<WindowSummary>,
+}
+
+/// One window of a step's timeline as summary.json shows it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WindowSummary {
+    /// Seconds from the step's first window to this one's start.
+    pub at_s: f64,
+    /// Deliveries timed in the window.
+    pub deliveries: u64,
+    /// Of those, over 1 ms, 5 ms, 10 ms and 50 ms (corrected).
+    pub over_1ms: u64,
+    /// Over 5 ms.
+    pub over_5ms: u64,
+    /// Over 10 ms.
+    pub over_10ms: u64,
+    /// Over 50 ms.
+    pub over_50ms: u64,
+    /// The window's slowest delivery.
+    pub max_ms: f64,
+}
+
+impl WindowSummary {
+    /// A step's timeline, with times relative to its first window.
+    pub fn of(t: &Timeline) -> Vec<WindowSummary> {
+        let first = t.0.first().map_or(0, |w| w.start_ns);
+        t.0.iter()
+            .map(|w| WindowSummary {
+                at_s: (w.start_ns - first) as f64 / 1e9,
+                deliveries: w.deliveries,
+                over_1ms: w.over[0],
+                over_5ms: w.over[1],
+                over_10ms: w.over[2],
+                over_50ms: w.over[3],
+                max_ms: w.max_us as f64 / 1000.0,
+            })
+            .collect()
+    }
 }
 
 #[derive(Serialize)]
@@ -202,6 +242,7 @@ pub fn write_run(dir: &Path, ctx: &RunContext, plan: &Plan, result: &RunResult) 
                 result: s,
                 latency_ms: Percentiles::of(&s.corrected),
                 uncorrected_latency_ms: Percentiles::of(&s.uncorrected),
+                timeline: WindowSummary::of(&s.timeline),
             })
             .collect(),
         max_sustained_rate: (result.mode == Mode::Ramp)
