@@ -124,8 +124,9 @@ pub struct Common {
     /// unexpectedly: server close 1001/1012/1013…, dropped socket, `--churn`. 0 = none.
     #[arg(long, default_value_t = 5)]
     pub reconnect_attempts: u32,
-    /// Reconnection attempts after the first go to the next `--target` in turn (a cluster
-    /// node that died: its connections move to the other nodes and recover there).
+    /// Reconnection attempts after the first go to the other `--target`s in turn, each
+    /// connection starting at its own place among them (a cluster node that died: its
+    /// connections spread over the other nodes and recover there).
     #[arg(long)]
     pub failover: bool,
     /// Folder under which the run folder is written.

@@ -136,15 +136,23 @@ impl Plan {
 
     /// The target of reconnection attempt `attempt` (1, 2, …) of connection `c`: its own
     /// target for the first attempt (a restarted node comes back there), then, with
-    /// `failover`, the next targets in turn, wrapping around; always its own without.
+    /// `failover`, each of the other targets in turn, starting from one picked per
+    /// connection, so the connections of a dead node spread over all the others (as
+    /// clients picking a random node would) instead of all moving to the next one;
+    /// always its own without `failover`.
     pub fn reconnect_target(&self, c: u64, attempt: u32) -> SocketAddr {
         let own = self.target_of(c);
-        if !self.failover || attempt < 2 || self.targets.len() < 2 {
+        let t = self.targets.len();
+        if !self.failover || attempt < 2 || t < 2 {
             return own;
         }
-        let home = self.targets.iter().position(|t| *t == own).unwrap_or(0);
-        let i = (home + (attempt as usize - 1)) % self.targets.len();
-        self.targets[i]
+        let home = self.targets.iter().position(|x| *x == own).unwrap_or(0);
+        let others = t as u64 - 1;
+        // A multiplicative hash of the connection number: consecutive connections of one
+        // node (every T-th number) start at well-mixed places among the others.
+        let start = (c.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % others;
+        let k = (start + u64::from(attempt - 2)) % others;
+        self.targets[(home + 1 + k as usize) % t]
     }
 
     /// How many of the plan's connections go to each target (same order as `targets`).
@@ -281,11 +289,38 @@ mod tests {
         assert!((1..=6).all(|a| p.reconnect_target(4, a) == own), "no failover: always its own target");
         p.failover = true;
         assert_eq!(p.reconnect_target(4, 1), own, "the first attempt retries its own node");
-        let home = p.targets.iter().position(|t| *t == own).unwrap();
-        let tried: Vec<SocketAddr> = (2..=4).map(|a| p.reconnect_target(4, a)).collect();
-        assert_eq!(tried, [1, 2, 0].map(|k| p.targets[(home + k) % 3]), "then the others in turn, wrapping");
+        let mut tried: Vec<SocketAddr> = (2..=3).map(|a| p.reconnect_target(4, a)).collect();
+        assert!(!tried.contains(&own), "then the others: {tried:?}");
+        tried.sort();
+        tried.dedup();
+        assert_eq!(tried.len(), 2, "each of the others once");
+        assert_eq!(p.reconnect_target(4, 4), p.reconnect_target(4, 2), "and round again");
         p.targets = targets(1);
         assert_eq!(p.reconnect_target(4, 3), p.targets[0], "one target: nowhere else to go");
+    }
+
+    /// At a million, a killed node's 18,000 connections all failed over to the next node
+    /// in the list, which ran out of descriptors (20,000 per process here) and refused
+    /// them. They spread over every surviving node now, and each connection still tries
+    /// every other node before coming round again.
+    #[test]
+    fn regression_a_dead_nodes_connections_spread_over_all_the_others() {
+        let mut p = plan(58_000, 1, 1);
+        p.targets = targets(58);
+        p.failover = true;
+        let dead = p.targets[57];
+        let orphans: Vec<u64> = (0..p.connections).filter(|&c| p.target_of(c) == dead).collect();
+        assert_eq!(orphans.len(), 1000);
+        let mut first = std::collections::HashMap::new();
+        for &c in &orphans {
+            *first.entry(p.reconnect_target(c, 2)).or_insert(0u32) += 1;
+            let all: std::collections::HashSet<SocketAddr> = (2..=58).map(|a| p.reconnect_target(c, a)).collect();
+            assert_eq!(all.len(), 57, "connection {c} tries each surviving node once per round");
+            assert!(!all.contains(&dead));
+        }
+        assert_eq!(first.len(), 57, "the first failover reaches every surviving node: {first:?}");
+        let most = first.values().max().copied().unwrap_or(0);
+        assert!(most <= 3 * 1000 / 57, "no node takes far more than its share: {most} of 1,000");
     }
 
     fn targets(n: u16) -> Vec<SocketAddr> {
