@@ -37,7 +37,8 @@
 #   --profile S        5 s after the load is on (as for --kill-node-after), record a
 #                      host-wide CPU profile for S seconds (`perf record -a -g`, when
 #                      perf is on PATH): profile.txt (CPU by process, hottest symbols)
-#                      and profile.folded (for a flamegraph) in the run folder
+#                      and profile.folded (folded stacks for a flamegraph; the raw
+#                      `perf script` text without inferno-collapse-perf) in the run folder
 #   NODE_ARGS="…"      (environment) extra flags for every corecast node, e.g.
 #                      NODE_ARGS="--cluster-room-buckets 64" for many rooms
 #
@@ -84,13 +85,13 @@ while (($#)); do
     shift
 done
 ((NODES > 0)) || NODES=$(((N + PER_NODE - 1) / PER_NODE))
-SHOWN_EXTRA=("${BC_EXTRA[@]}") kill_flag=''
+SHOWN_EXTRA=("${BC_EXTRA[@]}") run_flags=''
 if ((KILL_AFTER >= 0)); then
     ((!SINGLE && NODES >= 2)) || die "--kill-node-after needs a cluster of at least 2 nodes"
     BC_EXTRA=(--failover "${BC_EXTRA[@]}")
-    kill_flag=" --kill-node-after $KILL_AFTER"
+    run_flags=" --kill-node-after $KILL_AFTER"
 fi
-((PROFILE == 0)) || kill_flag+=" --profile $PROFILE"
+((PROFILE == 0)) || run_flags+=" --profile $PROFILE"
 PER=$(((N + NODES - 1) / NODES))
 suffix='' shared_flag='' layout='a port per node'
 if ((SHARED)); then suffix=-shared shared_flag=' --shared-port' layout='one shared port (SO_REUSEPORT)'; fi
@@ -372,7 +373,7 @@ kernel (socket slab caches + TCP buffers): $((kernel_base / 1024)) MiB at start,
 heartbeats (nodes' counters at the end of the hold, --ping-interval $PING): $beats
 heartbeats (every node's counters after bench-client finished): $beats_last
 node kill: $(cat "$work/killed" 2>/dev/null || echo none)
-command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag$kill_flag${SHOWN_EXTRA[*]:+ -- ${SHOWN_EXTRA[*]}}
+command: ${NODE_ARGS:+NODE_ARGS='$NODE_ARGS' }$0 -n $N --rooms $ROOMS --nodes $NODES --mode $MODE --duration $DURATION --ping-interval $PING --connect-rate $RATE$shared_flag$run_flags${SHOWN_EXTRA[*]:+ -- ${SHOWN_EXTRA[*]}}
 EOF
 cat "${run:-$work}/cluster.txt"
 [[ -z $run ]] || cp "$work"/*.log "$run/" 2>/dev/null || true
