@@ -289,14 +289,12 @@ mode_args=()
 # instead took minutes per round on a saturated host, and the asking slowed the connects.
 progress=$work/progress.log
 : >"$progress"
+bc_args=("$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" --server-pid "$pid_arg" "${mode_args[@]}"
+    --connect-rate "$RATE" --timeout "$bound" --results "$RESULTS" --scenario "$scenario")
 if ((KILL_AFTER >= 0 || PROFILE > 0)); then
-    "$BIN/bench-client" "$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" \
-        --server-pid "$pid_arg" "${mode_args[@]}" --connect-rate "$RATE" --timeout "$bound" \
-        --results "$RESULTS" --scenario "$scenario" "${BC_EXTRA[@]}" 2> >(tee "$progress" | grep -v '^\[\|^bench-client: ' >&2) &
+    "$BIN/bench-client" "${bc_args[@]}" "${BC_EXTRA[@]}" 2> >(tee "$progress" | grep -v '^\[\|^bench-client: ' >&2) &
 else
-    "$BIN/bench-client" "$MODE" -n "$N" --rooms "$ROOMS" --target "$target_list" \
-        --server-pid "$pid_arg" "${mode_args[@]}" --connect-rate "$RATE" --timeout "$bound" \
-        --results "$RESULTS" --scenario "$scenario" --quiet "${BC_EXTRA[@]}" &
+    "$BIN/bench-client" "${bc_args[@]}" --quiet "${BC_EXTRA[@]}" &
 fi
 bc=$!
 pids+=("$bc")

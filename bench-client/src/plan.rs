@@ -126,12 +126,17 @@ impl Plan {
     /// once it has T members. Skewed distributions place rooms by a hash, so `c % T` is
     /// already independent of the room there.
     pub fn target_of(&self, c: u64) -> SocketAddr {
+        self.targets.get(self.target_index(c)).copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The index in `targets` of [`Self::target_of`]`(c)`.
+    fn target_index(&self, c: u64) -> usize {
         let t = self.targets.len().max(1) as u64;
         let i = match self.room_dist {
             RoomDist::Uniform => (c % u64::from(self.rooms.max(1)) + c / u64::from(self.rooms.max(1))) % t,
             _ => c % t,
         };
-        self.targets.get(i as usize).copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        i as usize
     }
 
     /// The target of reconnection attempt `attempt` (1, 2, …) of connection `c`: its own
@@ -141,12 +146,11 @@ impl Plan {
     /// clients picking a random node would) instead of all moving to the next one;
     /// always its own without `failover`.
     pub fn reconnect_target(&self, c: u64, attempt: u32) -> SocketAddr {
-        let own = self.target_of(c);
         let t = self.targets.len();
         if !self.failover || attempt < 2 || t < 2 {
-            return own;
+            return self.target_of(c);
         }
-        let home = self.targets.iter().position(|x| *x == own).unwrap_or(0);
+        let home = self.target_index(c);
         let others = t as u64 - 1;
         // A multiplicative hash of the connection number: consecutive connections of one
         // node (every T-th number) start at well-mixed places among the others.
@@ -159,8 +163,8 @@ impl Plan {
     pub fn per_target(&self) -> Vec<u64> {
         let mut counts = vec![0u64; self.targets.len()];
         for c in 0..self.connections {
-            if let Some(i) = self.targets.iter().position(|t| *t == self.target_of(c)) {
-                counts[i] += 1;
+            if let Some(n) = counts.get_mut(self.target_index(c)) {
+                *n += 1;
             }
         }
         counts

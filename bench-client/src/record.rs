@@ -169,7 +169,7 @@ pub struct Window {
     /// Deliveries timed (duplicates are not).
     pub deliveries: u64,
     /// Of those, how many took longer than each of [`OVER_US`].
-    pub over: [u64; 4],
+    pub over: [u64; OVER_US.len()],
     /// The slowest, in microseconds.
     pub max_us: u64,
 }

@@ -20,10 +20,12 @@ fn skip(why: &str) {
     );
 }
 
-/// The number after `label` on the line of `text` that starts with it.
+/// The number just before `before` (the end of the line when empty) on the line of
+/// `text` that starts with `line`.
 fn figure(text: &str, line: &str, before: &str) -> u64 {
     let l = text.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no `{line}` in:\n{text}"));
-    let at = l.find(before).unwrap_or_else(|| panic!("no `{before}` in `{l}`"));
+    let at =
+        if before.is_empty() { l.len() } else { l.find(before).unwrap_or_else(|| panic!("no `{before}` in `{l}`")) };
     let digits: String =
         l[..at].trim_end().rsplit(' ').next().unwrap_or("").chars().filter(char::is_ascii_digit).collect();
     digits.parse().unwrap_or_else(|_| panic!("no number before `{before}` in `{l}`"))
@@ -39,22 +41,10 @@ fn three_nodes_hold_six_thousand_connections_with_one_subscription_per_node_not_
     if Command::new("nats-server").arg("--version").output().is_err() {
         return skip("nats-server not on PATH");
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let results = std::env::temp_dir().join(format!("corecast-million-{}", std::process::id()));
-    let out = Command::new(root.join("bench/million.sh"))
-        .current_dir(root)
-        .args(["-n", "6000", "--nodes", "3", "--rooms", "60", "--duration", "2", "--connect-rate", "3000"])
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .expect("bench/million.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::remove_dir_all(&results);
-    eprintln!("{stdout}\n{stderr}");
-    assert!(out.status.success(), "bench/million.sh failed ({})", out.status);
+    let million = |args: &[&str], client_args: &[&str]| run_million(&bin, args, client_args);
+    let (ok, stdout, _) =
+        million(&["-n", "6000", "--nodes", "3", "--rooms", "60", "--duration", "2", "--connect-rate", "3000"], &[]);
+    assert!(ok, "bench/million.sh failed");
     assert_eq!(figure(&stdout, "cluster:", "held"), 6000, "every connection held");
     // Personal rooms (one per user) share one wildcard subscription per node: the NATS
     // server counts each node's fixed subjects, the wildcard and its 60 public rooms, plus
@@ -69,26 +59,27 @@ fn three_nodes_hold_six_thousand_connections_with_one_subscription_per_node_not_
     // the other nodes (at a million they all went to one node, which ran out of
     // descriptors). The run itself reports problems (the kill drops connections and loses
     // what was published into the dead node's rooms), so its exit status is not asked.
-    let out = Command::new(root.join("bench/million.sh"))
-        .current_dir(root)
-        .args(["-n", "3000", "--nodes", "3", "--rooms", "30", "--mode", "fanout", "--connect-rate", "3000"])
-        .args(["--kill-node-after", "2"])
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--results")
-        .arg(&results)
-        .args(["--", "--publishers", "30", "--rate", "300", "--duration", "6", "--drain", "15"])
-        .output()
-        .expect("bench/million.sh runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::remove_dir_all(&results);
-    eprintln!("{stdout}\n{stderr}");
+    let (_, stdout, stderr) = million(
+        &[
+            "-n",
+            "3000",
+            "--nodes",
+            "3",
+            "--rooms",
+            "30",
+            "--mode",
+            "fanout",
+            "--connect-rate",
+            "3000",
+            "--kill-node-after",
+            "2",
+        ],
+        &["--publishers", "30", "--rate", "300", "--duration", "6", "--drain", "15"],
+    );
     let kill = stdout.lines().find(|l| l.starts_with("node kill:")).expect("a node kill line");
     assert!(kill.contains("killed with SIGKILL") && kill.contains("after bench-client's \"step 0:"), "{kill}");
     let text = format!("{stdout}\n{stderr}");
-    let closes = text.lines().find(|l| l.starts_with("PROBLEM: server closes")).expect("the dropped connections");
-    let dropped: u64 = closes.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count of dropped connections");
+    let dropped = figure(&text, "PROBLEM: server closes", "");
     // The killed node held a third of the connections; how many of them bench-client sees
     // dropped before the drain ends depends on the host (all 1,000 with release binaries
     // here; 165–307 of them in a debug build with another test suite on the same cores).
@@ -96,4 +87,23 @@ fn three_nodes_hold_six_thousand_connections_with_one_subscription_per_node_not_
     let reconnects = figure(&text, "step 0 reconnections:", " (");
     assert!(reconnects >= dropped, "every dropped connection reconnected: {reconnects} for {dropped}");
     assert!(text.contains(", 0 gave up)"), "no connection gave up reconnecting:\n{text}");
+}
+
+/// Runs `bench/million.sh` with `args` (then `client_args` for bench-client after `--`)
+/// on the binaries in `bin`, into a temporary results folder removed afterwards; prints
+/// its output and returns whether it succeeded, its stdout and its stderr.
+fn run_million(bin: &Path, args: &[&str], client_args: &[&str]) -> (bool, String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let results = std::env::temp_dir().join(format!("corecast-million-{}", std::process::id()));
+    let mut cmd = Command::new(root.join("bench/million.sh"));
+    cmd.current_dir(root).args(args).arg("--bin").arg(bin).arg("--results").arg(&results);
+    if !client_args.is_empty() {
+        cmd.arg("--").args(client_args);
+    }
+    let out = cmd.output().expect("bench/million.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&results);
+    eprintln!("{stdout}\n{stderr}\nbench/million.sh: {}", out.status);
+    (out.status.success(), stdout, stderr)
 }
