@@ -282,6 +282,10 @@ pub struct Conn {
     pub session: Session,
     /// Global connection index (see `plan`).
     pub index: u32,
+    /// Monotonic second ([`crate::sys::now_ns`]) of the last ping from the server on this
+    /// socket, 0 before the first: a heartbeat close reports its age (see
+    /// [`crate::record::PingAges`]).
+    pub last_ping_s: u32,
 }
 
 impl Conn {
@@ -310,6 +314,7 @@ impl Conn {
             buf: Vec::new(),
             session: session.resumed(),
             index,
+            last_ping_s: 0,
         })
     }
 
@@ -442,13 +447,20 @@ impl Conn {
         let mut out = Vec::new();
         let mut ended = None;
         let session = &mut self.session;
-        let fed = self.reader.feed(data, |msg| match session.on_message(msg, ctx, &mut out) {
-            ControlFlow::Continue(()) => ControlFlow::Continue(()),
-            ControlFlow::Break(end) => {
-                ended = Some(end);
-                ControlFlow::Break(())
+        let mut pinged = false;
+        let fed = self.reader.feed(data, |msg| {
+            pinged |= matches!(msg, Message::Ping(_));
+            match session.on_message(msg, ctx, &mut out) {
+                ControlFlow::Continue(()) => ControlFlow::Continue(()),
+                ControlFlow::Break(end) => {
+                    ended = Some(end);
+                    ControlFlow::Break(())
+                }
             }
         });
+        if pinged {
+            self.last_ping_s = (ctx.now_ns / 1_000_000_000) as u32;
+        }
         if !out.is_empty() {
             // A failed reply surfaces on the next read; the ending (if any) matters more.
             let _ = self.send(&out);
@@ -740,6 +752,14 @@ mod tests {
         // The epoch generation (2 bytes) sits in padding the session already had: the
         // documented per-connection figure (README, `Conn` 72 B in release) must not grow.
         assert_eq!(std::mem::size_of::<Session>(), 24);
+    }
+
+    #[test]
+    fn conn_is_the_documented_size() {
+        // README, "bench-client memory per connection": 80 B in a release build (72 B
+        // before the ping stamp); debug builds lay the reader out wider.
+        let want = if cfg!(debug_assertions) { 88 } else { 80 };
+        assert_eq!(std::mem::size_of::<Conn>(), want);
     }
 
     #[test]

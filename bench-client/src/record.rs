@@ -352,6 +352,54 @@ pub struct ConnStats {
     pub errors: BTreeMap<String, u64>,
     /// Reconnections over the whole run.
     pub recovery: Recovery,
+    /// Heartbeat closes (1001) seen: when each closed socket last got a ping.
+    #[serde(default)]
+    pub heartbeat_closes: PingAges,
+}
+
+/// For the server's heartbeat closes (1001): how long before the close each closed socket
+/// last received a ping. A peer is closed after two silent intervals, so a ping about one
+/// interval old says the client got it (and answered: its pong was lost or unread on the
+/// server), one about two intervals old or none says the server's last ping never came.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PingAges {
+    /// Closed sockets that never received a ping.
+    pub never: u64,
+    /// The others by the age of their last ping, in whole seconds rounded up to a power of
+    /// two (key 4: more than 2 s, at most 4 s).
+    pub by_age_s: BTreeMap<u32, u64>,
+    /// Closed sockets with bytes still unsent by the client (a pong among them, maybe).
+    pub unsent: u64,
+}
+
+impl PingAges {
+    /// Counts one heartbeat close at monotonic second `now_s` of a socket last pinged at
+    /// second `last_ping_s` (0: never), `unsent` telling whether the client had bytes the
+    /// kernel had not taken.
+    pub fn note(&mut self, last_ping_s: u32, now_s: u32, unsent: bool) {
+        if last_ping_s == 0 {
+            self.never += 1;
+        } else {
+            let secs = now_s.saturating_sub(last_ping_s);
+            let bucket = secs.max(1).checked_next_power_of_two().unwrap_or(u32::MAX);
+            *self.by_age_s.entry(bucket).or_default() += 1;
+        }
+        self.unsent += u64::from(unsent);
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &PingAges) {
+        self.never += o.never;
+        self.unsent += o.unsent;
+        for (k, v) in &o.by_age_s {
+            *self.by_age_s.entry(*k).or_default() += v;
+        }
+    }
+
+    /// Whether no heartbeat close was seen.
+    pub fn is_empty(&self) -> bool {
+        self.never == 0 && self.by_age_s.is_empty()
+    }
 }
 
 impl ConnStats {
@@ -374,6 +422,7 @@ impl ConnStats {
         self.held += o.held;
         self.dropped += o.dropped;
         self.recovery.merge(&o.recovery);
+        self.heartbeat_closes.merge(&o.heartbeat_closes);
         for (k, v) in &o.failed {
             *self.failed.entry(k.clone()).or_default() += v;
         }
@@ -426,6 +475,22 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_ages_bucket_by_powers_of_two_and_merge() {
+        let mut a = PingAges::default();
+        a.note(0, 100, false);
+        a.note(100, 100, true); // just pinged: the 1 s bucket
+        a.note(40, 100, false); // 60 s: 64
+        a.note(35, 100, false); // 65 s: 128
+        let mut b = PingAges::default();
+        b.note(1, 61, false);
+        b.merge(&a);
+        assert_eq!(b.never, 1);
+        assert_eq!(b.unsent, 1);
+        assert_eq!(b.by_age_s, BTreeMap::from([(1, 1), (64, 2), (128, 1)]));
+        assert!(!b.is_empty() && PingAges::default().is_empty());
+    }
     use crate::track::SeqTrack;
 
     fn stamp(n: u64) -> Stamp {

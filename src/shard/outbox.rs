@@ -118,7 +118,6 @@ impl Outbox {
     }
 
     /// Whether nothing is waiting.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.queue.as_ref().is_none_or(|q| q.frames.is_empty())
     }

@@ -163,6 +163,36 @@ pub(super) fn decide(c: Clocks, now: u32, limits: Limits) -> Action {
     }
 }
 
+/// What one sweep's heartbeat closes looked like, for the warning that reports them: an
+/// operator (and a load test) must be able to tell peers that never answered a ping from
+/// pings that never left or a sweep that ran late.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Closed {
+    /// Connections closed for silence in this sweep.
+    pub count: u32,
+    /// Of them, with a ping outstanding (sent, never answered).
+    pub pinged: u32,
+    /// Of them, with bytes still queued in their outbox (our ping may not have left).
+    pub queued: u32,
+    /// Shortest and longest silence among them, in shard milliseconds.
+    pub silent_min: u32,
+    /// See `silent_min`.
+    pub silent_max: u32,
+}
+
+impl Closed {
+    /// Counts one connection closed with clocks `c` at `now`, `queued` telling whether
+    /// its outbox still held bytes.
+    pub fn note(&mut self, c: &Clocks, now: u32, queued: bool) {
+        let silent = elapsed(now, c.last_seen);
+        self.silent_min = if self.count == 0 { silent } else { self.silent_min.min(silent) };
+        self.silent_max = self.silent_max.max(silent);
+        self.count += 1;
+        self.pinged += u32::from(c.pinged);
+        self.queued += u32::from(queued);
+    }
+}
+
 impl Shard {
     fn sweep(&self) {
         let limits = Limits {
@@ -183,8 +213,11 @@ impl Shard {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);
         }
+        let gap = elapsed(now, self.last_sweep.replace(now));
+        let mut closed = Closed::default();
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
-            match heard_meanwhile(decide(Clocks::of(conn), now, limits), || conn.unread_input()) {
+            let clocks = Clocks::of(conn);
+            match heard_meanwhile(decide(clocks, now, limits), || conn.unread_input()) {
                 Action::Keep => {}
                 Action::HeartbeatDeferred => inc(&self.stats.heartbeat_closes_deferred),
                 Action::HandshakeTimeout { partial } => {
@@ -201,6 +234,7 @@ impl Shard {
                     // Silent for two intervals: the peer is gone or wedged. Say why (its
                     // backlog is not owed any more), and linger as for any close.
                     inc(&self.stats.heartbeat_closes);
+                    closed.note(&clocks, now, !conn.out.is_empty());
                     self.close(conn, close::GOING_AWAY, "heartbeat timeout", true);
                 }
                 Action::Ping => {
@@ -216,6 +250,18 @@ impl Shard {
                     conn.wake();
                 }
             }
+        }
+        if closed.count > 0 {
+            tracing::warn!(
+                shard = self.id,
+                closed = closed.count,
+                pinged = closed.pinged,
+                queued = closed.queued,
+                silent_min_ms = closed.silent_min,
+                silent_max_ms = closed.silent_max,
+                sweep_gap_ms = gap,
+                "heartbeat: closed connections silent for two intervals"
+            );
         }
     }
 }
@@ -357,6 +403,20 @@ mod tests {
         assert_eq!(decide(c, 10_000, LIMITS), Action::HandshakeTimeout { partial: true });
         c.http_busy = true;
         assert_eq!(decide(c, 50_000, LIMITS), Action::Keep, "an answer is being computed");
+    }
+
+    #[test]
+    fn closed_reports_pinged_queued_and_the_range_of_silence() {
+        let mut closed = Closed::default();
+        let mut c = clocks(Phase::Open, 0);
+        c.last_seen = 1_000;
+        c.pinged = true;
+        closed.note(&c, 61_000, false);
+        c.last_seen = 500;
+        c.pinged = false;
+        closed.note(&c, 61_000, true);
+        let want = Closed { count: 2, pinged: 1, queued: 1, silent_min: 60_000, silent_max: 60_500 };
+        assert_eq!(closed, want);
     }
 
     #[test]

@@ -201,6 +201,13 @@ pub fn problems(plan: &Plan, result: &RunResult) -> Vec<String> {
     if !result.final_stats.closes.is_empty() || result.final_stats.dropped > 0 {
         out.push(format!("server closes {:?}, dropped {}", result.final_stats.closes, result.final_stats.dropped));
     }
+    let ages = &result.final_stats.heartbeat_closes;
+    if !ages.is_empty() {
+        out.push(format!(
+            "1001 closes by the age of the socket's last ping (s, rounded up to a power of two) {:?}, never pinged {}, client bytes unsent {}",
+            ages.by_age_s, ages.never, ages.unsent
+        ));
+    }
     if !result.final_stats.errors.is_empty() {
         out.push(format!("error frames {:?}", result.final_stats.errors));
     }
