@@ -287,6 +287,12 @@ pub struct CompareArgs {
     /// Folder under which run folders and the comparison folder are written.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// Keep corecast's shards pinned to CPUs (its own default). Without this flag compare
+    /// starts corecast with `--no-pin`, placed by the kernel like the two other servers:
+    /// the load generator shares the cores, and a pinned shard woken while a client
+    /// thread holds its core waits for that core instead of taking an idle one.
+    #[arg(long)]
+    pub pinned: bool,
 }
 
 /// `ceiling` flags.

@@ -40,11 +40,22 @@ pub struct Comparison {
     pub rows: Vec<Row>,
 }
 
+/// corecast's extra flags in a comparison: the user's `--server-arg`s, and `--no-pin`
+/// unless `--pinned` or they have it already (corecast refuses a flag given twice).
+fn corecast_flags(args: &CompareArgs) -> Vec<String> {
+    let mut flags = args.server.server_args.clone();
+    if !args.pinned && !flags.iter().any(|f| f == "--no-pin") {
+        flags.insert(0, "--no-pin".to_owned());
+    }
+    flags
+}
+
 /// How the figures are obtained, for compare.md.
 fn method() -> Vec<String> {
     vec![
         "All three servers run on this host with the same number of threads (corecast `--shards N`, ceiling \
-         `--threads N`, tokio peer `--threads N` worker threads), started fresh for every run; bench-client runs \
+         `--threads N`, tokio peer `--threads N` worker threads), none pinned to a CPU (corecast `--no-pin` \
+         unless `--pinned`: the client shares the cores), started fresh for every run; bench-client runs \
          with 2 engine threads and 100-byte payloads. The ratio is corecast ÷ the better of the ceiling probe and \
          the tokio peer (higher throughput; lower latency, CPU, memory)."
             .into(),
@@ -201,7 +212,8 @@ fn run_one(
     let log = args.results.join(format!(".server-{name}.log"));
     let mut server = match kind {
         ServerKind::Corecast => {
-            Server::start(&args.server.server_bin, args.server.shards, &args.server.server_args, log.clone())?
+            let flags = corecast_flags(args);
+            Server::start(&args.server.server_bin, args.server.shards, &flags, log.clone())?
         }
         ServerKind::Ceiling | ServerKind::Tokio => {
             let addr = free_addr()?;
@@ -240,4 +252,27 @@ fn run_one(
     }
     let _ = std::fs::remove_file(&log);
     result.map(|o| (o.dir, o.result))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Cmd};
+
+    fn flags(extra: &[&str]) -> Vec<String> {
+        let argv = ["bench-client", "compare", "--server-bin", "x"].into_iter().chain(extra.iter().copied());
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Cmd::Compare(a)) => super::corecast_flags(&a),
+            other => panic!("not a compare command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corecast_runs_unpinned_unless_asked_and_never_gets_a_flag_twice() {
+        assert_eq!(flags(&[]), ["--no-pin"]);
+        assert_eq!(flags(&["--pinned"]), Vec::<String>::new());
+        assert_eq!(flags(&["--server-arg=--no-pin"]), ["--no-pin"]);
+        assert_eq!(flags(&["--server-arg=--shards=3"]), ["--no-pin", "--shards=3"]);
+    }
 }
