@@ -77,6 +77,7 @@ pub struct ServerHandle {
     stopper: Stopper,
     threads: Vec<rt::ShardThread>,
     bridge: Option<cluster::bridge::BridgeThread>,
+    nudger: Option<rt::nudge::Nudger>,
 }
 
 /// Asks a server to shut down gracefully. Cheap to clone, usable from any thread
@@ -132,6 +133,9 @@ impl ServerHandle {
                 result = Err(ServerError::BridgeFailed);
             }
         }
+        if let Some(n) = self.nudger {
+            n.join();
+        }
         result
     }
 }
@@ -185,11 +189,17 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let config = Arc::new(config);
     let stopper = Stopper { mesh: mesh.clone() };
     let mut threads = Vec::with_capacity(shards);
-    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+    let nudges: Vec<_> = (0..shards).map(|_| rt::nudge::Nudge::new()).collect();
+    // A shard that cannot be nudged still runs; the nudge only guards against a stall.
+    let nudger = rt::nudge::Nudger::start(&nudges)
+        .map_err(|e| tracing::warn!(error = %e, "could not start the nudge thread"))
+        .ok();
+    for (i, ((socket, inbox), nudge)) in sockets.into_iter().zip(inboxes).zip(nudges).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
         let (cfg, mesh, shared) = (config.clone(), mesh.clone(), shared.clone());
         let start = starts.get_mut(i).and_then(Option::take);
-        match rt::spawn_shard(i, cpu, &config, move || shard::run(i, cfg, shared, mesh, inbox, socket, start)) {
+        let run = move || shard::run(i, cfg, shared, mesh, inbox, socket, start, nudge);
+        match rt::spawn_shard(i, cpu, &config, run) {
             Ok(t) => threads.push(t),
             Err(source) => {
                 stopper.stop();
@@ -203,5 +213,5 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             }
         }
     }
-    Ok(ServerHandle { addr, shards, stopper, threads, bridge })
+    Ok(ServerHandle { addr, shards, stopper, threads, bridge, nudger })
 }

@@ -95,6 +95,8 @@ counters! {
     heartbeat_closes_deferred,
     /// Connections that stopped reading because some shard's inbox was over its high-water mark.
     congestion_pauses,
+    /// Heartbeat sweeps that ran over ten ticks and 5 s after the previous one (timers stalled).
+    sweeps_late,
     /// Heartbeat pings sent to connections silent for one ping interval.
     heartbeat_pings,
     /// Pong frames received (answers to heartbeat pings, or unsolicited).

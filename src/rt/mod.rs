@@ -12,6 +12,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::Duration;
 
 pub mod file;
+pub mod nudge;
 
 use socket2::{Domain, Protocol, Socket, Type};
 

@@ -520,7 +520,9 @@ fn history_config(cfg: &Config, shards: usize) -> HistoryConfig {
     HistoryConfig::split(caps, cfg.history_memory, cfg.history_ttl, shards)
 }
 
-/// Runs shard `id` until it has shut down: adopts its listener and starts its tasks.
+/// Runs shard `id` until it has shut down: adopts its listener and starts its tasks
+/// (among them the idle task `nudge` wakes from outside, see [`rt::nudge`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     id: usize,
     cfg: Arc<Config>,
@@ -529,7 +531,9 @@ pub(crate) async fn run(
     inbox: Inbox,
     listener: socket2::Socket,
     start: Option<ShardStart>,
+    nudge: Arc<rt::nudge::Nudge>,
 ) {
+    let idle = rt::spawn(nudge.idle());
     let shard = Shard::new(id, cfg, shared, mesh, start);
     if let Some(journal) = &shard.journal {
         rt::spawn(journal.clone().run(shard.clone()));
@@ -539,6 +543,8 @@ pub(crate) async fn run(
     rt::spawn(inbox_loop(shard.clone(), inbox));
     rt::spawn(sweep::run(shard.clone()));
     shard.done.wait().await;
+    // Dropping the idle task drops this shard's nudge: the nudger ends with the last one.
+    idle.cancel();
 }
 
 /// Accepts connections until cancelled. Out of descriptors (EMFILE/ENFILE), it backs

@@ -39,8 +39,14 @@ pub(super) async fn run(shard: Rc<Shard>) {
     let tick = finest.clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         rt::sleep(tick).await;
-        shard.sweep();
+        shard.sweep(tick.as_millis() as u32);
     }
+}
+
+/// Whether a sweep `gap` ms after the previous one, `tick_ms` apart by plan, is late
+/// enough to report: the shard (or the whole host) stalled, and pings ran late with it.
+fn late(gap: u32, tick_ms: u32) -> bool {
+    gap > (10 * tick_ms).max(5_000)
 }
 
 /// The sweep's limits, in shard milliseconds.
@@ -194,7 +200,7 @@ impl Closed {
 }
 
 impl Shard {
-    fn sweep(&self) {
+    fn sweep(&self, tick_ms: u32) {
         let limits = Limits {
             ping: self.cfg.ping_interval.as_millis() as u32,
             handshake: self.cfg.handshake_timeout.as_millis() as u32,
@@ -214,6 +220,14 @@ impl Shard {
             self.ips.borrow_mut().prune(now);
         }
         let gap = elapsed(now, self.last_sweep.replace(now));
+        if late(gap, tick_ms) {
+            inc(&self.stats.sweeps_late);
+            tracing::warn!(
+                shard = self.id,
+                sweep_gap_ms = gap,
+                "heartbeat sweep ran late: the shard did not run its timers"
+            );
+        }
         let mut closed = Closed::default();
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             let clocks = Clocks::of(conn);
@@ -403,6 +417,12 @@ mod tests {
         assert_eq!(decide(c, 10_000, LIMITS), Action::HandshakeTimeout { partial: true });
         c.http_busy = true;
         assert_eq!(decide(c, 50_000, LIMITS), Action::Keep, "an answer is being computed");
+    }
+
+    #[test]
+    fn a_sweep_is_late_after_ten_ticks_and_at_least_five_seconds() {
+        assert!(!late(1_000, 1_000) && !late(5_000, 10) && !late(10_000, 1_000));
+        assert!(late(5_001, 10) && late(10_001, 1_000));
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! A wake-up from outside the executor, once a second, for every shard.
+//!
+//! At a million connections (58 single-shard nodes and the load generator on two cores)
+//! shards stopped running *any* task for 2–11 minutes: no timers (so no heartbeat
+//! pings, and then thousands of peers closed for silence in one sweep), no accepts, no
+//! handshakes (the load generator's upgrades timed out), while the thread slept in
+//! `io_uring_enter` on glommio's main ring. Each such stall ended when a socket event
+//! woke one of the shard's tasks (the load generator closing its sockets). Bounding
+//! glommio's sleep by its next timer did not end them (tried in the vendored glommio:
+//! shards still stalled 106–385 s), so the executor was waking but not running its
+//! tasks; our reading is that they sat scheduled in a run queue glommio no longer
+//! ran, and that waking an idle task re-activates the queue. The root cause inside
+//! glommio is not found. This module supplies that wake: one idle task per shard
+//! ([`Nudge::idle`]) that a plain thread ([`Nudger`]) wakes every second through
+//! glommio's foreign-wake path. Same command before and after (`bench/million.sh -n
+//! 1050000 --nodes 58 --rooms 10000 --mode connect`): 1,003,378 held, 46,565 upgrades
+//! timed out and 48,581 heartbeat closes before; 1,050,000 held, none timed out, no
+//! heartbeat close with it. On a healthy shard it is one extra task run per second.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+
+/// How often the [`Nudger`] wakes each shard.
+pub const PERIOD: Duration = Duration::from_secs(1);
+
+/// One shard's end: the idle task waits on it, the nudger wakes it.
+#[derive(Default)]
+pub struct Nudge {
+    waker: AtomicWaker,
+    woken: AtomicBool,
+}
+
+impl Nudge {
+    /// A new nudge, shared by a shard's idle task and the nudger.
+    pub fn new() -> Arc<Nudge> {
+        Arc::new(Nudge::default())
+    }
+
+    /// Wakes the idle task (from any thread).
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Runs on the shard until the shard ends: waits for each wake and does nothing
+    /// else. Its being woken is the point (see the module comment).
+    pub async fn idle(self: Arc<Self>) {
+        loop {
+            poll_fn(|cx| {
+                self.waker.register(cx.waker());
+                if self.woken.swap(false, Ordering::AcqRel) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// The thread that wakes every shard's [`Nudge`] each [`PERIOD`]. It holds them weakly
+/// and ends on its own once every shard has dropped its nudge (the server stopped).
+pub struct Nudger {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Nudger {
+    /// Starts the thread for `nudges`.
+    pub fn start(nudges: &[Arc<Nudge>]) -> std::io::Result<Nudger> {
+        let weak: Vec<Weak<Nudge>> = nudges.iter().map(Arc::downgrade).collect();
+        let thread = std::thread::Builder::new().name("corecast-nudge".into()).spawn(move || loop {
+            std::thread::sleep(PERIOD);
+            let mut alive = 0;
+            for n in weak.iter().filter_map(Weak::upgrade) {
+                n.wake();
+                alive += 1;
+            }
+            if alive == 0 {
+                return;
+            }
+        })?;
+        Ok(Nudger { thread: Some(thread) })
+    }
+
+    /// Waits for the thread to end (at most one [`PERIOD`] after the last shard ended).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    #[test]
+    fn a_wake_before_the_wait_is_not_lost_and_wakes_once() {
+        let nudge = Nudge::new();
+        nudge.wake();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut idle = Box::pin(nudge.clone().idle());
+        // The pending wake is taken by the first poll; the loop then waits again.
+        assert!(idle.as_mut().poll(&mut cx).is_pending());
+        assert!(!nudge.woken.load(Ordering::Acquire), "the wake was consumed");
+    }
+
+    #[test]
+    fn the_nudger_ends_once_every_shard_dropped_its_nudge() {
+        let nudges = vec![Nudge::new(), Nudge::new()];
+        let nudger = Nudger::start(&nudges).expect("thread");
+        let watch = Arc::downgrade(&nudges[0]);
+        drop(nudges);
+        assert!(watch.upgrade().is_none());
+        nudger.join(); // returns within a period; hangs (test timeout) if it never ends
+    }
+}
