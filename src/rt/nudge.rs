@@ -65,33 +65,34 @@ impl Nudge {
     }
 }
 
-/// The thread that wakes every shard's [`Nudge`] each [`PERIOD`]. It holds them weakly
-/// and ends on its own once every shard has dropped its nudge (the server stopped).
+/// The thread that wakes every shard's [`Nudge`] each [`PERIOD`]. It holds them weakly;
+/// [`Nudger::join`] stops it at once.
 pub struct Nudger {
     thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Nudger {
     /// Starts the thread for `nudges`.
     pub fn start(nudges: &[Arc<Nudge>]) -> std::io::Result<Nudger> {
         let weak: Vec<Weak<Nudge>> = nudges.iter().map(Arc::downgrade).collect();
-        let thread = std::thread::Builder::new().name("corecast-nudge".into()).spawn(move || loop {
-            std::thread::sleep(PERIOD);
-            let mut alive = 0;
-            for n in weak.iter().filter_map(Weak::upgrade) {
-                n.wake();
-                alive += 1;
-            }
-            if alive == 0 {
-                return;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new().name("corecast-nudge".into()).spawn(move || {
+            // An early unpark (or a spurious one) only nudges once more.
+            while !stopped.load(Ordering::Acquire) {
+                std::thread::park_timeout(PERIOD);
+                weak.iter().filter_map(Weak::upgrade).for_each(|n| n.wake());
             }
         })?;
-        Ok(Nudger { thread: Some(thread) })
+        Ok(Nudger { thread: Some(thread), stop })
     }
 
-    /// Waits for the thread to end (at most one [`PERIOD`] after the last shard ended).
+    /// Stops the thread and waits for it (the shards have ended: nothing to wake).
     pub fn join(mut self) {
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -115,12 +116,15 @@ mod tests {
     }
 
     #[test]
-    fn the_nudger_ends_once_every_shard_dropped_its_nudge() {
+    fn the_nudger_wakes_every_shard_and_stops_when_joined() {
         let nudges = vec![Nudge::new(), Nudge::new()];
         let nudger = Nudger::start(&nudges).expect("thread");
-        let watch = Arc::downgrade(&nudges[0]);
-        drop(nudges);
-        assert!(watch.upgrade().is_none());
-        nudger.join(); // returns within a period; hangs (test timeout) if it never ends
+        // Wait for the event (a nudge on each), with a generous bound for a busy host.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !nudges.iter().all(|n| n.woken.load(Ordering::Acquire)) {
+            assert!(std::time::Instant::now() < deadline, "no nudge within 60 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        nudger.join(); // returns at once; a thread that missed the stop would hang here
     }
 }

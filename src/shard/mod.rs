@@ -543,7 +543,7 @@ pub(crate) async fn run(
     rt::spawn(inbox_loop(shard.clone(), inbox));
     rt::spawn(sweep::run(shard.clone()));
     shard.done.wait().await;
-    // Dropping the idle task drops this shard's nudge: the nudger ends with the last one.
+    // The idle task ends with the shard (the nudger only holds its nudge weakly).
     idle.cancel();
 }
 

@@ -37,6 +37,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
     let cfg = &shard.cfg;
     let finest = (cfg.ping_interval / 4).min(cfg.handshake_timeout / 2).min(cfg.close_timeout / 2);
     let tick = finest.clamp(Duration::from_millis(10), Duration::from_secs(1));
+    shard.last_sweep.set(shard.now());
     loop {
         rt::sleep(tick).await;
         shard.sweep(tick.as_millis() as u32);
@@ -225,7 +226,7 @@ impl Shard {
             tracing::warn!(
                 shard = self.id,
                 sweep_gap_ms = gap,
-                "heartbeat sweep ran late: the shard did not run its timers"
+                "heartbeat sweep ran late: the shard ran no task meanwhile, or the host starved it"
             );
         }
         let mut closed = Closed::default();
