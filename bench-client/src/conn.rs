@@ -282,7 +282,7 @@ pub struct Conn {
     pub session: Session,
     /// Global connection index (see `plan`).
     pub index: u32,
-    /// Monotonic second ([`crate::sys::now_ns`]) of the last ping from the server on this
+    /// Monotonic second ([`crate::sys::secs`] of [`crate::sys::now_ns`]) of the last ping from the server on this
     /// socket, 0 before the first: a heartbeat close reports its age (see
     /// [`crate::record::PingAges`]).
     pub last_ping_s: u32,
@@ -459,7 +459,7 @@ impl Conn {
             }
         });
         if pinged {
-            self.last_ping_s = (ctx.now_ns / 1_000_000_000) as u32;
+            self.last_ping_s = crate::sys::secs(ctx.now_ns);
         }
         if !out.is_empty() {
             // A failed reply surfaces on the next read; the ending (if any) matters more.

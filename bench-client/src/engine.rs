@@ -444,7 +444,7 @@ impl Engine {
             End::Closed(code) => {
                 *self.stats.closes.entry(code).or_default() += 1;
                 if code == 1001 {
-                    let now_s = (now_ns() / 1_000_000_000) as u32;
+                    let now_s = crate::sys::secs(now_ns());
                     self.stats.heartbeat_closes.note(conn.last_ping_s, now_s, conn.buffered() > 0);
                 }
                 if !joined && rejoin.is_none() {

@@ -475,22 +475,6 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ping_ages_bucket_by_powers_of_two_and_merge() {
-        let mut a = PingAges::default();
-        a.note(0, 100, false);
-        a.note(100, 100, true); // just pinged: the 1 s bucket
-        a.note(40, 100, false); // 60 s: 64
-        a.note(35, 100, false); // 65 s: 128
-        let mut b = PingAges::default();
-        b.note(1, 61, false);
-        b.merge(&a);
-        assert_eq!(b.never, 1);
-        assert_eq!(b.unsent, 1);
-        assert_eq!(b.by_age_s, BTreeMap::from([(1, 1), (64, 2), (128, 1)]));
-        assert!(!b.is_empty() && PingAges::default().is_empty());
-    }
     use crate::track::SeqTrack;
 
     fn stamp(n: u64) -> Stamp {
@@ -601,5 +585,21 @@ mod tests {
         merged.merge(&t);
         merged.merge(&t);
         assert_eq!(merged.0.len(), MAX_WINDOWS);
+    }
+
+    #[test]
+    fn ping_ages_bucket_by_powers_of_two_and_merge() {
+        let mut a = PingAges::default();
+        a.note(0, 100, false);
+        a.note(100, 100, true); // just pinged: the 1 s bucket
+        a.note(40, 100, false); // 60 s: 64
+        a.note(35, 100, false); // 65 s: 128
+        let mut b = PingAges::default();
+        b.note(1, 61, false);
+        b.merge(&a);
+        assert_eq!(b.never, 1);
+        assert_eq!(b.unsent, 1);
+        assert_eq!(b.by_age_s, BTreeMap::from([(1, 1), (64, 2), (128, 1)]));
+        assert!(!b.is_empty() && PingAges::default().is_empty());
     }
 }

@@ -15,6 +15,12 @@ pub fn now_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whole seconds of a [`now_ns`] reading (fits `u32` for 136 years of uptime): the unit
+/// of per-connection stamps that must stay small (`Conn::last_ping_s`).
+pub fn secs(ns: u64) -> u32 {
+    (ns / 1_000_000_000) as u32
+}
+
 /// Writes `bytes` to a non-blocking socket until everything is taken or the kernel refuses
 /// more (`WouldBlock`, so that a writable edge follows); returns how many bytes it took.
 pub fn write_some(w: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {

@@ -101,9 +101,6 @@ pub(crate) struct Shard {
     /// the shard clock) when the table was last pruned.
     ips: RefCell<IpTable>,
     last_prune: Cell<u32>,
-    /// Shard time of the last heartbeat sweep (the gap to the next is logged with its
-    /// heartbeat closes: a sweep that ran late pings late).
-    last_sweep: Cell<u32>,
     /// Lifecycle: the accept loop (cancelled at shutdown) and the end of the drain.
     accept_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
     done: Notify,
@@ -142,7 +139,6 @@ impl Shard {
         Rc::new_cyclic(|me| Shard {
             ips: RefCell::new(IpTable::default()),
             last_prune: Cell::new(0),
-            last_sweep: Cell::new(0),
             owned: RefCell::new(owned),
             nodes: RefCell::new(Arc::from([node])),
             conns: RefCell::new(Conns::default()),

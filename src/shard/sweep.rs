@@ -37,10 +37,11 @@ pub(super) async fn run(shard: Rc<Shard>) {
     let cfg = &shard.cfg;
     let finest = (cfg.ping_interval / 4).min(cfg.handshake_timeout / 2).min(cfg.close_timeout / 2);
     let tick = finest.clamp(Duration::from_millis(10), Duration::from_secs(1));
-    shard.last_sweep.set(shard.now());
+    let tick_ms = tick.as_millis() as u32;
+    let mut last = shard.now();
     loop {
         rt::sleep(tick).await;
-        shard.sweep(tick.as_millis() as u32);
+        last = shard.sweep(last, tick_ms);
     }
 }
 
@@ -201,7 +202,9 @@ impl Closed {
 }
 
 impl Shard {
-    fn sweep(&self, tick_ms: u32) {
+    /// One sweep; `last` is the shard time of the previous one (`tick_ms` apart by plan).
+    /// Returns this one's time.
+    fn sweep(&self, last: u32, tick_ms: u32) -> u32 {
         let limits = Limits {
             ping: self.cfg.ping_interval.as_millis() as u32,
             handshake: self.cfg.handshake_timeout.as_millis() as u32,
@@ -220,7 +223,7 @@ impl Shard {
             self.last_prune.set(now / crate::limits::Window::MS);
             self.ips.borrow_mut().prune(now);
         }
-        let gap = elapsed(now, self.last_sweep.replace(now));
+        let gap = elapsed(now, last);
         if late(gap, tick_ms) {
             inc(&self.stats.sweeps_late);
             tracing::warn!(
@@ -278,6 +281,7 @@ impl Shard {
                 "heartbeat: closed connections silent for two intervals"
             );
         }
+        now
     }
 }
 
