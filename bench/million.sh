@@ -239,7 +239,7 @@ subs() { curl -sf "127.0.0.1:$nats_mon/subsz" | python3 -c 'import json,sys; pri
 node_counters() {
     for port in "${node_ports[@]}"; do curl -sf -m "$1" "127.0.0.1:$port/stats" || true; echo; done | python3 -c '
 import json, sys
-t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0, "heartbeat_closes_deferred": 0, "congestion_pauses": 0, "sweeps_late": 0}
+t = {"heartbeat_pings": 0, "pongs_received": 0, "heartbeat_closes": 0, "heartbeat_closes_deferred": 0, "congestion_pauses": 0, "sweeps_late": 0, "reactor_lost_wakes": 0}
 ws = n = 0
 for line in sys.stdin:
     if line.strip():

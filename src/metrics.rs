@@ -97,6 +97,8 @@ counters! {
     congestion_pauses,
     /// Heartbeat sweeps that ran over ten ticks and 5 s after the previous one (timers stalled).
     sweeps_late,
+    /// Sleeps of the shard's reactor that its 1 s bound ended while completions waited in its latency ring (a lost wake-up).
+    reactor_lost_wakes,
     /// Heartbeat pings sent to connections silent for one ping interval.
     heartbeat_pings,
     /// Pong frames received (answers to heartbeat pings, or unsolicited).

@@ -415,6 +415,8 @@ impl Shard {
         let owned = self.owned.borrow();
         let (rooms_public, rooms_personal) = owned.counts();
         let (history_bytes, history_messages) = owned.history_usage();
+        // Counted on the executor's thread, which is this shard's.
+        self.stats.reactor_lost_wakes.set(crate::rt::lost_wakes());
         Snapshot {
             shard: self.id,
             counters: self.stats.counters(),

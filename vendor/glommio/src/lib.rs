@@ -465,6 +465,19 @@ use std::{
     time::Duration,
 };
 
+/// corecast patch: how many times the executor on the calling thread, asleep on its
+/// main ring, was woken only by its sleep bound (1 s) while completions waited in its
+/// latency ring: the wake-up that links the two rings was lost. Zero on a healthy kernel.
+pub fn lost_wakes() -> u64 {
+    sys::LOST_WAKES.with(|n| n.get())
+}
+
+/// corecast patch: how many sleeps of the executor on the calling thread its sleep bound
+/// (1 s) ended, lost wake-ups or not: an idle executor wakes this often.
+pub fn bounded_sleeps() -> u64 {
+    sys::BOUNDED_SLEEPS.with(|n| n.get())
+}
+
 /// Provides common imports that almost all Glommio applications will need
 pub mod prelude {
     #[doc(no_inline)]

@@ -60,6 +60,32 @@ impl<'ring> CompletionQueue<'ring> {
         self.wait_inner(count).map(|_| ())
     }
 
+    /// corecast patch: like [`wait`](Self::wait), but returns `ETIME` once `timeout`
+    /// has passed with fewer than `count` CQEs ready. Only on kernels with
+    /// `IORING_FEAT_EXT_ARG` (5.11+), where liburing passes the timeout to
+    /// `io_uring_enter` itself; older kernels would get a timeout SQE of liburing's own,
+    /// which the reactor does not expect, so there this waits without a bound.
+    pub fn wait_timeout(&mut self, count: u32, timeout: std::time::Duration) -> io::Result<()> {
+        unsafe {
+            if self.ring.as_ref().features & uring_sys::IORING_FEAT_EXT_ARG == 0 {
+                return self.wait(count);
+            }
+            let ts = uring_sys::__kernel_timespec {
+                tv_sec: timeout.as_secs() as i64,
+                tv_nsec: timeout.subsec_nanos() as _,
+            };
+            let mut cqe = MaybeUninit::uninit();
+            resultify(uring_sys::io_uring_wait_cqes(
+                self.ring.as_ptr(),
+                cqe.as_mut_ptr(),
+                count as _,
+                &ts,
+                ptr::null(),
+            ))?;
+            Ok(())
+        }
+    }
+
     #[inline(always)]
     fn wait_inner(&mut self, count: u32) -> io::Result<&mut uring_sys::io_uring_cqe> {
         unsafe {

@@ -257,6 +257,19 @@ static GLOMMIO_URING_OPS: &[IoRingOp] = &[
     IoRingOp::IORING_OP_RECV,
 ];
 
+/// corecast patch: the longest the reactor sleeps on its main ring without looking at
+/// its other rings (see `SleepableRing::sleep`). An idle shard wakes this often.
+const SLEEP_BOUND: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// corecast patch: how many of this thread's sleeps the bound ended while the latency
+    /// ring held completions (see [`lost_wakes`](crate::lost_wakes)).
+    pub(crate) static LOST_WAKES: Cell<u64> = const { Cell::new(0) };
+    /// corecast patch: how many of this thread's sleeps the bound ended (see
+    /// [`bounded_sleeps`](crate::bounded_sleeps)).
+    pub(crate) static BOUNDED_SLEEPS: Cell<u64> = const { Cell::new(0) };
+}
+
 lazy_static! {
     static ref IO_URING_RECENT_ENOUGH: bool = check_supported_operations(GLOMMIO_URING_OPS);
 }
@@ -1089,14 +1102,22 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
-                    .or_else(Reactor::dropped_ok)
+                //
+                // corecast patch: but never for longer than `SLEEP_BOUND`. The link above
+                // is the only thing that wakes this ring for the latency ring's
+                // completions (timers, socket input, the foreign-wake eventfd), and at a
+                // million connections one shard was caught asleep here for 8.9 s with two
+                // completions waiting in the latency ring and nothing in this one.
+                // Returns 0 when the bound ended the sleep, 1 otherwise.
+                match self.ring.cq().wait_timeout(1, SLEEP_BOUND) {
+                    Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+                    woke => woke
+                        .or_else(Reactor::busy_ok)
+                        .or_else(Reactor::again_ok)
+                        .or_else(Reactor::intr_ok)
+                        .or_else(Reactor::dropped_ok)
+                        .map(|_| 1),
+                }
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1742,7 +1763,10 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+    ///
+    /// corecast patch: returns whether the sleep ended at `SLEEP_BOUND` rather than on
+    /// a completion.
+    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<bool> {
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1750,7 +1774,9 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        ring.sleep(&link_rings)
+            .map(|woke| woke == 0)
+            .or_else(Self::busy_ok)
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1884,8 +1910,17 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
+                    let bounded = self
+                        .link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
+                    if bounded {
+                        BOUNDED_SLEEPS.with(|n| n.set(n.get() + 1));
+                    }
+                    // corecast patch: the bound ended a sleep although the latency ring
+                    // had completions for us: its link did not wake this ring.
+                    if bounded && lat_ring.waiting_kernel_collection() > 0 {
+                        LOST_WAKES.with(|n| n.set(n.get() + 1));
+                    }
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
