@@ -147,15 +147,14 @@ mod tests {
     /// completion woke it through the ring link, as it should).
     #[test]
     fn an_idle_shard_wakes_at_its_sleep_bound_and_loses_no_wake_up() {
-        // As `spawn_shard` builds them: a 64 KiB `io_memory` fits this host's 8 MiB memlock.
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .make()
-            .expect("executor");
-        let (bounded, lost) = ex.run(async {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shard = spawn_shard(0, None, &Config::default(), move || async move {
             sleep(Duration::from_millis(3500)).await;
-            (glommio::bounded_sleeps(), lost_wakes())
-        });
+            let _ = tx.send((glommio::bounded_sleeps(), lost_wakes()));
+        })
+        .expect("shard");
+        shard.join().expect("shard ran");
+        let (bounded, lost) = rx.recv().expect("the shard reported");
         assert!(bounded >= 1, "no sleep ended at the bound over 3.5 s idle");
         assert_eq!(lost, 0);
     }

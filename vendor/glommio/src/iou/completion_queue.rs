@@ -50,14 +50,14 @@ impl<'ring> CompletionQueue<'ring> {
     #[inline(always)]
     pub(crate) fn wait_for_cqes(&mut self, count: u32) -> io::Result<CQE> {
         let ring = self.ring;
-        self.wait_inner(count).map(|cqe| CQE::new(ring, cqe))
+        self.wait_inner(count, ptr::null()).map(|cqe| CQE::new(ring, cqe))
     }
 
     /// Block the thread until at least `count` CQEs are ready.
     ///
     /// These CQEs can be processed using `peek_for_cqe` or the `cqes` iterator.
     pub fn wait(&mut self, count: u32) -> io::Result<()> {
-        self.wait_inner(count).map(|_| ())
+        self.wait_inner(count, ptr::null()).map(|_| ())
     }
 
     /// corecast patch: like [`wait`](Self::wait), but returns `ETIME` once `timeout`
@@ -66,28 +66,21 @@ impl<'ring> CompletionQueue<'ring> {
     /// `io_uring_enter` itself; older kernels would get a timeout SQE of liburing's own,
     /// which the reactor does not expect, so there this waits without a bound.
     pub fn wait_timeout(&mut self, count: u32, timeout: std::time::Duration) -> io::Result<()> {
-        unsafe {
-            if self.ring.as_ref().features & uring_sys::IORING_FEAT_EXT_ARG == 0 {
-                return self.wait(count);
-            }
-            let ts = uring_sys::__kernel_timespec {
-                tv_sec: timeout.as_secs() as i64,
-                tv_nsec: timeout.subsec_nanos() as _,
-            };
-            let mut cqe = MaybeUninit::uninit();
-            resultify(uring_sys::io_uring_wait_cqes(
-                self.ring.as_ptr(),
-                cqe.as_mut_ptr(),
-                count as _,
-                &ts,
-                ptr::null(),
-            ))?;
-            Ok(())
-        }
+        let ts = uring_sys::__kernel_timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // SAFETY: `ring` points at the `IoUring` this queue borrows.
+        let ext_arg = unsafe { self.ring.as_ref().features } & uring_sys::IORING_FEAT_EXT_ARG != 0;
+        self.wait_inner(count, if ext_arg { &ts } else { ptr::null() }).map(|_| ())
     }
 
     #[inline(always)]
-    fn wait_inner(&mut self, count: u32) -> io::Result<&mut uring_sys::io_uring_cqe> {
+    fn wait_inner(
+        &mut self,
+        count: u32,
+        timeout: *const uring_sys::__kernel_timespec,
+    ) -> io::Result<&mut uring_sys::io_uring_cqe> {
         unsafe {
             let mut cqe = MaybeUninit::uninit();
 
@@ -95,7 +88,7 @@ impl<'ring> CompletionQueue<'ring> {
                 self.ring.as_ptr(),
                 cqe.as_mut_ptr(),
                 count as _,
-                ptr::null(),
+                timeout,
                 ptr::null(),
             ))?;
 

@@ -1059,7 +1059,9 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
+    /// corecast patch: returns whether `SLEEP_BOUND`, not a completion, ended the sleep
+    /// (false also when it could not sleep at all).
+    fn sleep(&mut self, link: &Source) -> io::Result<bool> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
@@ -1108,15 +1110,14 @@ impl SleepableRing {
                 // completions (timers, socket input, the foreign-wake eventfd), and at a
                 // million connections one shard was caught asleep here for 8.9 s with two
                 // completions waiting in the latency ring and nothing in this one.
-                // Returns 0 when the bound ended the sleep, 1 otherwise.
                 match self.ring.cq().wait_timeout(1, SLEEP_BOUND) {
-                    Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+                    Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(true),
                     woke => woke
                         .or_else(Reactor::busy_ok)
                         .or_else(Reactor::again_ok)
                         .or_else(Reactor::intr_ok)
                         .or_else(Reactor::dropped_ok)
-                        .map(|_| 1),
+                        .map(|()| false),
                 }
             }
         } else {
@@ -1127,6 +1128,7 @@ impl SleepableRing {
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
+                .map(|_| false)
         }
     }
 }
@@ -1774,9 +1776,7 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings)
-            .map(|woke| woke == 0)
-            .or_else(Self::busy_ok)
+        ring.sleep(&link_rings).or_else(Self::busy_ok)
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1915,11 +1915,11 @@ impl Reactor {
                         .expect("some error");
                     if bounded {
                         BOUNDED_SLEEPS.with(|n| n.set(n.get() + 1));
-                    }
-                    // corecast patch: the bound ended a sleep although the latency ring
-                    // had completions for us: its link did not wake this ring.
-                    if bounded && lat_ring.waiting_kernel_collection() > 0 {
-                        LOST_WAKES.with(|n| n.set(n.get() + 1));
+                        // corecast patch: the bound ended a sleep although the latency
+                        // ring had completions for us: its link did not wake this ring.
+                        if lat_ring.waiting_kernel_collection() > 0 {
+                            LOST_WAKES.with(|n| n.set(n.get() + 1));
+                        }
                     }
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
