@@ -23,7 +23,7 @@ use super::nodes::{Change, Nodes};
 use super::subject::{self, Subjects};
 use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
-use crate::room::request::{ConnId, Extra, PresenceReq, Publish, Remote, Reply, Requester, Sender};
+use crate::room::request::{ConnId, Extra, PresenceReq, Publish, Receipt, Remote, Reply, Requester, Sender};
 use crate::room::BROADCAST_ROOM;
 use crate::room::{placement, ClusterOut};
 
@@ -490,7 +490,7 @@ impl Bridge {
                 let h = Header::Frames { node: me, room: room.to_string(), epoch, first, lens, done };
                 self.publish(self.subjects.node(to).into(), &h, &frames.concat()).await;
             }
-            BusOut::Forward { to, room, user, text, extra, broadcast, reply, origin } => {
+            BusOut::Forward { to, room, user, text, extra, broadcast, reply, origin, fwd } => {
                 let h = Header::Fwd {
                     node: me,
                     room: room.to_string(),
@@ -505,11 +505,16 @@ impl Bridge {
                     skip: extra.skip.map(|s| Sender { node: if s.node == 0 { me } else { s.node }, ..s }),
                     idem: extra.idempotency_key.as_deref().map(String::from),
                     origin,
+                    fwd: Some(fwd),
                 };
                 let body = extra.data.as_deref().unwrap_or(&[]);
                 if self.publish(self.subjects.node(to).into(), &h, body).await {
                     self.bus.count(|s| &s.forwarded);
                 }
+            }
+            BusOut::Confirm { to, shard, id } => {
+                let h = Header::FwdOk { node: me, shard, id };
+                self.publish(self.subjects.node(to).into(), &h, &[]).await;
             }
             BusOut::Room(ClusterOut::Presence { room, user, present, to }) => {
                 let h = Header::Presence { node: me, room: room.to_string(), user: user.to_string(), present };
@@ -652,7 +657,21 @@ impl Bridge {
                     self.deliver(shard, Inbound::DeliverAll { frame: body.clone(), sent_at });
                 }
             }
-            Header::Fwd { node, room, user, text, broadcast, reply, event, tags, volatile, skip, idem, origin } => {
+            Header::Fwd {
+                node,
+                room,
+                user,
+                text,
+                broadcast,
+                reply,
+                event,
+                tags,
+                volatile,
+                skip,
+                idem,
+                origin,
+                fwd,
+            } => {
                 // The origin validated every part; the body is `data`, verbatim.
                 let extra = Extra {
                     data: (!body.is_empty()).then(|| Arc::from(&body[..])),
@@ -671,6 +690,9 @@ impl Bridge {
                         node: origin.unwrap_or(node),
                         reply,
                         relayed: origin.is_some(),
+                        // Confirmed to the node that sent it here (for a relayed
+                        // publish, the relaying node, not the origin).
+                        receipt: fwd.map(|(shard, id)| Receipt { node, shard, id }),
                     })),
                 });
                 if broadcast {
@@ -720,7 +742,12 @@ impl Bridge {
                     after: after.map(Into::into),
                     limit,
                     private,
-                    from: Requester::Remote(Box::new(Remote { node, reply: Some(reply), relayed: false })),
+                    from: Requester::Remote(Box::new(Remote {
+                        node,
+                        reply: Some(reply),
+                        relayed: false,
+                        receipt: None,
+                    })),
                 };
                 let (to, m) = room_msg(&room, BusIn::PresenceQuery(Box::new(query)));
                 self.deliver(to, m);
@@ -776,6 +803,9 @@ impl Bridge {
                 let room: Arc<str> = room.into();
                 let (to, m) = room_msg(&room, BusIn::Frames { room: room.clone(), epoch, first, frames, done, node });
                 self.deliver(to, m);
+            }
+            Header::FwdOk { node, shard, id } => {
+                self.deliver(usize::from(shard), Inbound::Bus(BusIn::Confirmed { node, id }));
             }
             Header::Published { shard, req, seq, .. } => {
                 let reply = Reply::Published { seq, shards: Vec::new() };

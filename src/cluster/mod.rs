@@ -161,6 +161,13 @@ pub struct BusStats {
     pub relay_dropped: AtomicU64,
     /// Publishes forwarded to another node's sequencer.
     pub forwarded: AtomicU64,
+    /// Forwards sent again, to the room's next sequencer, because the node they went to
+    /// left the live set without confirming them.
+    pub forwards_resent: AtomicU64,
+    /// Forwards never confirmed and not sent again: held past the window (about twice
+    /// the node timeout) while their node stayed alive, or pushed out of a full table.
+    /// An older node that does not confirm forwards raises it without losing anything.
+    pub forwards_unconfirmed: AtomicU64,
     /// Reconnections to NATS after a loss.
     pub reconnects: AtomicU64,
     /// Bus messages that could not be decoded (damaged, or another version).
@@ -215,6 +222,10 @@ pub struct BusReport {
     pub relay_dropped: u64,
     /// See [`BusStats::forwarded`].
     pub forwarded: u64,
+    /// See [`BusStats::forwards_resent`].
+    pub forwards_resent: u64,
+    /// See [`BusStats::forwards_unconfirmed`].
+    pub forwards_unconfirmed: u64,
     /// See [`BusStats::reconnects`].
     pub reconnects: u64,
     /// See [`BusStats::decode_errors`].
@@ -266,6 +277,19 @@ pub enum BusOut {
         /// The node it came from, when this node forwards another node's publish on
         /// (it handed the room's stream to `to`).
         origin: Option<u64>,
+        /// The forwarding shard and the number it holds the publish under until `to`
+        /// confirms it (`shard::forwards`).
+        fwd: (u16, u64),
+    },
+    /// Confirm to node `to` that this node took the publish its shard `shard` forwarded
+    /// as number `id`.
+    Confirm {
+        /// The forwarding node.
+        to: u64,
+        /// Its shard that holds the publish.
+        shard: u16,
+        /// The forward's number there.
+        id: u64,
     },
     /// Tell every other node to carry out an operator command (server API).
     Admin(Arc<crate::room::request::AdminOp>),
@@ -403,6 +427,13 @@ pub enum BusIn {
     Nodes(Arc<[u64]>),
     /// To every shard: node `0` is dead; its users leave every room.
     NodeGone(u64),
+    /// To the shard that forwarded it: `node` took forward number `id`.
+    Confirmed {
+        /// The node that took it.
+        node: u64,
+        /// The forward's number on this shard.
+        id: u64,
+    },
     /// To every shard: send this node's users of every room to the rooms' keepers (this
     /// node reconnected: the others may have declared it dead and forgotten them).
     Resync,
@@ -526,6 +557,8 @@ impl Bus {
             relayed_in: r(&s.relayed_in),
             relay_dropped: r(&s.relay_dropped),
             forwarded: r(&s.forwarded),
+            forwards_resent: r(&s.forwards_resent),
+            forwards_unconfirmed: r(&s.forwards_unconfirmed),
             reconnects: r(&s.reconnects),
             decode_errors: r(&s.decode_errors),
             seq_gaps: r(&s.seq_gaps),

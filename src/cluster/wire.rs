@@ -119,6 +119,21 @@ pub enum Header {
         /// sequences it without forwarding it again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin: Option<u64>,
+        /// The forwarding shard and the number it gave this forward: the receiver
+        /// confirms it with [`Header::FwdOk`] when it takes the publish. Absent from an
+        /// older node's forwards (nothing to confirm).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fwd: Option<(u16, u64)>,
+    },
+    /// "I took your forward": the sender's shard stops holding it (node subject of the
+    /// node that forwarded it).
+    FwdOk {
+        /// Sender (the node that took the publish).
+        node: u64,
+        /// The forwarding shard.
+        shard: u16,
+        /// The forward's number there.
+        id: u64,
     },
     /// The sender stopped sequencing a room; its stream `epoch` ends at `seq`, and the
     /// receiver, the room's new sequencer, may continue it (node subject).
@@ -297,6 +312,7 @@ impl Header {
             | Header::Volatile { node, .. }
             | Header::Bcast { node, .. }
             | Header::Fwd { node, .. }
+            | Header::FwdOk { node, .. }
             | Header::Presence { node, .. }
             | Header::Users { node, .. }
             | Header::Event { node, .. }
@@ -412,6 +428,7 @@ mod tests {
             skip: None,
             idem: None,
             origin: None,
+            fwd: Some((3, u64::MAX)),
         };
         let m = encode(&h, b"body");
         let (back, body) = decode(&m).unwrap();
@@ -452,7 +469,19 @@ mod tests {
         // A forwarded publish without `origin` (an older node's) still decodes.
         let old = br#"{"k":"fwd","node":1,"room":"r","user":"u","broadcast":false,"reply":null}"#;
         let m = [&[1u8][..], &(old.len() as u32).to_be_bytes(), old].concat();
-        assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Fwd { origin: None, .. }, _))));
+        assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Fwd { origin: None, fwd: None, .. }, _))));
+    }
+
+    #[test]
+    fn forward_confirmations_round_trip_and_nodes_ignore_fields_they_do_not_know() {
+        let h = Header::FwdOk { node: 9, shard: 2, id: u64::MAX };
+        let (back, body) = decode(&encode(&h, b"")).unwrap();
+        assert_eq!((back, body.len()), (h, 0));
+        // A node that predates a field (here a made-up one) still takes the message, the
+        // way a node that predates `fwd` takes a forward that asks for a confirmation.
+        let newer = br#"{"k":"fwd","node":1,"room":"r","user":"u","broadcast":false,"reply":null,"zz":[1,2]}"#;
+        let m = [&[1u8][..], &(newer.len() as u32).to_be_bytes(), newer].concat();
+        assert!(matches!(decode(&Bytes::from(m)), Ok((Header::Fwd { fwd: None, .. }, _))));
     }
 
     #[test]

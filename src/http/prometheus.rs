@@ -123,7 +123,7 @@ struct Bus(BusReport);
 impl Collector for Bus {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let b = &self.0;
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 15] = [
             ("bus_relayed_out", "Bus messages published to NATS.", b.relayed_out),
             ("bus_relayed_in", "Bus messages received from other nodes and handed to shards.", b.relayed_in),
             (
@@ -132,6 +132,16 @@ impl Collector for Bus {
                 b.relay_dropped,
             ),
             ("bus_forwarded", "Publishes forwarded to another node's sequencer.", b.forwarded),
+            (
+                "bus_forwards_resent",
+                "Forwards sent again to the room's next sequencer after their node left unconfirmed.",
+                b.forwards_resent,
+            ),
+            (
+                "bus_forwards_unconfirmed",
+                "Forwards never confirmed and not sent again (held past the window, or pushed out).",
+                b.forwards_unconfirmed,
+            ),
             ("bus_reconnects", "Reconnections to NATS after a loss.", b.reconnects),
             ("bus_decode_errors", "Bus messages that could not be decoded.", b.decode_errors),
             ("bus_seq_gaps", "Room frames received after a gap in the sequence.", b.seq_gaps),

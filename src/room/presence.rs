@@ -410,7 +410,12 @@ impl OwnedRooms {
             after: req.after,
             limit: req.limit,
             private,
-            from: Requester::Remote(Box::new(Remote { node: self.node, reply: Some(reply), relayed: false })),
+            from: Requester::Remote(Box::new(Remote {
+                node: self.node,
+                reply: Some(reply),
+                relayed: false,
+                receipt: None,
+            })),
         };
         sink(RoomOut::Cluster(ClusterOut::PresenceQuery { to: holder, query: Box::new(query) }));
     }

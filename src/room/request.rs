@@ -107,6 +107,22 @@ pub struct Remote {
     /// Forwarded a second time, by a node that handed the room's stream on: sequenced
     /// where it lands, never forwarded again.
     pub relayed: bool,
+    /// Where to confirm a forwarded publish once this node takes it (none: the sender
+    /// asked for no confirmation, or it was confirmed already).
+    pub receipt: Option<Receipt>,
+}
+
+/// The confirmation a forwarded publish asks for: the node that forwarded it, the shard
+/// there that holds it until confirmed, and the number that shard gave it
+/// (`shard::forwards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The forwarding node.
+    pub node: u64,
+    /// Its shard that holds the publish.
+    pub shard: u16,
+    /// The forward's number on that shard.
+    pub id: u64,
 }
 
 /// What a join asks for.
@@ -177,7 +193,9 @@ pub struct DeleteReq {
     pub origin: ConnRef,
 }
 
-/// A message to publish.
+/// A message to publish. Cloned only when a shard holds a forwarded publish until the
+/// receiving node confirms it (`shard::forwards`).
+#[derive(Clone)]
 pub struct Publish {
     /// Room name (ignored for broadcasts).
     pub room: Arc<str>,

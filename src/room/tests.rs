@@ -252,6 +252,7 @@ fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
         node: 4,
         reply: Some(ReplyRef::Api { shard: 1, req: 77 }),
         relayed: false,
+        receipt: None,
     }));
     let out = api_publish(&mut r, "r", "mine now", from);
     let room = r.get("r").unwrap();
@@ -267,7 +268,7 @@ fn taking_over_a_stream_starts_a_new_epoch_and_remote_requesters_hear_back() {
         &mut r,
         "elsewhere",
         "x",
-        Requester::Remote(Box::new(Remote { node: 4, reply: None, relayed: false })),
+        Requester::Remote(Box::new(Remote { node: 4, reply: None, relayed: false, receipt: None })),
     );
     assert!(matches!(to_bus(&out)[..], [ClusterOut::Frame { seq: 1, .. }]));
     assert_eq!(r.get("elsewhere").unwrap().connections(), 0);
@@ -438,6 +439,7 @@ fn remote_history_and_presence_requests_are_answered_or_counted() {
         node: 4,
         reply: Some(ReplyRef::Conn { shard: 1, conn: 9, reference: "q".into() }),
         relayed: false,
+        receipt: None,
     }));
     let mut out = Vec::new();
     r.presence(
@@ -451,7 +453,7 @@ fn remote_history_and_presence_requests_are_answered_or_counted() {
     assert_eq!(json(frame)["code"], "no_such_room");
     assert_eq!(r.take_unanswered(), 0);
     // Nobody named to answer: counted, not dropped without a trace.
-    let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None, relayed: false }));
+    let nobody = Requester::Remote(Box::new(Remote { node: 4, reply: None, relayed: false, receipt: None }));
     r.history(HistoryReq { room: "r".into(), before: None, limit: 10, from: nobody.clone() }, &mut |_| {});
     r.presence(PresenceReq { room: "r".into(), after: None, limit: 10, private: false, from: nobody }, &mut |_| {});
     assert_eq!(r.take_unanswered(), 2);
@@ -1457,7 +1459,7 @@ fn a_room_unknown_here_waits_for_a_mark_only_just_after_the_live_set_changed() {
     let mut b = rooms(1, 1000).with_cluster(2);
     b.set_nodes(Arc::from([1, 2]), 1_000, &mut |_| {});
     b.view_changed(1_000);
-    let from = || Requester::Remote(Box::new(Remote { node: 1, reply: None, relayed: false }));
+    let from = || Requester::Remote(Box::new(Remote { node: 1, reply: None, relayed: false, receipt: None }));
     let publish = |b: &mut OwnedRooms, room: &str, now: u64| {
         let mut out = Vec::new();
         b.publish(Publish::text(room.into(), "srv".into(), "x", from()), now, &mut |o| out.push(o));

@@ -51,6 +51,7 @@ mod services;
 mod conn;
 mod durable;
 mod fanout;
+mod forwards;
 mod members;
 mod sweep;
 
@@ -65,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use self::conns::{Conn, ConnId, Conns, Phase};
 use self::fanout::Batch;
+use self::forwards::{Forwarded, Forwards};
 use self::mesh::{Inbox, Mesh};
 use self::msg::{Class, Query, Reply, Requester, ShardMsg};
 use self::services::Services;
@@ -97,6 +99,8 @@ pub(crate) struct Shard {
     /// when there is no cluster).
     owned: RefCell<OwnedRooms>,
     nodes: RefCell<Arc<[u64]>>,
+    /// Publishes this shard forwarded to other nodes, until those confirm them.
+    forwards: RefCell<Forwards<Forwarded>>,
     /// IP owner state: counts for the IP addresses this shard owns, and the minute (of
     /// the shard clock) when the table was last pruned.
     ips: RefCell<IpTable>,
@@ -118,6 +122,7 @@ impl Shard {
     fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh, start: Option<ShardStart>) -> Rc<Shard> {
         let shards = mesh.len();
         let node = shared.bus.as_ref().map_or(0, |b| b.node);
+        let node_timeout = cfg.cluster.as_ref().map_or(Duration::from_secs(3), |c| c.node_timeout);
         let mut owned = OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
             .with_cluster(node)
             .with_hooks(cfg.backend.webhook_url.is_some())
@@ -141,6 +146,7 @@ impl Shard {
             last_prune: Cell::new(0),
             owned: RefCell::new(owned),
             nodes: RefCell::new(Arc::from([node])),
+            forwards: RefCell::new(Forwards::new(forwards::window(node_timeout), forwards::MAX_HELD)),
             conns: RefCell::new(Conns::default()),
             accept_task: RefCell::new(None),
             done: Notify::default(),
@@ -189,10 +195,14 @@ impl Shard {
         handed.or_else(|| self.remote_sequencer(&p.room))
     }
 
-    /// Forwards a publish to node `to`, the room's sequencer. If the bridge cannot take
-    /// it, an API caller hears "not sequenced" at once rather than after its timeout.
+    /// Forwards a publish to node `to`, the room's sequencer, and holds a copy until
+    /// `to` confirms it (see [`forwards`]). If the bridge cannot take it, an API caller
+    /// hears "not sequenced" at once rather than after its timeout.
     fn forward(&self, to: u64, p: msg::Publish, broadcast: bool) {
         let Some(bus) = &self.shared.bus else { return };
+        let held = Forwarded { publish: p.clone(), broadcast };
+        let id = self.forwards.borrow_mut().hold(to, held, Instant::now());
+        self.count_forwards(0);
         let reply = match &p.from {
             Requester::Conn(c) => c.reference.as_ref().map(|r| ReplyRef::Conn {
                 shard: c.shard as u16,
@@ -215,13 +225,87 @@ impl Shard {
             broadcast,
             reply,
             origin,
+            fwd: (self.id as u16, id),
         };
         if !bus.send(out) {
+            self.forwards.borrow_mut().forget(id);
             if let Requester::Api(r) = p.from {
                 self.mesh.send(
                     r.shard,
                     ShardMsg::Reply { req: r.req, reply: Reply::Published { seq: None, shards: vec![] } },
                 );
+            }
+        }
+    }
+
+    /// Sequences a room publish here, or forwards it to the node that sequences the room.
+    fn route_publish(&self, p: msg::Publish) {
+        let to = match &p.from {
+            // A forwarded publish goes on at most once (`relay_to`), else it is
+            // sequenced here.
+            Requester::Remote(_) => self.relay_to(&p),
+            _ => self.remote_sequencer(&p.room),
+        };
+        match to {
+            Some(node) => self.forward(node, p, false),
+            None => {
+                inc(&self.stats.messages_published);
+                let mut owned = self.owned.borrow_mut();
+                owned.set_bus_up(self.shared.bus.as_ref().is_some_and(|b| b.connected()));
+                owned.publish(p, Services::wall_ms(), &mut |out: RoomOut| self.route(out));
+                drop(owned);
+                self.count_cluster();
+                self.count_idempotency();
+            }
+        }
+    }
+
+    /// Sequences a broadcast (`@all`) here, or forwards it to the node that sequences
+    /// broadcasts; one another node forwarded here is sequenced here.
+    fn route_broadcast(&self, p: msg::Publish) {
+        match self.remote_sequencer(BROADCAST_ROOM) {
+            Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, p, true),
+            _ => {
+                inc(&self.stats.messages_published);
+                self.owned.borrow_mut().broadcast(p, Services::wall_ms(), &mut |out: RoomOut| self.route(out));
+                self.count_idempotency();
+            }
+        }
+    }
+
+    /// Confirms a publish another node forwarded here, before anything else happens to
+    /// it: from now on its fate is this node's (sequenced, refused, or forwarded on and
+    /// held here). The confirmation goes through the bridge's queue ahead of any frame
+    /// the publish makes.
+    fn confirm_forward(&self, p: &mut msg::Publish) {
+        let Requester::Remote(r) = &mut p.from else { return };
+        let (Some(receipt), Some(bus)) = (r.receipt.take(), &self.shared.bus) else { return };
+        bus.send(crate::cluster::BusOut::Confirm { to: receipt.node, shard: receipt.shard, id: receipt.id });
+    }
+
+    /// Sends the forwards held for nodes that left the live set again, oldest first, to
+    /// wherever their rooms' publishes go now (see [`forwards`]).
+    fn resend_orphaned_forwards(&self) {
+        let live = self.nodes.borrow().clone();
+        let orphans = self.forwards.borrow_mut().orphans(&live, Instant::now());
+        self.count_forwards(orphans.len() as u64);
+        for f in orphans {
+            if f.broadcast {
+                self.route_broadcast(f.publish);
+            } else {
+                self.route_publish(f.publish);
+            }
+        }
+    }
+
+    /// Moves the forward counts (sent again: `resent`; forgotten unconfirmed) to the bus
+    /// counters, which every shard shares: written only when there is something to add.
+    fn count_forwards(&self, resent: u64) {
+        let Some(bus) = &self.shared.bus else { return };
+        let unconfirmed = self.forwards.borrow_mut().take_unconfirmed();
+        for (counter, n) in [(&bus.stats.forwards_resent, resent), (&bus.stats.forwards_unconfirmed, unconfirmed)] {
+            if n > 0 {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -259,6 +343,16 @@ impl Shard {
                 owned.hand_off(&nodes, sink);
                 owned.view_changed(now);
                 *self.nodes.borrow_mut() = nodes;
+                drop(owned);
+                self.count_cluster();
+                // After the owner saw the new live set, so a publish whose room this
+                // node sequences now is sequenced here.
+                self.resend_orphaned_forwards();
+                return;
+            }
+            BusIn::Confirmed { node, id } => {
+                self.forwards.borrow_mut().confirm(node, id);
+                return;
             }
             BusIn::Handoff { room, epoch, seq, node } => owned.handoff_mark(&room, epoch, seq, node, now, sink),
             BusIn::CatchUp { room, epoch, after, node } => owned.catch_up_request(&room, epoch, after, node, sink),
@@ -296,34 +390,14 @@ impl Shard {
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
             ShardMsg::RoomDeleted { room, epoch, frame, by } => self.on_room_deleted(&room, epoch, frame, &by),
             ShardMsg::Ip { ip, op } => self.on_ip(ip, op),
-            ShardMsg::Publish(p) => {
-                let to = match &p.from {
-                    // A forwarded publish goes on at most once (`relay_to`), else it is
-                    // sequenced here.
-                    Requester::Remote(_) => self.relay_to(&p),
-                    _ => self.remote_sequencer(&p.room),
-                };
-                match to {
-                    Some(node) => self.forward(node, *p, false),
-                    None => {
-                        inc(&self.stats.messages_published);
-                        let mut owned = self.owned.borrow_mut();
-                        owned.set_bus_up(self.shared.bus.as_ref().is_some_and(|b| b.connected()));
-                        owned.publish(*p, Services::wall_ms(), sink);
-                        drop(owned);
-                        self.count_cluster();
-                        self.count_idempotency();
-                    }
-                }
+            ShardMsg::Publish(mut p) => {
+                self.confirm_forward(&mut p);
+                self.route_publish(*p);
             }
-            ShardMsg::Broadcast(p) => match self.remote_sequencer(BROADCAST_ROOM) {
-                Some(node) if !matches!(p.from, Requester::Remote(_)) => self.forward(node, *p, true),
-                _ => {
-                    inc(&self.stats.messages_published);
-                    self.owned.borrow_mut().broadcast(*p, Services::wall_ms(), sink);
-                    self.count_idempotency();
-                }
-            },
+            ShardMsg::Broadcast(mut p) => {
+                self.confirm_forward(&mut p);
+                self.route_broadcast(*p);
+            }
             ShardMsg::Bus(m) => self.on_bus(*m),
             ShardMsg::Presence(q) => {
                 self.owned.borrow_mut().presence(*q, sink);

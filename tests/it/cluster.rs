@@ -109,8 +109,7 @@ fn live_nodes(nats: &Nats, n: usize, prefix: &str) -> Vec<TestServer> {
 
 /// The bus id of node `n` (its `/stats`).
 fn node_id(n: &TestServer) -> u64 {
-    let hex = n.http().get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
-    u64::from_str_radix(&hex, 16).unwrap()
+    node_id_at(n.addr)
 }
 
 /// The bus ids of `nodes`, in their order, and the same sorted: the live set every node
@@ -125,6 +124,12 @@ fn node_ids(nodes: &[TestServer]) -> (Vec<u64>, Vec<u64>) {
 /// A node as a child process (so that it can be killed with SIGKILL).
 fn child_node(url: &str, name: &str) -> ChildServer {
     ChildServer::spawn(ChildServer::command().args(["--nats-url", url, "--node-name", name, "--api-key", KEY]))
+}
+
+/// The bus id of the node at `addr` (its `/stats`).
+fn node_id_at(addr: SocketAddr) -> u64 {
+    let hex = Http::new(addr).get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
+    u64::from_str_radix(&hex, 16).unwrap()
 }
 
 fn health(addr: SocketAddr) -> Value {
@@ -470,6 +475,86 @@ fn a_killed_node_leaves_presence_within_the_bound_and_the_rest_keep_serving() {
     assert_eq!(m["text"], "still here");
     let m = wait_for(&mut alice, PATIENCE, |v| v["type"] == "message").expect("a gets its own");
     assert_eq!(m["text"], "still here");
+}
+
+/// Regression: publishes forwarded to a room's sequencer in the moments before it died
+/// (killed, not shut down) were lost without trace: core NATS drops a message for a
+/// subject nobody listens on, and the origin kept nothing. The origin now holds every
+/// forward until the receiving node confirms it, and sends the unconfirmed ones again to
+/// the room's next sequencer once the dead node leaves the live set.
+#[test]
+fn regression_publishes_forwarded_to_a_sequencer_that_died_are_sequenced_by_its_successor() {
+    let test = "regression_publishes_forwarded_to_a_sequencer_that_died_are_sequenced_by_its_successor";
+    let Some(bin) = nats_binary(test) else { return };
+    let nats = Nats::start(bin);
+    // A long node timeout, so that even a slow host forwards all of alice's messages
+    // to the frozen node before the others declare it dead.
+    let patient = |name: &str| {
+        let mut cfg = cluster_cfg(&nats.url(), name);
+        cfg.node_timeout = Duration::from_secs(10);
+        TestServer::with(move |c| c.cluster = Some(cfg))
+    };
+    let (a, b) = (patient("fa"), patient("fb"));
+    let c = child_node(&nats.url(), "fc");
+    wait_for_cluster(&[a.addr, b.addr, c.addr], 3);
+    let mut live: Vec<u64> = [a.addr, b.addr, c.addr].iter().map(|&x| node_id_at(x)).collect();
+    let c_id = live[2];
+    live.sort_unstable();
+    // A room the doomed node sequences.
+    let room = (0..)
+        .map(|i| format!("doomed-{i}"))
+        .find(|r| placement::sequencer(r, &live) == Some(c_id))
+        .expect("some room hashes to the third node");
+
+    let mut alice = Client::connect(&a, "alice");
+    let mut bob = Client::connect(&b, "bob");
+    for cl in [&mut alice, &mut bob] {
+        cl.join(&room);
+    }
+    wait_presence(&mut bob, &room, &["alice", "bob"], PATIENCE);
+
+    // Freeze the sequencer, so that what alice publishes now is certainly forwarded to it
+    // (and sits undelivered in NATS), then kill it: those forwards die with it.
+    let mut c = c;
+    let pid = c.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let forwarded = |s: &TestServer| s.http().get("/stats").json()["bus"]["forwarded"].as_u64().unwrap();
+    let before = forwarded(&a);
+    const N: usize = 20;
+    for i in 0..N {
+        alice.send(json!({"type":"message","room":room,"text":format!("m{i}"),"id":format!("r{i}")}));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while forwarded(&a) < before + N as u64 {
+        assert!(Instant::now() < deadline, "alice's node never forwarded her messages");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.child.kill().unwrap();
+    let _ = c.child.wait();
+
+    // The survivors sequence every one of them, in alice's order, once: bob receives
+    // them all and alice gets an ack for each.
+    let mut texts = Vec::new();
+    while texts.len() < N {
+        let m = wait_for(&mut bob, PATIENCE * 2, |v| v["type"] == "message")
+            .unwrap_or_else(|| panic!("bob received only {texts:?} of the {N} forwarded to the dead node"));
+        texts.push(m["text"].as_str().unwrap().to_owned());
+    }
+    let want: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, want);
+    let mut acked = Vec::new();
+    while acked.len() < N {
+        let ack = wait_for(&mut alice, PATIENCE, |v| v["type"] == "ack").expect("an ack for each message");
+        acked.push(ack["ref"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(acked, (0..N).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    let bus = a.http().get("/stats").json()["bus"].clone();
+    assert!(bus["forwards_resent"].as_u64().unwrap() >= N as u64, "{bus}");
+
+    // And nothing more: no message twice.
+    alice.say(&room, "after");
+    let m = wait_for(&mut bob, PATIENCE, |v| v["type"] == "message").expect("the room still works");
+    assert_eq!(m["text"], "after", "a duplicate arrived before the next message");
 }
 
 #[test]
