@@ -10,7 +10,7 @@
 //! | subject | carries |
 //! |---|---|
 //! | `<prefix>.node.hb` | heartbeats and goodbyes of every node |
-//! | `<prefix>.node.<16 hex>` | messages for one node: forwarded publishes, acks, replies, presence snapshots, count requests |
+//! | `<prefix>.node.<16 hex>` | messages for one node: forwarded publishes and their confirmations, acks, replies, presence snapshots, count requests |
 //! | `<prefix>.room.<b64url(room)>` | a room's sequenced frames, volatile frames, join/leave events |
 //! | `<prefix>.rb.<bucket>.<b64url(room)>` | the same with `--cluster-room-buckets` B > 0 (bucket = hash mod B) |
 //! | `<prefix>.user.<b64url(user id)>` | the same for a personal room `@user:<id>` |
