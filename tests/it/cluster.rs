@@ -126,6 +126,17 @@ fn child_node(url: &str, name: &str) -> ChildServer {
     ChildServer::spawn(ChildServer::command().args(["--nats-url", url, "--node-name", name, "--api-key", KEY]))
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`), as after a
+/// SIGSTOP has taken effect.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S …`: the state follows the last `)`, as comm may hold one.
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    })
+}
+
 /// The bus id of the node at `addr` (its `/stats`).
 fn node_id_at(addr: SocketAddr) -> u64 {
     let hex = Http::new(addr).get("/stats").json()["bus"]["node"].as_str().unwrap().to_owned();
@@ -518,6 +529,14 @@ fn regression_publishes_forwarded_to_a_sequencer_that_died_are_sequenced_by_its_
     let mut c = c;
     let pid = c.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // The signal stops the threads asynchronously: on a busy host one of them ran on
+    // long enough to take and sequence a message (CI saw 19 of 20 resent). Wait until
+    // every thread of the node is stopped.
+    let deadline = Instant::now() + PATIENCE;
+    while !all_threads_stopped(c.child.id()) {
+        assert!(Instant::now() < deadline, "the frozen node's threads never all stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let forwarded = |s: &TestServer| s.http().get("/stats").json()["bus"]["forwarded"].as_u64().unwrap();
     let before = forwarded(&a);
     const N: usize = 20;
