@@ -100,6 +100,7 @@ impl<T> Forwards<T> {
     /// Takes the forwards held for nodes not in `live`, in the order they were sent.
     pub(super) fn orphans(&mut self, live: &[u64], now: Instant) -> Vec<T> {
         self.expire(now);
+        // (`BTreeMap::extract_if` would do this in one pass, but is newer than the MSRV.)
         let gone: Vec<u64> = self.held.iter().filter(|(_, h)| !live.contains(&h.to)).map(|(&id, _)| id).collect();
         gone.into_iter().filter_map(|id| self.held.remove(&id)).map(|h| h.item).collect()
     }

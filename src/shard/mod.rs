@@ -122,7 +122,8 @@ impl Shard {
     fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>, mesh: Mesh, start: Option<ShardStart>) -> Rc<Shard> {
         let shards = mesh.len();
         let node = shared.bus.as_ref().map_or(0, |b| b.node);
-        let node_timeout = cfg.cluster.as_ref().map_or(Duration::from_secs(3), |c| c.node_timeout);
+        // Without a cluster nothing is ever forwarded, so the window does not matter.
+        let node_timeout = cfg.cluster.as_ref().map_or(Duration::ZERO, |c| c.node_timeout);
         let mut owned = OwnedRooms::new(shards, cfg.presence_events_max_members, history_config(&cfg, shards))
             .with_cluster(node)
             .with_hooks(cfg.backend.webhook_url.is_some())
@@ -312,6 +313,7 @@ impl Shard {
 
     /// Handles what the cluster bridge relayed from other nodes.
     fn on_bus(&self, m: BusIn) {
+        let live_set_changed = matches!(m, BusIn::Nodes(_));
         let sink = &mut |out: RoomOut| self.route(out);
         let mut owned = self.owned.borrow_mut();
         let now = Services::wall_ms();
@@ -343,12 +345,6 @@ impl Shard {
                 owned.hand_off(&nodes, sink);
                 owned.view_changed(now);
                 *self.nodes.borrow_mut() = nodes;
-                drop(owned);
-                self.count_cluster();
-                // After the owner saw the new live set, so a publish whose room this
-                // node sequences now is sequenced here.
-                self.resend_orphaned_forwards();
-                return;
             }
             BusIn::Confirmed { node, id } => {
                 self.forwards.borrow_mut().confirm(node, id);
@@ -370,6 +366,11 @@ impl Shard {
         }
         drop(owned);
         self.count_cluster();
+        if live_set_changed {
+            // After the owner saw the new live set, so a publish whose room this node
+            // sequences now is sequenced here.
+            self.resend_orphaned_forwards();
+        }
     }
 
     /// Handles one inbox message, in arrival order. Frames for local members go into

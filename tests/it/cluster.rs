@@ -93,7 +93,13 @@ fn cluster_cfg(url: &str, name: &str) -> ClusterConfig {
 
 /// An in-process node of the cluster at `url`.
 pub(crate) fn node(url: &str, name: &str) -> TestServer {
-    let cfg = cluster_cfg(url, name);
+    node_with(url, name, |_| {})
+}
+
+/// [`node`] with its cluster settings changed by `tweak`.
+fn node_with(url: &str, name: &str, tweak: impl FnOnce(&mut ClusterConfig)) -> TestServer {
+    let mut cfg = cluster_cfg(url, name);
+    tweak(&mut cfg);
     TestServer::with(move |c| {
         c.cluster = Some(cfg);
         c.api_key = Some(KEY.into());
@@ -500,11 +506,7 @@ fn regression_publishes_forwarded_to_a_sequencer_that_died_are_sequenced_by_its_
     let nats = Nats::start(bin);
     // A long node timeout, so that even a slow host forwards all of alice's messages
     // to the frozen node before the others declare it dead.
-    let patient = |name: &str| {
-        let mut cfg = cluster_cfg(&nats.url(), name);
-        cfg.node_timeout = Duration::from_secs(10);
-        TestServer::with(move |c| c.cluster = Some(cfg))
-    };
+    let patient = |name: &str| node_with(&nats.url(), name, |cfg| cfg.node_timeout = Duration::from_secs(10));
     let (a, b) = (patient("fa"), patient("fb"));
     let c = child_node(&nats.url(), "fc");
     wait_for_cluster(&[a.addr, b.addr, c.addr], 3);
