@@ -182,6 +182,13 @@ pub struct Publish {
     /// A step passes when its corrected p99 is at most this many milliseconds (and it is clean).
     #[arg(long, default_value_t = 50.0)]
     pub p99_bound_ms: f64,
+    /// Ask for an `ack` of every message (`id` on each publish) and audit each step per
+    /// message: acknowledged messages owe every member, reported per receiver home (the
+    /// `--target` a connection was first sent to), unacknowledged ones apart. For node
+    /// kills and other correctness runs: it costs the server an ack per message and the
+    /// client a map entry per message and home.
+    #[arg(long)]
+    pub acks: bool,
     /// While a step publishes, close this many random joined receivers per second
     /// (abruptly, no close frame) and let them reconnect with recovery. 0 = none.
     #[arg(long, default_value_t = 0.0)]
@@ -412,6 +419,7 @@ fn prepare(
         churn_per_sec: churn,
         deflate: c.deflate,
         payload_json: publish.is_some_and(|p| p.payload_json),
+        acks: publish.is_some_and(|p| p.acks),
     };
     let drain = publish.map_or(0.0, |p| p.drain);
     let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;

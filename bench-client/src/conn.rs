@@ -27,7 +27,7 @@ use crate::payload::Stamp;
 use crate::record::{ConnStats, Recovery, StepRecord};
 use crate::scan::scan;
 use crate::sys::write_some;
-use crate::track::SeqTrack;
+use crate::track::{Seen, SeqTrack};
 use corecast_wire::http::head_end;
 
 /// Largest server message bench-client accepts (the server's own default cap is 64 KiB).
@@ -99,6 +99,9 @@ pub struct Ctx<'a> {
     pub stats: &'a mut ConnStats,
     /// The thread's room epochs (sessions keep a generation, not the text).
     pub epochs: &'a mut Epochs,
+    /// `--acks`: the connection's home (the index of the `--target` it was first sent
+    /// to), under which its deliveries are audited; `None` without `--acks`.
+    pub home: Option<u16>,
 }
 
 impl Ctx<'_> {
@@ -196,6 +199,11 @@ impl Session {
                 let code = String::from_utf8_lossy(f.code).into_owned();
                 *ctx.stats.errors.entry(code).or_default() += 1;
             }
+            b"ack" => match crate::audit::parse_ref(f.reference) {
+                Some((step, key)) if step == ctx.open_step => ctx.record.audit.acked(key),
+                // An earlier step's ack, after its record was closed, or not ours.
+                _ => ctx.record.audit.stray_ack(),
+            },
             _ => {}
         }
         ControlFlow::Continue(())
@@ -256,6 +264,9 @@ impl Session {
         let seen = self.track.observe(seq);
         match Stamp::decode(text) {
             Some(stamp) if stamp.step == ctx.open_step => {
+                if let (Some(home), false) = (ctx.home, seen == Seen::Duplicate) {
+                    ctx.record.audit.delivered((stamp.publisher, stamp.n), home);
+                }
                 if let Some(us) = ctx.record.delivery(&stamp, seen, ctx.now_ns) {
                     ctx.interval.saturating_record(us);
                 }
@@ -569,6 +580,7 @@ mod tests {
         interval: Histogram<u64>,
         stats: ConnStats,
         epochs: Epochs,
+        home: Option<u16>,
     }
 
     impl Harness {
@@ -578,6 +590,7 @@ mod tests {
                 interval: new_hist(),
                 stats: ConnStats::default(),
                 epochs: Epochs::default(),
+                home: None,
             }
         }
 
@@ -591,6 +604,7 @@ mod tests {
                 interval: &mut self.interval,
                 stats: &mut self.stats,
                 epochs: &mut self.epochs,
+                home: self.home,
             }
         }
 
@@ -806,6 +820,22 @@ mod tests {
         assert_eq!(h.stats.errors.get("not_member"), Some(&1));
         assert_eq!(h.stats.errors.get("unparsable_frame"), Some(&1));
         assert_eq!(h.record.counts.foreign, 1);
+    }
+
+    #[test]
+    fn with_acks_the_ack_and_each_unique_delivery_are_audited_under_the_home() {
+        let mut h = Harness::new();
+        h.home = Some(7);
+        let mut s = joined_session(&mut h, 0, "e");
+        // delivery(seq) carries publisher 1, message n = seq.
+        h.record.audit.sent((1, 1), 3);
+        h.record.audit.member(3, 7, 1);
+        h.feed(&mut s, &[r#"{"type":"ack","ref":"0.1.1","room":"t-3","seq":1}"#, &delivery(1), &delivery(1)]);
+        h.feed(&mut s, &[r#"{"type":"ack","ref":"5.1.1","room":"t-3","seq":1}"#]);
+        let r = h.record.audit.result(|_| 7);
+        assert_eq!((r.acked, r.expected, r.delivered, r.lost, r.excess), (1, 1, 1, 0, 0), "{r:?}");
+        assert_eq!(r.stray_acks, 1, "another step's ack is stray");
+        assert_eq!(r.homes.iter().map(|h| h.home).collect::<Vec<_>>(), [7]);
     }
 
     #[test]

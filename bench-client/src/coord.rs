@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::audit::AuditResult;
 use crate::engine::{conn_slot_bytes, PublishReport};
 use crate::error::BenchError;
 use crate::plan::Plan;
@@ -189,6 +190,9 @@ pub struct StepResult {
     pub clean: bool,
     /// Corrected p99 within `--p99-bound-ms`.
     pub within_bound: bool,
+    /// `--acks`: acknowledged messages and their deliveries per receiver home.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditResult>,
     /// Sustained (what a ramp steps on): clean and within the bound.
     pub passed: bool,
     /// Corrected latency (receive − intended send).
@@ -498,6 +502,7 @@ impl<'a> Coordinator<'a> {
             cpu: cpu_between(&start, &end),
             clean,
             within_bound,
+            audit: self.spec.plan.acks.then(|| record.audit.result(|p| self.spec.plan.home_of(u64::from(p)))),
             passed,
             corrected: record.corrected,
             uncorrected: record.uncorrected,
@@ -521,6 +526,9 @@ impl<'a> Coordinator<'a> {
             p99_ms,
             verdict_words(clean, within_bound, self.spec.p99_bound_ms)
         ));
+        if let Some(a) = &result.audit {
+            self.log(&audit_line(step, a));
+        }
         Ok(result)
     }
 
@@ -676,6 +684,41 @@ impl<'a> Coordinator<'a> {
         let servers = self.spec.server_pids.iter().map(|&pid| (pid, sys::process_cpu_ns(pid))).collect();
         CpuMark { at: Instant::now(), client: children, servers }
     }
+}
+
+/// The log line of a step's `--acks` audit: acknowledged messages, what their receivers
+/// lost, and which homes lost it (at most 8 named).
+pub fn audit_line(step: u32, a: &AuditResult) -> String {
+    let troubled: Vec<String> = a
+        .troubled()
+        .take(8)
+        .map(|h| {
+            format!(
+                "home {} lost {} of {} (excess {}, unacknowledged {})",
+                h.home, h.lost, h.expected, h.excess, h.unacked
+            )
+        })
+        .collect();
+    let clean_homes = a.homes.len() - a.troubled().count();
+    format!(
+        "step {step}: acks: {} of {} messages acknowledged ({} unacknowledged, {} deliveries of them; \
+         {} queued and {} sent after a reconnection); \
+         acknowledged deliveries {}/{} expected, lost {}, excess {}; {} of {} homes clean{}{}",
+        a.acked,
+        a.published,
+        a.unacked,
+        a.unacked_deliveries,
+        a.queued,
+        a.resent,
+        a.delivered,
+        a.expected,
+        a.lost,
+        a.excess,
+        clean_homes,
+        a.homes.len(),
+        if troubled.is_empty() { "" } else { ": " },
+        troubled.join(", ")
+    )
 }
 
 /// A step's verdict in words: correctness first, then the latency bound.

@@ -349,6 +349,9 @@ impl Engine {
     fn start_step(&mut self, schedule: Schedule) {
         let members = self.members.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, &n)| (r as u32, n)).collect();
         self.record = StepRecord::default();
+        if self.plan.acks {
+            self.audit_members();
+        }
         self.open_step = schedule.step;
         self.step = Some(StepState {
             schedule,
@@ -359,6 +362,21 @@ impl Engine {
             unsent: 0,
             reported: false,
         });
+    }
+
+    /// `--acks`: the room members of this thread by home, for the audit of the step.
+    /// The same connections as `members` counts: joined, rejoining or parked (recovery
+    /// promises a reconnecting member every message).
+    fn audit_members(&mut self) {
+        let joined = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.state == State::Joined || self.rejoins.contains_key(&c.index))
+            .map(|(_, c)| (c.index, c.session.room));
+        let parked = self.parked.iter().map(|(&index, p)| (index, p.session.room));
+        for (index, room) in joined.chain(parked) {
+            self.record.audit.member(room, self.plan.home_of(u64::from(index)), 1);
+        }
     }
 
     fn end_step(&mut self, step: u32) {
@@ -391,6 +409,7 @@ impl Engine {
             });
         }
         if readable && result.is_ok() {
+            let home = self.plan.acks.then(|| self.plan.home_of(u64::from(conn.index)));
             let mut ctx = Ctx {
                 now_ns: now_ns(),
                 open_step: self.open_step,
@@ -399,6 +418,7 @@ impl Engine {
                 interval: &mut self.interval,
                 stats: &mut self.stats,
                 epochs: &mut self.epochs,
+                home,
             };
             result = conn.on_readable(&mut self.scratch, &mut ctx);
         }
@@ -413,7 +433,8 @@ impl Engine {
     fn on_joined(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else { return };
         let index = conn.index;
-        if self.rejoins.remove(&index).is_none() {
+        let rejoined = self.rejoins.remove(&index).is_some();
+        if !rejoined {
             // A first join; a rejoining connection never stopped being a member.
             self.pending -= 1;
             self.members[conn.session.room as usize] += 1;
@@ -421,6 +442,27 @@ impl Engine {
         self.stats.held += 1;
         if self.plan.is_publisher(u64::from(index)) {
             self.publishers[index as usize] = key;
+            if rejoined && self.plan.acks {
+                self.resend_unacked(index);
+            }
+        }
+    }
+
+    /// `--acks`: a publisher back in its room sends again, oldest first and with the same
+    /// idempotency keys, the open step's messages it has no ack for: what a client that
+    /// takes an `ack` as the only proof of delivery does. Each keeps its intended send
+    /// time, so the outage counts in its latency.
+    fn resend_unacked(&mut self, publisher: u32) {
+        let Some(schedule) = self.step.as_ref().map(|s| s.schedule) else { return };
+        let unacked = self.record.audit.unacked_of(publisher);
+        self.record.audit.resent(unacked.len() as u64);
+        for n in unacked {
+            let k = schedule.index_of(publisher, n);
+            let stamp =
+                Stamp { step: schedule.step, publisher, n, intended_ns: schedule.intended_ns(k), actual_ns: now_ns() };
+            if self.publish(publisher, &stamp).is_none() {
+                return; // dropped again: the next rejoin resends what is still unacked
+            }
         }
     }
 
@@ -661,9 +703,21 @@ impl Engine {
     }
 
     /// Sends one message from `publisher`; returns its room, or `None` if it was not sent.
+    /// With `--acks`, a message due while its publisher reconnects is queued instead, as
+    /// a client's outbox would hold it: counted as published, unacknowledged, and sent by
+    /// [`Self::resend_unacked`] once the publisher has rejoined.
     fn publish(&mut self, publisher: u32, stamp: &Stamp) -> Option<u32> {
         let key = *self.publishers.get(publisher as usize)?;
-        let conn = self.conns.get_mut(key)?;
+        let Some(conn) = self.conns.get_mut(key) else {
+            let reconnecting = self.parked.contains_key(&publisher) || self.rejoins.contains_key(&publisher);
+            if !(self.plan.acks && reconnecting) {
+                return None;
+            }
+            let room = self.rooms.room_of(u64::from(publisher));
+            self.record.audit.sent((publisher, stamp.n), room);
+            self.record.audit.queued(1);
+            return Some(room);
+        };
         let room = conn.session.room;
         let json = if self.plan.data_bytes > 0 {
             stamp.encode(0, &mut self.text);
@@ -678,9 +732,22 @@ impl Engine {
             stamp.encode_with(self.plan.payload_bytes, self.plan.payload_json, &mut self.text);
             format!(r#"{{"type":"message","room":"{}-{room}","text":"{}"}}"#, self.plan.tag, self.text)
         };
+        let json = if self.plan.acks {
+            // `{…}` → `{…,"id":I,"idempotency_key":I}`: the server acks it once sequenced,
+            // and a resend after a reconnection is not sequenced twice.
+            let id = crate::audit::message_id(stamp.step, publisher, stamp.n);
+            format!(r#"{},"id":"{id}","idempotency_key":"{id}"}}"#, &json[..json.len() - 1])
+        } else {
+            json
+        };
         let frame = client_frame(OpCode::Data(Data::Text), true, json.as_bytes(), fastrand::u32(..).to_ne_bytes());
         match conn.send(&frame) {
-            Ok(()) => Some(room),
+            Ok(()) => {
+                if self.plan.acks {
+                    self.record.audit.sent((publisher, stamp.n), room);
+                }
+                Some(room)
+            }
             Err(_) => {
                 self.end(key, End::Dropped);
                 None

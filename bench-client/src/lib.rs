@@ -28,6 +28,7 @@
 //! | [`scan`] | reading `type`/`seq`/`text` from server JSON without parsing it all |
 //! | [`track`] | per-connection `seq` checking: gaps, duplicates, reorders |
 //! | [`record`] | histograms and counters, merged and shipped between processes |
+//! | [`audit`] | `--acks`: per-message accounting of acknowledged messages, per receiver home |
 //! | [`report`] | the run folder: summary.json, .hgrm ([`report::hgrm`]), SETUP.md, the SVG ([`report::plot`]); reads engine results, never imported by the engine |
 //! | [`sys`] | CLOCK_MONOTONIC, /proc CPU and RSS, RLIMIT_NOFILE |
 //! | [`error`] | typed errors |
@@ -37,6 +38,7 @@
 //! wire crate, never on the server. The ceiling probe is its own binary
 //! (`corecast-ceiling`, crates/ceiling-probe), which `compare` and `ceiling` start.
 
+pub mod audit;
 pub mod cli;
 pub mod compare;
 pub mod conn;

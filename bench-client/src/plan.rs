@@ -90,6 +90,9 @@ pub struct Plan {
     /// (`--failover`): a cluster node that died loses its connections to the others.
     #[serde(default)]
     pub failover: bool,
+    /// Publishers put an `id` on every message and the run audits acknowledged messages
+    /// per receiver home (`--acks`, [`crate::audit`]).
+    pub acks: bool,
 }
 
 impl Plan {
@@ -127,6 +130,12 @@ impl Plan {
     /// already independent of the room there.
     pub fn target_of(&self, c: u64) -> SocketAddr {
         self.targets.get(self.target_index(c)).copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The home of connection `c` in `--acks` audits: the index in `targets` of the
+    /// target it is first sent to (kept across failovers).
+    pub fn home_of(&self, c: u64) -> u16 {
+        u16::try_from(self.target_index(c)).unwrap_or(u16::MAX)
     }
 
     /// The index in `targets` of [`Self::target_of`]`(c)`.
@@ -282,6 +291,7 @@ mod tests {
             deflate: false,
             payload_json: false,
             failover: false,
+            acks: false,
         }
     }
 

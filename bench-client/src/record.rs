@@ -9,6 +9,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, WireAudit};
 use crate::payload::Stamp;
 use crate::track::Seen;
 
@@ -237,6 +238,8 @@ pub struct StepRecord {
     pub recovery: Recovery,
     /// Corrected latency per 10 s of the step.
     pub timeline: Timeline,
+    /// `--acks`: messages, acks and deliveries per receiver home (empty otherwise).
+    pub audit: Audit,
 }
 
 impl Default for StepRecord {
@@ -247,6 +250,7 @@ impl Default for StepRecord {
             counts: Deliveries::default(),
             recovery: Recovery::default(),
             timeline: Timeline::default(),
+            audit: Audit::default(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl StepRecord {
         self.counts.merge(&o.counts);
         self.recovery.merge(&o.recovery);
         self.timeline.merge(&o.timeline);
+        self.audit.merge(&o.audit);
         Ok(())
     }
 
@@ -294,6 +299,7 @@ impl StepRecord {
             counts: self.counts,
             recovery: self.recovery,
             timeline: self.timeline.clone(),
+            audit: (!self.audit.is_empty()).then(|| self.audit.to_wire()),
         })
     }
 }
@@ -313,6 +319,9 @@ pub struct WireStep {
     /// Latency per window.
     #[serde(default)]
     pub timeline: Timeline,
+    /// `--acks` accounting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<WireAudit>,
 }
 
 impl WireStep {
@@ -324,6 +333,7 @@ impl WireStep {
             counts: self.counts,
             recovery: self.recovery,
             timeline: self.timeline.clone(),
+            audit: self.audit.as_ref().map(WireAudit::decode).unwrap_or_default(),
         })
     }
 }

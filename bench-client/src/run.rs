@@ -88,6 +88,9 @@ fn print_summary(scenario: &str, r: &RunResult, problems: &[String], p99_bound_m
             s.cpu.server_pct.map_or("n/a".into(), |p| format!("{p:.0}%")),
             coord::verdict_words(s.clean, s.within_bound, p99_bound_ms)
         );
+        if let Some(a) = &s.audit {
+            println!("{}", coord::audit_line(s.step, a));
+        }
     }
     let rec = &r.final_stats.recovery;
     println!(

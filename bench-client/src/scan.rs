@@ -23,6 +23,9 @@ pub struct Fields<'a> {
     pub epoch: &'a [u8],
     /// `recovered` of a `joined` that answered a `join` with `since`.
     pub recovered: Option<bool>,
+    /// `ref` of an `ack` or `error` (the request's `id`), raw: a string's bytes between
+    /// the quotes, or a number's token.
+    pub reference: &'a [u8],
 }
 
 /// Why a frame could not be scanned: it is not a JSON object bench-client understands.
@@ -65,6 +68,8 @@ pub fn scan(json: &[u8]) -> Result<Fields<'_>, ScanError> {
                 }
             }
             b"seq" => out.seq = parse_u64(s.number()?),
+            b"ref" if s.peek() == Some(b'"') => out.reference = s.string()?,
+            b"ref" => out.reference = s.number()?,
             _ => s.skip_value()?,
         }
         s.ws();
@@ -228,6 +233,14 @@ mod tests {
         assert_eq!(f.kind, b"message");
         assert_eq!(f.seq, Some(119));
         assert_eq!(f.text, b"b:0:1:2:3:4:xx");
+    }
+
+    #[test]
+    fn reads_the_ref_of_an_ack_whether_string_or_number() {
+        let f = scan(br#"{"type":"ack","ref":"3.17.2001","room":"r-1","seq":119}"#).unwrap();
+        assert_eq!((f.kind, f.reference, f.seq), (&b"ack"[..], &b"3.17.2001"[..], Some(119)));
+        let f = scan(br#"{"type":"ack","ref":42,"room":"r-1"}"#).unwrap();
+        assert_eq!(f.reference, b"42");
     }
 
     #[test]

@@ -43,6 +43,11 @@ impl Schedule {
         ((k % p) as u32, k / p)
     }
 
+    /// Message `k` of [`Self::sender_of`]`(k) == (publisher, n)`: the inverse.
+    pub fn index_of(&self, publisher: u32, n: u64) -> u64 {
+        n * u64::from(self.publishers.max(1)) + u64::from(publisher)
+    }
+
     /// Messages due by `now_ns`, starting at `from`: the range `from..end`.
     pub fn due(&self, from: u64, now_ns: u64) -> std::ops::Range<u64> {
         let total = self.total();

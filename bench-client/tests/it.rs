@@ -72,6 +72,7 @@ fn spec(
             connect_timeout_secs: 30.0,
             reconnect_attempts: 5,
             failover: false,
+            acks: false,
             churn_per_sec: 0.0,
             deflate: false,
             payload_json: false,
@@ -201,6 +202,27 @@ fn fanout_over_two_worker_processes_is_just_as_exact() {
     assert_clean(&r, 90);
     assert_eq!(r.steps[0].verdict.expected, 300 * 30);
     assert!(r.cpu_total.client_secs > 0.0);
+}
+
+#[test]
+fn fanout_with_acks_audits_every_acknowledged_message_per_home_over_two_processes() {
+    let server = Server::start();
+    // The same server twice: two homes, so the audit splits receivers by target index.
+    let mut spec = spec(server.addr(), Mode::Fanout, 90, 3, 3, 2);
+    spec.plan.targets = vec![server.addr(), server.addr()];
+    spec.plan.acks = true;
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 90);
+    let s = &r.steps[0];
+    let a = s.audit.as_ref().expect("--acks runs are audited");
+    // Acks travel back to the publisher's thread, deliveries are counted where they are
+    // received; both are shipped from two worker processes and merged.
+    assert_eq!((a.published, a.acked, a.unacked, a.stray_acks), (300, 300, 0, 0), "{a:?}");
+    assert_eq!((a.expected, a.delivered, a.lost, a.excess), (s.verdict.expected, s.verdict.expected, 0, 0), "{a:?}");
+    assert_eq!(a.homes.iter().map(|h| h.home).collect::<Vec<_>>(), [0, 1], "{a:?}");
+    assert_eq!(a.homes.iter().map(|h| h.members).sum::<u64>(), 90);
+    assert!(a.homes.iter().all(|h| h.expected > 0 && h.delivered == h.expected), "{a:?}");
+    assert!(r.final_stats.errors.is_empty(), "no error frame answered a publish with an id");
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub struct PublishRequest {
 /// Most entries in `tags`.
 pub const MAX_TAGS: usize = 32;
 
-/// Longest `tags` key, and longest `idempotency_key`, in bytes.
+/// Longest `tags` key, in bytes.
 pub const MAX_KEY_LEN: usize = 128;
 
 /// Longest `tags` value, in bytes.
@@ -200,9 +200,7 @@ pub fn parse(body: &[u8], max_text: usize, max_data: usize) -> Result<PublishReq
         return Err(bad("write the key `tags` without escapes"));
     }
     if let Some(key) = &b.idempotency_key {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(PublishError::BadRequest(format!("`idempotency_key` must be 1 to {MAX_KEY_LEN} bytes")));
-        }
+        protocol::validate_idempotency_key(key).map_err(|e| PublishError::BadRequest(e.message))?;
     }
     let user = b.user.unwrap_or_else(|| "server".to_owned());
     if !protocol::validate_user_name(&user) {

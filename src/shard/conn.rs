@@ -324,7 +324,7 @@ impl Services {
                 }
                 self.push(conn, server::left(&m.room));
             }
-            ClientMsg::Message { room, text, data, event, volatile, skip_self } => {
+            ClientMsg::Message { room, text, data, event, volatile, skip_self, idempotency_key } => {
                 if let Some(text) = &text {
                     check_text_len(text.len(), self.cfg.max_text_bytes)?;
                 }
@@ -339,7 +339,7 @@ impl Services {
                     tags: None,
                     volatile,
                     skip: skip_self.then(|| Sender { node: 0, shard: self.id as u16, conn: id.as_u64() }),
-                    idempotency_key: None,
+                    idempotency_key: idempotency_key.map(|k| user_scoped_key(&conn.user, &k)),
                 };
                 let publish = Publish {
                     room: room.clone(),
@@ -416,6 +416,16 @@ pub(super) const PLAIN_JOIN: JoinKind = JoinKind::Join { password: None, verifie
 
 /// A room password's length is checked before anything else sees it (the hash cost does
 /// not grow with it, but an empty password would make a room nobody can tell is private).
+/// A WebSocket client's `idempotency_key`, scoped to its user: keys are remembered per
+/// room (docs/PROTOCOL.md), and without the scope one member could suppress another's
+/// message by sending its key first. The user id's length leads, so no (user, key)
+/// pair writes another's scoped key whatever bytes either holds. An API caller (trusted,
+/// holding the API key) has its keys unscoped, and could only collide with a scoped key
+/// on purpose.
+fn user_scoped_key(user: &str, key: &str) -> Arc<str> {
+    Arc::from(format!("{}:{user}:{key}", user.len()))
+}
+
 fn check_password_len(pw: &str) -> Result<(), ClientError> {
     if pw.is_empty() || pw.len() > password::MAX_PASSWORD {
         let msg = format!("`password` must be 1 to {} bytes", password::MAX_PASSWORD);

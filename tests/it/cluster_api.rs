@@ -29,6 +29,22 @@ fn raw_where(c: &mut Client, want: impl Fn(&Value) -> bool) -> String {
     }
 }
 
+/// Reads until both the `ack` of the client's publish and the delivery of `text` came
+/// (in either order); returns the ack.
+fn ack_and_message(c: &mut Client, text: &str) -> Value {
+    let (mut ack, mut delivered) = (None, false);
+    while ack.is_none() || !delivered {
+        let v = wait_for(c, PATIENCE, |v| v["type"] == "ack" || (v["type"] == "message" && v["text"] == text));
+        let v = v.unwrap_or_else(|| panic!("{}: no ack or no {text:?} within {PATIENCE:?}", c.user));
+        if v["type"] == "ack" {
+            ack = Some(v);
+        } else {
+            delivered = true;
+        }
+    }
+    ack.unwrap_or_default()
+}
+
 #[test]
 fn payloads_and_server_side_membership_cross_nodes() {
     let Some(bin) = nats_binary("payloads_and_server_side_membership_cross_nodes") else { return };
@@ -74,6 +90,19 @@ fn payloads_and_server_side_membership_cross_nodes() {
     assert_eq!((again["seq"].as_u64(), again["rooms"].as_u64()), (first["seq"].as_u64(), Some(1)), "{first} {again}");
     for c in [&mut alice, &mut carol, &mut bob0, &mut bob1] {
         assert!(wait_for(c, PATIENCE, |v| v["type"] == "message" && v["text"] == "once").is_some(), "{}", c.user);
+    }
+
+    // The same for a WebSocket client resending through the other node, as one that lost
+    // its connection before the ack does: the key is the user's, kept where the room is
+    // sequenced. A second "ws-once" would be the next message below instead of the
+    // volatile one.
+    bob0.send(json!({"type":"message","room":"news","text":"ws-once","id":"b0","idempotency_key":"w"}));
+    let first = ack_and_message(&mut bob0, "ws-once");
+    bob1.send(json!({"type":"message","room":"news","text":"ws-once","id":"b1","idempotency_key":"w"}));
+    let again = ack_and_message(&mut bob1, "ws-once");
+    assert_eq!((again["ref"].as_str(), again["seq"].as_u64()), (Some("b1"), first["seq"].as_u64()), "{first} {again}");
+    for c in [&mut alice, &mut carol] {
+        assert!(wait_for(c, PATIENCE, |v| v["type"] == "message" && v["text"] == "ws-once").is_some(), "{}", c.user);
     }
 
     // A volatile skip_self message from node 1: everyone else gets it, the sender not.

@@ -275,3 +275,41 @@ fn an_idempotent_retry_returns_the_first_answer_and_delivers_once() {
         assert_eq!(texts, expected, "{} received each publish once", c.user);
     }
 }
+
+#[test]
+fn a_websocket_retry_with_an_idempotency_key_is_acked_with_the_first_seq_and_delivered_once() {
+    let server = TestServer::start();
+    let mut cs = clients_on_both_shards(&server, "wsidem", 3);
+    for c in &mut cs {
+        c.join("chat");
+    }
+    let [alice, bob, carol] = &mut cs[..] else { unreachable!() };
+    alice.send(json!({"type":"message","room":"chat","text":"once","id":"a1","idempotency_key":"k"}));
+    let first = alice.expect_skipping("ack");
+    assert_eq!((first["ref"].as_str(), first["seq"].as_u64()), (Some("a1"), Some(1)), "{first}");
+    // The retry of a client whose connection dropped before the ack came: answered with
+    // the first seq, not sequenced, not delivered again.
+    alice.send(json!({"type":"message","room":"chat","text":"once","id":"a2","idempotency_key":"k"}));
+    let again = alice.expect_skipping("ack");
+    assert_eq!((again["ref"].as_str(), again["seq"].as_u64()), (Some("a2"), Some(1)), "{again}");
+    // Keys are the user's own: another member's "k" is another message.
+    carol.send(json!({"type":"message","room":"chat","text":"hers","id":"c1","idempotency_key":"k"}));
+    assert_eq!(carol.expect_skipping("ack")["seq"], 2);
+    alice.send(json!({"type":"message","room":"chat","text":"next","id":"a3"}));
+    assert_eq!(alice.expect_skipping("ack")["seq"], 3);
+    // A bad key is refused by name and changes nothing.
+    alice.send(json!({"type":"message","room":"chat","text":"bad","id":"a4","idempotency_key":""}));
+    let e = alice.expect_skipping("error");
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("invalid_field"), Some("a4")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("idempotency_key"), "{e}");
+    alice.send(json!({"type":"message","room":"chat","text":"last","id":"a5"}));
+    assert_eq!(alice.expect_skipping("ack")["seq"], 4);
+    let received: Vec<(u64, String)> = (0..4)
+        .map(|_| {
+            let (_, m) = next_message(bob);
+            (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let expected = [(1, "once"), (2, "hers"), (3, "next"), (4, "last")].map(|(s, t)| (s, t.to_owned()));
+    assert_eq!(received, expected, "bob got each message once, in order");
+}

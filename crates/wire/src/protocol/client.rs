@@ -72,6 +72,9 @@ pub enum ClientMsg<'a> {
         volatile: bool,
         /// The sending connection does not receive the message itself.
         skip_self: bool,
+        /// A retry with the same key (same room, same user) within the window is not
+        /// sequenced again and gets the first answer.
+        idempotency_key: Option<Cow<'a, str>>,
     },
     /// List the users present in a room: a page of at most `limit` names after `after`.
     Presence {
@@ -184,6 +187,8 @@ pub struct Raw<'a> {
     event: Option<Cow<'a, str>>,
     volatile: Option<bool>,
     skip_self: Option<bool>,
+    #[serde(borrow)]
+    idempotency_key: Option<Cow<'a, str>>,
 }
 
 impl<'a> Raw<'a> {
@@ -218,6 +223,9 @@ impl<'a> Raw<'a> {
                 if let Some(event) = &self.event {
                     super::validate_event(event)?;
                 }
+                if let Some(key) = &self.idempotency_key {
+                    super::validate_idempotency_key(key)?;
+                }
                 ClientMsg::Message {
                     room: need_room()?,
                     text: self.text,
@@ -225,6 +233,7 @@ impl<'a> Raw<'a> {
                     event: self.event,
                     volatile: self.volatile.unwrap_or(false),
                     skip_self: self.skip_self.unwrap_or(false),
+                    idempotency_key: self.idempotency_key,
                 }
             }
             "presence" => ClientMsg::Presence { room: need_room()?, after: self.after, limit },
@@ -357,7 +366,8 @@ mod tests {
                 data: None,
                 event: None,
                 volatile: false,
-                skip_self: false
+                skip_self: false,
+                idempotency_key: None
             }
         );
         assert!(matches!(p(r#"{"type":"leave","room":"r"}"#).unwrap().msg, ClientMsg::Leave { .. }));
@@ -440,6 +450,8 @@ mod tests {
             (r#"{"type":"message","room":"r","text":"t","event":7}"#, ""),
             (r#"{"type":"message","room":"r","text":"t","volatile":"yes"}"#, ""),
             (r#"{"type":"message","room":"r","text":"t","skip_self":1}"#, ""),
+            (r#"{"type":"message","room":"r","text":"t","idempotency_key":""}"#, "idempotency_key"),
+            (r#"{"type":"message","room":"r","text":"t","idempotency_key":7}"#, ""),
         ] {
             let e = code(bad);
             assert_eq!(e.code, ErrorCode::InvalidField, "{bad}");
@@ -451,6 +463,16 @@ mod tests {
             ErrorCode::InvalidField
         );
         assert_eq!(p(r#"{"type":"message","room":"r","data":{"a":}}"#).unwrap_err().code, ErrorCode::BadJson);
+        let long = "k".repeat(129);
+        let e = code(&format!(r#"{{"type":"message","room":"r","text":"t","idempotency_key":"{long}","id":"k"}}"#));
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::InvalidField, Some("k")));
+    }
+
+    #[test]
+    fn an_idempotency_key_is_read_up_to_its_limit() {
+        let key = "k".repeat(128);
+        let r = p(&format!(r#"{{"type":"message","room":"r","text":"t","idempotency_key":"{key}"}}"#)).unwrap();
+        assert!(matches!(r.msg, ClientMsg::Message { idempotency_key: Some(k), .. } if k == key));
     }
 
     mod props {

@@ -139,6 +139,18 @@ pub fn validate_event(event: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Longest `idempotency_key`, in bytes, on a WebSocket `message` and on `POST /api/publish`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Checks an `idempotency_key`: 1 to [`MAX_IDEMPOTENCY_KEY`] bytes.
+pub fn validate_idempotency_key(key: &str) -> Result<(), ClientError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        let msg = format!("`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY} bytes");
+        return Err(ClientError::new(ErrorCode::InvalidField, msg));
+    }
+    Ok(())
+}
+
 /// Checks a user-chosen display name: 1–64 bytes, no control characters, no `@`/`:`
 /// (which would let a name forge a personal room).
 pub fn validate_user_name(name: &str) -> bool {
