@@ -25,7 +25,7 @@ use super::wire::{self, Header};
 use super::{Bus, BusIn, BusOut, BusState, ClusterConfig, ClusterError, Outbox};
 use crate::room::request::{ConnId, Extra, PresenceReq, Publish, Receipt, Remote, Reply, Requester, Sender};
 use crate::room::BROADCAST_ROOM;
-use crate::room::{placement, ClusterOut};
+use crate::room::{placement, ClusterOut, LocalAnswer};
 
 /// Messages from NATS waiting for the loop; beyond this the subscription tasks wait and
 /// async-nats reports a slow consumer (counted as dropped).
@@ -37,6 +37,10 @@ const LINGER: Duration = Duration::from_millis(500);
 
 /// How often dead nodes are looked for.
 const SWEEP: Duration = Duration::from_millis(250);
+
+/// Longest wait for the NATS client to write out what precedes an answer to a local
+/// publisher (`ClusterOut::AfterBus`); past it the answer goes anyway.
+const FLUSH_BOUND: Duration = Duration::from_secs(1);
 
 /// What the bridge hands one shard: bus input for the rooms it owns, or a request or
 /// answer another node sent. The runtime turns it into its own inbox message.
@@ -565,6 +569,24 @@ impl Bridge {
             BusOut::Room(ClusterOut::ToConn { node, shard, conn, frame }) => {
                 let h = Header::ToConn { node: me, shard, conn };
                 self.publish(self.subjects.node(node).into(), &h, &frame).await;
+            }
+            BusOut::Room(ClusterOut::AfterBus { shard, answer }) => {
+                // The frame this answer follows is queued in the NATS client: have it
+                // written to the connection first, so a kill after the publisher heard
+                // "done" loses nothing it was told (bounded: a stuck connection delays
+                // answers by at most FLUSH_BOUND, and a lost one does not at all: the
+                // frame was dropped and counted).
+                if self.bus.connected() {
+                    let _ = tokio::time::timeout(FLUSH_BOUND, self.client.flush()).await;
+                }
+                let msg = match answer {
+                    LocalAnswer::ToConn { conn, frame } => Inbound::ToConn { conn, frame },
+                    LocalAnswer::Published { req, seq, shards } => {
+                        Inbound::Reply { req, reply: Reply::Published { seq, shards } }
+                    }
+                };
+                // Never dropped, unlike bus traffic: it is this node's own answer.
+                self.shards.send(shard, msg);
             }
             BusOut::Room(ClusterOut::Published { node, shard, req, seq }) => {
                 let h = Header::Published { node: me, shard, req, seq };

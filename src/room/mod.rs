@@ -57,7 +57,7 @@ use rustc_hash::FxHashMap;
 use history::{Budget, Caps};
 
 pub use crate::metrics::RoomSummary;
-pub use out::{refuse, ClusterOut, Hook, HookKind, HookMessage, RoomOut, Sink, ToShard};
+pub use out::{refuse, ClusterOut, Hook, HookKind, HookMessage, LocalAnswer, RoomOut, Sink, ToShard};
 pub use owned::OwnedRoom;
 pub use presence::announced;
 pub use request::JoinReq;

@@ -165,6 +165,28 @@ pub enum ToShard {
     },
 }
 
+/// An answer to a publisher on this node that the bridge hands back to the publisher's
+/// shard ([`ClusterOut::AfterBus`]).
+#[derive(Debug)]
+pub enum LocalAnswer {
+    /// An `ack` (or another frame) for a WebSocket client.
+    ToConn {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// The outcome of an API publish ([`Reply::Published`]).
+    Published {
+        /// The pending request.
+        req: u64,
+        /// The sequence number (none: the room did not exist).
+        seq: Option<u64>,
+        /// The shards the frame was handed to.
+        shards: Vec<u16>,
+    },
+}
+
 /// What a room owner tells the other nodes (through the bridge).
 #[derive(Debug)]
 pub enum ClusterOut {
@@ -319,6 +341,16 @@ pub enum ClusterOut {
         conn: u64,
         /// The frame.
         frame: Bytes,
+    },
+    /// The answer to a publisher on this node, to be handed back to its shard once the
+    /// bridge has flushed everything queued before it to NATS (the message's frame), so
+    /// that an `ack` or an API `seq` is never given for a frame still inside this
+    /// process: a node killed after answering has lost nothing it acknowledged.
+    AfterBus {
+        /// The publisher's shard.
+        shard: usize,
+        /// What to hand it.
+        answer: LocalAnswer,
     },
     /// The outcome of a forwarded API publish.
     Published {

@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::handoff::Takeover;
 use super::online::personal;
 use super::out::{
-    hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, HookMessage, RoomOut,
-    Sink, ToShard,
+    hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, HookMessage,
+    LocalAnswer, RoomOut, Sink, ToShard,
 };
 use super::presence::{send_event, tell_keepers};
 use super::recent::Outcome;
@@ -213,7 +213,7 @@ impl OwnedRooms {
     pub fn publish(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
         if let Some(key) = &msg.extra.idempotency_key {
             if let Some(first) = self.recent.get(&msg.room, key, now_ms) {
-                answer_publish(&msg, first.seq, first.shards, sink);
+                answer_publish(&msg, first.seq, first.shards, self.node != 0, sink);
                 return;
             }
         }
@@ -296,7 +296,7 @@ impl OwnedRooms {
             let first = Outcome { seq, shards: shards.clone() };
             self.recent.insert(msg.room.clone(), key.clone(), first, now_ms);
         }
-        answer_publish(&msg, seq, shards, sink);
+        answer_publish(&msg, seq, shards, node != 0, sink);
     }
 
     /// Sequences a message to everyone (the `@all` stream; only its owner shard calls
@@ -304,7 +304,7 @@ impl OwnedRooms {
     pub fn broadcast(&mut self, msg: Publish, now_ms: u64, sink: &mut Sink<'_>) {
         if let Some(key) = &msg.extra.idempotency_key {
             if let Some(first) = self.recent.get(BROADCAST_ROOM, key, now_ms) {
-                answer_publish(&msg, first.seq, first.shards, sink);
+                answer_publish(&msg, first.seq, first.shards, self.node != 0, sink);
                 return;
             }
         }
@@ -330,7 +330,7 @@ impl OwnedRooms {
         }
         match &msg.from {
             Requester::Conn(_) => {}
-            _ => answer_publish(&msg, seq, shards, sink),
+            _ => answer_publish(&msg, seq, shards, self.node != 0, sink),
         }
     }
 }
@@ -362,7 +362,12 @@ pub(super) fn ack_join(room: &OwnedRoom, req: &JoinReq, sink: &mut Sink<'_>) -> 
 
 /// Answers whoever published `msg`: an `ack` to a client that gave an `id` (without
 /// `seq` for a volatile message), the outcome to an API caller, here or on another node.
-fn answer_publish(msg: &Publish, seq: Option<u64>, shards: Vec<u16>, sink: &mut Sink<'_>) {
+///
+/// In a cluster (`clustered`), the answer to a publisher on this node goes through the
+/// bridge, behind the message's frame ([`ClusterOut::AfterBus`]): an `ack` then means the
+/// frame has left the process. A publisher on another node is answered over the bus,
+/// behind the frame already.
+fn answer_publish(msg: &Publish, seq: Option<u64>, shards: Vec<u16>, clustered: bool, sink: &mut Sink<'_>) {
     let room = &msg.room;
     match &msg.from {
         Requester::Conn(c) => {
@@ -371,8 +376,17 @@ fn answer_publish(msg: &Publish, seq: Option<u64>, shards: Vec<u16>, sink: &mut 
                     Some(seq) if !msg.extra.volatile => server::ack(reference, room, seq),
                     _ => server::ack_volatile(reference, room),
                 };
-                to_conn(c, frame, sink);
+                if clustered {
+                    let answer = LocalAnswer::ToConn { conn: c.conn, frame };
+                    sink(RoomOut::Cluster(ClusterOut::AfterBus { shard: c.shard, answer }));
+                } else {
+                    to_conn(c, frame, sink);
+                }
             }
+        }
+        Requester::Api(r) if clustered => {
+            let answer = LocalAnswer::Published { req: r.req, seq, shards };
+            sink(RoomOut::Cluster(ClusterOut::AfterBus { shard: r.shard, answer }));
         }
         Requester::Api(r) => reply(r, Reply::Published { seq, shards }, sink),
         Requester::Remote(r) => reply_remote(r, seq, msg.extra.volatile, room, sink),

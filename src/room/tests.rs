@@ -220,6 +220,41 @@ fn in_a_cluster_the_owner_subscribes_announces_and_publishes_frames() {
 }
 
 #[test]
+fn in_a_cluster_a_local_publisher_is_answered_through_the_bridge_behind_the_frame() {
+    // Regression: the sequencer acked its own node's clients straight to their shard,
+    // while the frame still waited in the bridge's queue; a kill in between lost an
+    // acknowledged message for every other node.
+    let mut r = rooms(2, 1000).with_cluster(1);
+    join(&mut r, "r", "a", 1, 1);
+    let from = Requester::Conn(ConnRef { reference: Some("x".into()), ..origin(1, 1) });
+    let mut out = Vec::new();
+    r.publish(Publish::text("r".into(), "a".into(), "hi", from), 42, &mut |o| out.push(o));
+    let bus = to_bus(&out);
+    assert!(
+        matches!(
+            bus[..],
+            [ClusterOut::Frame { seq: 1, .. }, ClusterOut::AfterBus { shard: 1, answer: LocalAnswer::ToConn { .. } }]
+        ),
+        "{bus:?}"
+    );
+    let direct_ack = out.iter().any(|o| matches!(o, RoomOut::Shard(_, ToShard::ToConn { .. })));
+    assert!(!direct_ack, "no ack around the bridge");
+    // The API's answer too.
+    let out = api_publish(&mut r, "r", "api", Requester::Api(ReplyTo { shard: 0, req: 5 }));
+    let bus = to_bus(&out);
+    assert!(
+        matches!(
+            bus[..],
+            [
+                ClusterOut::Frame { seq: 2, .. },
+                ClusterOut::AfterBus { shard: 0, answer: LocalAnswer::Published { req: 5, seq: Some(2), .. } }
+            ]
+        ),
+        "{bus:?}"
+    );
+}
+
+#[test]
 fn remote_frames_are_adopted_deduplicated_and_gaps_restart_the_history() {
     let mut r = rooms(2, 1000).with_cluster(1);
     join(&mut r, "r", "a", 1, 1);

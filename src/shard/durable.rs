@@ -19,9 +19,9 @@ pub(super) fn intercept(journal: &Journal<RoomOut>, out: RoomOut, stats: &ShardS
             None
         }
         out @ (RoomOut::Shard(_, ToShard::ToConn { .. } | ToShard::Reply { .. })
-        | RoomOut::Cluster(ClusterOut::ToConn { .. } | ClusterOut::Published { .. }))
-            if journal.holding() =>
-        {
+        | RoomOut::Cluster(
+            ClusterOut::ToConn { .. } | ClusterOut::Published { .. } | ClusterOut::AfterBus { .. },
+        )) if journal.holding() => {
             journal.hold(out);
             None
         }
