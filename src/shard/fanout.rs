@@ -116,7 +116,37 @@ struct UringSends {
 }
 
 /// The frames of a group as one member gets them: plain, or their compressed twins.
-type Variant<'a, 'b> = (&'a [Bytes], &'a [IoSlice<'b>]);
+/// `iov` has a segment per frame; `whole`, when the group has several frames, one
+/// segment holding them all back to back (built once per group), which is what a member
+/// that gets every frame is sent (see `Outbox::push_batch`: the kernel's copy costs per
+/// segment).
+#[derive(Clone, Copy)]
+struct Variant<'a, 'b> {
+    frames: &'a [Bytes],
+    iov: &'a [IoSlice<'b>],
+    whole: &'a [IoSlice<'b>],
+}
+
+impl<'a, 'b> Variant<'a, 'b> {
+    /// The iovecs of every frame: the one segment if there is one.
+    fn all(&self) -> &'a [IoSlice<'b>] {
+        if self.whole.is_empty() {
+            self.iov
+        } else {
+            self.whole
+        }
+    }
+}
+
+/// `frames` back to back in one buffer, when there are several (else nothing to join).
+fn joined(frames: &[Bytes]) -> Option<Bytes> {
+    if frames.len() < 2 {
+        return None;
+    }
+    let mut b = bytes::BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    frames.iter().for_each(|f| b.extend_from_slice(f));
+    Some(b.freeze())
+}
 
 impl Batch {
     /// Adds a frame for `room` (`None`: every open connection).
@@ -227,16 +257,17 @@ impl Shard {
         &self,
         id: ConnId,
         conn: &mut Conn,
-        (frames, iov): Variant<'_, '_>,
+        variant: Variant<'_, '_>,
         skips: &[(usize, ConnId)],
         from: usize,
     ) {
+        let Variant { frames, iov, .. } = variant;
         let (Some(own), Some(own_iov)) = (frames.get(from..), iov.get(from..)) else { return };
         if own.is_empty() {
             return;
         }
         if skips.iter().all(|(_, s)| *s != id) {
-            self.push_batch(conn, own, own_iov);
+            self.push_batch(conn, own, if from == 0 { variant.all() } else { own_iov });
             return;
         }
         // The sender of a `skip_self` message: its own copy of the group (rare, so the
@@ -306,8 +337,16 @@ impl Shard {
             SmallVec::new()
         };
         let ziov: SmallVec<[IoSlice<'_>; MAX_IOV]> = zframes.iter().map(|f| IoSlice::new(f)).collect();
-        let plain = (frames, &iov[..]);
-        let deflated = if zframes.is_empty() { plain } else { (&zframes[..], &ziov[..]) };
+        // Each variant's frames joined once for the batch (one allocation per group).
+        let (plain_joined, z_joined) = (joined(frames), joined(&zframes));
+        let plain_whole: SmallVec<[IoSlice<'_>; 1]> = plain_joined.iter().map(|b| IoSlice::new(b)).collect();
+        let zwhole: SmallVec<[IoSlice<'_>; 1]> = z_joined.iter().map(|b| IoSlice::new(b)).collect();
+        let plain = Variant { frames, iov: &iov[..], whole: &plain_whole[..] };
+        let deflated = if zframes.is_empty() {
+            plain
+        } else {
+            Variant { frames: &zframes[..], iov: &ziov[..], whole: &zwhole[..] }
+        };
         // (frames and iovecs, whether they are the plain ones)
         let pick = |conn: &Conn| {
             if conn.takes_deflated() && !zframes.is_empty() {
@@ -339,7 +378,7 @@ impl Shard {
                             }
                         });
                         if let Some(u) = uring {
-                            self.send_noted(u, &mut conns, frames, &iov);
+                            self.send_noted(u, &mut conns, frames, plain.all());
                         }
                         add(&self.stats.deliveries, delivered as u64);
                         add(&self.stats.fanout_handoffs, handoffs as u64);
@@ -374,7 +413,7 @@ impl Shard {
                     }
                 }
                 if let Some(u) = uring.as_deref_mut() {
-                    self.send_noted(u, &mut conns, frames, &iov);
+                    self.send_noted(u, &mut conns, frames, plain.all());
                 }
             }
             add(&self.stats.deliveries, delivered as u64);
