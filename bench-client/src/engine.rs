@@ -457,12 +457,13 @@ impl Engine {
         let unacked = self.record.audit.unacked_of(publisher);
         self.record.audit.resent(unacked.len() as u64);
         for n in unacked {
+            if self.publishers.get(publisher as usize) == Some(&usize::MAX) {
+                return; // dropped again: the next rejoin resends what is still unacked
+            }
             let k = schedule.index_of(publisher, n);
             let stamp =
                 Stamp { step: schedule.step, publisher, n, intended_ns: schedule.intended_ns(k), actual_ns: now_ns() };
-            if self.publish(publisher, &stamp).is_none() {
-                return; // dropped again: the next rejoin resends what is still unacked
-            }
+            self.publish(publisher, &stamp);
         }
     }
 
@@ -750,6 +751,12 @@ impl Engine {
             }
             Err(_) => {
                 self.end(key, End::Dropped);
+                // Parked to reconnect: with `--acks` the message waits in its outbox.
+                if self.plan.acks && self.parked.contains_key(&publisher) {
+                    self.record.audit.sent((publisher, stamp.n), room);
+                    self.record.audit.queued(1);
+                    return Some(room);
+                }
                 None
             }
         }
