@@ -97,7 +97,7 @@ impl Audit {
     pub fn acked(&mut self, key: MsgKey) {
         match self.sent.get_mut(&key) {
             Some(s) => s.acked = true,
-            None => self.stray_acks += 1,
+            None => self.stray_ack(),
         }
     }
 
@@ -169,14 +169,13 @@ impl Audit {
             out.published += 1;
             if !s.acked {
                 out.unacked += 1;
-                let home = home_of(key.0);
-                by_home.entry(home).or_insert_with(|| HomeAudit { home, ..HomeAudit::default() }).unacked += 1;
+                home_entry(&mut by_home, home_of(key.0)).unacked += 1;
                 continue;
             }
             out.acked += 1;
             for &(home, members) in homes_of.get(&s.room).map_or(&[][..], Vec::as_slice) {
                 let got = u64::from(self.delivered.get(&(key, home)).copied().unwrap_or(0));
-                let h = by_home.entry(home).or_insert_with(|| HomeAudit { home, ..HomeAudit::default() });
+                let h = home_entry(&mut by_home, home);
                 h.expected += members;
                 h.delivered += got.min(members);
                 h.lost += members.saturating_sub(got);
@@ -186,11 +185,9 @@ impl Audit {
             let got = u64::from(got);
             match self.sent.get(&key) {
                 Some(s) if s.acked => {
-                    let members =
-                        homes_of.get(&s.room).and_then(|hs| hs.iter().find(|(h, _)| *h == home)).map_or(0, |(_, n)| *n);
+                    let members = self.members.get(&(s.room, home)).copied().unwrap_or(0);
                     if got > members {
-                        let h = by_home.entry(home).or_insert_with(|| HomeAudit { home, ..HomeAudit::default() });
-                        h.excess += got - members;
+                        home_entry(&mut by_home, home).excess += got - members;
                     }
                 }
                 Some(_) => out.unacked_deliveries += got,
@@ -198,7 +195,7 @@ impl Audit {
             }
         }
         for (&(_, home), &n) in &self.members {
-            by_home.entry(home).or_insert_with(|| HomeAudit { home, ..HomeAudit::default() }).members += n;
+            home_entry(&mut by_home, home).members += n;
         }
         let mut homes: Vec<HomeAudit> = by_home.into_values().collect();
         homes.sort_by_key(|h| h.home);
@@ -209,6 +206,11 @@ impl Audit {
         out.homes = homes;
         out
     }
+}
+
+/// The figures of `home` in `by_home`, started at zero.
+fn home_entry(by_home: &mut HashMap<u16, HomeAudit>, home: u16) -> &mut HomeAudit {
+    by_home.entry(home).or_insert_with(|| HomeAudit { home, ..HomeAudit::default() })
 }
 
 /// [`Audit`] as shipped from a worker process.

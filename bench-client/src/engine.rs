@@ -714,10 +714,7 @@ impl Engine {
             if !(self.plan.acks && reconnecting) {
                 return None;
             }
-            let room = self.rooms.room_of(u64::from(publisher));
-            self.record.audit.sent((publisher, stamp.n), room);
-            self.record.audit.queued(1);
-            return Some(room);
+            return Some(self.queue_for_rejoin(publisher, stamp.n, self.rooms.room_of(u64::from(publisher))));
         };
         let room = conn.session.room;
         let json = if self.plan.data_bytes > 0 {
@@ -753,13 +750,20 @@ impl Engine {
                 self.end(key, End::Dropped);
                 // Parked to reconnect: with `--acks` the message waits in its outbox.
                 if self.plan.acks && self.parked.contains_key(&publisher) {
-                    self.record.audit.sent((publisher, stamp.n), room);
-                    self.record.audit.queued(1);
-                    return Some(room);
+                    return Some(self.queue_for_rejoin(publisher, stamp.n, room));
                 }
                 None
             }
         }
+    }
+
+    /// `--acks`: message `n` of `publisher`, which is reconnecting, waits in its outbox:
+    /// recorded as written and unacknowledged, so [`Self::resend_unacked`] sends it after
+    /// the rejoin. Returns its room.
+    fn queue_for_rejoin(&mut self, publisher: u32, n: u64, room: u32) -> u32 {
+        self.record.audit.sent((publisher, n), room);
+        self.record.audit.queued(1);
+        room
     }
 
     fn report_progress(&mut self, now: u64) {
