@@ -542,12 +542,10 @@ pub(super) struct Latencies {
     pub(super) fulfilled_at: std::time::Instant,
 }
 
-/// Tasks interested in events on a source.
-#[derive(Debug)]
-pub(super) struct Wakers {
-    /// Raw result of the operation.
-    pub(super) result: Option<io::Result<usize>>,
-
+/// When a source was queued, submitted and fulfilled (corecast patch: boxed, and only
+/// for sources that collect I/O latencies; see `Wakers::timestamps`).
+#[derive(Debug, Default)]
+pub(super) struct Timestamps {
     /// The timestamp at which the source was added to the IO queue of the
     /// reactor
     pub(super) queued_at: Option<std::time::Instant>,
@@ -557,6 +555,20 @@ pub(super) struct Wakers {
 
     /// The timestamp at which the reactor fulfilled the source
     pub(super) fulfilled_at: Option<std::time::Instant>,
+}
+
+/// Tasks interested in events on a source.
+#[derive(Debug)]
+pub(super) struct Wakers {
+    /// Raw result of the operation.
+    pub(super) result: Option<io::Result<usize>>,
+
+    /// corecast patch: the timestamps exist only for a source whose stats collect I/O
+    /// latencies (`Source::wants_timestamps`), in their own allocation. Upstream kept
+    /// three `Option<Instant>` (48 bytes) in every source and read the clock twice per
+    /// operation for all of them; a socket's pending poll never uses them, and every
+    /// idle connection holds one such source.
+    pub(super) timestamps: Option<Box<Timestamps>>,
 
     /// Tasks waiting for the next event.
     pub(super) waiters: SmallVec<[Waker; 1]>,
@@ -566,9 +578,7 @@ impl Wakers {
     pub(super) fn new() -> Self {
         Wakers {
             result: None,
-            queued_at: None,
-            submitted_at: None,
-            fulfilled_at: None,
+            timestamps: None,
             waiters: Default::default(),
         }
     }
@@ -585,13 +595,14 @@ impl Wakers {
     }
 
     fn timestamps(&mut self) -> Option<Latencies> {
-        if self.queued_at.is_none() || self.submitted_at.is_none() || self.fulfilled_at.is_none() {
+        let t = self.timestamps.as_mut()?;
+        if t.queued_at.is_none() || t.submitted_at.is_none() || t.fulfilled_at.is_none() {
             None
         } else {
             Some(Latencies {
-                queued_at: self.queued_at.take().unwrap(),
-                submitted_at: self.submitted_at.take().unwrap(),
-                fulfilled_at: self.fulfilled_at.take().unwrap(),
+                queued_at: t.queued_at.take().unwrap(),
+                submitted_at: t.submitted_at.take().unwrap(),
+                fulfilled_at: t.fulfilled_at.take().unwrap(),
             })
         }
     }
