@@ -37,6 +37,9 @@ pub struct Audit {
     resent: u64,
     /// Messages due while their publisher was reconnecting, held until it rejoined.
     queued: u64,
+    /// Messages a connected publisher sent again because no ack came in time
+    /// (`--ack-timeout`).
+    retried: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,16 @@ impl Audit {
         self.queued += count;
     }
 
+    /// Counts messages a connected publisher sent again after its ack timeout.
+    pub fn retried(&mut self, count: u64) {
+        self.retried += count;
+    }
+
+    /// Whether `key` was written and acknowledged.
+    pub fn is_acked(&self, key: MsgKey) -> bool {
+        self.sent.get(&key).is_some_and(|s| s.acked)
+    }
+
     /// The server acknowledged `key`. An ack for a message this record did not write is
     /// counted as stray.
     pub fn acked(&mut self, key: MsgKey) {
@@ -126,6 +139,7 @@ impl Audit {
         self.stray_acks += o.stray_acks;
         self.resent += o.resent;
         self.queued += o.queued;
+        self.retried += o.retried;
     }
 
     /// Whether anything was recorded (no `--acks`: nothing).
@@ -136,6 +150,7 @@ impl Audit {
             && self.stray_acks == 0
             && self.resent == 0
             && self.queued == 0
+            && self.retried == 0
     }
 
     /// The serializable form (flat lists: JSON has no tuple keys).
@@ -147,6 +162,7 @@ impl Audit {
             stray_acks: self.stray_acks,
             resent: self.resent,
             queued: self.queued,
+            retried: self.retried,
         }
     }
 
@@ -158,6 +174,7 @@ impl Audit {
             stray_acks: self.stray_acks,
             resent: self.resent,
             queued: self.queued,
+            retried: self.retried,
             ..AuditResult::default()
         };
         let mut homes_of: HashMap<u32, Vec<(u16, u64)>> = HashMap::new();
@@ -230,12 +247,21 @@ pub struct WireAudit {
     /// Messages queued while their publisher reconnected.
     #[serde(default)]
     pub queued: u64,
+    /// Messages sent again after an ack timeout.
+    #[serde(default)]
+    pub retried: u64,
 }
 
 impl WireAudit {
     /// Back to a mergeable [`Audit`].
     pub fn decode(&self) -> Audit {
-        let mut a = Audit { stray_acks: self.stray_acks, resent: self.resent, queued: self.queued, ..Audit::default() };
+        let mut a = Audit {
+            stray_acks: self.stray_acks,
+            resent: self.resent,
+            queued: self.queued,
+            retried: self.retried,
+            ..Audit::default()
+        };
         for &(p, n, room, acked) in &self.sent {
             a.sent.insert((p, n), Sent { room, acked });
         }
@@ -290,6 +316,9 @@ pub struct AuditResult {
     /// Of the messages written, those that fell due while their publisher reconnected
     /// (queued, as a client's outbox holds them).
     pub queued: u64,
+    /// Messages a connected publisher sent again, with the same idempotency key, because
+    /// no ack came within `--ack-timeout` (each retry counts once).
+    pub retried: u64,
     /// Deliveries owed for acknowledged messages, over all homes.
     pub expected: u64,
     /// Of those, received.

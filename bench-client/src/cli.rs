@@ -189,6 +189,13 @@ pub struct Publish {
     /// client a map entry per message and home.
     #[arg(long)]
     pub acks: bool,
+    /// With `--acks`: a publisher that stays connected sends a message again, with the
+    /// same idempotency key, when its ack has not come this many seconds after it wrote
+    /// it; then after twice as long, up to 64×. What a client does that takes the ack as
+    /// its only proof: a message taken by a node that died before sequencing it is sent
+    /// again instead of given up. Retries are counted in the audit. 0 = never.
+    #[arg(long, default_value_t = 0.0)]
+    pub ack_timeout: f64,
     /// While a step publishes, close this many random joined receivers per second
     /// (abruptly, no close frame) and let them reconnect with recovery. 0 = none.
     #[arg(long, default_value_t = 0.0)]
@@ -379,6 +386,13 @@ fn prepare(
     if !(churn >= 0.0 && churn.is_finite()) {
         return bad("--churn must be a rate ≥ 0".into());
     }
+    let ack_timeout = publish.map_or(0.0, |p| p.ack_timeout);
+    if !(ack_timeout >= 0.0 && ack_timeout.is_finite()) {
+        return bad("--ack-timeout must be a number of seconds ≥ 0".into());
+    }
+    if ack_timeout > 0.0 && !publish.is_some_and(|p| p.acks) {
+        return bad("--ack-timeout needs --acks (a retry waits for an ack)".into());
+    }
     if churn > 0.0 && c.reconnect_attempts == 0 {
         return bad("--churn needs --reconnect-attempts ≥ 1 (churned connections reconnect)".into());
     }
@@ -420,6 +434,8 @@ fn prepare(
         deflate: c.deflate,
         payload_json: publish.is_some_and(|p| p.payload_json),
         acks: publish.is_some_and(|p| p.acks),
+        // Any positive timeout is at least 1 ns (0 would turn retries off).
+        ack_timeout_ns: ((ack_timeout * 1e9) as u64).max(u64::from(ack_timeout > 0.0)),
     };
     let drain = publish.map_or(0.0, |p| p.drain);
     let work: f64 = steps.iter().map(|s| s.duration_secs + drain + 5.0).sum::<f64>() + hold_secs;
@@ -509,6 +525,21 @@ mod tests {
         assert!(refused(&["fanout", "-n", "2", "--publishers", "2", "--churn", "5"]));
         assert!(refused(&["fanout", "--churn=-1"]));
         assert!(!refused(&["ramp", "--churn", "5"]));
+    }
+
+    #[test]
+    fn an_ack_timeout_needs_acks_and_a_sane_number_of_seconds() {
+        let prepared = |args: &[&str]| parse(args).command.prepare().unwrap();
+        let p = prepared(&["fanout", "--acks", "--ack-timeout", "0.25"]).unwrap();
+        assert_eq!(p.spec.plan.ack_timeout_ns, 250_000_000);
+        // Positive but below a nanosecond: still on, not silently off.
+        let p = prepared(&["ramp", "--acks", "--ack-timeout", "1e-12"]).unwrap();
+        assert_eq!(p.spec.plan.ack_timeout_ns, 1);
+        assert_eq!(prepared(&["fanout", "--acks"]).unwrap().spec.plan.ack_timeout_ns, 0);
+        assert!(prepared(&["fanout", "--ack-timeout", "1"]).is_err(), "a retry waits for an ack");
+        assert!(prepared(&["fanout", "--acks", "--ack-timeout=-1"]).is_err());
+        assert!(prepared(&["fanout", "--acks", "--ack-timeout", "inf"]).is_err());
+        assert!(prepared(&["fanout", "--acks", "--ack-timeout", "NaN"]).is_err());
     }
 
     #[test]

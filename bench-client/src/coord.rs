@@ -702,7 +702,7 @@ pub fn audit_line(step: u32, a: &AuditResult) -> String {
     let clean_homes = a.homes.len() - a.troubled().count();
     format!(
         "step {step}: acks: {} of {} messages acknowledged ({} unacknowledged, {} deliveries of them; \
-         {} queued and {} sent after a reconnection); \
+         {} queued and {} sent after a reconnection, {} retried after an ack timeout); \
          acknowledged deliveries {}/{} expected, lost {}, excess {}; {} of {} homes clean{}{}",
         a.acked,
         a.published,
@@ -710,6 +710,7 @@ pub fn audit_line(step: u32, a: &AuditResult) -> String {
         a.unacked_deliveries,
         a.queued,
         a.resent,
+        a.retried,
         a.delivered,
         a.expected,
         a.lost,

@@ -30,6 +30,7 @@ use crate::epoch::Epochs;
 use crate::payload::Stamp;
 use crate::plan::{Plan, RoomMap};
 use crate::record::{new_hist, ConnStats, StepRecord};
+use crate::retry::Retries;
 use crate::schedule::Schedule;
 use crate::sys::now_ns;
 use crate::timer::Timer;
@@ -246,6 +247,9 @@ pub struct Engine {
     rejoins: HashMap<u32, Rejoin>,
     /// When `rejoins` is next checked for attempts past their deadline.
     next_expiry_ns: u64,
+    /// `--ack-timeout`: when this thread's connected publishers send an unacknowledged
+    /// message of the open step again.
+    retries: Retries,
     events: Sender<Event>,
     commands: Receiver<Command>,
 }
@@ -290,6 +294,7 @@ impl Engine {
             reconnect_due: BinaryHeap::new(),
             rejoins: HashMap::new(),
             next_expiry_ns: 0,
+            retries: Retries::new(plan.ack_timeout_ns),
             conns: Slab::with_capacity(to_open as usize),
             scratch: vec![0; SCRATCH],
             plan,
@@ -328,6 +333,8 @@ impl Engine {
             self.reconnect_parked(now);
             self.expire_rejoins(now);
             self.publish_due(now);
+            // A fresh clock: a message written just now is compared with its own send time.
+            self.retry_unacked(now_ns());
             self.churn_due(now);
             self.check_ready(now);
             self.report_progress(now);
@@ -349,6 +356,7 @@ impl Engine {
     fn start_step(&mut self, schedule: Schedule) {
         let members = self.members.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, &n)| (r as u32, n)).collect();
         self.record = StepRecord::default();
+        self.retries.clear();
         if self.plan.acks {
             self.audit_members();
         }
@@ -382,6 +390,7 @@ impl Engine {
     fn end_step(&mut self, step: u32) {
         self.open_step = NO_STEP;
         self.step = None;
+        self.retries.clear();
         let record = Box::new(std::mem::take(&mut self.record));
         let _ = self.events.send(Event::StepDone { thread: self.thread, step, record });
     }
@@ -460,10 +469,23 @@ impl Engine {
             if self.publishers.get(publisher as usize) == Some(&usize::MAX) {
                 return; // dropped again: the next rejoin resends what is still unacked
             }
-            let k = schedule.index_of(publisher, n);
-            let stamp =
-                Stamp { step: schedule.step, publisher, n, intended_ns: schedule.intended_ns(k), actual_ns: now_ns() };
-            self.publish(publisher, &stamp);
+            self.publish(publisher, &restamp(&schedule, publisher, n), 0);
+        }
+    }
+
+    /// `--ack-timeout`: a connected publisher sends again, with the same idempotency key,
+    /// each message of the open step whose ack is overdue, and waits twice as long for
+    /// the next one. A publisher that is away is skipped: its rejoin resends everything
+    /// it has no ack for ([`Self::resend_unacked`]).
+    fn retry_unacked(&mut self, now: u64) {
+        let Some(schedule) = self.step.as_ref().map(|s| s.schedule) else { return };
+        while let Some(((publisher, n), attempt)) = self.retries.pop_due(now) {
+            let connected = self.publishers.get(publisher as usize).is_some_and(|&key| key != usize::MAX);
+            if !connected || self.record.audit.is_acked((publisher, n)) {
+                continue;
+            }
+            self.record.audit.retried(1);
+            self.publish(publisher, &restamp(&schedule, publisher, n), attempt + 1);
         }
     }
 
@@ -686,7 +708,7 @@ impl Engine {
                 intended_ns: step.schedule.intended_ns(k),
                 actual_ns: now_ns(),
             };
-            match self.publish(publisher, &stamp) {
+            match self.publish(publisher, &stamp, 0) {
                 Some(room) => *step.published.entry(room).or_default() += 1,
                 None => step.unsent += 1,
             }
@@ -703,11 +725,12 @@ impl Engine {
         self.step = Some(step);
     }
 
-    /// Sends one message from `publisher`; returns its room, or `None` if it was not sent.
+    /// Sends one message from `publisher` (`attempt` > 0: an `--ack-timeout` retry);
+    /// returns its room, or `None` if it was not sent.
     /// With `--acks`, a message due while its publisher reconnects is queued instead, as
     /// a client's outbox would hold it: counted as published, unacknowledged, and sent by
     /// [`Self::resend_unacked`] once the publisher has rejoined.
-    fn publish(&mut self, publisher: u32, stamp: &Stamp) -> Option<u32> {
+    fn publish(&mut self, publisher: u32, stamp: &Stamp, attempt: u32) -> Option<u32> {
         let key = *self.publishers.get(publisher as usize)?;
         let Some(conn) = self.conns.get_mut(key) else {
             let reconnecting = self.parked.contains_key(&publisher) || self.rejoins.contains_key(&publisher);
@@ -743,6 +766,7 @@ impl Engine {
             Ok(()) => {
                 if self.plan.acks {
                     self.record.audit.sent((publisher, stamp.n), room);
+                    self.retries.sent((publisher, stamp.n), attempt, now_ns());
                 }
                 Some(room)
             }
@@ -797,8 +821,19 @@ impl Engine {
         if let Some(Reverse((due, _))) = self.reconnect_due.peek() {
             deadline = deadline.min(*due);
         }
+        if let Some(due) = self.retries.next_due() {
+            deadline = deadline.min(due);
+        }
         let _ = self.timer.arm_at(deadline.max(now + 1));
     }
+}
+
+/// Message `n` of `publisher` in `schedule`'s step, written again now: it keeps its
+/// intended send time, so the time it waited for a retry or a rejoin counts in its
+/// latency.
+fn restamp(schedule: &Schedule, publisher: u32, n: u64) -> Stamp {
+    let k = schedule.index_of(publisher, n);
+    Stamp { step: schedule.step, publisher, n, intended_ns: schedule.intended_ns(k), actual_ns: now_ns() }
 }
 
 #[cfg(test)]

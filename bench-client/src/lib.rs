@@ -29,6 +29,7 @@
 //! | [`track`] | per-connection `seq` checking: gaps, duplicates, reorders |
 //! | [`record`] | histograms and counters, merged and shipped between processes |
 //! | [`audit`] | `--acks`: per-message accounting of acknowledged messages, per receiver home |
+//! | [`retry`] | `--ack-timeout`: when a connected publisher sends an unacknowledged message again |
 //! | [`report`] | the run folder: summary.json, .hgrm ([`report::hgrm`]), SETUP.md, the SVG ([`report::plot`]); reads engine results, never imported by the engine |
 //! | [`sys`] | CLOCK_MONOTONIC, /proc CPU and RSS, RLIMIT_NOFILE |
 //! | [`error`] | typed errors |
@@ -50,6 +51,7 @@ pub mod payload;
 pub mod plan;
 pub mod record;
 pub mod report;
+pub mod retry;
 pub mod run;
 pub mod scan;
 pub mod scenario;

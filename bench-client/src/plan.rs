@@ -93,6 +93,11 @@ pub struct Plan {
     /// Publishers put an `id` on every message and the run audits acknowledged messages
     /// per receiver home (`--acks`, [`crate::audit`]).
     pub acks: bool,
+    /// With `acks`: a connected publisher sends a message again, with the same idempotency
+    /// key, when no ack came this long after it wrote it, then after twice that, and so
+    /// on (`--ack-timeout`, [`crate::retry`]); 0 = never.
+    #[serde(default)]
+    pub ack_timeout_ns: u64,
 }
 
 impl Plan {
@@ -292,6 +297,7 @@ mod tests {
             payload_json: false,
             failover: false,
             acks: false,
+            ack_timeout_ns: 0,
         }
     }
 

@@ -73,6 +73,7 @@ fn spec(
             reconnect_attempts: 5,
             failover: false,
             acks: false,
+            ack_timeout_ns: 0,
             churn_per_sec: 0.0,
             deflate: false,
             payload_json: false,
@@ -223,6 +224,45 @@ fn fanout_with_acks_audits_every_acknowledged_message_per_home_over_two_processe
     assert_eq!(a.homes.iter().map(|h| h.members).sum::<u64>(), 90);
     assert!(a.homes.iter().all(|h| h.expected > 0 && h.delivered == h.expected), "{a:?}");
     assert!(r.final_stats.errors.is_empty(), "no error frame answered a publish with an id");
+}
+
+#[test]
+fn ack_timeout_retries_keep_the_audit_exact_because_corecast_sequences_a_key_once() {
+    let server = Server::start();
+    let mut spec = spec(server.addr(), Mode::Fanout, 60, 3, 3, 1);
+    spec.plan.acks = true;
+    // Shorter than any ack's round trip through the server: the engine's timer fires
+    // before the ack is read, so messages are retried while their first copy is still
+    // being sequenced, and again (backing off to 64×) until the ack comes.
+    spec.plan.ack_timeout_ns = 20_000;
+    let r = run(&spec).expect("run completes");
+    assert_clean(&r, 60);
+    let s = &r.steps[0];
+    let a = s.audit.as_ref().expect("--acks runs are audited");
+    assert!(a.retried > 0, "no retry at a 20 µs ack timeout: {a:?}");
+    // Every retry carried the first send's idempotency key: each message was sequenced
+    // and delivered once, and every ack names a message of the step.
+    assert_eq!((a.published, a.acked, a.unacked, a.stray_acks), (300, 300, 0, 0), "{a:?}");
+    assert_eq!((a.expected, a.delivered, a.lost, a.excess), (s.verdict.expected, s.verdict.expected, 0, 0), "{a:?}");
+}
+
+#[test]
+fn ack_timeout_retries_every_message_a_server_never_acknowledges_and_backs_off() {
+    // The ceiling probe ignores `id`: no ack ever comes, so each message is retried
+    // 50 ms after it was written, then 100, 200, … ms later while the step is open.
+    let probe = corecast_ceiling::Ceiling::start("127.0.0.1:0".parse().unwrap(), 2).expect("probe starts");
+    let mut spec = spec(probe.addr, Mode::Fanout, 60, 3, 3, 1);
+    spec.plan.acks = true;
+    spec.plan.ack_timeout_ns = 50_000_000;
+    let r = run(&spec).expect("run completes");
+    let a = r.steps[0].audit.as_ref().expect("--acks runs are audited");
+    assert_eq!((a.published, a.acked, a.unacked), (300, 0, 300), "{a:?}");
+    // The step writes for 1.5 s: all but the last 50 ms of messages are retried at least
+    // once; backing off, none more than log2(1.5 s / 50 ms) + 1 = 5 times before the
+    // step ends (its drain ends as soon as the expected deliveries are in).
+    assert!(a.retried >= a.published / 2, "{a:?}");
+    assert!(a.retried <= 6 * a.published, "retries do not back off: {a:?}");
+    probe.stop().expect("probe stops");
 }
 
 #[test]
