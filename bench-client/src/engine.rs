@@ -333,8 +333,7 @@ impl Engine {
             self.reconnect_parked(now);
             self.expire_rejoins(now);
             self.publish_due(now);
-            // A fresh clock: a message written just now is compared with its own send time.
-            self.retry_unacked(now_ns());
+            self.retry_unacked();
             self.churn_due(now);
             self.check_ready(now);
             self.report_progress(now);
@@ -466,27 +465,38 @@ impl Engine {
         let unacked = self.record.audit.unacked_of(publisher);
         self.record.audit.resent(unacked.len() as u64);
         for n in unacked {
-            if self.publishers.get(publisher as usize) == Some(&usize::MAX) {
+            if !self.connected(publisher) {
                 return; // dropped again: the next rejoin resends what is still unacked
             }
-            self.publish(publisher, &restamp(&schedule, publisher, n), 0);
+            self.publish(publisher, &stamp_at(&schedule, schedule.index_of(publisher, n)), 0);
         }
     }
 
     /// `--ack-timeout`: a connected publisher sends again, with the same idempotency key,
     /// each message of the open step whose ack is overdue, and waits twice as long for
     /// the next one. A publisher that is away is skipped: its rejoin resends everything
-    /// it has no ack for ([`Self::resend_unacked`]).
-    fn retry_unacked(&mut self, now: u64) {
+    /// it has no ack for ([`Self::resend_unacked`]). Reads the clock only when a
+    /// deadline is pending (never without `--ack-timeout`), and then afresh, so a message
+    /// written in this loop pass is compared with its own send time.
+    fn retry_unacked(&mut self) {
         let Some(schedule) = self.step.as_ref().map(|s| s.schedule) else { return };
+        if self.retries.next_due().is_none() {
+            return;
+        }
+        let now = now_ns();
         while let Some(((publisher, n), attempt)) = self.retries.pop_due(now) {
-            let connected = self.publishers.get(publisher as usize).is_some_and(|&key| key != usize::MAX);
-            if !connected || self.record.audit.is_acked((publisher, n)) {
+            if !self.connected(publisher) || self.record.audit.is_acked((publisher, n)) {
                 continue;
             }
             self.record.audit.retried(1);
-            self.publish(publisher, &restamp(&schedule, publisher, n), attempt + 1);
+            self.publish(publisher, &stamp_at(&schedule, schedule.index_of(publisher, n)), attempt + 1);
         }
+    }
+
+    /// Whether `publisher` has a connection here (`publishers` holds `usize::MAX` while
+    /// it has none).
+    fn connected(&self, publisher: u32) -> bool {
+        self.publishers.get(publisher as usize).is_some_and(|&key| key != usize::MAX)
     }
 
     fn end(&mut self, key: usize, end: End) {
@@ -697,18 +707,11 @@ impl Engine {
         let due = step.schedule.due(step.next_k, now);
         step.next_k = due.end;
         for k in due {
-            let (publisher, n) = step.schedule.sender_of(k);
+            let (publisher, _) = step.schedule.sender_of(k);
             if self.plan.owner(u64::from(publisher)) != (self.process, self.thread) {
                 continue;
             }
-            let stamp = Stamp {
-                step: step.schedule.step,
-                publisher,
-                n,
-                intended_ns: step.schedule.intended_ns(k),
-                actual_ns: now_ns(),
-            };
-            match self.publish(publisher, &stamp, 0) {
+            match self.publish(publisher, &stamp_at(&step.schedule, k), 0) {
                 Some(room) => *step.published.entry(room).or_default() += 1,
                 None => step.unsent += 1,
             }
@@ -766,7 +769,7 @@ impl Engine {
             Ok(()) => {
                 if self.plan.acks {
                     self.record.audit.sent((publisher, stamp.n), room);
-                    self.retries.sent((publisher, stamp.n), attempt, now_ns());
+                    self.retries.sent((publisher, stamp.n), attempt, stamp.actual_ns);
                 }
                 Some(room)
             }
@@ -828,11 +831,11 @@ impl Engine {
     }
 }
 
-/// Message `n` of `publisher` in `schedule`'s step, written again now: it keeps its
-/// intended send time, so the time it waited for a retry or a rejoin counts in its
-/// latency.
-fn restamp(schedule: &Schedule, publisher: u32, n: u64) -> Stamp {
-    let k = schedule.index_of(publisher, n);
+/// The stamp of message `k` of `schedule`'s step, written now. A resend (after a rejoin
+/// or an ack timeout) keeps the message's intended send time, so the time it waited
+/// counts in its latency.
+fn stamp_at(schedule: &Schedule, k: u64) -> Stamp {
+    let (publisher, n) = schedule.sender_of(k);
     Stamp { step: schedule.step, publisher, n, intended_ns: schedule.intended_ns(k), actual_ns: now_ns() }
 }
 

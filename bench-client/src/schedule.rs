@@ -99,4 +99,14 @@ mod tests {
         assert_eq!(s.sender_of(4), (1, 1));
         assert_eq!(s.sender_of(5), (2, 1));
     }
+
+    #[test]
+    fn index_of_inverts_sender_of() {
+        // A resend finds a message's index (and so its intended time) from its sender.
+        let s = s();
+        for k in 0..s.total() {
+            let (publisher, n) = s.sender_of(k);
+            assert_eq!(s.index_of(publisher, n), k);
+        }
+    }
 }
