@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 16 target 6: 10 minutes at 100,000 deliveries/s in 100 rooms × 100 (1,000 msg/s of 100 bytes),
 # corecast with its defaults plus `--no-pin` (the load generator shares the 2 cores), server RSS sampled
-# every 5 s into rss.tsv. `SERVER=ceiling` runs the ceiling probe (2 threads) instead, as the reference.
-# Variants: SHARDS (corecast's shards, default 2), SERVER_THREADS (the probe's, default 2),
+# every 5 s into rss.tsv. `SERVER=ceiling` runs the ceiling probe (2 threads) instead, as the reference,
+# and `SERVER=tokio` the mainstream peer (tokio + tokio-tungstenite, 2 worker threads).
+# Variants: SHARDS (corecast's shards, default 2), SERVER_THREADS (the probe's or the peer's, default 2),
 # CLIENT_THREADS (bench-client's engine threads, default 2), DURATION (s, default 600), TAG (name suffix),
 # SERVER_ARGS (more corecast flags).
 # Usage (repository root, after `cargo build --release --workspace`):
@@ -16,6 +17,8 @@ server=${SERVER:-corecast}
 name=$server${TAG:+-$TAG}
 if [ "$server" = ceiling ]; then
   $B/corecast-ceiling --listen=127.0.0.1:$port --threads=${SERVER_THREADS:-2} > $OUT/$name-server.log 2>&1 &
+elif [ "$server" = tokio ]; then
+  $B/corecast-tokio-peer --listen=127.0.0.1:$port --threads=${SERVER_THREADS:-2} > $OUT/$name-server.log 2>&1 &
 else
   $B/corecast --listen=127.0.0.1:$port --shards=${SHARDS:-2} --log=warn --rate-limit=0 --max-connections-per-ip=0 --no-pin ${SERVER_ARGS:-} \
     > $OUT/$name-server.log 2>&1 &
