@@ -409,15 +409,17 @@ impl Conn {
     ///
     /// A short read means the receive queue was empty at that moment; data arriving later
     /// raises a new edge, so no second `read` is spent just to see `EAGAIN` (as tokio
-    /// does). That halves the syscalls of a delivery.
-    pub fn on_readable(&mut self, scratch: &mut [u8], ctx: &mut Ctx<'_>) -> Result<(), End> {
+    /// does). That halves the syscalls of a delivery. Except when the event said the peer
+    /// closed (`read_closed`, EPOLLRDHUP): its FIN came with the last data and raises no
+    /// edge of its own, so reading goes on until it is seen.
+    pub fn on_readable(&mut self, scratch: &mut [u8], ctx: &mut Ctx<'_>, read_closed: bool) -> Result<(), End> {
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Err(self.eof_end()),
                 Ok(n) => {
                     ctx.record.counts.wire_bytes += n as u64;
                     self.ingest(&mut scratch[..n], ctx)?;
-                    if n < scratch.len() {
+                    if n < scratch.len() && !read_closed {
                         return Ok(());
                     }
                 }
@@ -854,5 +856,40 @@ mod tests {
         .is_ok());
         assert!(check_head(b"HTTP/1.1 400 Bad Request\r\n\r\n").is_err());
         assert_eq!(head_end(b"HTTP/1.1 101\r\n\r\nrest"), Some(16));
+    }
+
+    #[test]
+    fn regression_a_fin_that_came_with_the_last_bytes_ends_the_connection() {
+        // A network blip cut a connection just after the server's last bytes: data and
+        // FIN were both queued when the readable event was read, the read of the data
+        // came back short, and the FIN raised no edge of its own. The connection looked
+        // alive, was never reconnected, and its missed deliveries counted as lost.
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conn = Conn::connect(Ipv4Addr::LOCALHOST, addr, 0, 0).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        // The handshake request goes out once the connect completes (it has: accepted).
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            conn.on_writable(|| (addr, "u".to_owned(), false)).unwrap();
+            let mut buf = [0u8; 1024];
+            server.set_read_timeout(Some(std::time::Duration::from_millis(10))).unwrap();
+            if let Ok(n) = server.read(&mut buf) {
+                request.extend_from_slice(&buf[..n]);
+            }
+        }
+        // Part of an answer, then the FIN; wait (bounded) until both are queued here.
+        server.write_all(b"HTTP/1.1 101 Switching").unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut pfd = libc::pollfd { fd: conn.stream_mut().as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 30_000) };
+        assert!(ready == 1 && pfd.revents & libc::POLLRDHUP != 0, "the FIN arrived");
+        let mut h = Harness::new();
+        let mut scratch = vec![0u8; 64 * 1024];
+        let end = conn.on_readable(&mut scratch, &mut h.ctx(0), true);
+        assert_eq!(end, Err(End::Failed("eof")), "one readable event sees the data and the FIN");
     }
 }

@@ -322,7 +322,9 @@ impl Engine {
                 match ev.token() {
                     WAKER => {}
                     TIMER => self.timer.clear(),
-                    Token(key) => self.on_socket(key, ev.is_readable() || ev.is_error(), ev.is_writable()),
+                    Token(key) => {
+                        self.on_socket(key, ev.is_readable() || ev.is_error(), ev.is_read_closed(), ev.is_writable())
+                    }
                 }
             }
             if !self.handle_commands() {
@@ -402,7 +404,7 @@ impl Engine {
         let _ = self.events.send(Event::Done { thread: self.thread, stats: self.stats.clone() });
     }
 
-    fn on_socket(&mut self, key: usize, readable: bool, writable: bool) {
+    fn on_socket(&mut self, key: usize, readable: bool, read_closed: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let was_joined = conn.session.state == State::Joined;
         let mut result = Ok(());
@@ -428,7 +430,7 @@ impl Engine {
                 epochs: &mut self.epochs,
                 home,
             };
-            result = conn.on_readable(&mut self.scratch, &mut ctx);
+            result = conn.on_readable(&mut self.scratch, &mut ctx, read_closed);
         }
         if !was_joined && conn.session.state == State::Joined {
             self.on_joined(key);

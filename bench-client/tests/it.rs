@@ -265,6 +265,111 @@ fn ack_timeout_retries_every_message_a_server_never_acknowledges_and_backs_off()
     probe.stop().expect("probe stops");
 }
 
+/// A TCP relay between bench-client and a server whose connections can all be cut at
+/// once, mid-stream and without a close frame: a network blip, which the client sees as
+/// dropped connections (and reconnects through the relay).
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// Both ends of every relayed connection, to cut them.
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: std::net::SocketAddr) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let registry = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    })
+                };
+                let mut open = registry.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Relay { addr, open }
+    }
+
+    /// Connections relayed so far and not cut.
+    fn connections(&self) -> usize {
+        self.open.lock().unwrap().len() / 2
+    }
+
+    /// Cuts every connection open now; later ones are relayed as before.
+    fn cut(&self) -> usize {
+        let cut = std::mem::take(&mut *self.open.lock().unwrap());
+        for stream in &cut {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        cut.len() / 2
+    }
+}
+
+/// `published` from the server's `/stats` (asked directly, not through the relay).
+fn published(server: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(server) else { return 0 };
+    let _ = s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("{}");
+    serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v["messages"]["published"].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn ack_timeout_and_a_network_blip_that_drops_every_publisher_keep_the_audit_exact() {
+    // Every connection, publishers included, is cut mid-step (no close frame), while a
+    // 20 µs ack timeout keeps retrying. Publishers rejoin and resend what has no ack (the
+    // same idempotency keys; the resend's deadline replaces a pending one), receivers
+    // rejoin and recover what they missed, and the audit stays exact. Before the FIN fix
+    // in `Conn::on_readable`, some cut connections never noticed the cut.
+    let server = Server::start();
+    let relay = Relay::start(server.addr());
+    let mut s = spec(relay.addr, Mode::Fanout, 60, 3, 3, 1);
+    s.worker_exe = None;
+    s.plan.acks = true;
+    s.plan.ack_timeout_ns = 20_000;
+    s.steps = vec![StepSpec { rate: 200.0, duration_secs: 3.0 }];
+    let addr = server.addr();
+    let client = std::thread::spawn(move || run(&s));
+    // The blip comes once a third of the step's 600 messages were sequenced, whenever
+    // that is on a busy host (the step itself paces them over 3 s).
+    let bound = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while published(addr) < 200 {
+        assert!(std::time::Instant::now() < bound, "the step never got a third of the way");
+        assert!(!client.is_finished(), "the run ended before the blip");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(relay.connections(), 60, "every client is connected through the relay");
+    let cut = relay.cut();
+    let r = client.join().unwrap().expect("run completes");
+    let st = &r.steps[0];
+    let a = st.audit.as_ref().expect("--acks runs are audited");
+    let rec = st.recovery;
+    eprintln!("blip: {cut} cut, {rec:?}, {a:?}");
+    assert_eq!(r.final_stats.dropped, 60, "every cut connection noticed the cut: {:?}", r.final_stats);
+    assert!(rec.reconnects >= 60, "every cut connection reconnected: {rec:?}");
+    assert_eq!((rec.gave_up, rec.not_recovered, rec.unrecoverable), (0, 0, 0), "{rec:?}");
+    assert!(a.retried > 0, "no retry at a 20 µs ack timeout: {a:?}");
+    assert_eq!((a.published, a.acked, a.unacked, a.stray_acks), (600, 600, 0, 0), "{a:?}");
+    assert_eq!((a.expected, a.delivered, a.lost, a.excess), (st.verdict.expected, st.verdict.expected, 0, 0), "{a:?}");
+    assert!(st.verdict.clean(), "{:?}", st.verdict);
+    assert_eq!(st.verdict.delivered, st.verdict.expected);
+}
+
 #[test]
 fn ramp_runs_every_step_while_they_pass() {
     let server = Server::start();
