@@ -196,7 +196,7 @@ impl Shard {
                             }
                         }
                         if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
-                            self.on_readable(key);
+                            self.on_readable(key, ev.is_read_closed());
                         }
                     }
                 }
@@ -235,7 +235,9 @@ impl Shard {
         }
     }
 
-    fn on_readable(&mut self, key: usize) {
+    /// Reads what the socket holds. `read_closed`: the event said the peer closed, so
+    /// a short read does not end the loop (see below).
+    fn on_readable(&mut self, key: usize, read_closed: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut actions = Vec::new();
         while let Some(conn) = self.conns.get_mut(key) {
@@ -261,8 +263,9 @@ impl Shard {
                 Phase::Dead => {}
             }
             self.apply(key, &mut actions);
-            // A short read drained the socket; later data raises a new edge.
-            if n < scratch.len() {
+            // A short read drained the socket; later data raises a new edge. A FIN that
+            // came with the data raises none: then read on until it is seen.
+            if n < scratch.len() && !read_closed {
                 break;
             }
         }
