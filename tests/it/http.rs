@@ -290,11 +290,11 @@ fn http_errors_keep_alive_and_pipelining() {
     std::io::Read::read_exact(&mut raw.stream, &mut body).unwrap();
     let second = raw.read_http_head();
     assert!(second.starts_with("HTTP/1.1 200 "), "HEAD answered after GET: {second}");
-    assert_eq!(
-        header_value(&second, "content-length").parse::<usize>().unwrap(),
-        len,
-        "HEAD tells the length, sends no body"
-    );
+    // HEAD tells the length and sends no body: the third answer's head follows at once.
+    // The length is the GET's within a digit, not equal: `uptime_ms` may have gained one
+    // between the two answers (regression: 51 against 52 bytes on a busy host).
+    let head_len: usize = header_value(&second, "content-length").parse().unwrap();
+    assert!(head_len.abs_diff(len) <= 1, "HEAD tells the length: {head_len} for GET's {len}");
     raw.send(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let third = String::from_utf8_lossy(&raw.read_to_end()).into_owned();
     assert!(
