@@ -120,6 +120,8 @@ pub struct Config {
     pub ring_depth: usize,
     /// `--send-path`.
     pub send_path: SendPath,
+    /// `--read-wait`.
+    pub read_wait: ReadWait,
     /// The `--nats-*` and `--cluster-*` flags; `None` (no `--nats-url`): a single node,
     /// nothing external, no bridge thread.
     pub cluster: Option<crate::cluster::ClusterConfig>,
@@ -154,6 +156,17 @@ pub enum SendPath {
     /// One `io_uring_enter` per room's members (up to 256), each a `SENDMSG` SQE
     /// executed inline; the same outcomes as `direct`, fewer syscalls.
     Uring,
+}
+
+/// How a connection waits for input (`--read-wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadWait {
+    /// Each shard's one epoll set, edge-triggered, polled through the runtime as one
+    /// descriptor: nothing per idle connection in the process (`rt::readiness`).
+    Epoll,
+    /// The runtime's own poll per socket (an io_uring `POLL_ADD` and its ~250-byte
+    /// source per idle connection).
+    Poll,
 }
 
 /// A configuration that cannot be used; the message says which setting and why.
@@ -286,6 +299,12 @@ pub struct ServerArgs {
     /// non-blocking `sendmsg` each).
     #[arg(long, env = "CORECAST_SEND_PATH", value_enum, default_value_t = SendPath::Uring)]
     pub send_path: SendPath,
+    /// How connections wait for input: `epoll` (the default: one edge-triggered epoll
+    /// set per shard wakes them, so an idle connection holds no pending poll in the
+    /// process; a socket the kernel refuses to add, or a shard without a set, falls back
+    /// to `poll`) or `poll` (the runtime's io_uring poll per socket).
+    #[arg(long, env = "CORECAST_READ_WAIT", value_enum, default_value_t = ReadWait::Epoll)]
+    pub read_wait: ReadWait,
     /// Listen backlog of each shard's listener (the kernel clips it to net.core.somaxconn).
     #[arg(long, env = "CORECAST_BACKLOG", default_value_t = 65535, value_name = "N")]
     pub backlog: i32,
@@ -607,6 +626,7 @@ impl Cli {
             spin_before_park: Duration::from_micros(server.spin_before_park_us),
             ring_depth: server.ring_depth,
             send_path: server.send_path,
+            read_wait: server.read_wait,
             backlog: server.backlog,
             ping_interval: c.ping_interval,
             handshake_timeout: c.handshake_timeout,
@@ -762,6 +782,7 @@ mod tests {
         ("spin-before-park-us", "50"),
         ("ring-depth", "256"),
         ("send-path", "uring"),
+        ("read-wait", "poll"),
         ("backlog", "128"),
         ("allow-thp", "true"),
         ("ping-interval", "1.5"),
@@ -887,6 +908,7 @@ mod tests {
             (0, true, Duration::ZERO, 1024, 65535)
         );
         assert_eq!(c.send_path, SendPath::Uring, "the io_uring send path is the default (issue 16)");
+        assert_eq!(c.read_wait, ReadWait::Epoll, "connections wait for input through the shard's epoll set");
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.close_timeout, Duration::from_secs(2));

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub mod file;
 pub mod nudge;
+pub mod readiness;
 
 use socket2::{Domain, Protocol, Socket, Type};
 

@@ -13,12 +13,10 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::ControlFlow;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_lite::io::AsyncRead;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::backend::{JoinNext, AWAITING_BACKEND};
@@ -46,6 +44,9 @@ impl Shard {
         let _ = stream.set_nodelay(true);
         let conn = Conn::new(stream, peer, self.now(), self.cfg.max_message_bytes);
         let id = self.conns.borrow_mut().insert(conn);
+        if let (Some(set), Some(conn)) = (&self.readiness, self.conns.borrow_mut().get_mut(id)) {
+            conn.watch(set, id);
+        }
         inc(&self.stats.connections_total);
         let shard = self.clone();
         rt::spawn(async move {
@@ -57,6 +58,9 @@ impl Shard {
     /// Cleans up after the task ended: leaves every room, closes the socket.
     fn finish(&self, id: ConnId) {
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
+        if let Some(set) = &self.readiness {
+            conn.unwatch(set);
+        }
         self.sessions.borrow_mut().remove(&id);
         self.forget_deflate(&conn);
         if !conn.user.is_empty() || conn.echo {
@@ -106,7 +110,7 @@ fn poll_conn(svc: &Services, table: &RefCell<Conns>, id: ConnId, cx: &mut Contex
             return Poll::Pending;
         }
         let mut scratch = svc.scratch.borrow_mut();
-        let n = match Pin::new(&mut conn.stream).poll_read(cx, &mut scratch[..]) {
+        let n = match conn.poll_read(cx, &mut scratch[..]) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(_)) => return Poll::Ready(()),
             Poll::Ready(Ok(0)) if conn.phase.is_lingering() => {

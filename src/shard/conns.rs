@@ -6,19 +6,20 @@
 //! id. Ids carry a generation so that a late message for a closed connection (an owner's
 //! ack racing a disconnect) can never reach a newer connection reusing the slot.
 
+use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Waker;
-
-use std::io;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use futures_lite::io::AsyncRead;
 use slab::Slab;
 use smallvec::SmallVec;
 
 use super::outbox::{Caps, Outbox, Pushed};
+use crate::rt::readiness::Readiness;
 use crate::rt::TcpStream;
 use crate::ws::reader::MessageReader;
 
@@ -139,6 +140,10 @@ pub struct Conn {
     /// `shard::compress`). One byte, not the whole agreement: the client's half of it
     /// lives in the reader.
     pub deflate_window: u8,
+    /// The socket is in the shard's readiness set ([`crate::rt::readiness`]): reads are
+    /// plain non-blocking `recv`s, and the set wakes the task. Otherwise (the kernel
+    /// refused the watch) reads wait through the runtime's own per-socket poll.
+    watched: bool,
 }
 
 impl Conn {
@@ -163,6 +168,30 @@ impl Conn {
             write_shut: false,
             echo: false,
             deflate_window: 0,
+            watched: false,
+        }
+    }
+
+    /// Adds the socket to `set` under `id`'s token; if the kernel refuses, reads keep
+    /// going through the runtime (see `watched`). Call once, after the table gave `id`.
+    pub fn watch(&mut self, set: &Readiness, id: ConnId) {
+        self.watched = set.watch(self.fd(), token(id)).is_ok();
+    }
+
+    /// Takes the socket out of `set` before it closes (see [`Readiness::unwatch`]).
+    pub fn unwatch(&self, set: &Readiness) {
+        if self.watched {
+            set.unwatch(self.fd());
+        }
+    }
+
+    /// Reads what the socket has into `buf`: `Ready(Ok(0))` at end of stream, `Pending`
+    /// when there is nothing (the task is woken when that changes).
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.watched {
+            crate::rt::readiness::try_read(self.fd(), buf)
+        } else {
+            Pin::new(&mut self.stream).poll_read(cx, buf)
         }
     }
 
@@ -271,6 +300,17 @@ impl Conn {
 pub struct Conns {
     slab: Slab<Box<Conn>>,
     next_generation: u32,
+}
+
+/// The token of connection `id` in its shard's readiness set.
+pub fn token(id: ConnId) -> u64 {
+    (u64::from(id.generation) << 32) | u64::from(id.index)
+}
+
+/// The connection a readiness token stands for (it may have gone since: the table's
+/// generation check tells).
+pub fn from_token(token: u64) -> ConnId {
+    ConnId { index: token as u32, generation: (token >> 32) as u32 }
 }
 
 impl Conns {

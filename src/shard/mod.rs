@@ -614,10 +614,33 @@ pub(crate) async fn run(
     let listener = rt::adopt_listener(listener);
     *shard.accept_task.borrow_mut() = Some(rt::spawn(accept_loop(shard.clone(), listener)));
     rt::spawn(inbox_loop(shard.clone(), inbox));
+    rt::spawn(readiness_loop(shard.clone()));
     rt::spawn(sweep::run(shard.clone()));
     shard.done.wait().await;
     // The idle task ends with the shard (the nudger only holds its nudge weakly).
     idle.cancel();
+}
+
+/// Wakes the connections the shard's readiness set reports (they have input, reached
+/// end of stream or failed); each then reads until its socket is empty.
+async fn readiness_loop(shard: Rc<Shard>) {
+    let Some(set) = &shard.readiness else { return };
+    let mut events = Vec::new();
+    loop {
+        let woken = set
+            .next(&mut events, |token| {
+                if let Some(conn) = shard.conns.borrow_mut().get_mut(conns::from_token(token)) {
+                    conn.wake();
+                }
+            })
+            .await;
+        if let Err(e) = woken {
+            // Not seen in practice (epoll_wait fails only on a bad set or buffer); keep
+            // trying rather than leave every connection unwoken, without spinning.
+            tracing::error!(shard = shard.id, error = %e, "readiness set failed");
+            rt::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// Accepts connections until cancelled. Out of descriptors (EMFILE/ENFILE), it backs

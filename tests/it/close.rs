@@ -390,3 +390,46 @@ fn a_protocol_error_with_unread_input_still_gets_its_close_frame() {
         assert_eq!(u16::from_be_bytes([all[2], all[3]]), 1002);
     }
 }
+
+/// Sends `last` with the FIN in one segment (corked), then reads until the server ends
+/// the stream: returns what was read before the end. Panics if the server keeps the
+/// connection open (the read times out after `PATIENCE`, a bound only a failure waits).
+fn send_last_bytes_with_fin(mut raw: Raw, last: &[u8]) -> Vec<u8> {
+    // Corked, the bytes wait in the send queue and the FIN joins their segment: one
+    // arrival, so an edge-triggered reader gets one report for both.
+    socket2::SockRef::from(&raw.stream).set_cork(true).unwrap();
+    raw.send(last);
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match raw.stream.read(&mut buf) {
+            Ok(0) => return seen,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the server kept the connection open after the client's FIN: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_fin_that_comes_with_the_last_bytes_ends_the_connection_for_either_read_wait() {
+    // The epoll set reports a socket once per arrival (edge-triggered), and data with
+    // its FIN arrive together: the server must read past the short read of the data to
+    // see the end of the stream (bench-client and the ceiling probe once stopped there).
+    for wait in [corecast::config::ReadWait::Epoll, corecast::config::ReadWait::Poll] {
+        let server = TestServer::with(|c| c.read_wait = wait);
+        // In the HTTP phase: half a request, then the end of the stream.
+        let raw = Raw::connect(&server);
+        send_last_bytes_with_fin(raw, b"GET /ws?name=u HTTP/1.1\r\nHost: x\r\n");
+        // Open: a join, then the end. The join reaches the room's owner, and so does the
+        // leave that the end of the stream causes (a join still pending is undone when
+        // its ack arrives), in that order.
+        let mut watcher = crate::support::Client::connect(&server, "watcher");
+        watcher.join("fin");
+        let raw = Raw::upgraded(&server, "leaver");
+        let join = crate::support::client_frame(1, true, json!({"type":"join","room":"fin"}).to_string().as_bytes());
+        send_last_bytes_with_fin(raw, &join);
+        assert_eq!(watcher.expect("join")["user"], "leaver", "{wait:?}");
+        assert_eq!(watcher.expect("leave")["user"], "leaver", "{wait:?}");
+    }
+}

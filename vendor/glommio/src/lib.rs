@@ -478,6 +478,15 @@ pub fn bounded_sleeps() -> u64 {
     sys::BOUNDED_SLEEPS.with(|n| n.get())
 }
 
+/// corecast patch: waits until `fd` is readable, or has hung up or failed: one
+/// `POLL_ADD` on the calling executor's reactor, completed like the poll a stream's read
+/// waits on. For a descriptor whose readiness stands for many others (an epoll set), so
+/// that those others need no pending source each. Call it on an executor's thread.
+pub async fn readable(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
+    let source = executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}
+
 /// Provides common imports that almost all Glommio applications will need
 pub mod prelude {
     #[doc(no_inline)]
