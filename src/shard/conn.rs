@@ -3,8 +3,10 @@
 //!
 //! The task is a single `poll_fn` over the connection's state in the shard table, so it
 //! holds nothing across polls but an id (a small future per connection), and one task
-//! drives both directions: the runtime keeps separate readiness registrations for
-//! reading and writing, both waking this task.
+//! drives both directions: input readiness comes from the shard's epoll set
+//! (`rt::readiness`, see `readiness_loop`; with `--read-wait poll`, from the runtime's
+//! poll per socket) and output readiness from the runtime's poll on a full socket, both
+//! waking this task.
 //!
 //! While the task dispatches what it read, the table is borrowed: the handlers are
 //! methods of [`Services`] and get the connection as `&mut Conn` (see the module doc of

@@ -361,6 +361,19 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
+    fn a_readiness_token_names_the_slot_and_its_generation() {
+        // The readiness loop looks a reported token up in the table: a token of a closed
+        // connection must not name the newer one that reuses its slot.
+        for (index, generation) in [(0, 1), (7, u32::MAX), (u32::MAX, 0), (123_456, 789)] {
+            let id = super::ConnId { index, generation };
+            assert_eq!(super::from_token(super::token(id)), id);
+        }
+        let old = super::ConnId { index: 3, generation: 1 };
+        let new = super::ConnId { index: 3, generation: 2 };
+        assert_ne!(super::token(old), super::token(new));
+    }
+
+    #[test]
     fn unread_sees_bytes_waiting_in_the_socket_until_they_are_read() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
