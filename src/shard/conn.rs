@@ -160,12 +160,18 @@ impl Services {
         inc(&self.stats.upgrades_total);
         self.ws_open.set(self.ws_open.get() + 1);
         self.start_session(id, &identity);
-        let welcome = server::welcome(&conn.user, identity.name.as_deref(), &self.conn_label(id), self.id);
-        self.push(conn, welcome);
         // Every connection is a member of its user's personal room (push to one user).
+        // The join is queued for the room's owner before the welcome is written: a client
+        // that has its welcome may at once have its backend push to the user, and that
+        // push must reach the owner behind this join. The other way round, this thread
+        // could be preempted between the two, and a push sent on another shard overtook
+        // the join and found no room (a CI run of history.rs on a busy host). The welcome
+        // still goes first: the owner's ack can only arrive after this call returns.
         let room: Arc<str> = Arc::from(protocol::user_room(&conn.user));
         let req = self.pending_join(id, conn, room, None, PLAIN_JOIN);
         self.send_join(JoinReq { silent: true, ..req });
+        let welcome = server::welcome(&conn.user, identity.name.as_deref(), &self.conn_label(id), self.id);
+        self.push(conn, welcome);
     }
 
     pub(super) fn on_ws_bytes(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
