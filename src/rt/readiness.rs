@@ -44,32 +44,46 @@ impl Readiness {
         Ok(epoll::add(&self.epfd, fd, EventData::new_u64(token), flags)?)
     }
 
-    /// Stops watching `fd` (before it is closed, so that no late report of its token
-    /// can reach whoever gets the token next). Errors are ignored: a descriptor that is
-    /// not watched has nothing to undo.
-    pub fn unwatch(&self, fd: BorrowedFd<'_>) {
-        let _ = epoll::delete(&self.epfd, fd);
-    }
-
-    /// Waits until some watched socket is ready, then calls `ready(token)` for every
-    /// socket reported, until the set has no more to report. Errors only if the set
-    /// itself fails (never for one socket's error, which is reported as ready).
-    pub async fn next(&self, events: &mut Vec<Event>, mut ready: impl FnMut(u64)) -> io::Result<()> {
+    /// Waits until some watched socket is ready, then calls `ready` with the tokens of
+    /// the sockets reported, one batch at a time, until the set has no more to report.
+    /// Errors only if the set itself fails (never for one socket's error, which is
+    /// reported as ready). A closed socket leaves the set by itself (the kernel drops
+    /// its entry with the last descriptor), so there is no `unwatch`.
+    pub async fn next(&self, events: &mut Vec<Event>, mut ready: impl FnMut(Tokens<'_>)) -> io::Result<()> {
         glommio::readable(self.epfd.as_raw_fd()).await?;
         loop {
-            events.clear();
-            events.reserve(BATCH);
-            let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-            match epoll::wait(&self.epfd, rustix::buffer::spare_capacity(&mut *events), Some(&zero)) {
-                Ok(_) => {}
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            events.iter().for_each(|e| ready(e.data.u64()));
+            self.take(events)?;
+            ready(Tokens(events.iter()));
             if events.len() < BATCH {
                 return Ok(());
             }
         }
+    }
+
+    /// Takes up to [`BATCH`] reports into `events` without waiting (none if nothing is
+    /// ready).
+    fn take(&self, events: &mut Vec<Event>) -> io::Result<()> {
+        events.clear();
+        events.reserve(BATCH);
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        loop {
+            match epoll::wait(&self.epfd, rustix::buffer::spare_capacity(&mut *events), Some(&zero)) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The tokens of one batch of reports (see [`Readiness::next`]).
+pub struct Tokens<'a>(std::slice::Iter<'a, Event>);
+
+impl Iterator for Tokens<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        self.0.next().map(|e| e.data.u64())
     }
 }
 
@@ -96,10 +110,9 @@ mod tests {
 
     /// Reads one round of reports without the runtime (the set is ready: no wait).
     fn reported(r: &Readiness) -> Vec<u64> {
-        let mut events = Vec::with_capacity(BATCH);
-        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-        epoll::wait(&r.epfd, rustix::buffer::spare_capacity(&mut events), Some(&zero)).unwrap();
-        events.iter().map(|e| e.data.u64()).collect()
+        let mut events = Vec::new();
+        r.take(&mut events).unwrap();
+        Tokens(events.iter()).collect()
     }
 
     #[test]
@@ -131,15 +144,20 @@ mod tests {
     }
 
     #[test]
-    fn an_unwatched_socket_is_not_reported() {
+    fn a_closed_socket_leaves_the_set() {
+        // `finish` relies on this: it closes a connection's socket without taking it
+        // out of the set first.
         let r = Readiness::new().unwrap();
         let (mut a, b) = UnixStream::pair().unwrap();
+        let (mut c, d) = UnixStream::pair().unwrap();
         r.watch(b.as_fd(), 1).unwrap();
-        r.unwatch(b.as_fd());
-        a.write_all(b"hi").unwrap();
-        assert!(reported(&r).is_empty());
+        r.watch(d.as_fd(), 2).unwrap();
+        drop(b);
+        // The peer's write fails or lands nowhere; either way nothing may be reported.
+        let _ = a.write_all(b"hi");
+        c.write_all(b"hi").unwrap();
+        assert_eq!(reported(&r), vec![2]);
         // Watching twice is refused; the caller falls back instead of losing reports.
-        r.watch(b.as_fd(), 1).unwrap();
-        assert!(r.watch(b.as_fd(), 2).is_err());
+        assert!(r.watch(d.as_fd(), 3).is_err());
     }
 }

@@ -45,10 +45,14 @@ impl Shard {
         // Each send is one complete frame: never hold it back for coalescing.
         let _ = stream.set_nodelay(true);
         let conn = Conn::new(stream, peer, self.now(), self.cfg.max_message_bytes);
-        let id = self.conns.borrow_mut().insert(conn);
-        if let (Some(set), Some(conn)) = (&self.readiness, self.conns.borrow_mut().get_mut(id)) {
-            conn.watch(set, id);
-        }
+        let id = {
+            let mut conns = self.conns.borrow_mut();
+            let id = conns.insert(conn);
+            if let (Some(set), Some(conn)) = (&self.readiness, conns.get_mut(id)) {
+                conn.watch(set, id);
+            }
+            id
+        };
         inc(&self.stats.connections_total);
         let shard = self.clone();
         rt::spawn(async move {
@@ -59,10 +63,10 @@ impl Shard {
 
     /// Cleans up after the task ended: leaves every room, closes the socket.
     fn finish(&self, id: ConnId) {
+        // Closing the socket (dropping `conn`) takes it out of the readiness set; a report
+        // already taken from the set names this connection's generation, which the table
+        // no longer has.
         let Some(conn) = self.conns.borrow_mut().remove(id) else { return };
-        if let Some(set) = &self.readiness {
-            conn.unwatch(set);
-        }
         self.sessions.borrow_mut().remove(&id);
         self.forget_deflate(&conn);
         if !conn.user.is_empty() || conn.echo {

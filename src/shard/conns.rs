@@ -178,13 +178,6 @@ impl Conn {
         self.watched = set.watch(self.fd(), token(id)).is_ok();
     }
 
-    /// Takes the socket out of `set` before it closes (see [`Readiness::unwatch`]).
-    pub fn unwatch(&self, set: &Readiness) {
-        if self.watched {
-            set.unwatch(self.fd());
-        }
-    }
-
     /// Reads what the socket has into `buf`: `Ready(Ok(0))` at end of stream, `Pending`
     /// when there is nothing (the task is woken when that changes).
     pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {

@@ -71,13 +71,14 @@ use self::mesh::{Inbox, Mesh};
 use self::msg::{Class, Query, Reply, Requester, ShardMsg};
 use self::services::Services;
 use crate::cluster::BusIn;
-use crate::config::Config;
+use crate::config::{Config, ReadWait};
 use crate::limits::IpTable;
 use crate::metrics::{add, inc, Snapshot};
 use crate::room::request::ReplyRef;
 use crate::room::{HistoryConfig, JoinStep, RoomOut, BROADCAST_ROOM};
 use crate::room::{HookKind, OwnedRooms};
 use crate::rt;
+use crate::rt::readiness::Readiness;
 use crate::store::{Journal, ShardStart};
 use crate::Shared;
 
@@ -105,6 +106,11 @@ pub(crate) struct Shard {
     /// the shard clock) when the table was last pruned.
     ips: RefCell<IpTable>,
     last_prune: Cell<u32>,
+    /// The epoll set that wakes connections with input ([`crate::rt::readiness`]);
+    /// `None` with `--read-wait poll` or if the kernel refused one, and then every read
+    /// waits the runtime's way. Only the shard adds sockets and reads reports: a
+    /// connection's handlers never need it.
+    readiness: Option<Readiness>,
     /// Lifecycle: the accept loop (cancelled at shutdown) and the end of the drain.
     accept_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
     done: Notify,
@@ -145,6 +151,7 @@ impl Shard {
         Rc::new_cyclic(|me| Shard {
             ips: RefCell::new(IpTable::default()),
             last_prune: Cell::new(0),
+            readiness: readiness(id, cfg.read_wait),
             owned: RefCell::new(owned),
             nodes: RefCell::new(Arc::from([node])),
             forwards: RefCell::new(Forwards::new(forwards::window(node_timeout), forwards::MAX_HELD)),
@@ -628,9 +635,12 @@ async fn readiness_loop(shard: Rc<Shard>) {
     let mut events = Vec::new();
     loop {
         let woken = set
-            .next(&mut events, |token| {
-                if let Some(conn) = shard.conns.borrow_mut().get_mut(conns::from_token(token)) {
-                    conn.wake();
+            .next(&mut events, |tokens| {
+                let mut conns = shard.conns.borrow_mut();
+                for token in tokens {
+                    if let Some(conn) = conns.get_mut(conns::from_token(token)) {
+                        conn.wake();
+                    }
                 }
             })
             .await;
@@ -734,5 +744,15 @@ impl Notify {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Shard `id`'s readiness set, if connections wait for input through one (`--read-wait`).
+fn readiness(id: usize, wait: ReadWait) -> Option<Readiness> {
+    match wait {
+        ReadWait::Epoll => Readiness::new()
+            .inspect_err(|e| tracing::warn!(shard = id, error = %e, "no epoll set; reads poll per socket"))
+            .ok(),
+        ReadWait::Poll => None,
     }
 }

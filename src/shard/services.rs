@@ -25,12 +25,11 @@ use super::members::LocalRooms;
 use super::mesh::{self, Mesh};
 use super::outbox::{Caps, Pushed};
 use super::Shard;
-use crate::config::{Config, ReadWait};
+use crate::config::Config;
 use crate::limits::Rate;
 use crate::metrics::{inc, ShardStats};
 use crate::room::RoomOut;
 use crate::rt;
-use crate::rt::readiness::Readiness;
 use crate::store::Journal;
 use crate::ws::frame;
 use crate::Shared;
@@ -63,9 +62,6 @@ pub(crate) struct Services {
     pub(super) sessions: RefCell<FxHashMap<ConnId, Session>>,
     /// Local members of each room with members here.
     pub(super) members: RefCell<LocalRooms>,
-    /// The epoll set that wakes connections with input ([`crate::rt::readiness`]);
-    /// `None` if the kernel refused one, and then every read waits the runtime's way.
-    pub(super) readiness: Option<Readiness>,
     /// Read buffer shared by all connections of the shard, borrowed only inside a poll.
     pub(super) scratch: RefCell<Box<[u8]>>,
     /// simd-json's reusable buffers.
@@ -131,7 +127,6 @@ impl Services {
             id,
             journal,
             rate: Rate::new(cfg.rate_limit, cfg.rate_burst),
-            readiness: readiness(id, cfg.read_wait),
             caps: Caps { bytes: cfg.queue_bytes, frames: cfg.queue_frames },
             cfg,
             shared,
@@ -395,14 +390,4 @@ async fn yield_once() {
         }
     })
     .await
-}
-
-/// Shard `id`'s readiness set, if connections wait for input through one (`--read-wait`).
-fn readiness(id: usize, wait: ReadWait) -> Option<Readiness> {
-    match wait {
-        ReadWait::Epoll => Readiness::new()
-            .inspect_err(|e| tracing::warn!(shard = id, error = %e, "no epoll set; reads poll per socket"))
-            .ok(),
-        ReadWait::Poll => None,
-    }
 }
