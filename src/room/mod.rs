@@ -15,7 +15,7 @@
 //! | [`request`] | requests rooms take, who asked, answers |
 //! | [`out`] | what rooms emit, reply routing |
 //! | `owned` | one room's state |
-//! | `online` | users online cluster-wide: the presence of personal rooms (`user_online`/`user_offline`) |
+//! | `online` | personal rooms: which shards have each user's connections, the room made on first use, and users online cluster-wide (`user_online`/`user_offline`) |
 //! | `sequence` | join, leave, delete, publish, broadcast |
 //! | [`placement`] | which node sequences a room and keeps its presence (rendezvous) |
 //! | `presence` | the presence-event rule, the cluster's presence keepers, presence pages |
@@ -170,6 +170,10 @@ pub struct OwnedRooms {
     message_hooks: bool,
     /// Personal rooms kept here: the other nodes where their user is connected (`online`).
     online: FxHashMap<Arc<str>, Vec<u64>>,
+    /// Users with connections on this node whose personal rooms this shard owns, with
+    /// the shards that have them (`online`): the members of those rooms, which exist
+    /// only from their first use.
+    users_here: FxHashMap<Arc<str>, online::ShardSet>,
     /// The live nodes before the last change, once this node has seen other nodes
     /// (`online`: whose snapshots announce arrivals).
     online_prev: Option<Arc<[u64]>>,
@@ -217,6 +221,7 @@ impl OwnedRooms {
             user_hooks: false,
             message_hooks: false,
             online: FxHashMap::default(),
+            users_here: FxHashMap::default(),
             online_prev: None,
             pending: FxHashMap::default(),
             handed: FxHashMap::default(),
@@ -319,9 +324,12 @@ impl OwnedRooms {
         rooms.into_iter().map(OwnedRoom::summary).collect()
     }
 
-    /// Public and personal rooms owned here.
+    /// Public and personal rooms owned here. A personal room counts while its user is
+    /// connected to this node, whether or not its room exists yet (see `online`), and
+    /// while it is kept for its history after the user left.
     pub fn counts(&self) -> (u64, u64) {
-        let personal = self.rooms.values().filter(|r| r.is_system()).count() as u64;
-        (self.rooms.len() as u64 - personal, personal)
+        let system = self.rooms.values().filter(|r| r.is_system()).count() as u64;
+        let live = self.rooms.values().filter(|r| r.is_system() && r.connections() > 0).count() as u64;
+        (self.rooms.len() as u64 - system, system - live + self.users_here.len() as u64)
     }
 }

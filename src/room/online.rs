@@ -14,13 +14,24 @@
 //! connected (an entry only while there are some), beside the room itself, which exists
 //! only while this node has connections of the user: so a keeper holds no room for a
 //! user connected elsewhere, and the million personal rooms of a node cost nothing more.
+//!
+//! Within a node, a personal room's members are not joined one by one: a shard tells
+//! the room's owner when it has its first connection of the user and when its last one
+//! there closed ([`OwnedRooms::user_here`]), and delivers the room's frames to all of the
+//! user's local connections. The owner keeps that as a set of shards per user
+//! (`users_here`, tens of bytes); the room itself, with its stream and history, is made
+//! on first use: the first message published to it, or a `history` request
+//! ([`OwnedRooms::open_personal`]). A user nobody pushes to costs no room. In a cluster
+//! the room is made with the user's first connection on the node, as the bus delivers
+//! its frames to it.
 
 use std::sync::Arc;
 
 use super::out::{ClusterOut, Hook, HookKind, RoomOut, Sink};
 use super::placement;
 use super::presence::tell_keepers;
-use super::OwnedRooms;
+use super::{OwnedRoom, OwnedRooms};
+use crate::protocol;
 
 /// The prefix of personal rooms (`protocol::user_room`): their first and last connection
 /// are a user's `user_online`/`user_offline`.
@@ -29,6 +40,69 @@ pub(super) const USER_ROOM: &str = "@user:";
 /// Whether `room` is a personal room.
 pub(super) fn personal(room: &str) -> bool {
     room.starts_with(USER_ROOM)
+}
+
+/// The shards of this node that have connections of one user: one bit per shard, in
+/// one word up to 64 shards (16 bytes, one per connected user: it is a table entry's
+/// value) and on the heap beyond.
+#[derive(Debug)]
+pub(super) enum ShardSet {
+    /// Shards 0–63.
+    Word(u64),
+    /// Any shard: word `i` holds shards `64 i` to `64 i + 63`. A thin pointer (a
+    /// `Vec` or boxed slice would make every set 8 bytes larger, for machines that
+    /// rarely exist).
+    #[allow(clippy::box_collection)]
+    Words(Box<Vec<u64>>),
+}
+
+impl Default for ShardSet {
+    fn default() -> Self {
+        ShardSet::Word(0)
+    }
+}
+
+impl ShardSet {
+    fn words(&self) -> &[u64] {
+        match self {
+            ShardSet::Word(w) => std::slice::from_ref(w),
+            ShardSet::Words(ws) => ws,
+        }
+    }
+
+    /// Puts `shard` in (`on`) or out; false if it already was.
+    pub(super) fn set(&mut self, shard: usize, on: bool) -> bool {
+        if self.contains(shard) == on {
+            return false;
+        }
+        let (word, bit) = (shard / 64, 1u64 << (shard % 64));
+        if let ShardSet::Word(w) = *self {
+            if word > 0 {
+                let mut ws = vec![0; word + 1];
+                ws[0] = w;
+                *self = ShardSet::Words(Box::new(ws));
+            }
+        }
+        let w = match self {
+            ShardSet::Word(w) => w,
+            ShardSet::Words(ws) => {
+                if ws.len() <= word {
+                    ws.resize(word + 1, 0);
+                }
+                &mut ws[word]
+            }
+        };
+        *w ^= bit;
+        true
+    }
+
+    pub(super) fn contains(&self, shard: usize) -> bool {
+        self.words().get(shard / 64).is_some_and(|w| w & (1u64 << (shard % 64)) != 0)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.words().iter().all(|&w| w == 0)
+    }
 }
 
 fn emit(kind: HookKind, room: &Arc<str>, user: &Arc<str>, sink: &mut Sink<'_>) {
@@ -54,13 +128,78 @@ impl OwnedRooms {
         self
     }
 
+    /// Shard `shard` of this node has its first connection of `user` (`here`), or its
+    /// last one there closed (repeats are ignored). The user's personal room, when it
+    /// exists, fans out to exactly the shards that have the user; in a cluster it is made
+    /// with the user's first connection here (see the module doc). The user's first
+    /// connection on this node and its last are `personal_changed`; a room left
+    /// without its user is released (kept while it has history and a TTL).
+    pub fn user_here(&mut self, user: &Arc<str>, shard: usize, here: bool, now_ms: u64, sink: &mut Sink<'_>) {
+        let set = match self.users_here.get_mut(user) {
+            Some(set) => set,
+            None if here => self.users_here.entry(user.clone()).or_default(),
+            None => return,
+        };
+        let was_empty = set.is_empty();
+        if !set.set(shard, here) {
+            return;
+        }
+        let now_empty = set.is_empty();
+        if now_empty {
+            self.users_here.remove(user);
+        }
+        let name = protocol::user_room(user);
+        if let Some(room) = self.rooms.get_mut(name.as_str()) {
+            if let Some(n) = room.shard_members.get_mut(shard) {
+                *n = u32::from(here);
+            }
+            if here {
+                // A lingering room comes back to life (its expiry entry no longer matches).
+                room.emptied_ms = 0;
+            }
+        } else if here && self.node != 0 {
+            let name = Arc::from(name.as_str());
+            self.open_personal(&name, now_ms, sink);
+        }
+        let name = self.rooms.get(name.as_str()).map_or_else(|| Arc::from(name.as_str()), |r| r.name.clone());
+        if was_empty != now_empty {
+            self.personal_changed(&name, user, here, sink);
+        }
+        if !here {
+            self.release(&name, now_ms, sink);
+        }
+    }
+
+    /// Makes personal room `name` if its user is connected to this node and it does not
+    /// exist yet, fanning out to the shards that have the user. Nothing for any other
+    /// room, or a user not connected here (a message to a user who is offline is kept
+    /// only by a room that is still there for its history).
+    pub(super) fn open_personal(&mut self, name: &Arc<str>, now_ms: u64, sink: &mut Sink<'_>) {
+        let Some(set) = protocol::room_user(name).and_then(|user| self.users_here.get(user)) else { return };
+        if self.rooms.contains_key(name) {
+            return;
+        }
+        let mut room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
+        for (shard, n) in room.shard_members.iter_mut().enumerate() {
+            *n = u32::from(set.contains(shard));
+        }
+        if self.node != 0 {
+            // The bus's frames for the room are taken from now on (see `bridge`: the
+            // node's one wildcard subscription covers every personal room).
+            room.subscribed = true;
+            sink(RoomOut::Cluster(ClusterOut::Subscribe(name.clone())));
+        }
+        self.rooms.insert(name.clone(), Box::new(room));
+    }
+
     /// Whether `room`'s user has connections on other nodes (as far as this keeper knows).
     fn online_elsewhere(&self, room: &str) -> bool {
         self.online.get(room).is_some_and(|n| !n.is_empty())
     }
 
-    fn local_connections(&self, room: &str) -> u32 {
-        self.rooms.get(room).map_or(0, |r| r.connections())
+    /// Whether `room` is the personal room of a user connected to this node.
+    fn connected_here(&self, room: &str) -> bool {
+        protocol::room_user(room).is_some_and(|user| self.users_here.contains_key(user))
     }
 
     /// The first connection of `user` on this node joined its personal room `room`
@@ -105,7 +244,7 @@ impl OwnedRooms {
             self.online.remove(room);
         }
         let edge = if present { was_empty } else { now_empty };
-        if changed && edge && self.hooks && self.holds(room) && self.local_connections(room) == 0 {
+        if changed && edge && self.hooks && self.holds(room) && !self.connected_here(room) {
             emit(kind(present), &name, user, sink);
         }
     }
@@ -182,13 +321,13 @@ impl OwnedRooms {
                 self.remote_online(&name, dead, &user, false, sink);
             }
         }
-        for room in self.rooms.values().filter(|r| r.connections() > 0 && personal(&r.name)) {
-            let was = placement::keepers(&room.name, old);
-            let now = self.keepers(&room.name);
-            let user: Arc<str> = Arc::from(&room.name[USER_ROOM.len()..]);
+        for user in self.users_here.keys() {
+            let room: Arc<str> = Arc::from(protocol::user_room(user));
+            let was = placement::keepers(&room, old);
+            let now = self.keepers(&room);
             for to in now.into_iter().flatten().filter(|&k| k != me && !was.contains(&Some(k))) {
                 sink(RoomOut::Cluster(ClusterOut::Users {
-                    room: room.name.clone(),
+                    room: room.clone(),
                     users: vec![user.clone()],
                     to: Some(to),
                 }));
@@ -202,15 +341,37 @@ impl OwnedRooms {
         if !self.user_hooks {
             return;
         }
-        for room in self.rooms.values().filter(|r| r.connections() > 0 && personal(&r.name)) {
-            let user: Arc<str> = Arc::from(&room.name[USER_ROOM.len()..]);
-            for to in self.keepers(&room.name).into_iter().flatten().filter(|&k| k != self.node) {
+        for user in self.users_here.keys() {
+            let room: Arc<str> = Arc::from(protocol::user_room(user));
+            for to in self.keepers(&room).into_iter().flatten().filter(|&k| k != self.node) {
                 sink(RoomOut::Cluster(ClusterOut::Users {
-                    room: room.name.clone(),
+                    room: room.clone(),
                     users: vec![user.clone()],
                     to: Some(to),
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShardSet;
+
+    #[test]
+    fn a_shard_set_holds_any_shard_in_one_word_up_to_64() {
+        assert!(std::mem::size_of::<ShardSet>() <= 16, "one table entry's value per connected user");
+        let mut s = ShardSet::default();
+        assert!(s.is_empty() && !s.contains(3) && !s.contains(200));
+        assert!(s.set(3, true) && !s.set(3, true), "a repeat is no change");
+        assert!(s.set(63, true) && matches!(s, ShardSet::Word(_)));
+        assert!(s.set(130, true) && matches!(s, ShardSet::Words(_)));
+        assert!(s.contains(3) && s.contains(63) && s.contains(130) && !s.contains(64) && !s.contains(129));
+        assert!(!s.set(500, false), "out of a shard never in");
+        for shard in [3, 63, 130] {
+            assert!(!s.is_empty());
+            assert!(s.set(shard, false) && !s.contains(shard));
+        }
+        assert!(s.is_empty());
     }
 }

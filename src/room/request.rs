@@ -177,8 +177,6 @@ pub struct JoinReq {
     /// Matches the ack to this request (a connection may leave and re-join before the
     /// first ack arrives).
     pub token: u32,
-    /// Implicit join of a server-managed room: no `joined` frame, no presence.
-    pub silent: bool,
     /// Join or create.
     pub kind: JoinKind,
 }
@@ -288,8 +286,8 @@ pub struct JoinAck {
     pub user: Arc<str>,
     /// Missed messages to deliver before `frame` (recovery), oldest first.
     pub replay: Vec<Bytes>,
-    /// The `joined` frame (none for silent joins).
-    pub frame: Option<Bytes>,
+    /// The `joined` frame.
+    pub frame: Bytes,
 }
 
 /// The owner's refusal of a join.

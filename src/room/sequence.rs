@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::handoff::Takeover;
-use super::online::personal;
 use super::out::{
     hook_presence, refuse, reply, reply_error, reply_remote, to_conn, ClusterOut, Hook, HookKind, HookMessage,
     LocalAnswer, RoomOut, Sink, ToShard,
@@ -80,8 +79,6 @@ impl OwnedRooms {
         if first && holds {
             hook_presence(self.hooks, &room.name, &req.user, true, room.user_count(), sink);
         }
-        // The user's first connection on this node (`user_online`, see `online`).
-        let online = room.is_system() && room.connections() == 1 && personal(&room.name);
         let name = room.name.clone();
         // Subscribing asks the room's sequencer for its stream position (see `fresh`).
         let mut asked = false;
@@ -104,10 +101,6 @@ impl OwnedRooms {
         }
         if holds && change.is_some_and(|c| c.cluster) {
             self.count_changed(&name);
-        }
-        // Personal rooms are never held.
-        if let Some(req) = unheld.filter(|_| online) {
-            self.personal_changed(&name, &req.user, true, sink);
         }
         JoinStep::Done
     }
@@ -136,14 +129,8 @@ impl OwnedRooms {
         if gone {
             hook_presence(self.hooks, &room.name, &Arc::from(user), false, room.user_count(), sink);
         }
-        // The user's last connection on this node (`user_offline`, see `online`).
-        let offline = room.is_system() && room.connections() == 0 && personal(&room.name);
-        let name = room.name.clone();
         if gone {
             self.count_changed(room_name);
-        }
-        if offline {
-            self.personal_changed(&name, &Arc::from(user), false, sink);
         }
         self.release(room_name, now_ms, sink);
     }
@@ -216,6 +203,10 @@ impl OwnedRooms {
                 answer_publish(&msg, first.seq, first.shards, self.node != 0, sink);
                 return;
             }
+        }
+        // A personal room is made by the first message to it (see `online`).
+        if !self.rooms.contains_key(&msg.room) {
+            self.open_personal(&msg.room, now_ms, sink);
         }
         let node = self.node;
         if node != 0 && !self.rooms.contains_key(&msg.room) && !matches!(msg.from, Requester::Conn(_)) {
@@ -345,8 +336,7 @@ pub(super) fn ack_join(room: &OwnedRoom, req: &JoinReq, sink: &mut Sink<'_>) -> 
         JoinKind::Create { .. } => None,
     };
     let (replay, recovered) = room.recover(since);
-    let frame = (!req.silent)
-        .then(|| server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), recovered, private));
+    let frame = server::joined(&room.name, room.user_count(), room.seq, &room.epoch(), recovered, private);
     let ack = JoinAck {
         room: room.name.clone(),
         conn: req.origin.conn,

@@ -21,7 +21,7 @@ fn origin(shard: usize, n: u32) -> ConnRef {
 }
 
 fn req(room: &str, user: &str, shard: usize, n: u32, kind: JoinKind) -> JoinReq {
-    JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, silent: false, kind }
+    JoinReq { room: room.into(), user: user.into(), origin: origin(shard, n), token: n, kind }
 }
 
 const PLAIN: JoinKind = JoinKind::Join { password: None, verified: None, since: None };
@@ -71,7 +71,7 @@ fn first_connection_of_a_user_is_announced_then_acked() {
     assert_eq!(events.len(), 1, "one hand-off, to the only shard with members: {events:?}");
     assert_eq!((events[0].0, &events[0].1["type"]), (0, &serde_json::json!("join")));
     let Some(RoomOut::Shard(1, ToShard::JoinAck(ack))) = out.last() else { panic!("ack last") };
-    assert_eq!(json(ack.frame.as_ref().unwrap())["members"], 2);
+    assert_eq!(json(&ack.frame)["members"], 2);
     // A second connection of bob is not announced.
     assert!(delivered(&join(&mut r, "lobby", "bob", 0, 3)).is_empty());
 }
@@ -130,7 +130,7 @@ fn private_rooms_need_a_verified_password_of_this_instance() {
     req.kind = JoinKind::Join { password: None, verified: Some(epoch), since: None };
     let out = run(&mut r, req);
     let Some(RoomOut::Shard(1, ToShard::JoinAck(ack))) = out.last() else { panic!("acked") };
-    assert_eq!(json(ack.frame.as_ref().unwrap())["private"], true);
+    assert_eq!(json(&ack.frame)["private"], true);
     assert_eq!(r.get("vault").unwrap().connections(), 2);
     // A check done against another instance of the room does not count.
     let stale = req_verified("vault", epoch.wrapping_add(1));
@@ -611,6 +611,14 @@ impl Sim {
         self.route(node, out);
     }
 
+    /// Node `node`'s shard 0 has its first connection of `user` (`here`) or its last one
+    /// closed.
+    fn user(&mut self, node: usize, user: &str, here: bool) {
+        let mut out = Vec::new();
+        self.nodes[node].user_here(&Arc::from(user), 0, here, 0, &mut |o| out.push(o));
+        self.route(node, out);
+    }
+
     fn leave(&mut self, node: usize, room: &str, user: &str) {
         let e = epoch(&self.nodes[node], room);
         let mut out = Vec::new();
@@ -763,6 +771,49 @@ fn webhook_events_are_emitted_once_cluster_wide_by_the_holder() {
 }
 
 #[test]
+fn a_personal_room_is_made_by_its_first_use_and_reaches_only_its_users_shards() {
+    let mut r = rooms(3, 1000);
+    let api = || Requester::Api(ReplyTo { shard: 0, req: 1 });
+    let ann: Arc<str> = Arc::from("ann");
+    let here = |r: &mut OwnedRooms, shard: usize, on: bool| r.user_here(&ann, shard, on, 0, &mut |_| {});
+    here(&mut r, 0, true);
+    here(&mut r, 2, true);
+    assert!(r.get("@user:ann").is_none(), "no room until something is sent to it");
+    assert_eq!(r.counts(), (0, 1), "but it counts: its user is connected");
+    assert_eq!(api_reply(&api_publish(&mut r, "@user:ann", "one", api())), (Some(1), vec![0, 2]));
+    assert_eq!(r.get("@user:ann").map(|room| room.history_len()), Some(1), "made, and it keeps history");
+    assert_eq!(r.counts(), (0, 1));
+    // A user who never connected: nobody reached, nothing made.
+    assert_eq!(api_reply(&api_publish(&mut r, "@user:bob", "lost", api())), (None, vec![]));
+    assert!(r.get("@user:bob").is_none());
+    // The room follows the user's shards.
+    here(&mut r, 0, false);
+    assert_eq!(api_reply(&api_publish(&mut r, "@user:ann", "two", api())), (Some(2), vec![2]));
+    here(&mut r, 1, true);
+    assert_eq!(api_reply(&api_publish(&mut r, "@user:ann", "three", api())), (Some(3), vec![1, 2]));
+    // Gone from every shard: released (no TTL here, so dropped at once).
+    here(&mut r, 1, false);
+    here(&mut r, 2, false);
+    assert!(r.get("@user:ann").is_none());
+    assert_eq!(r.counts(), (0, 0));
+    // A history request makes the room of a connected user too (an empty page, not an
+    // error), and nothing for anyone else.
+    here(&mut r, 1, true);
+    let mut out = Vec::new();
+    let req = |room: &str| HistoryReq { room: room.into(), before: None, limit: 5, from: api() };
+    r.history(req("@user:ann"), &mut |o| out.push(o));
+    r.history(req("@user:bob"), &mut |o| out.push(o));
+    let pages: Vec<bool> = out
+        .iter()
+        .filter_map(|o| match o {
+            RoomOut::Shard(_, ToShard::Reply { reply: Reply::History(page), .. }) => Some(page.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pages, vec![true, false]);
+}
+
+#[test]
 fn single_node_webhooks_include_users_online_and_nothing_without_hooks() {
     use super::HookKind::*;
     let mut r = rooms(2, 1000).with_hooks(true);
@@ -772,16 +823,11 @@ fn single_node_webhooks_include_users_online_and_nothing_without_hooks() {
             kinds.push((h.kind, h.room.to_string()));
         }
     };
-    for (shard, n) in [(0, 1), (1, 2)] {
-        r.join(
-            req("@user:ann", "ann", shard, n, JoinKind::Join { password: None, verified: None, since: None }),
-            0,
-            &mut sink,
-        );
+    let ann: Arc<str> = Arc::from("ann");
+    // Both shards have connections of ann; a repeat changes nothing.
+    for (shard, here) in [(0, true), (1, true), (1, true), (0, false), (0, false), (1, false)] {
+        r.user_here(&ann, shard, here, 0, &mut sink);
     }
-    let e = epoch(&r, "@user:ann");
-    r.leave("@user:ann", "ann", 0, e, 0, &mut sink);
-    r.leave("@user:ann", "ann", 1, e, 0, &mut sink);
     assert_eq!(kinds, vec![(UserOnline, "@user:ann".to_owned()), (UserOffline, "@user:ann".to_owned())]);
     let mut off = rooms(1, 1000);
     let out = join(&mut off, "r", "ann", 0, 1);
@@ -1115,22 +1161,23 @@ fn a_user_on_two_nodes_is_online_and_offline_once_cluster_wide() {
     // Connections on two nodes that are not the holder, then one on the holder.
     let others: Vec<usize> = (0..4).filter(|&i| i != holder).collect();
     let (a, b) = (others[0], others[1]);
-    sim.join(a, room, "ann", 1);
-    sim.join(a, room, "ann", 2);
-    sim.join(b, room, "ann", 3);
-    sim.join(holder, room, "ann", 4);
+    sim.user(a, "ann", true);
+    sim.user(a, "ann", true);
+    sim.user(b, "ann", true);
+    sim.user(holder, "ann", true);
     let h = sim.ids[holder];
     assert_eq!(user_hooks(&sim, "ann"), vec![(h, HookKind::UserOnline)], "one user_online, by the holder");
-    sim.leave(holder, room, "ann");
-    sim.leave(a, room, "ann");
-    sim.leave(a, room, "ann");
+    sim.user(holder, "ann", false);
+    sim.user(a, "ann", false);
+    sim.user(a, "ann", false);
     assert_eq!(user_hooks(&sim, "ann").len(), 1, "still connected on another node: no event");
-    sim.leave(b, room, "ann");
+    sim.user(b, "ann", false);
     assert_eq!(user_hooks(&sim, "ann"), vec![(h, HookKind::UserOnline), (h, HookKind::UserOffline)]);
     assert!(sim.nodes.iter().all(|r| r.online.is_empty()), "nothing is kept for a user who is gone");
     // Without the user hooks, nodes send nothing about personal rooms.
     let mut quiet = Sim::new(2);
-    let out = join(&mut quiet.nodes[0], "@user:bob", "bob", 0, 1);
+    let mut out = Vec::new();
+    quiet.nodes[0].user_here(&Arc::from("bob"), 0, true, 0, &mut |o| out.push(o));
     assert!(!out.iter().any(|o| matches!(o, RoomOut::Cluster(ClusterOut::Presence { .. }))));
 }
 
@@ -1150,12 +1197,12 @@ fn when_a_users_holder_dies_the_replica_decides_user_offline() {
         }
     };
     // Connected on the holder and on a third node: the holder's death changes nothing.
-    sim.join(h, room, "cy", 1);
-    sim.join(other, room, "cy", 2);
+    sim.user(h, "cy", true);
+    sim.user(other, "cy", true);
     kill(&mut sim, holder);
     assert_eq!(user_hooks(&sim, "cy"), vec![(holder, HookKind::UserOnline)]);
     // The replica holds now; the last connection anywhere closes: one user_offline.
-    sim.leave(other, room, "cy");
+    sim.user(other, "cy", false);
     assert_eq!(user_hooks(&sim, "cy"), vec![(holder, HookKind::UserOnline), (replica, HookKind::UserOffline)]);
 
     // A user connected only on a node that dies goes offline, announced by the holder.
@@ -1164,7 +1211,7 @@ fn when_a_users_holder_dies_the_replica_decides_user_offline() {
         .map(Option::unwrap);
     let victim = (0..4).find(|&i| sim.ids[i] != holder && sim.ids[i] != sim.ids[h]).unwrap();
     sim.nodes[h] = rooms(1, 1000); // the dead node stays dead
-    sim.join(victim, room, "dee", 3);
+    sim.user(victim, "dee", true);
     let dead = sim.ids[victim];
     kill(&mut sim, dead);
     let got = user_hooks(&sim, "dee");
@@ -1549,7 +1596,7 @@ fn seen(out: &[RoomOut]) -> Vec<Seen> {
         .filter_map(|o| match o {
             RoomOut::Shard(0, ToShard::JoinAck(ack)) => {
                 let replay = ack.replay.iter().filter_map(|f| json(f)["seq"].as_u64()).collect();
-                Some(Seen::Ack(replay, ack.frame.as_ref().map(json).unwrap_or_default()))
+                Some(Seen::Ack(replay, json(&ack.frame)))
             }
             RoomOut::Shard(0, ToShard::Deliver { frame, .. }) => json(frame)["seq"].as_u64().map(Seen::Frame),
             _ => None,

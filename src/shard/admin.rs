@@ -12,7 +12,7 @@ use super::conn::PLAIN_JOIN;
 use super::conns::ConnId;
 use super::msg::{AdminOp, Reply};
 use super::{Services, Shard};
-use crate::protocol::{self, server};
+use crate::protocol::server;
 
 /// The `reason` of the `left` frame a server-side unsubscribe sends.
 pub const UNSUBSCRIBED: &str = "unsubscribed by the server";
@@ -74,11 +74,8 @@ impl Shard {
                     conns.iter_mut().filter(|(_, c)| c.is_open() && &*c.user == user).map(|(id, _)| id).collect();
                 for id in ids {
                     let Some(c) = conns.get_mut(id) else { continue };
+                    // A personal room is never in `rooms` (nor can the API name one).
                     let Some(i) = c.rooms.iter().position(|m| &*m.room == room.as_str()) else { continue };
-                    if c.rooms[i].room.starts_with(protocol::SYSTEM_ROOM_PREFIX) {
-                        refused += 1;
-                        continue;
-                    }
                     let m = c.rooms.remove(i);
                     // A pending join is undone when its ack arrives (as for a client leave).
                     if m.joined() {

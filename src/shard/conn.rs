@@ -74,6 +74,9 @@ impl Shard {
             // An echo connection holds no per-IP slot (see `open_echo`).
             self.release_slot(conn.peer, !conn.echo && self.cfg.max_connections_per_ip > 0);
         }
+        if !conn.user.is_empty() && self.members.borrow_mut().remove_user(&conn.user, id) {
+            self.tell_user_owner(&conn.user, false);
+        }
         // Joined rooms are left; pending joins are undone when their ack arrives.
         for m in conn.rooms.iter().filter(|m| m.joined()) {
             self.leave_joined(id, &conn.user, m);
@@ -145,6 +148,13 @@ impl Services {
         self.mesh.send(self.mesh.owner_of(&m.room), leave);
     }
 
+    /// Tells the owner of `user`'s personal room that this shard has its first connection
+    /// of the user (`here`) or that its last one here closed.
+    fn tell_user_owner(&self, user: &Arc<str>, here: bool) {
+        let owner = self.mesh.owner_of(&protocol::user_room(user));
+        self.mesh.send(owner, ShardMsg::UserHere { user: user.clone(), from: self.id, here });
+    }
+
     /// Dispatches bytes read from connection `id` by its phase.
     fn on_input(&self, id: ConnId, conn: &mut Conn, data: &mut [u8]) {
         match conn.phase {
@@ -164,16 +174,17 @@ impl Services {
         inc(&self.stats.upgrades_total);
         self.ws_open.set(self.ws_open.get() + 1);
         self.start_session(id, &identity);
-        // Every connection is a member of its user's personal room (push to one user).
-        // The join is queued for the room's owner before the welcome is written: a client
-        // that has its welcome may at once have its backend push to the user, and that
-        // push must reach the owner behind this join. The other way round, this thread
-        // could be preempted between the two, and a push sent on another shard overtook
-        // the join and found no room (a CI run of history.rs on a busy host). The welcome
-        // still goes first: the owner's ack can only arrive after this call returns.
-        let room: Arc<str> = Arc::from(protocol::user_room(&conn.user));
-        let req = self.pending_join(id, conn, room, None, PLAIN_JOIN);
-        self.send_join(JoinReq { silent: true, ..req });
+        // Every connection is a member of its user's personal room (push to one user): one
+        // of the user's local connections from now on (`members`), and the room's owner
+        // hears of the user's first connection on this shard (`room::online`). That news
+        // is queued before the welcome is written: a client that has its welcome may at
+        // once have its backend push to the user, and that push must reach the owner
+        // behind it. The other way round, this thread could be preempted between the two,
+        // and a push sent on another shard overtook it and found nobody (a CI run of
+        // history.rs on a busy host, when this was a join).
+        if self.members.borrow_mut().add_user(&conn.user, id) {
+            self.tell_user_owner(&conn.user, true);
+        }
         let welcome = server::welcome(&conn.user, identity.name.as_deref(), &self.conn_label(id), self.id);
         self.push(conn, welcome);
     }
@@ -331,8 +342,10 @@ impl Services {
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::Delete(Box::new(req)));
             }
             ClientMsg::Leave { room } => {
+                if protocol::is_room_of(&room, &conn.user) {
+                    may_leave(&room)?;
+                }
                 let i = member_index(&conn.rooms, &room)?;
-                may_leave(&conn.rooms[i].room)?;
                 let m = conn.rooms.remove(i);
                 // A pending join is undone when its ack arrives (see `on_join_ack`).
                 if m.joined() {
@@ -348,7 +361,7 @@ impl Services {
                     check_data_len(data.len(), self.cfg.max_data_bytes)?;
                 }
                 // A join still waiting for its ack counts: the owner sees the join first.
-                let room = member_room(&conn.rooms, &room)?;
+                let room = member_room(&conn.rooms, &conn.user, &room)?;
                 let extra = Extra {
                     data: data.map(Arc::from),
                     event: event.map(|e| Arc::from(&*e)),
@@ -367,7 +380,7 @@ impl Services {
                 self.publish_checked(id, conn, publish)?;
             }
             ClientMsg::Presence { room, after, limit } => {
-                let room = member_room(&conn.rooms, &room)?;
+                let room = member_room(&conn.rooms, &conn.user, &room)?;
                 let req = PresenceReq {
                     room: room.clone(),
                     after: after.map(|a| Box::from(&*a)),
@@ -383,7 +396,7 @@ impl Services {
             }
             ClientMsg::History { room, before, limit } => {
                 let limit = history_limit(limit)?;
-                let room = member_room(&conn.rooms, &room)?;
+                let room = member_room(&conn.rooms, &conn.user, &room)?;
                 let req = HistoryReq { room: room.clone(), before, limit, from: Requester::Conn(origin) };
                 self.mesh.send(self.mesh.owner_of(&room), ShardMsg::History(Box::new(req)));
             }
@@ -411,14 +424,7 @@ impl Services {
     ) -> JoinReq {
         let token = self.token();
         conn.rooms.push(Membership { room: room.clone(), pending: token, epoch: 0 });
-        JoinReq {
-            room,
-            user: conn.user.clone(),
-            origin: ConnRef { shard: self.id, conn: id, reference },
-            token,
-            silent: false,
-            kind,
-        }
+        JoinReq { room, user: conn.user.clone(), origin: ConnRef { shard: self.id, conn: id, reference }, token, kind }
     }
 
     /// Asks the room's owner to sequence a join.
@@ -531,9 +537,12 @@ fn member_index(rooms: &[Membership], room: &str) -> Result<usize, ClientError> 
         .ok_or_else(|| ClientError::new(ErrorCode::NotMember, "join the room first"))
 }
 
-/// The connection's own (shared) name of a room it is in or joining; not one whose join
-/// still waits for the application backend.
-fn member_room(rooms: &[Membership], room: &str) -> Result<Arc<str>, ClientError> {
+/// The connection's own (shared) name of a room it is in or joining (its personal room
+/// included); not one whose join still waits for the application backend.
+fn member_room(rooms: &[Membership], user: &str, room: &str) -> Result<Arc<str>, ClientError> {
+    if protocol::is_room_of(room, user) {
+        return Ok(Arc::from(room));
+    }
     let m = &rooms[member_index(rooms, room)?];
     if m.pending != 0 && m.epoch == AWAITING_BACKEND {
         return Err(ClientError::new(ErrorCode::NotMember, "the join waits for the application backend"));
@@ -604,16 +613,24 @@ mod tests {
         let rs = rooms(&["a", "b"]);
         assert_eq!(member_index(&rs, "b"), Ok(1));
         assert_eq!(code(member_index(&rs, "c")), ErrorCode::NotMember);
-        assert!(Arc::ptr_eq(&member_room(&rs, "a").expect("member"), &rs[0].room), "the shared name is reused");
+        assert!(Arc::ptr_eq(&member_room(&rs, "ann", "a").expect("member"), &rs[0].room), "the shared name is reused");
+    }
+
+    #[test]
+    fn a_connection_is_in_its_own_personal_room_only() {
+        let rs = rooms(&["a"]);
+        assert_eq!(member_room(&rs, "ann", "@user:ann").as_deref(), Ok("@user:ann"));
+        assert_eq!(code(member_room(&rs, "ann", "@user:bob")), ErrorCode::NotMember);
+        assert_eq!(code(member_room(&rs, "", "@user:")), ErrorCode::NotMember, "no user, no personal room");
     }
 
     #[test]
     fn a_join_waiting_for_the_backend_is_not_a_membership_yet() {
         let mut rs = rooms(&["a"]);
         rs[0].pending = 3;
-        assert!(member_room(&rs, "a").is_ok(), "a pending join counts");
+        assert!(member_room(&rs, "ann", "a").is_ok(), "a pending join counts");
         rs[0].epoch = AWAITING_BACKEND;
-        assert_eq!(code(member_room(&rs, "a")), ErrorCode::NotMember);
+        assert_eq!(code(member_room(&rs, "ann", "a")), ErrorCode::NotMember);
         assert_eq!(member_index(&rs, "a"), Ok(0), "it can still be left");
     }
 

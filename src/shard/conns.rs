@@ -286,6 +286,18 @@ impl Conn {
     pub fn membership(&self, room: &str) -> Option<usize> {
         self.rooms.iter().position(|m| &*m.room == room)
     }
+
+    /// Whether `room` is this connection's personal room (it is a member from its
+    /// `welcome` to its close, with no entry in `rooms`).
+    pub fn in_personal(&self, room: &str) -> bool {
+        crate::protocol::is_room_of(room, &self.user)
+    }
+
+    /// Whether the connection is a member of `room` now: its personal room, or a room
+    /// whose join the owner acked.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.in_personal(room) || self.membership(room).is_some_and(|i| self.rooms[i].joined())
+    }
 }
 
 /// The table of a shard's connections.

@@ -404,7 +404,7 @@ impl Shard {
                     handoffs += usize::from(from < frames.len());
                     let Some(conn) = conns.get_mut(*id) else { continue };
                     let wanted = match room {
-                        Some(room) => conn.membership(room).is_some_and(|i| conn.rooms[i].joined()),
+                        Some(room) => conn.in_room(room),
                         None => conn.is_open() && !conn.echo,
                     };
                     if wanted {

@@ -12,14 +12,48 @@ use super::conns::ConnId;
 use super::msg::{ConnRef, JoinAck, JoinRefused, ShardMsg};
 use super::outbox::Pushed;
 use super::Shard;
+use crate::protocol;
 
 /// Local members per room. Only rooms with at least one local member are present.
+///
+/// Personal rooms (`@user:<id>`) have no entry of their own: every connection of a user
+/// is a member of the user's personal room from its `welcome` to its close, so their
+/// members are the user's local connections, kept by user id under the connection's own
+/// `Arc` (no name, no membership record, no join: docs/DESIGN-NOTES.md, "Memory per
+/// connection").
 #[derive(Default)]
 pub(crate) struct LocalRooms {
     rooms: FxHashMap<Arc<str>, Members>,
+    users: FxHashMap<Arc<str>, UserConns>,
 }
 
 impl LocalRooms {
+    /// Adds `conn`, a connection of `user`, to the user's personal room. True if it is
+    /// the user's first connection here (the room's owner is then told).
+    pub fn add_user(&mut self, user: &Arc<str>, conn: ConnId) -> bool {
+        match self.users.get_mut(user) {
+            Some(conns) => {
+                conns.insert(conn);
+                false
+            }
+            None => {
+                self.users.insert(user.clone(), UserConns::One(conn));
+                true
+            }
+        }
+    }
+
+    /// Removes `conn` from `user`'s personal room. True if that was the user's last
+    /// connection here.
+    pub fn remove_user(&mut self, user: &str, conn: ConnId) -> bool {
+        let Some(conns) = self.users.get_mut(user) else { return false };
+        if !conns.remove(conn) {
+            return false;
+        }
+        self.users.remove(user);
+        true
+    }
+
     /// Adds `conn` to `room`.
     pub fn add(&mut self, room: Arc<str>, conn: ConnId) {
         self.rooms.entry(room).or_default().insert(conn);
@@ -35,14 +69,81 @@ impl LocalRooms {
         }
     }
 
-    /// Local members of `room`.
-    pub fn get(&self, room: &str) -> Option<&Members> {
-        self.rooms.get(room)
+    /// Local members of `room` (for a personal room, its user's local connections).
+    pub fn get(&self, room: &str) -> Option<Local<'_>> {
+        match protocol::room_user(room) {
+            Some(user) => self.users.get(user).map(Local::User),
+            None => self.rooms.get(room).map(Local::Room),
+        }
     }
 
     /// Removes and returns the local members of `room`.
     pub fn take(&mut self, room: &str) -> Option<Members> {
         self.rooms.remove(room)
+    }
+}
+
+/// One user's local connections, the members of its personal room: nearly always one,
+/// kept inline (an entry per connected user is then 32 bytes).
+pub(crate) enum UserConns {
+    /// The usual case.
+    One(ConnId),
+    /// Two or more (emptied back to none only by the last removal).
+    More(Box<Members>),
+}
+
+impl UserConns {
+    /// Adds `id` (no effect if present).
+    fn insert(&mut self, id: ConnId) {
+        match self {
+            UserConns::One(one) if *one == id => {}
+            UserConns::One(one) => {
+                let mut more = Members::default();
+                more.insert(*one);
+                more.insert(id);
+                *self = UserConns::More(Box::new(more));
+            }
+            UserConns::More(more) => more.insert(id),
+        }
+    }
+
+    /// Removes `id`; true if none is left.
+    fn remove(&mut self, id: ConnId) -> bool {
+        match self {
+            UserConns::One(one) => *one == id,
+            UserConns::More(more) => {
+                more.remove(id);
+                more.is_empty()
+            }
+        }
+    }
+}
+
+/// The local members of one room, as [`LocalRooms::get`] finds them.
+pub(crate) enum Local<'a> {
+    /// A room's member set.
+    Room(&'a Members),
+    /// A personal room's: its user's connections.
+    User(&'a UserConns),
+}
+
+impl Local<'_> {
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        match *self {
+            Local::Room(m) => m.len(),
+            Local::User(UserConns::More(m)) => m.len(),
+            Local::User(UserConns::One(_)) => 1,
+        }
+    }
+
+    /// Calls `f` for every member.
+    pub fn for_each(&self, mut f: impl FnMut(ConnId)) {
+        match *self {
+            Local::Room(m) => m.for_each(f),
+            Local::User(UserConns::More(m)) => m.for_each(f),
+            Local::User(UserConns::One(id)) => f(*id),
+        }
     }
 }
 
@@ -146,9 +247,7 @@ impl Shard {
                 conn.wake();
             }
         }
-        if let Some(frame) = ack.frame {
-            self.push(conn, frame);
-        }
+        self.push(conn, ack.frame);
     }
 
     /// The owner refused a join (nothing was counted): drop the pending membership and
@@ -185,7 +284,7 @@ impl Shard {
 mod tests {
     use super::*;
 
-    fn ids(m: &Members) -> Vec<ConnId> {
+    fn ids(m: &Local<'_>) -> Vec<ConnId> {
         let mut v = Vec::new();
         m.for_each(|id| v.push(id));
         v.sort();
@@ -205,7 +304,7 @@ mod tests {
             m.remove(ConnId::for_test(n));
         }
         m.remove(ConnId::for_test(1000));
-        assert_eq!(ids(&m), (1..40).step_by(2).map(ConnId::for_test).collect::<Vec<_>>());
+        assert_eq!(ids(&Local::Room(&m)), (1..40).step_by(2).map(ConnId::for_test).collect::<Vec<_>>());
     }
 
     #[test]
@@ -214,9 +313,27 @@ mod tests {
         let mut rooms = LocalRooms::default();
         rooms.add("r".into(), ConnId::for_test(1));
         rooms.add("r".into(), ConnId::for_test(2));
-        assert!(matches!(rooms.get("r"), Some(Members::Few(v)) if !v.spilled()));
+        assert!(matches!(rooms.get("r"), Some(Local::Room(Members::Few(v))) if !v.spilled()));
         rooms.remove("r", ConnId::for_test(1));
         rooms.remove("r", ConnId::for_test(2));
         assert!(rooms.get("r").is_none(), "empty rooms are forgotten");
+    }
+
+    #[test]
+    fn a_users_connections_are_the_members_of_its_personal_room() {
+        assert!(std::mem::size_of::<UserConns>() <= 16, "an entry per connected user stays small");
+        let mut rooms = LocalRooms::default();
+        let ann: Arc<str> = Arc::from("ann");
+        assert!(rooms.add_user(&ann, ConnId::for_test(1)), "the first connection is news for the owner");
+        assert!(!rooms.add_user(&ann, ConnId::for_test(2)));
+        assert!(rooms.add_user(&Arc::from("bob"), ConnId::for_test(3)));
+        assert_eq!(rooms.get("@user:ann").as_ref().map(ids), Some(vec![ConnId::for_test(1), ConnId::for_test(2)]));
+        assert!(rooms.get("ann").is_none() && rooms.get("@user:an").is_none(), "only the personal room's name");
+        assert!(!rooms.remove_user("ann", ConnId::for_test(1)));
+        assert!(!rooms.remove_user("ann", ConnId::for_test(9)), "not a connection of ann");
+        assert!(rooms.remove_user("ann", ConnId::for_test(2)), "the last connection is news for the owner");
+        assert!(rooms.get("@user:ann").is_none());
+        assert!(!rooms.remove_user("ann", ConnId::for_test(2)), "told once");
+        assert_eq!(rooms.get("@user:bob").as_ref().map(ids), Some(vec![ConnId::for_test(3)]));
     }
 }

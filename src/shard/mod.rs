@@ -394,6 +394,9 @@ impl Shard {
             ShardMsg::Leave { room, user, from, epoch } => {
                 self.owned.borrow_mut().leave(&room, &user, from, epoch, Services::wall_ms(), sink)
             }
+            ShardMsg::UserHere { user, from, here } => {
+                self.owned.borrow_mut().user_here(&user, from, here, Services::wall_ms(), sink)
+            }
             ShardMsg::Delete(req) => self.owned.borrow_mut().delete(*req, sink),
             ShardMsg::JoinRefused(r) => self.on_join_refused(*r),
             ShardMsg::RoomDeleted { room, epoch, frame, by } => self.on_room_deleted(&room, epoch, frame, &by),

@@ -34,6 +34,16 @@ pub enum ShardMsg {
         /// Low 32 bits of the room instance's epoch.
         epoch: u32,
     },
+    /// To the owner of `user`'s personal room: shard `from` has its first connection of
+    /// the user (`here`), or its last one there closed (see `room::online`).
+    UserHere {
+        /// The user.
+        user: Arc<str>,
+        /// The connections' shard.
+        from: usize,
+        /// First connection (true) or last one gone (false).
+        here: bool,
+    },
     /// To a room's owner: delete a room (its creator only).
     Delete(Box<DeleteReq>),
     /// To a room's owner: publish a message (from a member or the HTTP API).
@@ -152,6 +162,7 @@ impl ShardMsg {
             ShardMsg::Deliver { .. } | ShardMsg::DeliverAll { .. } => Class::Delivery,
             ShardMsg::Join(_)
             | ShardMsg::Leave { .. }
+            | ShardMsg::UserHere { .. }
             | ShardMsg::Delete(_)
             | ShardMsg::Publish(_)
             | ShardMsg::Broadcast(_)

@@ -108,9 +108,22 @@ pub const MAX_ROOM_LEN: usize = 128;
 /// Prefix of server-managed rooms (`@user:<id>` personal rooms); clients cannot join them.
 pub const SYSTEM_ROOM_PREFIX: char = '@';
 
+/// Prefix of personal rooms: `@user:<id>`.
+pub const USER_ROOM_PREFIX: &str = "@user:";
+
 /// The personal room of `user`: every connection of the user is implicitly a member.
 pub fn user_room(user: &str) -> String {
-    format!("@user:{user}")
+    format!("{USER_ROOM_PREFIX}{user}")
+}
+
+/// The user whose personal room `room` is; `None` for every other room.
+pub fn room_user(room: &str) -> Option<&str> {
+    room.strip_prefix(USER_ROOM_PREFIX)
+}
+
+/// Whether `room` is the personal room of `user` (never of the empty user).
+pub fn is_room_of(room: &str, user: &str) -> bool {
+    !user.is_empty() && room_user(room) == Some(user)
 }
 
 /// Checks a client-chosen room name: 1–128 bytes, no control characters, not reserved.
