@@ -317,3 +317,75 @@ fn a_personal_room_cannot_be_rejoined_and_offline_pushes_come_back_through_histo
     let texts: Vec<&str> = h["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts, vec!["while offline", "first"]);
 }
+
+/// A personal room has no joins: the shards tell its owner of a user's first and last
+/// connection on them, and the room is made by the first push. It reaches the user's
+/// connections on every shard, follows them as they close, and keeps its stream while
+/// the user is connected anywhere (and, with history, while it lingers).
+#[test]
+fn pushes_to_a_user_reach_its_connections_on_every_shard_as_they_come_and_go() {
+    let key = "personal-shards-key-0123456789";
+    let server = TestServer::with(|c| c.api_key = Some(key.into()));
+    let http = server.http();
+    // Connections of alice until each shard has one (the kernel's hash places them);
+    // extra ones on a shard already covered are closed at once.
+    let mut alice: Vec<Client> = Vec::new();
+    for _ in 0..200 {
+        if alice.len() == 2 {
+            break;
+        }
+        let c = Client::connect(&server, "alice");
+        if alice.iter().all(|a| a.shard != c.shard) {
+            alice.push(c);
+        }
+    }
+    assert_eq!(alice.len(), 2, "alice has a connection on each shard");
+    poll_until(&http, "/stats", PATIENCE, |r| {
+        let s = r.json();
+        s["connections"]["websockets"] == 2 && s["rooms"]["personal"] == 1
+    });
+    let push = |text: &str| {
+        let r = http.post("/api/publish", Some(key), &json!({"users":["alice"],"text":text})).json();
+        assert_eq!(r["rooms"], 1, "{r}");
+    };
+    push("to both");
+    for a in &mut alice {
+        let m = a.expect("message");
+        assert_eq!((m["text"].as_str(), m["seq"].as_u64()), (Some("to both"), Some(1)));
+    }
+    // One shard loses its connection: the other still gets every push, in one stream.
+    drop(alice.remove(0));
+    poll_until(&http, "/stats", PATIENCE, |r| r.json()["connections"]["websockets"] == 1);
+    push("to one");
+    let m = alice[0].expect("message");
+    assert_eq!((m["text"].as_str(), m["seq"].as_u64()), (Some("to one"), Some(2)));
+    // The last one closes, alice comes back: the room lingered with its history, so
+    // the stream goes on.
+    drop(alice.remove(0));
+    poll_until(&http, "/stats", PATIENCE, |r| r.json()["connections"]["websockets"] == 0);
+    let mut again = Client::connect(&server, "alice");
+    push("back");
+    let m = again.expect("message");
+    assert_eq!((m["text"].as_str(), m["seq"].as_u64()), (Some("back"), Some(3)));
+    again.send(json!({"type":"history","room":"@user:alice","limit":5}));
+    let texts: Vec<String> = again.expect("history")["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["back", "to one", "to both"]);
+}
+
+/// A connected user who was never sent anything has no personal room yet, but may read
+/// its (empty) history; another user's personal room stays out of reach.
+#[test]
+fn a_personal_room_nobody_wrote_to_has_an_empty_history() {
+    let server = TestServer::start();
+    let mut bob = Client::connect(&server, "bob");
+    bob.send(json!({"type":"history","room":"@user:bob","limit":5}));
+    let h = bob.expect("history");
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(0), "{h}");
+    bob.send(json!({"type":"history","room":"@user:carol","limit":5}));
+    assert_eq!(bob.expect("error")["code"], "not_member");
+}
