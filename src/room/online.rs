@@ -158,10 +158,8 @@ impl OwnedRooms {
                 room.emptied_ms = 0;
             }
         } else if here && self.node != 0 {
-            let name = Arc::from(name.as_str());
             self.open_personal(&name, now_ms, sink);
         }
-        let name = self.rooms.get(name.as_str()).map_or_else(|| Arc::from(name.as_str()), |r| r.name.clone());
         if was_empty != now_empty {
             self.personal_changed(&name, user, here, sink);
         }
@@ -174,11 +172,12 @@ impl OwnedRooms {
     /// exist yet, fanning out to the shards that have the user. Nothing for any other
     /// room, or a user not connected here (a message to a user who is offline is kept
     /// only by a room that is still there for its history).
-    pub(super) fn open_personal(&mut self, name: &Arc<str>, now_ms: u64, sink: &mut Sink<'_>) {
+    pub(super) fn open_personal(&mut self, name: &str, now_ms: u64, sink: &mut Sink<'_>) {
         let Some(set) = protocol::room_user(name).and_then(|user| self.users_here.get(user)) else { return };
         if self.rooms.contains_key(name) {
             return;
         }
+        let name: Arc<str> = Arc::from(name);
         let mut room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
         for (shard, n) in room.shard_members.iter_mut().enumerate() {
             *n = u32::from(set.contains(shard));
@@ -189,7 +188,7 @@ impl OwnedRooms {
             room.subscribed = true;
             sink(RoomOut::Cluster(ClusterOut::Subscribe(name.clone())));
         }
-        self.rooms.insert(name.clone(), Box::new(room));
+        self.rooms.insert(name, Box::new(room));
     }
 
     /// Whether `room`'s user has connections on other nodes (as far as this keeper knows).
@@ -206,16 +205,19 @@ impl OwnedRooms {
     /// (`present`), or the last one here left. On a single node that is the event; in a
     /// cluster the keepers are told and the holder emits it when the user is connected
     /// nowhere else.
-    pub(super) fn personal_changed(&mut self, room: &Arc<str>, user: &Arc<str>, present: bool, sink: &mut Sink<'_>) {
+    pub(super) fn personal_changed(&mut self, room: &str, user: &Arc<str>, present: bool, sink: &mut Sink<'_>) {
         if self.node == 0 {
             if self.hooks {
-                emit(kind(present), room, user, sink);
+                emit(kind(present), &Arc::from(room), user, sink);
             }
             return;
         }
         if !self.user_hooks {
             return;
         }
+        // The name is shared by whatever this emits; made only when something is.
+        let room: Arc<str> = Arc::from(room);
+        let room = &room;
         tell_keepers(self.node, self.keepers(room), room, user, present, sink);
         if self.hooks && self.holds(room) && !self.online_elsewhere(room) {
             emit(kind(present), room, user, sink);
