@@ -157,6 +157,12 @@ impl OwnedRooms {
                 // A lingering room comes back to life (its expiry entry no longer matches).
                 room.emptied_ms = 0;
             }
+            if here && self.node != 0 && !room.subscribed {
+                // A room restored from the log, or kept only to carry its stream: the
+                // bus's frames for it are taken from now on, as for a new one.
+                room.subscribed = true;
+                sink(RoomOut::Cluster(ClusterOut::Subscribe(room.name.clone())));
+            }
         } else if here && self.node != 0 {
             self.open_personal(&name, now_ms, sink);
         }

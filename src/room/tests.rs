@@ -814,6 +814,32 @@ fn a_personal_room_is_made_by_its_first_use_and_reaches_only_its_users_shards() 
 }
 
 #[test]
+fn in_a_cluster_a_users_first_connection_subscribes_its_personal_room_new_or_restored() {
+    let subscribes =
+        |out: &[RoomOut]| out.iter().filter(|o| matches!(o, RoomOut::Cluster(ClusterOut::Subscribe(_)))).count();
+    let mut r = rooms(2, 1000).with_cluster(5).with_journal();
+    let restored = crate::journal::RestoredRoom {
+        name: "@user:bob".into(),
+        epoch: 77,
+        seq: 1,
+        frames: [(1, bytes::Bytes::from_static(b"frame 1"))].into_iter().collect(),
+        bytes: 7,
+        ..Default::default()
+    };
+    r.restore(vec![restored], 0);
+    assert!(!r.get("@user:bob").unwrap().subscribed, "restored, nobody connected yet");
+    for user in ["ann", "bob"] {
+        let mut out = Vec::new();
+        r.user_here(&Arc::from(user), 1, true, 0, &mut |o| out.push(o));
+        r.user_here(&Arc::from(user), 0, true, 0, &mut |o| out.push(o));
+        assert_eq!(subscribes(&out), 1, "{user}: once, with the first connection");
+        let room = r.get(&format!("@user:{user}")).unwrap();
+        assert!(room.subscribed && room.connections() == 2, "{user}: made or kept, on both shards");
+    }
+    assert_eq!(r.get("@user:bob").unwrap().seq(), 1, "the restored stream goes on");
+}
+
+#[test]
 fn single_node_webhooks_include_users_online_and_nothing_without_hooks() {
     use super::HookKind::*;
     let mut r = rooms(2, 1000).with_hooks(true);
