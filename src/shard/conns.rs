@@ -115,8 +115,9 @@ pub struct Conn {
     pub waker: Option<Waker>,
     /// User id (empty until the upgrade).
     pub user: Arc<str>,
-    /// Rooms joined or joining, in join order. Inline while it holds one entry (the
-    /// personal room every connection has), so an idle connection needs no heap for it.
+    /// Rooms joined or joining, in join order. Inline while it holds one entry, so a
+    /// connection in one room needs no heap for it. Its personal room is not here: it is
+    /// implied by `user` (see `in_personal`).
     pub rooms: SmallVec<[Membership; 1]>,
     /// Peer address.
     pub peer: IpAddr,
