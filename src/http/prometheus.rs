@@ -63,7 +63,7 @@ impl Collector for Shards {
             ("connections", "Sockets open now (any phase).", |s| s.connections),
             ("websockets", "Upgraded WebSocket connections open now.", |s| s.websockets),
             ("rooms_public", "Public rooms owned by the shard.", |s| s.rooms_public),
-            ("rooms_personal", "Personal rooms (@user:…) owned by the shard.", |s| s.rooms_personal),
+            ("rooms_personal", "Personal rooms (@user:…) owned by the shard: one per user connected to the node, made yet or not, and those kept for their history.", |s| s.rooms_personal),
             ("inbox_depth", "Messages waiting in the shard's inbox.", |s| s.inbox_depth),
             ("history_bytes", "Bytes of room history held by the shard.", |s| s.history_bytes),
             ("history_messages", "Messages of room history held by the shard.", |s| s.history_messages),
