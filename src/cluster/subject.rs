@@ -30,8 +30,8 @@
 
 use data_encoding::BASE64URL_NOPAD;
 
-/// Prefix of personal rooms, whose traffic goes on `user.` subjects.
-const USER_ROOM: &str = "@user:";
+// Personal rooms' traffic goes on `user.` subjects.
+use crate::protocol::room_user;
 
 /// Encodes `name` into one valid NATS subject token (see the module docs).
 pub fn token(name: &str) -> String {
@@ -94,7 +94,7 @@ impl Subjects {
     /// The subject of room `room` (a `user.` subject for a personal room, an `rb.`
     /// subject with room buckets).
     pub fn room(&self, room: &str) -> String {
-        match room.strip_prefix(USER_ROOM) {
+        match room_user(room) {
             Some(user) => format!("{}.user.{}", self.prefix, token(user)),
             None if self.buckets > 0 => format!("{}.rb.{}.{}", self.prefix, bucket(room, self.buckets), token(room)),
             None => format!("{}.room.{}", self.prefix, token(room)),
@@ -133,7 +133,7 @@ pub fn bucket(room: &str, buckets: u32) -> u32 {
 /// Whether `room` is a personal room (`@user:<id>`), whose subject the node-wide wildcard
 /// subscription already covers.
 pub fn is_personal(room: &str) -> bool {
-    room.starts_with(USER_ROOM)
+    room_user(room).is_some()
 }
 
 /// Whether `s` is a valid literal NATS subject: dot-separated non-empty tokens without

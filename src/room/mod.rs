@@ -328,8 +328,9 @@ impl OwnedRooms {
     /// connected to this node, whether or not its room exists yet (see `online`), and
     /// while it is kept for its history after the user left.
     pub fn counts(&self) -> (u64, u64) {
-        let system = self.rooms.values().filter(|r| r.is_system()).count() as u64;
-        let live = self.rooms.values().filter(|r| r.is_system() && r.connections() > 0).count() as u64;
-        (self.rooms.len() as u64 - system, system - live + self.users_here.len() as u64)
+        // Personal rooms whose user is connected are counted once, in `users_here`.
+        let kept = self.rooms.values().filter(|r| r.is_system() && r.connections() == 0).count() as u64;
+        let public = self.rooms.values().filter(|r| !r.is_system()).count() as u64;
+        (public, kept + self.users_here.len() as u64)
     }
 }

@@ -35,11 +35,9 @@ use crate::protocol;
 
 /// The prefix of personal rooms (`protocol::user_room`): their first and last connection
 /// are a user's `user_online`/`user_offline`.
-pub(super) const USER_ROOM: &str = "@user:";
-
 /// Whether `room` is a personal room.
 pub(super) fn personal(room: &str) -> bool {
-    room.starts_with(USER_ROOM)
+    protocol::room_user(room).is_some()
 }
 
 /// The shards of this node that have connections of one user: one bit per shard, in
@@ -289,7 +287,7 @@ impl OwnedRooms {
         if !personal(room) {
             return false;
         }
-        let user: Arc<str> = Arc::from(&room[USER_ROOM.len()..]);
+        let user: Arc<str> = Arc::from(&room[protocol::USER_ROOM_PREFIX.len()..]);
         let present = users.contains(&user);
         let knew =
             self.online_prev.as_deref().is_some_and(|prev| placement::keepers(room, prev).contains(&Some(self.node)));
@@ -324,7 +322,7 @@ impl OwnedRooms {
                 self.online.remove(&name);
                 continue;
             }
-            let user: Arc<str> = Arc::from(&name[USER_ROOM.len()..]);
+            let user: Arc<str> = Arc::from(&name[protocol::USER_ROOM_PREFIX.len()..]);
             for &dead in gone {
                 self.remote_online(&name, dead, &user, false, sink);
             }
