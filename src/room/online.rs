@@ -22,8 +22,9 @@
 //! (`users_here`, tens of bytes); the room itself, with its stream and history, is made
 //! on first use: the first message published to it, or a `history` request
 //! ([`OwnedRooms::open_personal`]). A user nobody pushes to costs no room. In a cluster
-//! the room is made with the user's first connection on the node, as the bus delivers
-//! its frames to it.
+//! the same holds on every node: the bus delivers every personal room's frames to each
+//! node (one wildcard subscription), and a node makes the room with the first frame for
+//! a user connected to it (`remote_frame`); frames for anyone else are dropped.
 
 use std::sync::Arc;
 
@@ -128,8 +129,8 @@ impl OwnedRooms {
 
     /// Shard `shard` of this node has its first connection of `user` (`here`), or its
     /// last one there closed (repeats are ignored). The user's personal room, when it
-    /// exists, fans out to exactly the shards that have the user; in a cluster it is made
-    /// with the user's first connection here (see the module doc). The user's first
+    /// exists, fans out to exactly the shards that have the user; it is made by its first
+    /// use, not here (see the module doc). The user's first
     /// connection on this node and its last are `personal_changed`; a room left
     /// without its user is released (kept while it has history and a TTL).
     pub fn user_here(&mut self, user: &Arc<str>, shard: usize, here: bool, now_ms: u64, sink: &mut Sink<'_>) {
@@ -161,8 +162,6 @@ impl OwnedRooms {
                 room.subscribed = true;
                 sink(RoomOut::Cluster(ClusterOut::Subscribe(room.name.clone())));
             }
-        } else if here && self.node != 0 {
-            self.open_personal(&name, now_ms, sink);
         }
         if was_empty != now_empty {
             self.personal_changed(&name, user, here, sink);
@@ -173,9 +172,10 @@ impl OwnedRooms {
     }
 
     /// Makes personal room `name` if its user is connected to this node and it does not
-    /// exist yet, fanning out to the shards that have the user. Nothing for any other
-    /// room, or a user not connected here (a message to a user who is offline is kept
-    /// only by a room that is still there for its history).
+    /// exist yet, fanning out to the shards that have the user; in a cluster it takes the
+    /// bus's frames from then on. Nothing for any other room, or a user not connected
+    /// here (a message to a user who is offline is kept only by a room that is still
+    /// there for its history).
     pub(super) fn open_personal(&mut self, name: &str, now_ms: u64, sink: &mut Sink<'_>) {
         let Some(set) = protocol::room_user(name).and_then(|user| self.users_here.get(user)) else { return };
         if self.rooms.contains_key(name) {

@@ -14,8 +14,9 @@ impl OwnedRooms {
     /// history in step, and hand the frame to the local members. Frames of a room this
     /// node did not subscribe to are ignored (no local members: it may still keep the
     /// room's presence, and with `--cluster-room-buckets` it hears every room of a
-    /// bucket); repeated ones are dropped. After a hole in the stream the frame is held
-    /// and the missing ones are asked from the sequencer (see `handoff`).
+    /// bucket); repeated ones are dropped. The first frame for the personal room of a
+    /// user connected here makes the room (see `online`). After a hole in the stream the
+    /// frame is held and the missing ones are asked from the sequencer (see `handoff`).
     pub fn remote_frame(&mut self, name: &str, stream: u64, seq: u64, node: u64, frame: Bytes, sink: &mut Sink<'_>) {
         self.remote_frame_skipping(name, stream, seq, node, frame, None, sink);
     }
@@ -33,6 +34,9 @@ impl OwnedRooms {
         skip: Option<Sender>,
         sink: &mut Sink<'_>,
     ) {
+        if !self.rooms.contains_key(name) {
+            self.open_personal(name, self.clock_ms, sink);
+        }
         let floor = self.rejoin_floor(name, stream, seq);
         let Some(room) = self.rooms.get_mut(name).filter(|r| r.subscribed) else { return };
         if room.stream != stream {
@@ -107,8 +111,12 @@ impl OwnedRooms {
     }
 
     /// A volatile frame the room's sequencer (another node) published: handed to the
-    /// local members as it is; the stream, its seq and the history are not touched.
+    /// local members as it is; the stream, its seq and the history are not touched (but
+    /// a personal room is made by it, as by [`Self::remote_frame`]).
     pub fn remote_volatile(&mut self, name: &str, frame: Bytes, skip: Option<Sender>, sink: &mut Sink<'_>) {
+        if !self.rooms.contains_key(name) {
+            self.open_personal(name, self.clock_ms, sink);
+        }
         let Some(room) = self.rooms.get(name).filter(|r| r.subscribed) else { return };
         room.fan_out_skipping(&frame, skip.filter(|s| s.node == self.node), sink);
     }

@@ -814,9 +814,22 @@ fn a_personal_room_is_made_by_its_first_use_and_reaches_only_its_users_shards() 
 }
 
 #[test]
-fn in_a_cluster_a_users_first_connection_subscribes_its_personal_room_new_or_restored() {
+fn in_a_cluster_a_personal_room_is_made_by_its_first_frame_and_a_restored_one_subscribed_by_its_users_first_connection()
+{
     let subscribes =
         |out: &[RoomOut]| out.iter().filter(|o| matches!(o, RoomOut::Cluster(ClusterOut::Subscribe(_)))).count();
+    let delivered_to = |out: &[RoomOut]| {
+        let mut shards: Vec<usize> = out
+            .iter()
+            .filter_map(|o| match o {
+                RoomOut::Shard(shard, ToShard::Deliver { .. }) => Some(*shard),
+                _ => None,
+            })
+            .collect();
+        shards.sort_unstable();
+        shards
+    };
+    let frame = |seq: u64| server::message("@user:x", seq, "x", "t", 1);
     let mut r = rooms(2, 1000).with_cluster(5).with_journal();
     let restored = crate::journal::RestoredRoom {
         name: "@user:bob".into(),
@@ -828,15 +841,34 @@ fn in_a_cluster_a_users_first_connection_subscribes_its_personal_room_new_or_res
     };
     r.restore(vec![restored], 0);
     assert!(!r.get("@user:bob").unwrap().subscribed, "restored, nobody connected yet");
+    let mut out = Vec::new();
     for user in ["ann", "bob"] {
-        let mut out = Vec::new();
         r.user_here(&Arc::from(user), 1, true, 0, &mut |o| out.push(o));
         r.user_here(&Arc::from(user), 0, true, 0, &mut |o| out.push(o));
-        assert_eq!(subscribes(&out), 1, "{user}: once, with the first connection");
-        let room = r.get(&format!("@user:{user}")).unwrap();
-        assert!(room.subscribed && room.connections() == 2, "{user}: made or kept, on both shards");
     }
-    assert_eq!(r.get("@user:bob").unwrap().seq(), 1, "the restored stream goes on");
+    assert_eq!(subscribes(&out), 1, "bob's restored room, once, with his first connection");
+    assert!(r.get("@user:ann").is_none(), "ann's room waits for its first frame");
+    let bob = r.get("@user:bob").unwrap();
+    assert!(bob.subscribed && bob.connections() == 2, "bob's room is kept, on both shards");
+    // The bus brings a frame for ann (sequenced on node 9): the room is made, takes the
+    // stream, fans out to both shards and keeps the frame.
+    let mut out = Vec::new();
+    r.remote_frame("@user:ann", 5, 3, 9, frame(3), &mut |o| out.push(o));
+    assert_eq!(delivered_to(&out), vec![0, 1]);
+    let ann = r.get("@user:ann").unwrap();
+    assert!(ann.subscribed && ann.connections() == 2 && ann.seq() == 3 && ann.history_len() == 1);
+    // A volatile frame makes the room too; a frame for a user not connected here makes
+    // nothing and reaches nobody.
+    r.user_here(&Arc::from("cat"), 1, true, 0, &mut |_| {});
+    let mut out = Vec::new();
+    r.remote_volatile("@user:cat", frame(1), None, &mut |o| out.push(o));
+    r.remote_frame("@user:dan", 5, 1, 9, frame(1), &mut |o| out.push(o));
+    r.remote_volatile("@user:dan", frame(1), None, &mut |o| out.push(o));
+    assert_eq!(delivered_to(&out), vec![1]);
+    assert!(r.get("@user:cat").is_some_and(|room| room.seq() == 0 && room.connections() == 1));
+    assert!(r.get("@user:dan").is_none());
+    r.remote_frame("@user:bob", 77, 2, 9, frame(2), &mut |_| {});
+    assert_eq!(r.get("@user:bob").unwrap().seq(), 2, "the restored stream goes on");
 }
 
 #[test]

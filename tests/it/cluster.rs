@@ -425,11 +425,22 @@ fn api_publish_and_personal_rooms_reach_every_node() {
         );
     }
 
-    // A push to one user, on another node, reaches the personal room there.
-    let r = nodes[0].http().post("/api/publish", Some(KEY), &json!({"users":["dora"],"text":"psst"}));
-    assert_eq!(r.status, 200, "{}", r.body);
-    let m = wait_for(&mut d, PATIENCE, |v| v["type"] == "message").expect("user push crossed nodes");
-    assert_eq!((m["room"].as_str(), m["text"].as_str()), (Some("@user:dora"), Some("psst")));
+    // Pushes to one user, connected to two other nodes, reach both connections: each node
+    // makes the personal room with the first frame for it, in one stream (same seqs).
+    let mut d1 = Client::connect(&nodes[1], "dora");
+    for (n, text) in [(1, "psst"), (2, "again")] {
+        let r = nodes[0].http().post("/api/publish", Some(KEY), &json!({"users":["dora"],"text":text}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        for c in [&mut d, &mut d1] {
+            let m = wait_for(c, PATIENCE, |v| v["type"] == "message").expect("user push crossed nodes");
+            assert_eq!(
+                (m["room"].as_str(), m["text"].as_str(), m["seq"].as_u64()),
+                (Some("@user:dora"), Some(text), Some(n)),
+                "{m}"
+            );
+        }
+    }
+    drop(d1);
 
     // A broadcast from node 1 reaches everyone, on every node, once.
     let r = nodes[1].http().post("/api/publish", Some(KEY), &json!({"broadcast":true,"text":"all"}));
