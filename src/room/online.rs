@@ -176,11 +176,14 @@ impl OwnedRooms {
     /// bus's frames from then on. Nothing for any other room, or a user not connected
     /// here (a message to a user who is offline is kept only by a room that is still
     /// there for its history).
+    ///
+    /// Every path that can be a personal room's first use calls it before looking the
+    /// room up; for a room that exists it is one lookup.
     pub(super) fn open_personal(&mut self, name: &str, now_ms: u64, sink: &mut Sink<'_>) {
-        let Some(set) = protocol::room_user(name).and_then(|user| self.users_here.get(user)) else { return };
         if self.rooms.contains_key(name) {
             return;
         }
+        let Some(set) = protocol::room_user(name).and_then(|user| self.users_here.get(user)) else { return };
         let name: Arc<str> = Arc::from(name);
         let mut room = OwnedRoom::new(name.clone(), self.shards, self.node, now_ms, None, None);
         for (shard, n) in room.shard_members.iter_mut().enumerate() {

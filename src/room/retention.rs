@@ -142,9 +142,7 @@ impl OwnedRooms {
     /// names a connection; otherwise it is counted as unanswered ([`Self::take_unanswered`]).
     pub fn history(&mut self, req: HistoryReq, sink: &mut Sink<'_>) {
         // A connected user's personal room is made by its first use (see `online`).
-        if !self.rooms.contains_key(&req.room) {
-            self.open_personal(&req.room, self.clock_ms, sink);
-        }
+        self.open_personal(&req.room, self.clock_ms, sink);
         let page = self.rooms.get(&req.room).map(|room| {
             let frames = room.history.as_deref().map(|h| h.page(req.before, req.limit as usize)).unwrap_or_default();
             let payloads: Vec<&[u8]> = frames.iter().map(payload).collect();

@@ -205,9 +205,7 @@ impl OwnedRooms {
             }
         }
         // A personal room is made by the first message to it (see `online`).
-        if !self.rooms.contains_key(&msg.room) {
-            self.open_personal(&msg.room, now_ms, sink);
-        }
+        self.open_personal(&msg.room, now_ms, sink);
         let node = self.node;
         if node != 0 && !self.rooms.contains_key(&msg.room) && !matches!(msg.from, Requester::Conn(_)) {
             self.relay_room(&msg.room, now_ms);

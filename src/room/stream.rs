@@ -34,9 +34,7 @@ impl OwnedRooms {
         skip: Option<Sender>,
         sink: &mut Sink<'_>,
     ) {
-        if !self.rooms.contains_key(name) {
-            self.open_personal(name, self.clock_ms, sink);
-        }
+        self.open_personal(name, self.clock_ms, sink);
         let floor = self.rejoin_floor(name, stream, seq);
         let Some(room) = self.rooms.get_mut(name).filter(|r| r.subscribed) else { return };
         if room.stream != stream {
@@ -114,9 +112,7 @@ impl OwnedRooms {
     /// local members as it is; the stream, its seq and the history are not touched (but
     /// a personal room is made by it, as by [`Self::remote_frame`]).
     pub fn remote_volatile(&mut self, name: &str, frame: Bytes, skip: Option<Sender>, sink: &mut Sink<'_>) {
-        if !self.rooms.contains_key(name) {
-            self.open_personal(name, self.clock_ms, sink);
-        }
+        self.open_personal(name, self.clock_ms, sink);
         let Some(room) = self.rooms.get(name).filter(|r| r.subscribed) else { return };
         room.fan_out_skipping(&frame, skip.filter(|s| s.node == self.node), sink);
     }
