@@ -11,9 +11,10 @@
 //! reports, takes over.
 //!
 //! The keepers remember, per personal room, the *other* nodes where the user is
-//! connected (an entry only while there are some), beside the room itself, which exists
-//! only while this node has connections of the user: so a keeper holds no room for a
-//! user connected elsewhere, and the million personal rooms of a node cost nothing more.
+//! connected (an entry only while there are some), beside the room itself, which a node
+//! makes only for a user connected to it (kept after only for its history), or for the
+//! while it sequences pushes to one connected elsewhere (`relay_room`): so a keeper
+//! holds no room for a user merely connected elsewhere.
 //!
 //! Within a node, a personal room's members are not joined one by one: a shard tells
 //! the room's owner when it has its first connection of the user and when its last one
