@@ -12,9 +12,9 @@
 //!
 //! The keepers remember, per personal room, the *other* nodes where the user is
 //! connected (an entry only while there are some), beside the room itself, which a node
-//! makes only for a user connected to it (kept after only for its history), or for the
-//! while it sequences pushes to one connected elsewhere (`relay_room`): so a keeper
-//! holds no room for a user merely connected elsewhere.
+//! makes only for a user connected to it (kept after only for its history) or, for a
+//! while, when it sequences pushes to a user connected elsewhere (`relay_room`): so a
+//! keeper holds no room for a user who is merely connected elsewhere.
 //!
 //! Within a node, a personal room's members are not joined one by one: a shard tells
 //! the room's owner when it has its first connection of the user and when its last one
