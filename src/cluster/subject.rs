@@ -30,7 +30,6 @@
 
 use data_encoding::BASE64URL_NOPAD;
 
-// Personal rooms' traffic goes on `user.` subjects.
 use crate::protocol::room_user;
 
 /// Encodes `name` into one valid NATS subject token (see the module docs).

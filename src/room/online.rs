@@ -35,9 +35,8 @@ use super::presence::tell_keepers;
 use super::{OwnedRoom, OwnedRooms};
 use crate::protocol;
 
-/// The prefix of personal rooms (`protocol::user_room`): their first and last connection
-/// are a user's `user_online`/`user_offline`.
-/// Whether `room` is a personal room.
+/// Whether `room` is a personal room (`protocol::user_room`): its user's first and last
+/// connection are `user_online`/`user_offline`.
 pub(super) fn personal(room: &str) -> bool {
     protocol::room_user(room).is_some()
 }
@@ -288,10 +287,8 @@ impl OwnedRooms {
         users: &[Arc<str>],
         sink: &mut Sink<'_>,
     ) -> bool {
-        if !personal(room) {
-            return false;
-        }
-        let user: Arc<str> = Arc::from(&room[protocol::USER_ROOM_PREFIX.len()..]);
+        let Some(user) = protocol::room_user(room) else { return false };
+        let user: Arc<str> = Arc::from(user);
         let present = users.contains(&user);
         let knew =
             self.online_prev.as_deref().is_some_and(|prev| placement::keepers(room, prev).contains(&Some(self.node)));
@@ -326,7 +323,7 @@ impl OwnedRooms {
                 self.online.remove(&name);
                 continue;
             }
-            let user: Arc<str> = Arc::from(&name[protocol::USER_ROOM_PREFIX.len()..]);
+            let Some(user) = protocol::room_user(&name).map(Arc::<str>::from) else { continue };
             for &dead in gone {
                 self.remote_online(&name, dead, &user, false, sink);
             }

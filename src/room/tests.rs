@@ -819,13 +819,7 @@ fn in_a_cluster_a_personal_room_is_made_by_its_first_frame_and_a_restored_one_su
     let subscribes =
         |out: &[RoomOut]| out.iter().filter(|o| matches!(o, RoomOut::Cluster(ClusterOut::Subscribe(_)))).count();
     let delivered_to = |out: &[RoomOut]| {
-        let mut shards: Vec<usize> = out
-            .iter()
-            .filter_map(|o| match o {
-                RoomOut::Shard(shard, ToShard::Deliver { .. }) => Some(*shard),
-                _ => None,
-            })
-            .collect();
+        let mut shards: Vec<usize> = delivered(out).into_iter().map(|(shard, _)| shard).collect();
         shards.sort_unstable();
         shards
     };
